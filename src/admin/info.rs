@@ -1,0 +1,192 @@
+//! Node information and schema endpoints: `GET /`, `GET /status`, `GET /endpoints`,
+//! `/plugins/enabled`, `/plugins/schema/{name}`, `/schemas/...`, and `/routes/{r}/service`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use serde_json::{Map, Value, json};
+
+use super::AdminState;
+use super::body::{AdminBody, Encoding};
+use super::error::{AdminError, AdminResult};
+use crate::config::KEYS;
+use crate::model::{self, Kind, Mode};
+use crate::plugins::REGISTRY;
+
+/// The Kong release whose Admin API and behaviour Tollgate matches; Kong clients branch on it.
+pub const KONG_COMPAT_VERSION: &str = "3.9.0";
+
+pub async fn root(State(s): State<AdminState>) -> AdminResult<Response> {
+    let mut available = Map::new();
+    for def in REGISTRY {
+        available.insert(def.name.into(), json!({"version": def.version, "priority": def.priority}));
+    }
+    let in_use = s.store.plugin_names(s.cp()).await?;
+    let mut configuration = Map::new();
+    for key in KEYS {
+        let value = s.settings.raw.get(key.name).cloned().unwrap_or_default();
+        let shown = if key.secret && !value.is_empty() { "******".to_string() } else { value };
+        configuration.insert(key.name.into(), Value::String(shown));
+    }
+    Ok(Json(json!({
+        "tagline": "Welcome to Tollgate",
+        "version": KONG_COMPAT_VERSION,
+        "tollgate_version": crate::VERSION,
+        "edition": "community",
+        "hostname": s.hostname,
+        "node_id": s.node_id,
+        "lua_version": Value::Null,
+        "timers": {"running": 0, "pending": 0},
+        "pids": {"master": std::process::id(), "workers": []},
+        "plugins": {"available_on_server": available, "enabled_in_cluster": in_use},
+        "configuration": configuration,
+    }))
+    .into_response())
+}
+
+pub async fn status(State(s): State<AdminState>) -> Response {
+    let t = s.stats.totals();
+    Json(json!({
+        "server": {
+            "total_requests": t.requests,
+            "connections_active": t.active,
+            "connections_accepted": t.accepted,
+            "connections_handled": t.accepted,
+            "connections_reading": 0,
+            "connections_writing": t.active,
+            "connections_waiting": 0,
+        },
+        "database": {"reachable": s.store.reachable().await},
+        "memory": {"resident_bytes": resident_bytes()},
+    }))
+    .into_response()
+}
+
+/// Resident set size of this process, from /proc.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * 4096
+}
+
+pub async fn endpoints() -> Response {
+    let list = [
+        "/",
+        "/status",
+        "/endpoints",
+        "/consumers",
+        "/consumers/{consumers}",
+        "/consumers/{consumers}/plugins",
+        "/consumers/{consumers}/key-auth",
+        "/consumers/{consumers}/key-auth/{keyauth_credentials}",
+        "/key-auths",
+        "/key-auths/{keyauth_credentials}",
+        "/services",
+        "/services/{services}",
+        "/services/{services}/routes",
+        "/services/{services}/plugins",
+        "/routes",
+        "/routes/{routes}",
+        "/routes/{routes}/service",
+        "/routes/{routes}/plugins",
+        "/plugins",
+        "/plugins/{plugins}",
+        "/plugins/enabled",
+        "/plugins/schema/{name}",
+        "/schemas/{db_entity_name}",
+        "/schemas/{db_entity_name}/validate",
+        "/schemas/plugins/{name}",
+        "/schemas/plugins/validate",
+        "/apis",
+        "/apis/{apis}",
+        "/apis/{apis}/plugins",
+        "/plugins_configurations",
+        "/keyauth_credentials",
+    ];
+    Json(json!({"data": list, "next": Value::Null})).into_response()
+}
+
+pub async fn enabled_plugins() -> Response {
+    let names: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+    Json(json!({ "enabled_plugins": names })).into_response()
+}
+
+pub async fn plugin_schema(Path(name): Path<String>) -> AdminResult<Response> {
+    let def = crate::plugins::find(&name).ok_or_else(|| {
+        AdminError::Legacy(axum::http::StatusCode::NOT_FOUND, json!({"message": format!("No plugin named '{name}'")}))
+    })?;
+    let mut fields = vec![
+        json!({"consumer": if def.no_consumer { json!({"type": "foreign", "reference": "consumers", "eq": null}) } else { json!({"type": "foreign", "reference": "consumers"}) }}),
+        json!({"protocols": {"type": "set", "required": true, "default": crate::model::typedefs::HTTP_PROTOCOLS, "elements": {"type": "string", "one_of": crate::model::typedefs::HTTP_PROTOCOLS}}}),
+    ];
+    let mut config = (def.config)().to_kong_json();
+    if let Value::Object(m) = &mut config {
+        m.insert("type".into(), json!("record"));
+        m.insert("required".into(), json!(true));
+    }
+    fields.push(json!({ "config": config }));
+    Ok(Json(json!({ "fields": fields })).into_response())
+}
+
+fn kind_named(name: &str) -> Option<Kind> {
+    Kind::from_table(name).or(match name {
+        "key-auths" | "keyauth" => Some(Kind::KeyAuth),
+        _ => None,
+    })
+}
+
+pub async fn entity_schema(Path(name): Path<String>) -> AdminResult<Response> {
+    let kind = kind_named(&name).ok_or_else(|| {
+        AdminError::Legacy(axum::http::StatusCode::NOT_FOUND, json!({"message": format!("No entity named '{name}'")}))
+    })?;
+    Ok(Json(kind.schema().to_kong_json()).into_response())
+}
+
+fn validated(kind: Kind, body: AdminBody) -> AdminResult<Response> {
+    let mut fields = body.fields;
+    if body.encoding == Encoding::Form {
+        model::coerce(kind, &mut fields);
+    }
+    model::prepare(kind, fields, Mode::Create)?;
+    Ok(Json(json!({"message": "schema validation successful"})).into_response())
+}
+
+pub async fn validate_entity(Path(name): Path<String>, body: AdminBody) -> AdminResult<Response> {
+    let kind = kind_named(&name).ok_or(AdminError::NotFound)?;
+    validated(kind, body)
+}
+
+pub async fn validate_plugin(body: AdminBody) -> AdminResult<Response> {
+    validated(Kind::Plugin, body)
+}
+
+/// `/routes/{r}/service`: the route's service, addressed through the route.
+pub fn route_service() -> MethodRouter<AdminState> {
+    async fn service_of(s: &AdminState, route: &str) -> AdminResult<String> {
+        let r = s.store.lookup(s.cp(), Kind::Route, route).await?.ok_or(AdminError::NotFound)?;
+        r.get("service")
+            .and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(AdminError::NotFound)
+    }
+    get(|State(s): State<AdminState>, Path(r): Path<String>| async move {
+        let id = service_of(&s, &r).await?;
+        s.read_entity(Kind::Service, None, &[id]).await
+    })
+    .patch(|State(s): State<AdminState>, Path(r): Path<String>, body: AdminBody| async move {
+        let id = service_of(&s, &r).await?;
+        s.patch_entity(Kind::Service, None, &[id], body).await
+    })
+    .put(|State(s): State<AdminState>, Path(r): Path<String>, body: AdminBody| async move {
+        let id = service_of(&s, &r).await?;
+        s.put_entity(Kind::Service, None, &[id], body).await
+    })
+    .delete(|State(s): State<AdminState>, Path(r): Path<String>| async move {
+        let id = service_of(&s, &r).await?;
+        s.delete_entity(Kind::Service, None, &[id]).await
+    })
+}

@@ -1,0 +1,153 @@
+//! The Admin API (axum): Kong 3.x paths for consumers, services, routes, plugins and key-auth
+//! credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
+//! walkthrough. Handlers validate through `model`, persist through `store`, and map errors once in
+//! `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
+
+pub mod body;
+mod entities;
+pub mod error;
+mod info;
+mod legacy;
+mod pagination;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::Request;
+use axum::routing::{MethodRouter, get};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::model::Kind;
+use crate::proxy::stats::Stats;
+use crate::store::{DEFAULT_CP, Store};
+use body::AdminBody;
+use entities::Parent;
+use error::AdminError;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    inner: Arc<AdminInner>,
+}
+
+#[derive(Debug)]
+pub struct AdminInner {
+    pub store: Store,
+    pub settings: Settings,
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub stats: &'static Stats,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = AdminInner;
+    fn deref(&self) -> &AdminInner {
+        &self.inner
+    }
+}
+
+impl AdminState {
+    pub fn new(inner: AdminInner) -> AdminState {
+        AdminState { inner: Arc::new(inner) }
+    }
+
+    /// The control plane these paths address.
+    fn cp(&self) -> &str {
+        DEFAULT_CP
+    }
+}
+
+/// A top-level or nested collection: GET lists, POST creates.
+fn collection(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
+    match parent {
+        None => get(move |State(s): State<AdminState>, OriginalUri(uri): OriginalUri| async move {
+            s.list_entities(kind, None, &[], uri.query(), uri.path()).await
+        })
+        .post(move |State(s): State<AdminState>, body: AdminBody| async move {
+            s.create_entity(kind, None, &[], body).await
+        }),
+        Some(_) => get(
+            move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+                s.list_entities(kind, parent, &p, uri.query(), uri.path()).await
+            },
+        )
+        .post(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.create_entity(kind, parent, &p, body).await
+        }),
+    }
+}
+
+/// One entity by id or endpoint key: GET, PATCH, PUT, DELETE.
+fn item(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
+    get(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move { s.read_entity(kind, parent, &p).await })
+        .patch(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.patch_entity(kind, parent, &p, body).await
+        })
+        .put(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.put_entity(kind, parent, &p, body).await
+        })
+        .delete(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move { s.delete_entity(kind, parent, &p).await })
+}
+
+/// The whole Admin API.
+pub fn router(state: AdminState) -> Router {
+    let consumer = Some(Parent { kind: Kind::Consumer, field: "consumer" });
+    let service = Some(Parent { kind: Kind::Service, field: "service" });
+    let route = Some(Parent { kind: Kind::Route, field: "route" });
+    Router::new()
+        .route("/", get(info::root))
+        .route("/status", get(info::status))
+        .route("/endpoints", get(info::endpoints))
+        .route("/plugins/enabled", get(info::enabled_plugins))
+        .route("/plugins/schema/{name}", get(info::plugin_schema))
+        .route("/schemas/plugins/{name}", get(info::plugin_schema))
+        .route("/schemas/plugins/validate", axum::routing::post(info::validate_plugin))
+        .route("/schemas/{entity}", get(info::entity_schema))
+        .route("/schemas/{entity}/validate", axum::routing::post(info::validate_entity))
+        .route("/consumers", collection(Kind::Consumer, None))
+        .route("/consumers/{c}", item(Kind::Consumer, None))
+        .route("/consumers/{c}/plugins", collection(Kind::Plugin, consumer))
+        .route("/consumers/{c}/plugins/{p}", item(Kind::Plugin, consumer))
+        .route("/consumers/{c}/key-auth", collection(Kind::KeyAuth, consumer))
+        .route("/consumers/{c}/key-auth/{k}", item(Kind::KeyAuth, consumer))
+        .route("/consumers/{c}/keyauth", collection(Kind::KeyAuth, consumer))
+        .route("/consumers/{c}/keyauth/{k}", item(Kind::KeyAuth, consumer))
+        .route("/key-auths", collection(Kind::KeyAuth, None))
+        .route("/key-auths/{k}", item(Kind::KeyAuth, None))
+        .route("/services", collection(Kind::Service, None))
+        .route("/services/{s}", item(Kind::Service, None))
+        .route("/services/{s}/routes", collection(Kind::Route, service))
+        .route("/services/{s}/routes/{r}", item(Kind::Route, service))
+        .route("/services/{s}/plugins", collection(Kind::Plugin, service))
+        .route("/services/{s}/plugins/{p}", item(Kind::Plugin, service))
+        .route("/routes", collection(Kind::Route, None))
+        .route("/routes/{r}", item(Kind::Route, None))
+        .route("/routes/{r}/service", info::route_service())
+        .route("/routes/{r}/plugins", collection(Kind::Plugin, route))
+        .route("/routes/{r}/plugins/{p}", item(Kind::Plugin, route))
+        .route("/plugins", collection(Kind::Plugin, None))
+        .route("/plugins/{p}", item(Kind::Plugin, None))
+        .merge(legacy::router())
+        .fallback(|| async { AdminError::NotFound })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Kong accepts a trailing slash on every path (`POST /consumers/`).
+pub fn trim_trailing_slash<B>(mut req: Request<B>) -> Request<B> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        let pq = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}

@@ -1,0 +1,44 @@
+//! The table of every configuration key: its name, default and one line of documentation. The README,
+//! `tollgate.conf.default` and the parser all come from this one list (a test keeps them in step).
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// Redacted in `GET /`.
+    pub secret: bool,
+}
+
+const fn key(name: &'static str, default: &'static str, doc: &'static str) -> KeyDef {
+    KeyDef { name, default, doc, secret: false }
+}
+
+pub const KEYS: &[KeyDef] = &[
+    key("prefix", "./tollgate-data", "Working directory: holds the SQLite database and caches."),
+    key(
+        "proxy_listen",
+        "0.0.0.0:8000",
+        "Comma-separated `address:port [reuseport] [backlog=N]` the proxy listens on (HTTP/1.1 and h2c).",
+    ),
+    key("admin_listen", "127.0.0.1:8001", "Addresses of the Admin API, or `off`."),
+    key("database", "sqlite", "`sqlite` (embedded, `<prefix>/tollgate.db`) or `postgres` (several nodes)."),
+    key("pg_host", "127.0.0.1", "PostgreSQL host."),
+    key("pg_port", "5432", "PostgreSQL port."),
+    key("pg_user", "tollgate", "PostgreSQL user."),
+    KeyDef { name: "pg_password", default: "", doc: "PostgreSQL password (empty: none).", secret: true },
+    key("pg_database", "tollgate", "PostgreSQL database."),
+    key("pg_timeout", "5000", "PostgreSQL connect and query timeout, in milliseconds."),
+    key("pg_max_connections", "10", "Size of the PostgreSQL connection pool."),
+    key("log_level", "notice", "One of debug, info, notice, warn, error, crit, alert, emerg."),
+    key("worker_threads", "auto", "Proxy and Admin API worker threads; `auto` = one per core."),
+    key(
+        "db_update_frequency",
+        "1",
+        "Seconds between checks of the store's configuration version, the fallback when a change notification is lost.",
+    ),
+    key("trusted_ips", "", "Comma-separated IPs/CIDRs whose X-Forwarded-* headers are trusted and passed on."),
+    key("upstream_keepalive_pool_size", "512", "Idle keep-alive connections kept per upstream host."),
+    key("upstream_keepalive_idle_timeout", "60", "Seconds an idle upstream connection is kept."),
+];

@@ -1,0 +1,455 @@
+//! Settings: built-in defaults, then a `tollgate.conf` file (kong.conf syntax), then `TOLLGATE_<KEY>`
+//! environment overrides, turned into one typed [`Settings`]. Validation collects every error before
+//! reporting, so `tollgate check` shows all of them at once. Nothing here opens sockets or files other
+//! than the configuration file itself.
+
+mod keys;
+mod listen;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use keys::{KEYS, KeyDef};
+pub use listen::Listen;
+
+/// Which store backs the Admin API and the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+impl Database {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Database::Sqlite => "sqlite",
+            Database::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection settings for `database = postgres`.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub timeout: Duration,
+    pub max_connections: u32,
+}
+
+/// Kong's log levels, mapped onto `tracing` levels when the subscriber is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Notice,
+    Warn,
+    Error,
+    Crit,
+    Alert,
+    Emerg,
+}
+
+impl LogLevel {
+    pub fn tracing_filter(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info | LogLevel::Notice => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error | LogLevel::Crit | LogLevel::Alert | LogLevel::Emerg => "error",
+        }
+    }
+}
+
+/// An IP network from `trusted_ips` (`10.0.0.0/8`, `::1`, `0.0.0.0/0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    fn parse(s: &str) -> Option<IpNet> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The typed configuration every other module reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub prefix: PathBuf,
+    pub proxy_listen: Vec<Listen>,
+    pub admin_listen: Vec<Listen>,
+    pub database: Database,
+    pub pg: PgSettings,
+    pub log_level: LogLevel,
+    pub worker_threads: usize,
+    pub db_update_frequency: Duration,
+    pub trusted_ips: Vec<IpNet>,
+    pub upstream_keepalive_pool_size: usize,
+    pub upstream_keepalive_idle_timeout: Duration,
+    /// Every key with its effective value, for `GET /` (secrets redacted there).
+    pub raw: BTreeMap<&'static str, String>,
+}
+
+impl Settings {
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.prefix.join("tollgate.db")
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_ips.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// Where a value came from, so an error can point at it.
+#[derive(Debug, Clone)]
+enum Origin {
+    Default,
+    File(usize),
+    Env(String),
+}
+
+/// Every problem found in a configuration, in the order found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Loads settings from an optional file and the process environment.
+pub fn load(file: Option<&Path>) -> Result<Settings, ConfigErrors> {
+    let text = match file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return Err(ConfigErrors(vec![format!("cannot read configuration file {}: {e}", path.display())]));
+            }
+        },
+        None => None,
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    from_sources(text.as_deref(), &env)
+}
+
+/// Merges defaults, file text and environment pairs, then validates every key.
+pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Settings, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut values: BTreeMap<&'static str, (String, Origin)> =
+        KEYS.iter().map(|k| (k.name, (k.default.to_string(), Origin::Default))).collect();
+
+    if let Some(text) = file {
+        for (n, line) in text.lines().enumerate() {
+            let line = strip_comment(line);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                errors.push(format!("line {}: expected 'key = value', got '{line}'", n + 1));
+                continue;
+            };
+            let key = key.trim().to_ascii_lowercase();
+            match KEYS.iter().find(|k| k.name == key) {
+                Some(def) => {
+                    values.insert(def.name, (value.trim().to_string(), Origin::File(n + 1)));
+                }
+                None => errors.push(format!("line {}: unknown configuration key '{key}'", n + 1)),
+            }
+        }
+    }
+
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix("TOLLGATE_") else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        match KEYS.iter().find(|k| k.name == key) {
+            Some(def) => {
+                values.insert(def.name, (value.trim().to_string(), Origin::Env(name.clone())));
+            }
+            None => errors.push(format!("{name}: unknown configuration key '{key}'")),
+        }
+    }
+
+    let mut check = Checker { values: &values, errors: &mut errors };
+    let prefix = PathBuf::from(check.string("prefix"));
+    let proxy_listen = check.listens("proxy_listen", false);
+    let admin_listen = check.listens("admin_listen", true);
+    let database = check.one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres)]);
+    let pg = PgSettings {
+        host: check.string("pg_host"),
+        port: check.int("pg_port", 1, 65535).unwrap_or(5432) as u16,
+        user: check.string("pg_user"),
+        password: check.optional("pg_password"),
+        database: check.string("pg_database"),
+        timeout: Duration::from_millis(check.int("pg_timeout", 1, 600_000).unwrap_or(5000)),
+        max_connections: check.int("pg_max_connections", 1, 1000).unwrap_or(10) as u32,
+    };
+    let log_level = check.one_of(
+        "log_level",
+        &[
+            ("debug", LogLevel::Debug),
+            ("info", LogLevel::Info),
+            ("notice", LogLevel::Notice),
+            ("warn", LogLevel::Warn),
+            ("error", LogLevel::Error),
+            ("crit", LogLevel::Crit),
+            ("alert", LogLevel::Alert),
+            ("emerg", LogLevel::Emerg),
+        ],
+    );
+    let worker_threads = check.worker_threads();
+    let db_update_frequency = check.seconds("db_update_frequency");
+    let trusted_ips = check.trusted_ips();
+    let upstream_keepalive_pool_size = check.int("upstream_keepalive_pool_size", 0, 1_000_000).unwrap_or(512) as usize;
+    let upstream_keepalive_idle_timeout = check.seconds("upstream_keepalive_idle_timeout");
+
+    if pg.host.is_empty() && database == Some(Database::Postgres) {
+        check.fail("pg_host", "must be set when database = postgres".into());
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let (Some(database), Some(log_level)) = (database, log_level) else {
+        return Err(ConfigErrors(vec!["invalid configuration".into()]));
+    };
+    Ok(Settings {
+        prefix,
+        proxy_listen,
+        admin_listen,
+        database,
+        pg,
+        log_level,
+        worker_threads,
+        db_update_frequency,
+        trusted_ips,
+        upstream_keepalive_pool_size,
+        upstream_keepalive_idle_timeout,
+        raw: values.into_iter().map(|(k, (v, _))| (k, v)).collect(),
+    })
+}
+
+/// Drops a `#` comment; `\#` stays as a literal `#` (kong.conf rule).
+fn strip_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'#') => {
+                out.push('#');
+                chars.next();
+            }
+            '#' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Checker<'a> {
+    values: &'a BTreeMap<&'static str, (String, Origin)>,
+    errors: &'a mut Vec<String>,
+}
+
+impl Checker<'_> {
+    fn raw(&self, key: &'static str) -> (&str, &Origin) {
+        match self.values.get(key) {
+            Some((v, o)) => (v.as_str(), o),
+            None => ("", &Origin::Default),
+        }
+    }
+
+    fn fail(&mut self, key: &str, msg: String) {
+        let at = match self.values.get(key).map(|(_, o)| o).unwrap_or(&Origin::Default) {
+            Origin::Default => String::new(),
+            Origin::File(line) => format!(" (line {line})"),
+            Origin::Env(var) => format!(" (from {var})"),
+        };
+        self.errors.push(format!("{key}{at}: {msg}"));
+    }
+
+    fn string(&mut self, key: &'static str) -> String {
+        self.raw(key).0.to_string()
+    }
+
+    fn optional(&mut self, key: &'static str) -> Option<String> {
+        let v = self.raw(key).0;
+        (!v.is_empty()).then(|| v.to_string())
+    }
+
+    fn int(&mut self, key: &'static str, min: u64, max: u64) -> Option<u64> {
+        let v = self.raw(key).0.to_string();
+        match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.fail(key, format!("expected an integer between {min} and {max}, got '{v}'"));
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, key: &'static str) -> Duration {
+        let v = self.raw(key).0.to_string();
+        match v.parse::<f64>() {
+            Ok(n) if n > 0.0 && n <= 86_400.0 => Duration::from_secs_f64(n),
+            _ => {
+                self.fail(key, format!("expected a number of seconds between 0 and 86400, got '{v}'"));
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn one_of<T: Copy>(&mut self, key: &'static str, options: &[(&str, T)]) -> Option<T> {
+        let v = self.raw(key).0.to_ascii_lowercase();
+        match options.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.fail(key, format!("expected one of: {}, got '{v}'", names.join(", ")));
+                None
+            }
+        }
+    }
+
+    fn listens(&mut self, key: &'static str, allow_off: bool) -> Vec<Listen> {
+        let v = self.raw(key).0.to_string();
+        if allow_off && v.eq_ignore_ascii_case("off") {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let parts: Vec<&str> = v.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        for part in &parts {
+            match Listen::parse(part) {
+                Ok(l) => out.push(l),
+                Err(e) => self.fail(key, e),
+            }
+        }
+        if parts.is_empty() {
+            self.fail(key, "expected at least one address".into());
+        }
+        out
+    }
+
+    fn worker_threads(&mut self) -> usize {
+        let v = self.raw("worker_threads").0.to_string();
+        if v == "auto" {
+            return std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        }
+        match v.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => n,
+            _ => {
+                self.fail("worker_threads", format!("expected 'auto' or an integer between 1 and 1024, got '{v}'"));
+                1
+            }
+        }
+    }
+
+    fn trusted_ips(&mut self) -> Vec<IpNet> {
+        let v = self.raw("trusted_ips").0.to_string();
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "unix:" {
+                continue;
+            }
+            match IpNet::parse(part) {
+                Some(net) => out.push(net),
+                None => self.fail("trusted_ips", format!("invalid IP or CIDR range '{part}'")),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = from_sources(None, &[]).expect("defaults validate");
+        assert_eq!(s.prefix, PathBuf::from("./tollgate-data"));
+        assert_eq!(s.database, Database::Sqlite);
+        assert_eq!(s.proxy_listen[0].addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(s.admin_listen[0].addr.to_string(), "127.0.0.1:8001");
+        assert_eq!(s.log_level, LogLevel::Notice);
+        assert!(s.worker_threads >= 1);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let file = "# comment\nprefix = /tmp/x   # inline\ndatabase = postgres\npg_port = 6543\n";
+        let s = from_sources(Some(file), &env(&[("TOLLGATE_PG_PORT", "7000"), ("PATH", "/bin")])).expect("valid");
+        assert_eq!(s.prefix, PathBuf::from("/tmp/x"));
+        assert_eq!(s.database, Database::Postgres);
+        assert_eq!(s.pg.port, 7000);
+    }
+
+    #[test]
+    fn every_error_is_listed_at_once() {
+        let file = "colour = blue\ndatabase = mysql\npg_port = 99999\nproxy_listen = nowhere\n";
+        let errs = from_sources(Some(file), &env(&[("TOLLGATE_LOG_LEVEL", "loud"), ("TOLLGATE_NOPE", "1")]))
+            .expect_err("invalid");
+        let all = errs.0.join("\n");
+        for needle in ["colour", "database", "pg_port", "proxy_listen", "log_level", "TOLLGATE_NOPE"] {
+            assert!(all.contains(needle), "missing {needle} in {all}");
+        }
+        assert_eq!(errs.0.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn escaped_hash_is_kept() {
+        let s = from_sources(Some("pg_password = a\\#b # c\n"), &[]).expect("valid");
+        assert_eq!(s.pg.password.as_deref(), Some("a#b"));
+    }
+
+    #[test]
+    fn trusted_ip_ranges_match() {
+        let s = from_sources(Some("trusted_ips = 10.0.0.0/8, ::1\n"), &[]).expect("valid");
+        assert!(s.is_trusted("10.1.2.3".parse().expect("ip")));
+        assert!(s.is_trusted("::1".parse().expect("ip")));
+        assert!(!s.is_trusted("11.0.0.1".parse().expect("ip")));
+        assert!(from_sources(Some("trusted_ips = 10.0.0.0/33\n"), &[]).is_err());
+    }
+
+    #[test]
+    fn admin_listen_can_be_off() {
+        let s = from_sources(Some("admin_listen = off\n"), &[]).expect("valid");
+        assert!(s.admin_listen.is_empty());
+    }
+}

@@ -1,0 +1,15 @@
+//! Tollgate: an API gateway that speaks Kong's Admin API and proxy behaviour. See `DESIGN.md` in the
+//! steering repository for the architecture; each module opens with what it owns.
+
+pub mod admin;
+pub mod config;
+pub mod model;
+pub mod node;
+pub mod plugins;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod store;
+
+/// The version reported by `tollgate version`, `GET /` and `Via`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,253 @@
+//! key-auth: finds an API key in a header, the query string or the body, looks it up in the snapshot's
+//! credential index (one hash lookup) and attaches the consumer. Kong 3.x messages, statuses and
+//! `WWW-Authenticate`. Everything derivable from the configuration is computed when the plugin is built.
+
+mod schema;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use super::request::{self, BodyKind, Found};
+use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use crate::model::schema::Obj;
+use crate::proxy::headers as h;
+use crate::snapshot::Consumer;
+
+pub const DEF: PluginDef = PluginDef {
+    name: "key-auth",
+    priority: 1250,
+    version: env!("CARGO_PKG_VERSION"),
+    config: schema::schema,
+    no_consumer: true,
+    build,
+};
+
+/// One entry of `key_names`: the query/body name and the header spellings that match it (Kong treats
+/// `_` and `-` in header names as the same).
+#[derive(Debug)]
+struct KeyName {
+    name: String,
+    headers: Vec<HeaderName>,
+}
+
+/// What to do when authentication fails and `anonymous` is set.
+#[derive(Debug)]
+enum Anonymous {
+    Off,
+    Consumer(Arc<Consumer>),
+    Missing(Reply),
+}
+
+#[derive(Debug)]
+pub struct KeyAuth {
+    key_names: Vec<KeyName>,
+    hide_credentials: bool,
+    key_in_header: bool,
+    key_in_query: bool,
+    key_in_body: bool,
+    run_on_preflight: bool,
+    anonymous: Anonymous,
+    no_key: Reply,
+    invalid: Reply,
+    duplicate: Reply,
+}
+
+fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
+    let flag = |name: &str, default: bool| config.get(name).and_then(serde_json::Value::as_bool).unwrap_or(default);
+    let names: Vec<String> = config
+        .get("key_names")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_else(|| vec!["apikey".to_string()]);
+    let key_names = names
+        .into_iter()
+        .map(|name| {
+            let lower = name.to_ascii_lowercase();
+            let mut spellings = vec![lower.clone(), lower.replace('_', "-"), lower.replace('-', "_")];
+            spellings.dedup();
+            spellings.sort();
+            spellings.dedup();
+            let headers = spellings.iter().filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok()).collect();
+            KeyName { name, headers }
+        })
+        .collect();
+    let realm = config.get("realm").and_then(serde_json::Value::as_str);
+    let www = match realm {
+        Some(r) => format!("Key realm=\"{r}\""),
+        None => "Key".to_string(),
+    };
+    let www = HeaderValue::from_str(&www).map_err(|_| "realm is not a valid header value".to_string())?;
+    let unauthorized = |msg: &str| {
+        let mut r = Reply::message(StatusCode::UNAUTHORIZED, msg);
+        r.headers.push((http::header::WWW_AUTHENTICATE, www.clone()));
+        r
+    };
+    let anonymous = match config.get("anonymous").and_then(serde_json::Value::as_str) {
+        None => Anonymous::Off,
+        Some(id) => match env.consumers.find(id) {
+            Some(c) => Anonymous::Consumer(c),
+            None => Anonymous::Missing(Reply::message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("anonymous consumer {id} is configured but doesn't exist"),
+            )),
+        },
+    };
+    Ok(Arc::new(KeyAuth {
+        key_names,
+        hide_credentials: flag("hide_credentials", false),
+        key_in_header: flag("key_in_header", true),
+        key_in_query: flag("key_in_query", true),
+        key_in_body: flag("key_in_body", false),
+        run_on_preflight: flag("run_on_preflight", true),
+        anonymous,
+        no_key: unauthorized("No API key found in request"),
+        invalid: unauthorized("Unauthorized"),
+        duplicate: unauthorized("Duplicate API key found"),
+    }))
+}
+
+impl KeyAuth {
+    /// Finds the key in the request, removing it when `hide_credentials` is set.
+    fn extract(&self, ctx: &mut AccessCtx<'_>) -> Result<String, &Reply> {
+        for key_name in &self.key_names {
+            let mut found = Found::None;
+            if self.key_in_header {
+                for header in &key_name.headers {
+                    let mut values = ctx.parts.headers.get_all(header).iter();
+                    if let Some(v) = values.next() {
+                        if values.next().is_some() || found != Found::None {
+                            return Err(&self.duplicate);
+                        }
+                        found = Found::One(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+                    }
+                }
+            }
+            if found == Found::None && self.key_in_query {
+                if let Some(q) = ctx.parts.uri.query() {
+                    found = match request::find_pair(q, &key_name.name) {
+                        Found::One(v) => Found::One(v.into_owned().into()),
+                        other => other,
+                    };
+                }
+            }
+            let kind = request::body_kind(&ctx.parts.headers);
+            if found == Found::None && self.key_in_body {
+                if let Some(body) = &ctx.body {
+                    found = request::find_in_body(kind, body, &key_name.name);
+                }
+            }
+            match found {
+                Found::None => continue,
+                Found::Many => return Err(&self.duplicate),
+                Found::One(key) => {
+                    let key = key.into_owned();
+                    if self.hide_credentials {
+                        self.hide(ctx, key_name, kind);
+                    }
+                    return Ok(key);
+                }
+            }
+        }
+        Err(&self.no_key)
+    }
+
+    fn hide(&self, ctx: &mut AccessCtx<'_>, key_name: &KeyName, kind: BodyKind) {
+        for header in &key_name.headers {
+            ctx.parts.headers.remove(header);
+        }
+        if let Some(q) = ctx.parts.uri.query() {
+            if let Some(rest) = request::remove_pair(q, &key_name.name) {
+                ctx.parts.uri = request::with_query(&ctx.parts.uri, &rest);
+            }
+        }
+        if self.key_in_body {
+            if let Some(new_body) = ctx.body.as_ref().and_then(|b| request::remove_from_body(kind, b, &key_name.name)) {
+                ctx.body = Some(new_body);
+            }
+        }
+    }
+
+    fn authenticate(&self, ctx: &mut AccessCtx<'_>) -> Result<(), Reply> {
+        let key = self.extract(ctx).map_err(Clone::clone)?;
+        if key.is_empty() {
+            return Err(self.no_key.clone());
+        }
+        let Some(auth) = ctx.snapshot.authenticate(&key) else {
+            return Err(self.invalid.clone());
+        };
+        set_consumer(ctx, &auth.consumer, Some(auth.id));
+        ctx.consumer = Some(auth.consumer);
+        ctx.credential_id = Some(auth.id);
+        Ok(())
+    }
+}
+
+impl Plugin for KeyAuth {
+    fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        if !self.run_on_preflight && ctx.parts.method == Method::OPTIONS {
+            return Flow::Continue;
+        }
+        match &self.anonymous {
+            Anonymous::Off => match self.authenticate(ctx) {
+                Ok(()) => Flow::Continue,
+                Err(reply) => Flow::Respond(reply),
+            },
+            anonymous => {
+                // "Logical OR": an earlier auth plugin already identified the client.
+                if ctx.credential_id.is_some() {
+                    return Flow::Continue;
+                }
+                if self.authenticate(ctx).is_ok() {
+                    return Flow::Continue;
+                }
+                match anonymous {
+                    Anonymous::Consumer(c) => {
+                        set_consumer(ctx, c, None);
+                        ctx.consumer = Some(c.clone());
+                        ctx.anonymous = true;
+                        Flow::Continue
+                    }
+                    Anonymous::Missing(reply) => Flow::Respond(reply.clone()),
+                    Anonymous::Off => Flow::Continue,
+                }
+            }
+        }
+    }
+
+    fn needs_body(&self) -> bool {
+        self.key_in_body
+    }
+}
+
+/// Sets (or clears) the consumer headers sent upstream, as every auth plugin does.
+pub fn set_consumer(ctx: &mut AccessCtx<'_>, consumer: &Consumer, credential: Option<uuid::Uuid>) {
+    let headers = &mut ctx.parts.headers;
+    headers.insert(h::X_CONSUMER_ID, uuid_header(consumer.id));
+    match consumer.custom_id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        Some(v) => headers.insert(h::X_CONSUMER_CUSTOM_ID, v),
+        None => headers.remove(h::X_CONSUMER_CUSTOM_ID),
+    };
+    match consumer.username.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        Some(v) => headers.insert(h::X_CONSUMER_USERNAME, v),
+        None => headers.remove(h::X_CONSUMER_USERNAME),
+    };
+    match credential {
+        Some(id) => {
+            headers.insert(h::X_CREDENTIAL_IDENTIFIER, uuid_header(id));
+            headers.remove(h::X_ANONYMOUS_CONSUMER);
+        }
+        None => {
+            headers.remove(h::X_CREDENTIAL_IDENTIFIER);
+            headers.insert(h::X_ANONYMOUS_CONSUMER, HeaderValue::from_static("true"));
+        }
+    }
+}
+
+fn uuid_header(id: uuid::Uuid) -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(s.as_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}

@@ -1,0 +1,126 @@
+//! The `Plugin` trait, the registry of bundled plugins and the per-route chains built from configured
+//! plugin instances. Chains are resolved when a snapshot is built (Kong's scope precedence); a request
+//! only walks its route's chain. The phases, in order, are documented in `docs/plugins.md`.
+
+pub mod chain;
+pub mod key_auth;
+pub mod request;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
+
+use crate::model::schema::{Obj, Schema};
+use crate::snapshot::{Consumer, ConsumerIndex, Snapshot};
+
+pub use chain::{PluginChain, PluginInstanceRow};
+
+/// What the access phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Stop here and answer the client.
+    Respond(Reply),
+}
+
+/// A response produced by the gateway itself (`{"message": …}` bodies).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    pub fn message(status: StatusCode, message: &str) -> Reply {
+        Reply { status, body: message_body(message), headers: Vec::new() }
+    }
+}
+
+/// `{"message":"…"}` as bytes; used for bodies precomputed at build time.
+pub fn message_body(message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "message": message }).to_string())
+}
+
+/// Per-request state the plugins read and write during the access phase.
+pub struct AccessCtx<'r> {
+    pub snapshot: &'r Snapshot,
+    pub parts: &'r mut http::request::Parts,
+    /// The buffered request body, present only when the chain asked for it.
+    pub body: Option<Bytes>,
+    pub client_ip: IpAddr,
+    pub consumer: Option<Arc<Consumer>>,
+    pub credential_id: Option<uuid::Uuid>,
+    pub anonymous: bool,
+}
+
+/// One configured plugin instance, ready to run. Phases default to doing nothing.
+pub trait Plugin: Send + Sync + std::fmt::Debug {
+    /// Runs before the request goes upstream; may answer instead.
+    fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        let _ = ctx;
+        Flow::Continue
+    }
+
+    /// Runs on the upstream response head before it goes downstream.
+    fn header_filter(&self, response: &mut http::response::Parts) {
+        let _ = response;
+    }
+
+    /// Whether this instance needs the request body buffered before `access`.
+    fn needs_body(&self) -> bool {
+        false
+    }
+}
+
+/// What a plugin may look at while it is being built from its configuration.
+pub struct BuildEnv<'a> {
+    pub consumers: &'a ConsumerIndex,
+}
+
+/// Builds a plugin instance from its validated configuration.
+pub type BuildFn = fn(&Obj, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String>;
+
+/// A bundled plugin: its name, priority, configuration schema and constructor.
+pub struct PluginDef {
+    pub name: &'static str,
+    pub priority: i32,
+    pub version: &'static str,
+    pub config: fn() -> &'static Schema,
+    /// Kong's `typedefs.no_consumer`: may not be scoped to a consumer.
+    pub no_consumer: bool,
+    pub build: BuildFn,
+}
+
+impl std::fmt::Debug for PluginDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginDef").field("name", &self.name).field("priority", &self.priority).finish()
+    }
+}
+
+/// Every plugin this build offers (`plugins = bundled`).
+pub static REGISTRY: &[PluginDef] = &[key_auth::DEF];
+
+/// Old names still accepted on write (Kong 0.1–0.4 called key-auth `keyauth`).
+pub fn canonical_name(name: &str) -> &str {
+    match name {
+        "keyauth" => "key-auth",
+        other => other,
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static PluginDef> {
+    let name = canonical_name(name);
+    REGISTRY.iter().find(|d| d.name == name)
+}
+
+/// The config record of a plugin instance as stored, or an empty one.
+pub fn config_of(row: &Obj) -> Obj {
+    match row.get("config") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Obj::new(),
+    }
+}

@@ -1,0 +1,186 @@
+//! Reading and rewriting the parts of a client request that plugins look at: query arguments and
+//! buffered form/JSON bodies. Allocation-free on the common path (no `%` escapes, nothing removed).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::Uri;
+
+/// What a lookup of one name found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    None,
+    One(Cow<'a, str>),
+    /// The name was given more than once.
+    Many,
+}
+
+/// Finds `name` among the `&`-separated `k=v` pairs of a query string or form body.
+pub fn find_pair<'a>(pairs: &'a str, name: &str) -> Found<'a> {
+    let mut found = Found::None;
+    for pair in pairs.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k) != name {
+            continue;
+        }
+        if found != Found::None {
+            return Found::Many;
+        }
+        found = Found::One(decode(v));
+    }
+    found
+}
+
+/// Removes every `name=…` pair from a query string or form body; `None` when nothing changed.
+pub fn remove_pair(pairs: &str, name: &str) -> Option<String> {
+    let mut changed = false;
+    let kept: Vec<&str> = pairs
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let drop = decode(k) == name;
+            changed |= drop;
+            !drop
+        })
+        .collect();
+    changed.then(|| kept.join("&"))
+}
+
+/// Percent-decodes `application/x-www-form-urlencoded` text (`+` is a space).
+pub fn decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The same URI with a new query string (none when empty).
+pub fn with_query(uri: &Uri, query: &str) -> Uri {
+    let path = uri.path();
+    let pq = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// The kinds of request body plugins understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Form,
+    Other,
+}
+
+pub fn body_kind(headers: &http::HeaderMap) -> BodyKind {
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = ct.split(';').next().unwrap_or("").trim();
+    if ct.eq_ignore_ascii_case("application/json") || ct.to_ascii_lowercase().ends_with("+json") {
+        BodyKind::Json
+    } else if ct.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// Looks `name` up in a buffered body.
+pub fn find_in_body(kind: BodyKind, body: &Bytes, name: &str) -> Found<'static> {
+    match kind {
+        BodyKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => match m.get(name) {
+                Some(serde_json::Value::String(s)) => Found::One(Cow::Owned(s.clone())),
+                Some(serde_json::Value::Array(_)) => Found::Many,
+                _ => Found::None,
+            },
+            _ => Found::None,
+        },
+        BodyKind::Form => match std::str::from_utf8(body) {
+            Ok(text) => match find_pair(text, name) {
+                Found::One(v) => Found::One(Cow::Owned(v.into_owned())),
+                Found::Many => Found::Many,
+                Found::None => Found::None,
+            },
+            Err(_) => Found::None,
+        },
+        BodyKind::Other => Found::None,
+    }
+}
+
+/// The body without `name`; `None` when nothing changed.
+pub fn remove_from_body(kind: BodyKind, body: &Bytes, name: &str) -> Option<Bytes> {
+    match kind {
+        BodyKind::Json => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(mut m)) => {
+                m.remove(name)?;
+                Some(Bytes::from(serde_json::Value::Object(m).to_string()))
+            }
+            _ => None,
+        },
+        BodyKind::Form => std::str::from_utf8(body).ok().and_then(|t| remove_pair(t, name)).map(Bytes::from),
+        BodyKind::Other => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_decodes_pairs() {
+        assert_eq!(find_pair("a=1&apikey=k%20y&b", "apikey"), Found::One(Cow::Borrowed("k y")));
+        assert_eq!(find_pair("apikey=1&apikey=2", "apikey"), Found::Many);
+        assert_eq!(find_pair("x=1", "apikey"), Found::None);
+        assert_eq!(find_pair("", "apikey"), Found::None);
+    }
+
+    #[test]
+    fn removes_pairs() {
+        assert_eq!(remove_pair("a=1&apikey=k&b=2", "apikey").as_deref(), Some("a=1&b=2"));
+        assert_eq!(remove_pair("a=1", "apikey"), None);
+        let uri: Uri = "/p?a=1&apikey=k".parse().expect("uri");
+        assert_eq!(with_query(&uri, "a=1").to_string(), "/p?a=1");
+        assert_eq!(with_query(&uri, "").to_string(), "/p");
+    }
+
+    #[test]
+    fn decode_handles_bad_escapes() {
+        assert_eq!(decode("%zz%4"), "%zz%4");
+        assert_eq!(decode("a+b%41"), "a bA");
+    }
+
+    #[test]
+    fn bodies() {
+        let json = Bytes::from_static(br#"{"apikey":"k","x":1}"#);
+        assert_eq!(find_in_body(BodyKind::Json, &json, "apikey"), Found::One(Cow::Owned("k".into())));
+        assert_eq!(remove_from_body(BodyKind::Json, &json, "apikey"), Some(Bytes::from_static(br#"{"x":1}"#)));
+        let form = Bytes::from_static(b"apikey=k&x=1");
+        assert_eq!(find_in_body(BodyKind::Form, &form, "apikey"), Found::One(Cow::Owned("k".into())));
+        assert_eq!(remove_from_body(BodyKind::Form, &form, "apikey"), Some(Bytes::from_static(b"x=1")));
+    }
+}

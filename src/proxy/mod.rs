@@ -1,0 +1,323 @@
+//! The proxy: a hyper 1 server (HTTP/1.1 and h2c on one port) that matches each request against the
+//! current snapshot, runs the route's plugin chain and forwards to the service through a pooled
+//! keep-alive client, streaming bodies both ways. Gateway errors are answered with Kong's messages.
+//! Per request: one snapshot load, no lock, no database.
+
+pub mod forward;
+pub mod headers;
+mod reply;
+pub mod stats;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::IpNet;
+use crate::plugins::{AccessCtx, Flow, Reply};
+use crate::router::{RequestView, normalize_path, request_host};
+use crate::snapshot::{RouteTarget, SnapshotHolder};
+use headers as h;
+use reply::GatewayError;
+use stats::Stats;
+use upstream::{ProxyBody, UpstreamBody};
+
+/// Largest request body a plugin may ask to buffer (key-auth's `key_in_body`).
+const MAX_BUFFERED_BODY: usize = 8 * 1024 * 1024;
+
+/// Everything the proxy reads; lives for the whole process.
+#[derive(Debug)]
+pub struct Proxy {
+    pub holder: Arc<SnapshotHolder>,
+    pub trusted_ips: Vec<IpNet>,
+    pub stats: Stats,
+}
+
+/// Where a connection came from and arrived at.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: SocketAddr,
+    local_port: u16,
+}
+
+impl Proxy {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_ips.iter().any(|n| n.contains(ip))
+    }
+
+    /// Accepts connections until `stop` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        &'static self,
+        listener: TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+        graceful: &GracefulShutdown,
+    ) {
+        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn { peer, local_port };
+            let service =
+                hyper::service::service_fn(move |req| async move { Ok::<_, Infallible>(self.handle(req, conn).await) });
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            self.stats.connection_opened();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                self.stats.connection_closed();
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ProxyBody> {
+        let started = Instant::now();
+        self.stats.request();
+        match self.proxy(req, conn, started).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(started),
+        }
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let client_ip = conn.peer.ip();
+        let (route, matched_prefix) = {
+            let snapshot = self.holder.load();
+            let authority = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            let host = request_host(authority);
+            let path = normalize_path(parts.uri.path());
+            let view = RequestView {
+                method: &parts.method,
+                host: &host,
+                port: conn.local_port,
+                path: &path,
+                headers: &parts.headers,
+            };
+            let Some(m) = snapshot.router.find(&view) else {
+                return Err(GatewayError::NoRoute);
+            };
+            let prefix = if m.target.strip_path { Some(path[..m.matched_len].to_string()) } else { None };
+            (m.target.clone(), prefix)
+        };
+        if !route.http_allowed {
+            return Err(GatewayError::HttpsRequired(route.https_redirect_status, https_location(&parts)));
+        }
+
+        let mut buffered = None;
+        let mut body = Some(body);
+        if route.chain.needs_body() {
+            let incoming = body.take().ok_or(GatewayError::Unexpected)?;
+            let limited = http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY);
+            buffered = Some(limited.collect().await.map_err(|_| GatewayError::BodyTooLarge)?.to_bytes());
+        }
+
+        let (consumer_id, buffered) = {
+            let snapshot = self.holder.load();
+            let mut ctx = AccessCtx {
+                snapshot: &snapshot,
+                parts: &mut parts,
+                body: buffered,
+                client_ip,
+                consumer: None,
+                credential_id: None,
+                anonymous: false,
+            };
+            if !route.chain.is_empty() {
+                if let Flow::Respond(reply) = route.chain.access(&mut ctx) {
+                    return Ok(reply_response(reply, started));
+                }
+            }
+            (ctx.consumer.as_ref().map(|c| c.id), ctx.body.take())
+        };
+
+        let upstream_body = match (body, buffered) {
+            (Some(b), _) => UpstreamBody::Streaming(b),
+            (None, Some(b)) => {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                UpstreamBody::Buffered(Some(b))
+            }
+            (None, None) => UpstreamBody::empty(),
+        };
+        self.forward(parts, upstream_body, &route, matched_prefix, conn, consumer_id, started).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: UpstreamBody,
+        route: &Arc<RouteTarget>,
+        prefix: Option<String>,
+        conn: Conn,
+        consumer: Option<uuid::Uuid>,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let Some(service) = route.service.as_ref() else {
+            return Err(GatewayError::NoService);
+        };
+        let client_ip = conn.peer.ip();
+        let trusted = self.trusted(client_ip);
+        let version = parts.version;
+        let req_path = normalize_path(parts.uri.path()).into_owned();
+        let path = forward::upstream_path(&req_path, prefix.as_deref(), service.path.as_deref().unwrap_or("/"));
+        let uri = forward::upstream_uri(&service.scheme, &service.authority, &path, parts.uri.query())
+            .ok_or(GatewayError::BadRequest)?;
+
+        let client_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+        let xff = match headers.get(h::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {client_ip}")).ok(),
+            None => HeaderValue::from_str(&client_ip.to_string()).ok(),
+        };
+        if let Some(v) = xff {
+            headers.insert(h::X_FORWARDED_FOR, v.clone());
+        }
+        if let Ok(ip) = HeaderValue::from_str(&client_ip.to_string()) {
+            headers.insert(h::X_REAL_IP, ip);
+        }
+        if !trusted || !headers.contains_key(h::X_FORWARDED_PROTO) {
+            headers.insert(h::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !trusted || !headers.contains_key(h::X_FORWARDED_HOST) {
+            if let Some(host) = client_host.as_ref().and_then(|v| v.to_str().ok()).map(request_host) {
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    headers.insert(h::X_FORWARDED_HOST, v);
+                }
+            }
+        }
+        if !trusted || !headers.contains_key(h::X_FORWARDED_PORT) {
+            headers.insert(h::X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
+        }
+        if !trusted || !headers.contains_key(h::X_FORWARDED_PATH) {
+            if let Ok(v) = HeaderValue::from_str(&req_path) {
+                headers.insert(h::X_FORWARDED_PATH, v);
+            }
+        }
+        if !trusted || !headers.contains_key(h::X_FORWARDED_PREFIX) {
+            match prefix.as_deref().filter(|p| *p != "/").and_then(|p| HeaderValue::from_str(p).ok()) {
+                Some(v) => {
+                    headers.insert(h::X_FORWARDED_PREFIX, v);
+                }
+                None => {
+                    headers.remove(h::X_FORWARDED_PREFIX);
+                }
+            }
+        }
+        forward::append_via(headers, version);
+        let host_header = if route.preserve_host {
+            client_host.unwrap_or_else(|| service.host_header.clone())
+        } else {
+            service.host_header.clone()
+        };
+        headers.insert(header::HOST, host_header);
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+
+        let sent = Instant::now();
+        let mut attempt = 0;
+        let mut body = Some(body);
+        let response = loop {
+            let this_body = body.take().ok_or(GatewayError::Unexpected)?;
+            let replay = if attempt < service.retries { this_body.replayable() } else { None };
+            let request = Request::from_parts(clone_parts(&parts), this_body);
+            match tokio::time::timeout(service.read_timeout, service.client.request(request)).await {
+                Ok(Ok(resp)) => break resp,
+                Ok(Err(e)) if e.is_connect() && replay.is_some() => {
+                    tracing::debug!(error = %e, attempt, "upstream connect failed; retrying");
+                    attempt += 1;
+                    body = replay;
+                }
+                Ok(Err(e)) => return Err(GatewayError::from_client(&e)),
+                Err(_) => return Err(GatewayError::Timeout),
+            }
+        };
+        let upstream_latency = sent.elapsed();
+        let (mut rparts, rbody) = response.into_parts();
+        forward::strip_hop_by_hop(&mut rparts.headers);
+        route.chain.header_filter(consumer, &mut rparts);
+        forward::append_via(&mut rparts.headers, version);
+        if !rparts.headers.contains_key(header::SERVER) {
+            rparts.headers.insert(header::SERVER, forward::SERVER);
+        }
+        rparts.headers.insert(h::X_UPSTREAM_LATENCY, HeaderValue::from(upstream_latency.as_millis() as u64));
+        let proxy_latency = sent.duration_since(started);
+        rparts.headers.insert(h::X_PROXY_LATENCY, HeaderValue::from(proxy_latency.as_millis() as u64));
+        rparts.version = version;
+        Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
+    }
+}
+
+/// A copy of the request head for one attempt (the head is small; the body is moved).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+fn https_location(parts: &http::request::Parts) -> Option<HeaderValue> {
+    let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(request_host)?;
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    HeaderValue::from_str(&format!("https://{host}{pq}")).ok()
+}
+
+/// Turns a plugin's reply into a response with the gateway's headers.
+pub fn reply_response(reply: Reply, started: Instant) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(reply.body));
+    *resp.status_mut() = reply.status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(header::SERVER, forward::SERVER);
+    headers.insert(h::X_RESPONSE_LATENCY, HeaderValue::from(started.elapsed().as_millis() as u64));
+    for (name, value) in reply.headers {
+        headers.append(name, value);
+    }
+    resp
+}
+
+/// A plain gateway answer (`{"message": …}`) used by the error paths.
+pub fn message_response(status: StatusCode, body: Bytes, started: Instant) -> Response<ProxyBody> {
+    reply_response(Reply { status, body, headers: Vec::new() }, started)
+}

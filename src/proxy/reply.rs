@@ -1,0 +1,91 @@
+//! Errors the proxy answers itself, with Kong's statuses and messages. Bodies are static bytes.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::upstream::ProxyBody;
+
+/// Why the proxy answered instead of the upstream.
+#[derive(Debug)]
+pub enum GatewayError {
+    NoRoute,
+    NoService,
+    /// The route does not accept plain HTTP: 426, or a redirect to this location.
+    HttpsRequired(StatusCode, Option<HeaderValue>),
+    BadRequest,
+    BodyTooLarge,
+    /// Connection refused or reset, or an invalid response.
+    BadGateway,
+    /// The upstream host name does not resolve.
+    NameResolution,
+    Timeout,
+    Unexpected,
+}
+
+impl GatewayError {
+    /// Classifies an upstream client failure (which side failed, and how).
+    pub fn from_client(e: &hyper_util::client::legacy::Error) -> GatewayError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return GatewayError::Timeout;
+                }
+            }
+            let text = s.to_string();
+            if text.contains("dns error") || text.contains("failed to lookup") {
+                return GatewayError::NameResolution;
+            }
+            if text.contains("timed out") || text.contains("timeout") {
+                return GatewayError::Timeout;
+            }
+            source = s.source();
+        }
+        tracing::debug!(error = %e, "upstream request failed");
+        GatewayError::BadGateway
+    }
+
+    fn parts(&self) -> (StatusCode, &'static [u8]) {
+        match self {
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, br#"{"message":"no Route matched with those values"}"#),
+            GatewayError::NoService => {
+                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"no Service found with those values"}"#)
+            }
+            GatewayError::HttpsRequired(status, _) => (*status, br#"{"message":"Please use HTTPS protocol"}"#),
+            GatewayError::BadRequest => (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#),
+            GatewayError::BodyTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, br#"{"message":"Request size limit exceeded"}"#)
+            }
+            GatewayError::BadGateway => {
+                (StatusCode::BAD_GATEWAY, br#"{"message":"An invalid response was received from the upstream server"}"#)
+            }
+            GatewayError::NameResolution => {
+                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"name resolution failed"}"#)
+            }
+            GatewayError::Timeout => {
+                (StatusCode::GATEWAY_TIMEOUT, br#"{"message":"The upstream server is timing out"}"#)
+            }
+            GatewayError::Unexpected => {
+                (StatusCode::INTERNAL_SERVER_ERROR, br#"{"message":"An unexpected error occurred"}"#)
+            }
+        }
+    }
+
+    pub fn into_response(self, started: Instant) -> Response<ProxyBody> {
+        let (status, body) = self.parts();
+        let mut resp = super::message_response(status, Bytes::from_static(body), started);
+        if let GatewayError::HttpsRequired(status, location) = self {
+            let headers = resp.headers_mut();
+            if status == StatusCode::UPGRADE_REQUIRED {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("TLS/1.2, HTTP/1.1"));
+            } else if let Some(location) = location {
+                headers.insert(header::LOCATION, location);
+            }
+        }
+        resp
+    }
+}

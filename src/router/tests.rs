@@ -1,0 +1,172 @@
+use super::*;
+
+fn spec(name: &'static str) -> RouteSpec<&'static str> {
+    RouteSpec {
+        methods: vec![],
+        hosts: vec![],
+        paths: vec![],
+        headers: vec![],
+        snis: 0,
+        regex_priority: 0,
+        target: name,
+    }
+}
+
+fn with(mut s: RouteSpec<&'static str>, f: impl FnOnce(&mut RouteSpec<&'static str>)) -> RouteSpec<&'static str> {
+    f(&mut s);
+    s
+}
+
+fn find<'a>(r: &'a Router<&'static str>, method: &str, host: &str, path: &str) -> Option<&'a str> {
+    find_h(r, method, host, path, &HeaderMap::new())
+}
+
+fn find_h<'a>(
+    r: &'a Router<&'static str>,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<&'a str> {
+    let method = Method::from_bytes(method.as_bytes()).expect("method");
+    let view = RequestView { method: &method, host, port: 8000, path, headers };
+    r.find(&view).map(|m| *m.target)
+}
+
+#[test]
+fn longest_prefix_wins_and_prefix_is_not_segment_aware() {
+    let r = Router::build(vec![
+        with(spec("api"), |s| s.paths = vec!["/api".into()]),
+        with(spec("api-v1"), |s| s.paths = vec!["/api/v1".into()]),
+        with(spec("root"), |s| s.paths = vec!["/".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "x", "/api/v1/users"), Some("api-v1"));
+    assert_eq!(find(&r, "GET", "x", "/apix"), Some("api"));
+    assert_eq!(find(&r, "GET", "x", "/other"), Some("root"));
+}
+
+#[test]
+fn more_attributes_beat_longer_prefix() {
+    let r = Router::build(vec![
+        with(spec("long"), |s| s.paths = vec!["/api/long".into()]),
+        with(spec("get"), |s| {
+            s.paths = vec!["/api".into()];
+            s.methods = vec!["GET".into()];
+        }),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "x", "/api/long"), Some("get"));
+    assert_eq!(find(&r, "POST", "x", "/api/long"), Some("long"));
+    assert_eq!(find(&r, "POST", "x", "/api"), None);
+}
+
+#[test]
+fn hosts_exact_and_wildcards() {
+    let r = Router::build(vec![
+        with(spec("exact"), |s| s.hosts = vec!["api.example.com".into()]),
+        with(spec("suffix"), |s| s.hosts = vec!["*.example.com".into()]),
+        with(spec("prefix"), |s| s.hosts = vec!["example.*".into()]),
+        with(spec("port"), |s| s.hosts = vec!["ported.test:9000".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "api.example.com", "/"), Some("exact"));
+    assert_eq!(find(&r, "GET", "a.b.example.com", "/"), Some("suffix"));
+    assert_eq!(find(&r, "GET", "example.com", "/"), Some("prefix"));
+    assert_eq!(find(&r, "GET", "example.org", "/"), Some("prefix"));
+    assert_eq!(find(&r, "GET", "nothing.test", "/"), None);
+    // The listener port is 8000 in these tests.
+    assert_eq!(find(&r, "GET", "ported.test", "/"), None);
+}
+
+#[test]
+fn plain_host_beats_wildcard_with_same_weight() {
+    let r = Router::build(vec![
+        with(spec("wild"), |s| s.hosts = vec!["*.example.com".into()]),
+        with(spec("plain"), |s| s.hosts = vec!["a.example.com".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "a.example.com", "/"), Some("plain"));
+    assert_eq!(find(&r, "GET", "b.example.com", "/"), Some("wild"));
+}
+
+#[test]
+fn regex_beats_prefix_and_regex_priority_orders_regexes() {
+    let r = Router::build(vec![
+        with(spec("prefix"), |s| s.paths = vec!["/users/123".into()]),
+        with(spec("regex-low"), |s| s.paths = vec![r"~/users/\d+".into()]),
+        with(spec("regex-high"), |s| {
+            s.paths = vec![r"~/users/1\d+".into()];
+            s.regex_priority = 10;
+        }),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "x", "/users/123"), Some("regex-high"));
+    assert_eq!(find(&r, "GET", "x", "/users/923"), Some("regex-low"));
+}
+
+#[test]
+fn regex_is_anchored_at_start_and_reports_match_length() {
+    let r = Router::build(vec![with(spec("re"), |s| s.paths = vec![r"~/v\d".into()])]).expect("build");
+    assert_eq!(find(&r, "GET", "x", "/x/v1"), None);
+    let method = Method::GET;
+    let headers = HeaderMap::new();
+    let view = RequestView { method: &method, host: "x", port: 80, path: "/v2/items", headers: &headers };
+    assert_eq!(r.find(&view).map(|m| m.matched_len), Some(3));
+}
+
+#[test]
+fn headers_match_case_insensitively_and_by_regex() {
+    let r = Router::build(vec![
+        with(spec("v1"), |s| s.headers = vec![("X-Version".into(), vec!["V1".into(), "v1.1".into()])]),
+        with(spec("re"), |s| s.headers = vec![("x-version".into(), vec!["~*^v2".into()])]),
+    ])
+    .expect("build");
+    let mut h = HeaderMap::new();
+    h.insert("x-version", "v1".parse().expect("value"));
+    assert_eq!(find_h(&r, "GET", "x", "/", &h), Some("v1"));
+    h.insert("x-version", "V2-beta".parse().expect("value"));
+    assert_eq!(find_h(&r, "GET", "x", "/", &h), Some("re"));
+    h.insert("x-version", "v3".parse().expect("value"));
+    assert_eq!(find_h(&r, "GET", "x", "/", &h), None);
+}
+
+#[test]
+fn ties_go_to_the_older_route() {
+    let r = Router::build(vec![
+        with(spec("first"), |s| s.paths = vec!["/same".into()]),
+        with(spec("second"), |s| s.paths = vec!["/same".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "x", "/same"), Some("first"));
+}
+
+#[test]
+fn ten_thousand_routes_resolve_by_index() {
+    let routes: Vec<RouteSpec<usize>> = (0..10_000)
+        .map(|i| RouteSpec {
+            methods: vec![],
+            hosts: vec![],
+            paths: vec![format!("/r{i}/")],
+            headers: vec![],
+            snis: 0,
+            regex_priority: 0,
+            target: i,
+        })
+        .collect();
+    let r = Router::build(routes).expect("build");
+    let headers = HeaderMap::new();
+    let method = Method::GET;
+    for i in [0usize, 42, 9_999] {
+        let path = format!("/r{i}/x");
+        let view = RequestView { method: &method, host: "h", port: 80, path: &path, headers: &headers };
+        assert_eq!(r.find(&view).map(|m| *m.target), Some(i));
+    }
+}
+
+#[test]
+fn request_host_strips_port_and_lowercases() {
+    assert_eq!(request_host("Example.COM:8000"), "example.com");
+    assert_eq!(request_host("[::1]:8000"), "::1");
+    assert!(matches!(request_host("plain.host"), std::borrow::Cow::Borrowed(_)));
+}

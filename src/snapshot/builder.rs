@@ -1,0 +1,396 @@
+//! Keeps a compact, typed mirror of one control plane's configuration up to date from the store's
+//! change feed and compiles it into [`Snapshot`]s. Consumers and credentials are updated in place
+//! (copy-on-write of the index, no reload); router and plugin chains are recompiled only when services,
+//! routes or plugins changed. A failed compile keeps the previous snapshot and logs why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{
+    Consumer, ConsumerIndex, CredentialIndex, KeyCredential, RouteTarget, ServiceTarget, Snapshot, SnapshotHolder,
+};
+use crate::model::schema::Obj;
+use crate::model::{EntityError, Kind};
+use crate::plugins::chain::ChainBuilder;
+use crate::plugins::{BuildEnv, PluginInstanceRow};
+use crate::proxy::upstream::Clients;
+use crate::router::{RouteSpec, Router};
+use crate::store::{Change, ChangeOp, Store};
+
+/// Collects writes that land close together into one build.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Deserialize)]
+struct Ref {
+    id: Uuid,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsumerRow {
+    id: Uuid,
+    username: Option<String>,
+    custom_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyAuthRow {
+    id: Uuid,
+    consumer: Ref,
+    key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ServiceRow {
+    id: Uuid,
+    protocol: String,
+    host: String,
+    port: u16,
+    path: Option<String>,
+    retries: u32,
+    connect_timeout: u64,
+    write_timeout: u64,
+    read_timeout: u64,
+    enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RouteRow {
+    id: Uuid,
+    created_at: i64,
+    protocols: Vec<String>,
+    methods: Option<Vec<String>>,
+    hosts: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    headers: Option<BTreeMap<String, Vec<String>>>,
+    snis: Option<Vec<String>>,
+    strip_path: bool,
+    preserve_host: bool,
+    regex_priority: i64,
+    https_redirect_status_code: u16,
+    service: Option<Ref>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PluginRow {
+    id: Uuid,
+    name: String,
+    route: Option<Ref>,
+    service: Option<Ref>,
+    consumer: Option<Ref>,
+    config: Option<Obj>,
+    protocols: Option<Vec<String>>,
+    enabled: bool,
+}
+
+/// The builder's mirror of one control plane.
+#[derive(Debug, Default)]
+pub struct ConfigState {
+    version: i64,
+    consumers: Arc<ConsumerIndex>,
+    credentials: Arc<CredentialIndex>,
+    services: HashMap<Uuid, ServiceRow>,
+    routes: HashMap<Uuid, RouteRow>,
+    plugins: HashMap<Uuid, PluginRow>,
+    /// Compiled router kept between builds when only consumers changed.
+    router: Option<Arc<Router<Arc<RouteTarget>>>>,
+}
+
+impl ConfigState {
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Loads everything of `cp` from the store.
+    pub async fn load(store: &Store, cp: &str) -> Result<ConfigState, EntityError> {
+        // The version is read first: changes committed during the load are replayed afterwards.
+        let version = store.version().await?;
+        let mut state = ConfigState { version, ..ConfigState::default() };
+        let consumers = Arc::make_mut(&mut state.consumers);
+        store
+            .for_each_body(cp, Kind::Consumer, |body, _| match serde_json::from_str::<ConsumerRow>(body) {
+                Ok(row) => consumers.insert(consumer_of(row)),
+                Err(e) => tracing::error!(error = %e, "skipping unreadable consumer"),
+            })
+            .await?;
+        let credentials = Arc::make_mut(&mut state.credentials);
+        store
+            .for_each_body(cp, Kind::KeyAuth, |body, expires_at| match serde_json::from_str::<KeyAuthRow>(body) {
+                Ok(row) => {
+                    credentials.insert(&row.key, KeyCredential { id: row.id, consumer_id: row.consumer.id, expires_at })
+                }
+                Err(e) => tracing::error!(error = %e, "skipping unreadable credential"),
+            })
+            .await?;
+        let services = &mut state.services;
+        store
+            .for_each_body(cp, Kind::Service, |body, _| {
+                if let Some(row) = parse::<ServiceRow>(body) {
+                    services.insert(row.id, row);
+                }
+            })
+            .await?;
+        let routes = &mut state.routes;
+        store
+            .for_each_body(cp, Kind::Route, |body, _| {
+                if let Some(row) = parse::<RouteRow>(body) {
+                    routes.insert(row.id, row);
+                }
+            })
+            .await?;
+        let plugins = &mut state.plugins;
+        store
+            .for_each_body(cp, Kind::Plugin, |body, _| {
+                if let Some(row) = parse::<PluginRow>(body) {
+                    plugins.insert(row.id, row);
+                }
+            })
+            .await?;
+        Ok(state)
+    }
+
+    /// Applies a batch of changes of `cp`; returns whether the router must be rebuilt.
+    async fn apply(&mut self, store: &Store, cp: &str, changes: &[Change], to: i64) -> Result<bool, EntityError> {
+        let mut by_kind: BTreeMap<Kind, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        // Only the last operation on an entity matters.
+        let mut last: HashMap<(Kind, &str), ChangeOp> = HashMap::new();
+        for c in changes.iter().filter(|c| c.cp == cp) {
+            last.insert((c.kind, c.id.as_str()), c.op);
+        }
+        for ((kind, id), op) in last {
+            let entry = by_kind.entry(kind).or_default();
+            match op {
+                ChangeOp::Upsert => entry.0.push(id.to_string()),
+                ChangeOp::Delete => entry.1.push(id.to_string()),
+            }
+        }
+        let mut routing = false;
+        for (kind, (upserts, deletes)) in by_kind {
+            let deleted: Vec<Uuid> = deletes.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            let bodies = if upserts.is_empty() { Vec::new() } else { store.bodies(kind, &upserts).await? };
+            match kind {
+                Kind::Consumer => {
+                    let index = Arc::make_mut(&mut self.consumers);
+                    deleted.iter().for_each(|id| index.remove(id));
+                    for (body, _) in bodies {
+                        if let Some(row) = parse::<ConsumerRow>(&body) {
+                            index.insert(consumer_of(row));
+                        }
+                    }
+                    // Plugins resolve `anonymous` consumers when they are built.
+                    routing |= self
+                        .plugins
+                        .values()
+                        .any(|p| p.config.as_ref().is_some_and(|c| c.get("anonymous").is_some_and(|a| !a.is_null())));
+                }
+                Kind::KeyAuth => {
+                    let index = Arc::make_mut(&mut self.credentials);
+                    deleted.iter().for_each(|id| index.remove(id));
+                    for (body, expires_at) in bodies {
+                        if let Some(row) = parse::<KeyAuthRow>(&body) {
+                            index.insert(
+                                &row.key,
+                                KeyCredential { id: row.id, consumer_id: row.consumer.id, expires_at },
+                            );
+                        }
+                    }
+                }
+                Kind::Service => {
+                    routing = true;
+                    deleted.iter().for_each(|id| {
+                        self.services.remove(id);
+                    });
+                    for (body, _) in bodies {
+                        if let Some(row) = parse::<ServiceRow>(&body) {
+                            self.services.insert(row.id, row);
+                        }
+                    }
+                }
+                Kind::Route => {
+                    routing = true;
+                    deleted.iter().for_each(|id| {
+                        self.routes.remove(id);
+                    });
+                    for (body, _) in bodies {
+                        if let Some(row) = parse::<RouteRow>(&body) {
+                            self.routes.insert(row.id, row);
+                        }
+                    }
+                }
+                Kind::Plugin => {
+                    routing = true;
+                    deleted.iter().for_each(|id| {
+                        self.plugins.remove(id);
+                    });
+                    for (body, _) in bodies {
+                        if let Some(row) = parse::<PluginRow>(&body) {
+                            self.plugins.insert(row.id, row);
+                        }
+                    }
+                }
+            }
+        }
+        self.version = to;
+        Ok(routing)
+    }
+
+    /// Compiles the snapshot, reusing the previous router unless `routing` says it is stale.
+    pub fn build(&mut self, clients: &Clients, routing: bool) -> Result<Snapshot, String> {
+        let router = match (&self.router, routing) {
+            (Some(r), false) => r.clone(),
+            _ => {
+                let started = Instant::now();
+                let r = Arc::new(self.compile_router(clients)?);
+                tracing::debug!(routes = r.len(), elapsed_ms = started.elapsed().as_millis() as u64, "router compiled");
+                self.router = Some(r.clone());
+                r
+            }
+        };
+        Ok(Snapshot {
+            version: self.version,
+            router,
+            consumers: self.consumers.clone(),
+            credentials: self.credentials.clone(),
+        })
+    }
+
+    fn compile_router(&self, clients: &Clients) -> Result<Router<Arc<RouteTarget>>, String> {
+        let rows: Vec<PluginInstanceRow> = self
+            .plugins
+            .values()
+            .map(|p| PluginInstanceRow {
+                id: p.id,
+                name: p.name.clone(),
+                route: p.route.as_ref().map(|r| r.id),
+                service: p.service.as_ref().map(|r| r.id),
+                consumer: p.consumer.as_ref().map(|r| r.id),
+                enabled: p.enabled,
+                http: p.protocols.as_ref().is_none_or(|ps| ps.iter().any(|x| x == "http")),
+                config: p.config.clone().unwrap_or_default(),
+            })
+            .collect();
+        let chains = ChainBuilder::new(&rows, &BuildEnv { consumers: &self.consumers });
+        let services: HashMap<Uuid, Arc<ServiceTarget>> = self
+            .services
+            .values()
+            .filter(|s| s.enabled)
+            .map(|s| (s.id, Arc::new(service_target(s, clients))))
+            .collect();
+        let mut routes: Vec<&RouteRow> = self.routes.values().collect();
+        routes.sort_by_key(|r| (r.created_at, r.id));
+        let mut specs = Vec::with_capacity(routes.len());
+        for r in routes {
+            let service = match &r.service {
+                Some(s) => match services.get(&s.id) {
+                    Some(t) => Some(t.clone()),
+                    // Routes of a disabled service are not routed.
+                    None => continue,
+                },
+                None => None,
+            };
+            let target = RouteTarget {
+                id: r.id,
+                strip_path: r.strip_path,
+                preserve_host: r.preserve_host,
+                http_allowed: r.protocols.iter().any(|p| p == "http"),
+                https_redirect_status: StatusCode::from_u16(r.https_redirect_status_code)
+                    .unwrap_or(StatusCode::UPGRADE_REQUIRED),
+                chain: chains.chain_for(r.id, service.as_ref().map(|s| s.id)),
+                service,
+            };
+            specs.push(RouteSpec {
+                methods: r.methods.clone().unwrap_or_default(),
+                hosts: r.hosts.clone().unwrap_or_default(),
+                paths: r.paths.clone().unwrap_or_default(),
+                headers: r.headers.clone().unwrap_or_default().into_iter().collect(),
+                snis: r.snis.as_ref().map_or(0, Vec::len),
+                regex_priority: r.regex_priority,
+                target: Arc::new(target),
+            });
+        }
+        Router::build(specs).map_err(|e| e.to_string())
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &str) -> Option<T> {
+    match serde_json::from_str(body) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "skipping unreadable row");
+            None
+        }
+    }
+}
+
+fn consumer_of(row: ConsumerRow) -> Consumer {
+    Consumer { id: row.id, username: row.username.map(Into::into), custom_id: row.custom_id.map(Into::into) }
+}
+
+fn service_target(s: &ServiceRow, clients: &Clients) -> ServiceTarget {
+    let https = s.protocol == "https" || s.protocol == "grpcs";
+    let default_port = if https { 443 } else { 80 };
+    let host = if s.host.contains(':') { format!("[{}]", s.host) } else { s.host.clone() };
+    let authority = if s.port == default_port { host.clone() } else { format!("{host}:{}", s.port) };
+    ServiceTarget {
+        id: s.id,
+        https,
+        host: s.host.clone().into(),
+        port: s.port,
+        host_header: HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+        scheme: if https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
+        authority: http::uri::Authority::try_from(format!("{host}:{}", s.port))
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.host:1")),
+        path: s.path.clone().map(Into::into),
+        retries: s.retries,
+        read_timeout: Duration::from_millis(s.read_timeout),
+        write_timeout: Duration::from_millis(s.write_timeout),
+        client: clients.get(Duration::from_millis(s.connect_timeout)),
+    }
+}
+
+/// Keeps `holder` current for control plane `cp` until the process ends.
+pub async fn run(
+    store: Store,
+    cp: String,
+    holder: Arc<SnapshotHolder>,
+    clients: Clients,
+    poll: Duration,
+    mut state: ConfigState,
+) {
+    let mut feed = store.feed(poll);
+    loop {
+        feed.wait().await;
+        tokio::time::sleep(DEBOUNCE).await;
+        match refresh(&store, &cp, &mut state, &clients).await {
+            Ok(Some(snapshot)) => holder.store(snapshot),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "configuration update failed; keeping the previous snapshot"),
+        }
+    }
+}
+
+/// Brings `state` up to the store's version; returns a new snapshot when anything changed.
+pub async fn refresh(
+    store: &Store,
+    cp: &str,
+    state: &mut ConfigState,
+    clients: &Clients,
+) -> Result<Option<Snapshot>, String> {
+    let started = Instant::now();
+    let routing = match store.changes_since(state.version).await.map_err(|e| e.to_string())? {
+        Some((changes, _)) if changes.is_empty() => return Ok(None),
+        Some((changes, to)) => state.apply(store, cp, &changes, to).await.map_err(|e| e.to_string())?,
+        None => {
+            tracing::info!("change log does not reach back far enough; reloading the configuration");
+            *state = ConfigState::load(store, cp).await.map_err(|e| e.to_string())?;
+            true
+        }
+    };
+    let snapshot = state.build(clients, routing)?;
+    tracing::debug!(version = snapshot.version, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot built");
+    Ok(Some(snapshot))
+}

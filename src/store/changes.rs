@@ -1,0 +1,231 @@
+//! The change feed: every committed write bumps one configuration version and logs the entities it
+//! touched. A node replays the log from the version its snapshot was built at; when the log no longer
+//! reaches back that far it reloads everything. [`Feed`] wakes the snapshot builder on a local commit,
+//! on a PostgreSQL NOTIFY, or on the periodic version check that covers lost notifications.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use super::{Backend, LISTEN_RETRY, Store, db_error};
+use crate::model::{EntityError, Kind};
+
+const CHANNEL: &str = "tollgate_changes";
+/// Log rows older than this many versions are pruned.
+const KEEP_VERSIONS: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    Upsert,
+    Delete,
+}
+
+/// One entity touched by one committed write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub version: i64,
+    pub cp: String,
+    pub kind: Kind,
+    pub id: String,
+    pub op: ChangeOp,
+}
+
+impl Store {
+    pub(super) async fn bump_version(&self, tx: &mut Transaction<'static, Any>) -> Result<i64, EntityError> {
+        // In PostgreSQL the row lock taken here serializes writers, so versions commit in order.
+        let q = "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version";
+        let row = sqlx::query(q).fetch_one(&mut **tx).await.map_err(db_error)?;
+        row.try_get::<i64, _>(0).map_err(db_error)
+    }
+
+    pub(super) async fn record_changes(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        version: i64,
+        cp: &str,
+        changes: &[(Kind, String, ChangeOp)],
+    ) -> Result<(), EntityError> {
+        let q = self.sql("INSERT INTO changes (version, seq, cp, kind, entity_id, op) VALUES (?, ?, ?, ?, ?, ?)");
+        for (seq, (kind, id, op)) in changes.iter().enumerate() {
+            let op = match op {
+                ChangeOp::Upsert => "upsert",
+                ChangeOp::Delete => "delete",
+            };
+            sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(version)
+                .bind(seq as i64)
+                .bind(cp.to_string())
+                .bind(kind.table())
+                .bind(id.clone())
+                .bind(op)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        if version % 1000 == 0 {
+            let q = self.sql("DELETE FROM changes WHERE version < ?");
+            sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(version - KEEP_VERSIONS)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        if self.backend() == Backend::Postgres {
+            let q = self.sql("SELECT pg_notify(?, ?)");
+            sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// The current configuration version.
+    pub async fn version(&self) -> Result<i64, EntityError> {
+        let row = sqlx::query("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        row.try_get::<i64, _>(0).map_err(db_error)
+    }
+
+    /// Changes committed after `version`, oldest first, and the version they lead to; `None` when
+    /// the log was pruned past `version` (the caller must reload everything).
+    pub async fn changes_since(&self, version: i64) -> Result<Option<(Vec<Change>, i64)>, EntityError> {
+        let current = self.version().await?;
+        if current == version {
+            return Ok(Some((Vec::new(), current)));
+        }
+        let q = self.sql(
+            "SELECT version, cp, kind, entity_id, op FROM changes WHERE version > ? AND version <= ? ORDER BY version, seq",
+        );
+        let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(version)
+            .bind(current)
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get(2).map_err(db_error)?;
+            let Some(kind) = Kind::from_table(&kind) else { continue };
+            let op: String = row.try_get(4).map_err(db_error)?;
+            out.push(Change {
+                version: row.try_get(0).map_err(db_error)?,
+                cp: row.try_get(1).map_err(db_error)?,
+                kind,
+                id: row.try_get(3).map_err(db_error)?,
+                op: if op == "delete" { ChangeOp::Delete } else { ChangeOp::Upsert },
+            });
+        }
+        if out.first().map(|c| c.version) != Some(version + 1) {
+            return Ok(None);
+        }
+        Ok(Some((out, current)))
+    }
+
+    /// Streams the bodies of every live row of a kind in a control plane, without collecting them.
+    pub async fn for_each_body(
+        &self,
+        cp: &str,
+        kind: Kind,
+        mut f: impl FnMut(&str, Option<i64>),
+    ) -> Result<(), EntityError> {
+        let select = if kind.has_ttl() { "body, expires_at" } else { "body, NULL" };
+        let q = self.sql(&format!("SELECT {select} FROM {} WHERE cp = ? ORDER BY created_at, id", kind.table()));
+        let mut rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(cp.to_string()).fetch(&self.inner.reader);
+        while let Some(row) = rows.try_next().await.map_err(db_error)? {
+            let body: String = row.try_get(0).map_err(db_error)?;
+            let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(1).map_err(db_error)? } else { None };
+            f(&body, expires_at);
+        }
+        Ok(())
+    }
+
+    /// Bodies (and expiry) of the given ids of one kind; missing ids are simply absent.
+    pub async fn bodies(&self, kind: Kind, ids: &[String]) -> Result<Vec<(String, Option<i64>)>, EntityError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let select = if kind.has_ttl() { "body, expires_at" } else { "body, NULL" };
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let q = self.sql(&format!("SELECT {select} FROM {} WHERE id IN ({marks})", kind.table()));
+            let mut query = sqlx::query(AssertSqlSafe(q.as_str()));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for row in query.fetch_all(&self.inner.reader).await.map_err(db_error)? {
+                let body: String = row.try_get(0).map_err(db_error)?;
+                let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(1).map_err(db_error)? } else { None };
+                out.push((body, expires_at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A waiter for "the configuration may have changed".
+    pub fn feed(&self, poll: Duration) -> Feed {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        if let Some(url) = self.inner.listen_url.clone() {
+            tokio::spawn(listen(url, tx));
+        }
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Feed { store: self.clone(), notified: rx, ticker }
+    }
+}
+
+/// Wakes on local commits, PostgreSQL notifications and a periodic tick.
+#[derive(Debug)]
+pub struct Feed {
+    store: Store,
+    notified: tokio::sync::mpsc::Receiver<()>,
+    ticker: tokio::time::Interval,
+}
+
+impl Feed {
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.store.local_change().notified() => {}
+            Some(()) = self.notified.recv() => {}
+            _ = self.ticker.tick() => {}
+        }
+    }
+}
+
+/// Keeps a LISTEN connection open, reconnecting after failures; every notification (and every
+/// reconnect, since notifications may have been missed) wakes the builder.
+async fn listen(url: String, wake: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(CHANNEL).await {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                } else {
+                    let _ = wake.try_send(());
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => {
+                                let _ = wake.try_send(());
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "change notifications interrupted");
+                                break;
+                            }
+                        }
+                        if wake.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN for changes"),
+        }
+        if wake.is_closed() {
+            return;
+        }
+        tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}

@@ -1,0 +1,481 @@
+//! Entity reads and writes: one table per kind, the full record in `body`, unique and foreign-key
+//! columns beside it. Unique values, foreign keys and cascades are checked inside the write
+//! transaction so the Admin API can answer with Kong's error for the exact field.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use super::changes::ChangeOp;
+use super::{Backend, Store, db_error};
+use crate::model::schema::{Obj, is_uuid, now_secs};
+use crate::model::{EntityError, Kind, OnDelete};
+
+/// How a write treats an existing row with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    /// The id must be new.
+    Insert,
+    /// The id must exist.
+    Update,
+    /// Create or replace.
+    Upsert,
+}
+
+/// `?tags=` filtering: `a,b` needs all, `a/b` needs any.
+#[derive(Debug, Clone)]
+pub enum TagFilter {
+    All(Vec<String>),
+    Any(Vec<String>),
+}
+
+/// One page request.
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    pub cp: &'a str,
+    /// Restrict to children of one parent: (foreign-key field, parent id).
+    pub parent: Option<(&'static str, String)>,
+    pub size: usize,
+    pub offset: Option<String>,
+    pub tags: Option<TagFilter>,
+}
+
+/// One page of records and the token of the next page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub data: Vec<Obj>,
+    pub offset: Option<String>,
+}
+
+/// A column value bound on write.
+enum Col {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl Store {
+    /// Fetches by id.
+    pub async fn get(&self, cp: &str, kind: Kind, id: &str) -> Result<Option<Obj>, EntityError> {
+        self.get_by(cp, kind, "id", id).await
+    }
+
+    /// Fetches by id when `id_or_key` is a UUID, else by the kind's endpoint key (Kong's rule).
+    pub async fn lookup(&self, cp: &str, kind: Kind, id_or_key: &str) -> Result<Option<Obj>, EntityError> {
+        if is_uuid(id_or_key) {
+            self.get_by(cp, kind, "id", id_or_key).await
+        } else {
+            self.get_by(cp, kind, kind.endpoint_key(), id_or_key).await
+        }
+    }
+
+    /// Fetches by a unique column.
+    pub async fn get_by(&self, cp: &str, kind: Kind, column: &str, value: &str) -> Result<Option<Obj>, EntityError> {
+        let (select, live) = read_parts(kind);
+        let q = self.sql(&format!("SELECT {select} FROM {} WHERE cp = ? AND {column} = ?{live}", kind.table()));
+        let mut query = sqlx::query(AssertSqlSafe(q.as_str())).bind(cp.to_string()).bind(value.to_string());
+        if kind.has_ttl() {
+            query = query.bind(now_secs());
+        }
+        let row = query.fetch_optional(&self.inner.reader).await.map_err(db_error)?;
+        row.map(|r| decode_row(kind, &r)).transpose()
+    }
+
+    /// One page of a kind, ordered by id.
+    pub async fn list(&self, kind: Kind, q: &ListQuery<'_>) -> Result<Page, EntityError> {
+        let (select, live) = read_parts(kind);
+        let mut sql = format!("SELECT {select} FROM {} WHERE cp = ?{live}", kind.table());
+        let mut text_binds: Vec<String> = Vec::new();
+        if let Some((field, _)) = &q.parent {
+            sql.push_str(&format!(" AND {field}_id = ?"));
+        }
+        let contains = match self.backend() {
+            Backend::Sqlite => "instr(tags, ?) > 0",
+            Backend::Postgres => "strpos(tags, ?) > 0",
+        };
+        match &q.tags {
+            Some(TagFilter::All(tags)) | Some(TagFilter::Any(tags)) if !tags.is_empty() => {
+                let joiner = if matches!(q.tags, Some(TagFilter::All(_))) { " AND " } else { " OR " };
+                let conds: Vec<&str> = tags.iter().map(|_| contains).collect();
+                sql.push_str(&format!(" AND tags IS NOT NULL AND ({})", conds.join(joiner)));
+                text_binds.extend(tags.iter().map(|t| format!(",{t},")));
+            }
+            _ => {}
+        }
+        let after = match &q.offset {
+            Some(token) => Some(decode_offset(token)?),
+            None => None,
+        };
+        if after.is_some() {
+            sql.push_str(" AND id > ?");
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        let sql = self.sql(&sql);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(q.cp.to_string());
+        if kind.has_ttl() {
+            query = query.bind(now_secs());
+        }
+        if let Some((_, parent)) = &q.parent {
+            query = query.bind(parent.clone());
+        }
+        for t in text_binds {
+            query = query.bind(t);
+        }
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        query = query.bind((q.size + 1) as i64);
+        let rows = query.fetch_all(&self.inner.reader).await.map_err(db_error)?;
+        let mut data = rows.iter().map(|r| decode_row(kind, r)).collect::<Result<Vec<_>, _>>()?;
+        let offset = if data.len() > q.size {
+            data.truncate(q.size);
+            data.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(|id| B64.encode(id))
+        } else {
+            None
+        };
+        Ok(Page { data, offset })
+    }
+
+    /// Writes a validated record. Foreign keys given by endpoint key are resolved to ids; unique
+    /// values and foreign keys are checked; returns the record as stored.
+    pub async fn write(
+        &self,
+        cp: &str,
+        kind: Kind,
+        op: WriteOp,
+        mut record: Obj,
+        ttl: Option<i64>,
+    ) -> Result<Obj, EntityError> {
+        let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut tx = self.begin_write().await?;
+        let version = self.bump_version(&mut tx).await?;
+        self.resolve_foreign_keys(&mut tx, cp, kind, &mut record).await?;
+        self.check_unique(&mut tx, cp, kind, &id, &record).await?;
+        let exists = self.exists(&mut tx, kind, &id).await?;
+        let in_other_cp = exists && !self.exists_in(&mut tx, cp, kind, &id).await?;
+        match (op, exists) {
+            (WriteOp::Insert, true) => return Err(EntityError::unique("id", Value::String(id))),
+            (WriteOp::Update, false) => return Err(EntityError::NotFound(id)),
+            _ if in_other_cp => return Err(EntityError::unique("id", Value::String(id))),
+            _ => {}
+        }
+        let expires_at = ttl.map(|t| now_secs() + t);
+        let body = Value::Object(record.clone()).to_string();
+        let created_at = record.get("created_at").and_then(Value::as_i64).unwrap_or_else(now_secs);
+        let mut cols = columns(kind, &record);
+        if kind.has_ttl() {
+            cols.push(("expires_at".into(), Col::Int(expires_at)));
+        }
+        let sql = if exists {
+            let sets: Vec<String> = cols.iter().map(|(c, _)| format!("{c} = ?")).collect();
+            format!("UPDATE {} SET created_at = ?, body = ?, {} WHERE id = ?", kind.table(), sets.join(", "))
+        } else {
+            let names: Vec<&str> = cols.iter().map(|(c, _)| c.as_str()).collect();
+            let marks = vec!["?"; names.len()].join(", ");
+            format!(
+                "INSERT INTO {} (created_at, body, {}, cp, id) VALUES (?, ?, {marks}, ?, ?)",
+                kind.table(),
+                names.join(", ")
+            )
+        };
+        let sql = self.sql(&sql);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(created_at).bind(body);
+        for (_, col) in cols {
+            query = match col {
+                Col::Text(v) => query.bind(v),
+                Col::Int(v) => query.bind(v),
+            };
+        }
+        if !exists {
+            query = query.bind(cp.to_string());
+        }
+        query = query.bind(id.clone());
+        query.execute(&mut *tx).await.map_err(|e| self.constraint_error(e, kind, &record))?;
+        self.record_changes(&mut tx, version, cp, &[(kind, id, ChangeOp::Upsert)]).await?;
+        self.commit(tx).await?;
+        if let Some(t) = ttl {
+            record.insert("ttl".into(), Value::from(t));
+        }
+        Ok(record)
+    }
+
+    /// Deletes one entity and everything that cascades from it. Deleting what does not exist is not
+    /// an error (Kong answers 204 either way).
+    pub async fn delete(&self, cp: &str, kind: Kind, id: &str) -> Result<(), EntityError> {
+        let mut tx = self.begin_write().await?;
+        if !self.exists_in(&mut tx, cp, kind, id).await? {
+            return Ok(());
+        }
+        let version = self.bump_version(&mut tx).await?;
+        // Depth-first: children are deleted before their parent.
+        let mut order: Vec<(Kind, String)> = Vec::new();
+        let mut stack: Vec<(Kind, String, bool)> = vec![(kind, id.to_string(), false)];
+        while let Some((k, eid, expanded)) = stack.pop() {
+            if expanded {
+                order.push((k, eid));
+                continue;
+            }
+            stack.push((k, eid.clone(), true));
+            for child in Kind::ALL {
+                for fk in child.foreign_keys().iter().filter(|fk| fk.kind == k) {
+                    let q = self.sql(&format!("SELECT id FROM {} WHERE {}_id = ?", child.table(), fk.field));
+                    let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+                        .bind(eid.clone())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    if fk.on_delete == OnDelete::Restrict {
+                        return Err(EntityError::Referenced { referencing: child.table(), kind: k.table() });
+                    }
+                    for row in rows {
+                        let cid: String = row.try_get(0).map_err(db_error)?;
+                        stack.push((child, cid, false));
+                    }
+                }
+            }
+        }
+        order.dedup();
+        let mut changes = Vec::with_capacity(order.len());
+        for (k, eid) in order {
+            let q = self.sql(&format!("DELETE FROM {} WHERE id = ?", k.table()));
+            sqlx::query(AssertSqlSafe(q.as_str())).bind(eid.clone()).execute(&mut *tx).await.map_err(db_error)?;
+            changes.push((k, eid, ChangeOp::Delete));
+        }
+        self.record_changes(&mut tx, version, cp, &changes).await?;
+        self.commit(tx).await
+    }
+
+    /// The distinct plugin names configured in a control plane (`GET /`'s `enabled_in_cluster`).
+    pub async fn plugin_names(&self, cp: &str) -> Result<Vec<String>, EntityError> {
+        let q = self.sql("SELECT DISTINCT cache_key FROM plugins WHERE cp = ?");
+        let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        let mut names: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .filter_map(|k| k.split('|').next().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, EntityError> {
+        self.inner.writer.begin().await.map_err(db_error)
+    }
+
+    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), EntityError> {
+        tx.commit().await.map_err(db_error)?;
+        self.inner.local_change.notify_one();
+        Ok(())
+    }
+
+    async fn exists(&self, tx: &mut Transaction<'static, Any>, kind: Kind, id: &str) -> Result<bool, EntityError> {
+        let q = self.sql(&format!("SELECT 1 FROM {} WHERE id = ?", kind.table()));
+        Ok(sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?
+            .is_some())
+    }
+
+    async fn exists_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cp: &str,
+        kind: Kind,
+        id: &str,
+    ) -> Result<bool, EntityError> {
+        let q = self.sql(&format!("SELECT 1 FROM {} WHERE id = ? AND cp = ?", kind.table()));
+        let row = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(id.to_string())
+            .bind(cp.to_string())
+            .fetch_optional(&mut **tx)
+            .await;
+        Ok(row.map_err(db_error)?.is_some())
+    }
+
+    async fn resolve_foreign_keys(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cp: &str,
+        kind: Kind,
+        record: &mut Obj,
+    ) -> Result<(), EntityError> {
+        for fk in kind.foreign_keys() {
+            let Some(Value::Object(key)) = record.get(fk.field).cloned() else {
+                continue;
+            };
+            let (column, value) = match key.iter().next() {
+                Some((k, v)) if key.len() == 1 => (k.clone(), v.as_str().unwrap_or_default().to_string()),
+                _ => {
+                    return Err(EntityError::schema(fk.field, "expected a record"));
+                }
+            };
+            if column != "id" && column != fk.kind.endpoint_key() {
+                return Err(EntityError::Schema(crate::model::schema::Violations(vec![
+                    crate::model::schema::Violation {
+                        path: vec![
+                            crate::model::schema::PathSeg::Field(fk.field.to_string()),
+                            crate::model::schema::PathSeg::Field(column),
+                        ],
+                        message: "unknown field".into(),
+                    },
+                ])));
+            }
+            let q = self.sql(&format!("SELECT id FROM {} WHERE cp = ? AND {column} = ?", fk.kind.table()));
+            let row = sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(cp.to_string())
+                .bind(value.clone())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_error)?;
+            match row {
+                Some(row) => {
+                    let id: String = row.try_get(0).map_err(db_error)?;
+                    let mut m = Map::new();
+                    m.insert("id".into(), Value::String(id));
+                    record.insert(fk.field.to_string(), Value::Object(m));
+                }
+                None if column == "id" => {
+                    return Err(EntityError::ForeignKey { field: fk.field.to_string(), kind: fk.kind.table(), key });
+                }
+                None => {
+                    return Err(EntityError::ForeignUnresolved {
+                        field: fk.field.to_string(),
+                        kind: fk.kind.table(),
+                        key,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_unique(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cp: &str,
+        kind: Kind,
+        id: &str,
+        record: &Obj,
+    ) -> Result<(), EntityError> {
+        for (column, col) in columns(kind, record) {
+            let is_unique = kind.unique_fields().contains(&column.as_str()) || column == "cache_key";
+            let Col::Text(Some(value)) = col else { continue };
+            if !is_unique {
+                continue;
+            }
+            let q = self.sql(&format!("SELECT 1 FROM {} WHERE cp = ? AND {column} = ? AND id <> ?", kind.table()));
+            let clash = sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(cp.to_string())
+                .bind(value.clone())
+                .bind(id.to_string())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_error)?;
+            if clash.is_some() {
+                return Err(if column == "cache_key" {
+                    plugin_scope_clash(record)
+                } else {
+                    EntityError::unique(&column, record.get(&column).cloned().unwrap_or(Value::Null))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A constraint the pre-checks did not see (a concurrent writer on PostgreSQL): still Kong's error.
+    fn constraint_error(&self, e: sqlx::Error, kind: Kind, record: &Obj) -> EntityError {
+        if let sqlx::Error::Database(db) = &e {
+            let msg = db.message().to_ascii_lowercase();
+            if msg.contains("unique") || msg.contains("duplicate") {
+                for field in kind.unique_fields() {
+                    if msg.contains(field) {
+                        return EntityError::unique(field, record.get(*field).cloned().unwrap_or(Value::Null));
+                    }
+                }
+                if kind == Kind::Plugin {
+                    return plugin_scope_clash(record);
+                }
+            }
+        }
+        db_error(e)
+    }
+}
+
+/// Kong reports a second instance of a plugin in the same scope by its cache key fields.
+fn plugin_scope_clash(record: &Obj) -> EntityError {
+    let mut m = Map::new();
+    for f in ["consumer", "name", "route", "service"] {
+        m.insert(f.into(), record.get(f).cloned().unwrap_or(Value::Null));
+    }
+    EntityError::Unique(m)
+}
+
+/// What to select and which rows are live (expired rows of ttl kinds are invisible).
+fn read_parts(kind: Kind) -> (&'static str, &'static str) {
+    if kind.has_ttl() { ("body, expires_at", " AND (expires_at IS NULL OR expires_at > ?)") } else { ("body", "") }
+}
+
+fn decode_row(kind: Kind, row: &AnyRow) -> Result<Obj, EntityError> {
+    let body: String = row.try_get(0).map_err(db_error)?;
+    let mut obj = match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(EntityError::Database(format!("corrupt {} row", kind.table()))),
+    };
+    if kind.has_ttl() {
+        let expires_at: Option<i64> = row.try_get(1).map_err(db_error)?;
+        if let Some(at) = expires_at {
+            obj.insert("ttl".into(), Value::from((at - now_secs()).max(0)));
+        }
+    }
+    Ok(obj)
+}
+
+fn decode_offset(token: &str) -> Result<String, EntityError> {
+    B64.decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| EntityError::InvalidOffset(token.to_string()))
+}
+
+fn fk_id(record: &Obj, field: &str) -> Option<String> {
+    record.get(field)?.get("id")?.as_str().map(str::to_string)
+}
+
+/// The constraint-carrying columns of a record.
+fn columns(kind: Kind, record: &Obj) -> Vec<(String, Col)> {
+    let mut cols: Vec<(String, Col)> = Vec::new();
+    for field in kind.unique_fields() {
+        let v = record.get(*field).and_then(Value::as_str).map(str::to_string);
+        cols.push(((*field).to_string(), Col::Text(v)));
+    }
+    for fk in kind.foreign_keys() {
+        cols.push((format!("{}_id", fk.field), Col::Text(fk_id(record, fk.field))));
+    }
+    if kind == Kind::Plugin {
+        let key = format!(
+            "{}|{}|{}|{}",
+            record.get("name").and_then(Value::as_str).unwrap_or_default(),
+            fk_id(record, "route").unwrap_or_default(),
+            fk_id(record, "service").unwrap_or_default(),
+            fk_id(record, "consumer").unwrap_or_default(),
+        );
+        cols.push(("cache_key".into(), Col::Text(Some(key))));
+    }
+    let tags = record.get("tags").and_then(Value::as_array).filter(|a| !a.is_empty()).map(|a| {
+        let list: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+        format!(",{},", list.join(","))
+    });
+    cols.push(("tags".into(), Col::Text(tags)));
+    cols
+}

@@ -1,0 +1,183 @@
+//! Persistence: SQLite (embedded, WAL) or PostgreSQL through one sqlx `Any` pool pair, migrations per
+//! backend, entity reads and writes with Kong's unique / foreign-key / cascade rules, and the change
+//! feed (`changes` table + config version) that every node replays to update its snapshot. Writes are
+//! serialized (one SQLite writer connection; a row lock on the version in PostgreSQL) so versions commit
+//! in order. Nothing here validates schemas: callers hand in records that `model` already accepted.
+
+mod changes;
+mod entities;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use tokio::sync::Notify;
+
+use crate::config::{Database, Settings};
+use crate::model::EntityError;
+
+pub use changes::{Change, ChangeOp, Feed};
+pub use entities::{ListQuery, Page, TagFilter, WriteOp};
+
+/// The default control plane every root Admin API path addresses.
+pub const DEFAULT_CP: &str = "default";
+
+/// A failure to open or migrate the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create prefix directory {path}: {source}")]
+    Prefix { path: String, source: std::io::Error },
+    #[error("cannot connect to {what}: {source}")]
+    Connect { what: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Which SQL dialect the pools speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The store handle, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    /// Writes go through here: one connection on SQLite.
+    writer: AnyPool,
+    reader: AnyPool,
+    /// Wakes this node's snapshot builder right after a local commit.
+    local_change: Notify,
+    /// PostgreSQL URL for LISTEN (None on SQLite).
+    listen_url: Option<String>,
+}
+
+impl Store {
+    /// Connects (creating `<prefix>/tollgate.db` on first start) and applies migrations.
+    pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
+        install_default_drivers();
+        match settings.database {
+            Database::Sqlite => {
+                std::fs::create_dir_all(&settings.prefix)
+                    .map_err(|source| StoreError::Prefix { path: settings.prefix.display().to_string(), source })?;
+                let path = settings.sqlite_path();
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let connect = |max: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .min_connections(1)
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                        .connect(&url)
+                };
+                let writer = connect(1).await.map_err(|source| StoreError::Connect { what: url.clone(), source })?;
+                sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+                let reader = connect(4).await.map_err(|source| StoreError::Connect { what: url.clone(), source })?;
+                Ok(Store::from_pools(Backend::Sqlite, writer, reader, None))
+            }
+            Database::Postgres => {
+                let url = pg_url(settings);
+                let shown = format!(
+                    "postgres://{}@{}:{}/{}",
+                    settings.pg.user, settings.pg.host, settings.pg.port, settings.pg.database
+                );
+                let pool = AnyPoolOptions::new()
+                    .max_connections(settings.pg.max_connections)
+                    .acquire_timeout(settings.pg.timeout)
+                    .connect(&url)
+                    .await
+                    .map_err(|source| StoreError::Connect { what: shown, source })?;
+                // Several nodes may start together; the migrator takes an advisory lock.
+                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                Ok(Store::from_pools(Backend::Postgres, pool.clone(), pool, Some(url)))
+            }
+        }
+    }
+
+    fn from_pools(backend: Backend, writer: AnyPool, reader: AnyPool, listen_url: Option<String>) -> Store {
+        Store { inner: Arc::new(Inner { backend, writer, reader, local_change: Notify::new(), listen_url }) }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Rewrites `?` placeholders as `$1, $2…` for PostgreSQL. Every statement is assembled from
+    /// table and column names of the static schema; values are always bound, never spliced in,
+    /// which is why callers may wrap the result in `AssertSqlSafe`.
+    fn sql(&self, query: &str) -> String {
+        match self.inner.backend {
+            Backend::Sqlite => query.to_string(),
+            Backend::Postgres => {
+                let mut out = String::with_capacity(query.len() + 8);
+                let mut n = 0;
+                for c in query.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Whether the database answers (for `GET /status`).
+    pub async fn reachable(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.inner.reader).await.is_ok()
+    }
+
+    pub(crate) fn local_change(&self) -> &Notify {
+        &self.inner.local_change
+    }
+
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        self.inner.reader.close().await;
+    }
+}
+
+fn pg_url(settings: &Settings) -> String {
+    let Ok(mut url) = url::Url::parse("postgres://localhost/") else {
+        return String::new();
+    };
+    let _ = url.set_host(Some(&settings.pg.host));
+    let _ = url.set_port(Some(settings.pg.port));
+    let _ = url.set_username(&settings.pg.user);
+    if let Some(pw) = &settings.pg.password {
+        let _ = url.set_password(Some(pw));
+    }
+    url.set_path(&settings.pg.database);
+    let timeout = settings.pg.timeout.as_secs().max(1);
+    url.set_query(Some(&format!("connect_timeout={timeout}")));
+    url.to_string()
+}
+
+/// Maps a database failure to the gateway's error, logging the detail once.
+pub(crate) fn db_error(e: sqlx::Error) -> EntityError {
+    tracing::error!(error = %e, "database error");
+    EntityError::Database(e.to_string())
+}
+
+/// How long a PostgreSQL LISTEN connection waits before retrying after a failure.
+pub(crate) const LISTEN_RETRY: Duration = Duration::from_millis(500);
