@@ -1,0 +1,319 @@
+//! The one harness for black-box tests: starts the real `tollgate` binary on free ports with its own
+//! prefix, a real echo upstream over TCP, and fresh PostgreSQL databases; speaks HTTP to them.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use upstream::Upstream;
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// Which store a gateway node uses.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+/// A running `tollgate start`.
+pub struct Gateway {
+    child: Option<Child>,
+    pub admin: String,
+    pub proxy: String,
+    pub proxy_port: u16,
+    pub prefix: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// Options for [`Gateway::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub db: Db,
+    pub prefix: Option<PathBuf>,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { db: Db::Sqlite, prefix: None, extra: Vec::new() }
+    }
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Gateway::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Gateway {
+        let (dir, prefix) = match &opts.prefix {
+            Some(p) => (None, p.clone()),
+            None => {
+                let d = tempfile::tempdir().expect("tempdir");
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let proxy_port = free_port();
+            let admin_port = free_port();
+            let log = prefix.join(format!("gateway-{admin_port}.log"));
+            std::fs::create_dir_all(&prefix).expect("prefix");
+            let mut cmd = Command::new(binary());
+            cmd.arg("start")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("TOLLGATE_PREFIX", &prefix)
+                .env("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy_port}"))
+                .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+                .env("TOLLGATE_LOG_LEVEL", "info")
+                .env("TOLLGATE_WORKER_THREADS", "2")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            if let Db::Postgres(name) = &opts.db {
+                cmd.env("TOLLGATE_DATABASE", "postgres")
+                    .env("TOLLGATE_PG_HOST", "127.0.0.1")
+                    .env("TOLLGATE_PG_USER", "postgres")
+                    .env("TOLLGATE_PG_DATABASE", name);
+            }
+            for (k, v) in &opts.extra {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().expect("spawn tollgate");
+            let mut gw = Gateway {
+                child: Some(child),
+                admin: format!("http://127.0.0.1:{admin_port}"),
+                proxy: format!("http://127.0.0.1:{proxy_port}"),
+                proxy_port,
+                prefix: prefix.clone(),
+                _dir: None,
+                log: log.clone(),
+                http: reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"),
+            };
+            if gw.wait_ready(Duration::from_secs(30)).await {
+                gw._dir = dir;
+                return gw;
+            }
+            last_err = std::fs::read_to_string(&log).unwrap_or_default();
+            gw.kill();
+        }
+        panic!("tollgate did not start:\n{last_err}");
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if let Ok(r) = self.http.get(format!("{}/status", self.admin)).send().await {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, no cleanup: what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let child = self.child.take()?;
+        send_signal(child.id(), "TERM");
+        wait_exit(child, Duration::from_secs(40))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy)
+    }
+
+    /// POST a JSON body to the Admin API; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.admin_url(path)).json(&body).send().await.expect("admin request");
+        status_json(r).await
+    }
+
+    /// POST a form body (what `curl --data` sends).
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self.http.post(self.admin_url(path)).form(form).send().await.expect("admin request");
+        status_json(r).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.put(self.admin_url(path)).json(&body).send().await.expect("admin request");
+        status_json(r).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.patch(self.admin_url(path)).json(&body).send().await.expect("admin request");
+        status_json(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.admin_url(path)).send().await.expect("admin request");
+        status_json(r).await
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.http.delete(self.admin_url(path)).send().await.expect("admin request").status().as_u16()
+    }
+
+    /// Creates an entity and returns it, failing the test on anything but 201.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, 201, "POST {path}: {v}");
+        v
+    }
+
+    /// A service pointing at the upstream and a route for it, plus key-auth when asked.
+    pub async fn service_and_route(&self, upstream: &Upstream, name: &str, route: Value) -> (Value, Value) {
+        let service = self.create("/services", serde_json::json!({"name": name, "url": upstream.url("")})).await;
+        let route = self.create(&format!("/services/{name}/routes"), route).await;
+        (service, route)
+    }
+
+    /// GET through the proxy with extra headers.
+    pub async fn call(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(self.proxy_url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("proxy request")
+    }
+
+    /// Polls the proxy until `ok` holds for its answer (changes apply asynchronously).
+    pub async fn eventually<F>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        within: Duration,
+        ok: F,
+    ) -> reqwest::Response
+    where
+        F: Fn(&reqwest::Response) -> bool,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.call(path, headers).await;
+            if ok(&r) || Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, v)
+}
+
+pub fn send_signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+fn wait_exit(mut child: Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// Runs `tollgate <args>` to completion with only the given environment.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh PostgreSQL database for one test, dropped afterwards. Fails (never skips) when the
+/// server at 127.0.0.1:5432 does not answer.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn fresh() -> PgDatabase {
+        let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
+        psql("test", &format!("CREATE DATABASE {name}"));
+        PgDatabase { name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .output();
+    }
+}
+
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-At", "-c", sql])
+        .output()
+        .expect("psql must be installed for the PostgreSQL tests");
+    assert!(out.status.success(), "PostgreSQL at 127.0.0.1:5432 must answer: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
