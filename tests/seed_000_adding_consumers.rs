@@ -1,6 +1,8 @@
 //! The seed document "Adding Consumers" (Kong 0.1), run with its own `curl` lines against a real
 //! Tollgate and a local upstream in place of mockbin.com. Only the ports differ from the document.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Command;
