@@ -72,7 +72,9 @@ pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminE
             Ok(Value::Object(fields)) => Ok(AdminBody { fields, encoding: Encoding::Json }),
             Ok(_) | Err(_) => Err(AdminError::BadJson),
         },
-        "application/x-www-form-urlencoded" | "" => {
+        // Kong refuses a body that says nothing about its type.
+        "" => Err(AdminError::UnsupportedMediaType),
+        "application/x-www-form-urlencoded" => {
             let pairs: Vec<(String, String)> =
                 url::form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
             Ok(AdminBody { fields: nest(pairs), encoding: Encoding::Form })

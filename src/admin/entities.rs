@@ -84,7 +84,7 @@ impl AdminState {
             tags: opts.tags.clone(),
         };
         let page = self.store.list(kind, &q).await?;
-        Ok(Json(pagination::body(page, path, &opts, Value::Object)).into_response())
+        Ok(Json(pagination::body(page, path, q.parent.is_some(), &opts, Value::Object)).into_response())
     }
 
     pub async fn create_entity(
@@ -177,8 +177,11 @@ impl AdminState {
                 };
                 match (v.is_null(), n) {
                     (true, _) => {}
-                    (false, Some(n)) if (1..=100_000_000).contains(&n) => ttl = Some(n),
-                    _ => return Err(EntityError::schema("ttl", "value should be between 1 and 100000000").into()),
+                    (false, Some(n)) if (0..=100_000_000).contains(&n) => ttl = Some(n),
+                    _ => {
+                        let msg = "must be an integer between 0 and 100000000".to_string();
+                        return Err(EntityError::InvalidOptions("ttl", msg).into());
+                    }
                 }
             }
         }

@@ -42,23 +42,33 @@ pub fn parse(query: Option<&str>) -> Result<ListOptions, EntityError> {
 }
 
 fn parse_tags(v: &str) -> Result<TagFilter, EntityError> {
+    if v.is_empty() {
+        return Err(EntityError::InvalidOptions("tags", "cannot be null".into()));
+    }
+    let syntax = || EntityError::InvalidOptions("tags", "invalid filter syntax".into());
     let has_and = v.contains(',');
     let has_or = v.contains('/');
+    let tag_byte = |b: u8| (0x20..=0x7E).contains(&b) && b != b',' && b != b'/' || (0x80..=0xF4).contains(&b);
     if has_and && has_or {
-        return Err(EntityError::InvalidOptions("tags", "invalid filter: mixing of ',' and '/' is not allowed".into()));
+        return Err(syntax());
     }
     let split = if has_or { '/' } else { ',' };
-    let tags: Vec<String> = v.split(split).map(str::to_string).collect();
-    if tags.iter().any(String::is_empty) {
-        return Err(EntityError::InvalidOptions("tags", "invalid filter: empty tag".into()));
+    let tags: Vec<String> = v.split(split).filter(|t| !t.is_empty()).map(str::to_string).collect();
+    if tags.is_empty() || tags.iter().any(|t| !t.bytes().all(tag_byte)) {
+        return Err(syntax());
+    }
+    if tags.len() > 5 {
+        return Err(EntityError::InvalidOptions("tags", "cannot query more than 5 tags".into()));
     }
     Ok(if has_or { TagFilter::Any(tags) } else { TagFilter::All(tags) })
 }
 
-/// The page body; `path` is the collection path used to build `next`.
+/// The page body; `path` is the collection path used to build `next` (nested collections' links
+/// carry only the offset, as Kong's do).
 pub fn body(
     page: Page,
     path: &str,
+    nested: bool,
     opts: &ListOptions,
     render: impl Fn(serde_json::Map<String, Value>) -> Value,
 ) -> Value {
@@ -67,14 +77,14 @@ pub fn body(
     if let Some(offset) = page.offset {
         let mut next =
             format!("{path}?offset={}", url::form_urlencoded::byte_serialize(offset.as_bytes()).collect::<String>());
-        if opts.size_given {
-            next.push_str(&format!("&size={}", opts.size));
-        }
-        if let Some(tags) = &opts.raw_tags {
+        if let (Some(tags), false) = (&opts.raw_tags, nested) {
             next.push_str(&format!(
                 "&tags={}",
                 url::form_urlencoded::byte_serialize(tags.as_bytes()).collect::<String>()
             ));
+        }
+        if opts.size_given && !nested {
+            next.push_str(&format!("&size={}", opts.size));
         }
         out["next"] = Value::String(next);
         out["offset"] = Value::String(offset);
@@ -102,17 +112,22 @@ mod tests {
     fn tags_and_or() {
         assert!(matches!(parse(Some("tags=a,b")).expect("ok").tags, Some(TagFilter::All(v)) if v == ["a", "b"]));
         assert!(matches!(parse(Some("tags=a/b")).expect("ok").tags, Some(TagFilter::Any(v)) if v == ["a", "b"]));
-        assert!(parse(Some("tags=a,b/c")).is_err());
+        assert_eq!(
+            parse(Some("tags=a,b/c")).expect_err("mixed").to_string(),
+            "invalid option (tags: invalid filter syntax)"
+        );
+        assert_eq!(parse(Some("tags=")).expect_err("empty").to_string(), "invalid option (tags: cannot be null)");
+        assert!(parse(Some("tags=a,b,c,d,e,f")).is_err());
     }
 
     #[test]
     fn next_link_keeps_size_and_tags() {
         let opts = parse(Some("size=2&tags=x")).expect("ok");
         let page = Page { data: vec![], offset: Some("abc=".into()) };
-        let b = body(page, "/consumers", &opts, Value::Object);
-        assert_eq!(b["next"], json!("/consumers?offset=abc%3D&size=2&tags=x"));
+        let b = body(page, "/consumers", false, &opts, Value::Object);
+        assert_eq!(b["next"], json!("/consumers?offset=abc%3D&tags=x&size=2"));
         assert_eq!(b["offset"], json!("abc="));
-        let last = body(Page { data: vec![], offset: None }, "/consumers", &opts, Value::Object);
+        let last = body(Page { data: vec![], offset: None }, "/consumers", false, &opts, Value::Object);
         assert_eq!(last, json!({"data": [], "next": null}));
     }
 }

@@ -155,6 +155,11 @@ fn service_checks(rec: &Obj) -> Vec<Violation> {
             }
         }
     }
+    // Each failed conditional also reports which field it depended on (Kong's `conditional` check).
+    let failed = out.len();
+    for _ in 0..failed {
+        out.push(Violation::entity("failed conditional validation given value of field 'protocol'"));
+    }
     out
 }
 
@@ -299,6 +304,7 @@ fn route_checks(rec: &Obj) -> Vec<Violation> {
         }
     }
     if set("snis") && !protocols.iter().any(|p| matches!(*p, "grpcs" | "https" | "tls" | "tls_passthrough")) {
+        out.push(Violation::field("snis", "length must be 0"));
         out.push(Violation::entity(
             "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'",
         ));
@@ -401,6 +407,9 @@ mod tests {
     fn service_path_only_for_http() {
         let err = validate(Kind::Service.schema(), &obj(json!({"host": "a", "protocol": "tcp", "path": "/x"})))
             .expect_err("invalid");
-        assert_eq!(err.message(), "schema violation (path: value must be null)");
+        assert_eq!(
+            err.message(),
+            "2 schema violations (failed conditional validation given value of field 'protocol'; path: value must be null)"
+        );
     }
 }

@@ -71,10 +71,13 @@ pub enum EntityError {
     /// Deleting this entity would orphan others that must not be cascaded.
     #[error("an existing '{referencing}' entity references this '{kind}' entity")]
     Referenced { referencing: &'static str, kind: &'static str },
+    /// An insert reused an existing id.
+    #[error("primary key violation on key '{{id=\"{0}\"}}'")]
+    PrimaryKey(String),
     #[error("could not find the entity with primary key '{{id=\"{0}\"}}'")]
     NotFound(String),
-    #[error("'{0}' is not a valid offset: bad base64 encoding")]
-    InvalidOffset(String),
+    #[error("'{0}' is not a valid offset: {1}")]
+    InvalidOffset(String, &'static str),
     #[error("{0}")]
     InvalidSize(&'static str),
     #[error("invalid option ({0}: {1})")]
@@ -93,7 +96,8 @@ impl EntityError {
             EntityError::ForeignKey { .. } | EntityError::Referenced { .. } => ErrorCode::ForeignKeyViolation,
             EntityError::ForeignUnresolved { .. } => ErrorCode::ForeignKeysUnresolved,
             EntityError::NotFound(_) => ErrorCode::NotFound,
-            EntityError::InvalidOffset(_) => ErrorCode::InvalidOffset,
+            EntityError::PrimaryKey(_) => ErrorCode::PrimaryKeyViolation,
+            EntityError::InvalidOffset(..) => ErrorCode::InvalidOffset,
             EntityError::InvalidSize(_) => ErrorCode::InvalidSize,
             EntityError::InvalidOptions(..) => ErrorCode::InvalidOptions,
             EntityError::Unsupported(_) => ErrorCode::OperationUnsupported,
@@ -120,6 +124,11 @@ impl EntityError {
                         lua_pairs(key)
                     )),
                 );
+                Some(("fields", Value::Object(m)))
+            }
+            EntityError::Referenced { referencing, .. } => {
+                let mut m = Map::new();
+                m.insert("@referenced_by".into(), Value::String((*referencing).to_string()));
                 Some(("fields", Value::Object(m)))
             }
             EntityError::InvalidOptions(opt, msg) => {

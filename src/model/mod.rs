@@ -55,10 +55,9 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
         Mode::Create => input,
         Mode::Replace(existing) => {
             if let Some(existing) = existing {
-                for keep in ["id", "created_at"] {
-                    if let Some(v) = existing.get(keep) {
-                        input.insert(keep.into(), v.clone());
-                    }
+                // Kong's upsert keeps the row's id and, like Kong, starts `created_at` anew.
+                if let Some(v) = existing.get("id") {
+                    input.insert("id".into(), v.clone());
                 }
             }
             input
@@ -206,12 +205,11 @@ mod tests {
     }
 
     #[test]
-    fn put_keeps_id_and_created_at() {
+    fn put_keeps_id() {
         let first = prepare(Kind::Consumer, obj(json!({"username": "a"})), Mode::Create).expect("valid");
         let second =
             prepare(Kind::Consumer, obj(json!({"username": "b"})), Mode::Replace(Some(first.clone()))).expect("valid");
         assert_eq!(second["id"], first["id"]);
-        assert_eq!(second["created_at"], first["created_at"]);
         assert_eq!(second["username"], json!("b"));
     }
 }

@@ -122,7 +122,7 @@ pub fn check_route_host(v: &Value) -> Result<(), String> {
     let probe = s.replace('*', "abc");
     match split_host_port(&probe) {
         Some(_) => Ok(()),
-        None => Err(format!("invalid value: {probe}")),
+        None => Err(format!("invalid hostname: {probe}")),
     }
 }
 
@@ -209,7 +209,12 @@ pub fn check_router_path(v: &Value) -> Result<(), String> {
     if s.contains("//") {
         return Err("must not have empty segments".into());
     }
-    check_rfc3986(s)?;
+    // Route paths only have their percent-escapes checked (Kong ignores other RFC 3986 characters).
+    if let Err(e) = check_rfc3986(s) {
+        if e.starts_with("invalid url-encoded") {
+            return Err(e);
+        }
+    }
     let normalized = crate::router::normalize_path(s);
     if normalized != s {
         return Err(format!("non-normalized path, consider use '{normalized}' instead"));

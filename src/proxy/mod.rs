@@ -193,7 +193,8 @@ impl Proxy {
         let client_ip = conn.peer.ip();
         let trusted = self.trusted(client_ip);
         let version = parts.version;
-        let req_path = normalize_path(parts.uri.path()).into_owned();
+        let raw_path = parts.uri.path().to_string();
+        let req_path = normalize_path(&raw_path);
         let path = forward::upstream_path(&req_path, prefix.as_deref(), service.path.as_deref().unwrap_or("/"));
         let uri = forward::upstream_uri(&service.scheme, &service.authority, &path, parts.uri.query())
             .ok_or(GatewayError::BadRequest)?;
@@ -229,7 +230,7 @@ impl Proxy {
             headers.insert(h::X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
         }
         if !trusted || !headers.contains_key(h::X_FORWARDED_PATH) {
-            if let Ok(v) = HeaderValue::from_str(&req_path) {
+            if let Ok(v) = HeaderValue::from_str(&raw_path) {
                 headers.insert(h::X_FORWARDED_PATH, v);
             }
         }
@@ -275,7 +276,8 @@ impl Proxy {
         let (mut rparts, rbody) = response.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
         route.chain.header_filter(consumer, &mut rparts);
-        forward::append_via(&mut rparts.headers, version);
+        // Our hop to the upstream is HTTP/1.1, whatever the client spoke.
+        forward::append_via(&mut rparts.headers, http::Version::HTTP_11);
         if !rparts.headers.contains_key(header::SERVER) {
             rparts.headers.insert(header::SERVER, forward::SERVER);
         }

@@ -76,7 +76,9 @@ impl GatewayError {
 
     pub fn into_response(self, started: Instant) -> Response<ProxyBody> {
         let (status, body) = self.parts();
-        let mut resp = super::message_response(status, Bytes::from_static(body), started);
+        let redirect = matches!(&self, GatewayError::HttpsRequired(s, _) if *s != StatusCode::UPGRADE_REQUIRED);
+        let body = if redirect { Bytes::new() } else { Bytes::from_static(body) };
+        let mut resp = super::message_response(status, body, started);
         if let GatewayError::HttpsRequired(status, location) = self {
             let headers = resp.headers_mut();
             if status == StatusCode::UPGRADE_REQUIRED {

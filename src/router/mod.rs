@@ -141,7 +141,7 @@ impl<T> Router<T> {
         }
     }
 
-    /// Compiles routes given in creation order (the order breaks priority ties).
+    /// Compiles routes; among routes of equal priority the one given first wins.
     pub fn build(routes: Vec<RouteSpec<T>>) -> Result<Router<T>, RouterError> {
         let mut router = Router::empty();
         router.targets.reserve(routes.len());

@@ -61,7 +61,6 @@ struct ServiceRow {
 #[derive(Debug, Clone, Deserialize)]
 struct RouteRow {
     id: Uuid,
-    created_at: i64,
     protocols: Vec<String>,
     methods: Option<Vec<String>>,
     hosts: Option<Vec<String>>,
@@ -281,7 +280,8 @@ impl ConfigState {
             .map(|s| (s.id, Arc::new(service_target(s, clients))))
             .collect();
         let mut routes: Vec<&RouteRow> = self.routes.values().collect();
-        routes.sort_by_key(|r| (r.created_at, r.id));
+        // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.id));
         let mut specs = Vec::with_capacity(routes.len());
         for r in routes {
             let service = match &r.service {

@@ -3,7 +3,8 @@
 //! transaction so the Admin API can answer with Kong's error for the exact field.
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
@@ -130,7 +131,7 @@ impl Store {
         let mut data = rows.iter().map(|r| decode_row(kind, r)).collect::<Result<Vec<_>, _>>()?;
         let offset = if data.len() > q.size {
             data.truncate(q.size);
-            data.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(|id| B64.encode(id))
+            data.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(encode_offset)
         } else {
             None
         };
@@ -155,9 +156,9 @@ impl Store {
         let exists = self.exists(&mut tx, kind, &id).await?;
         let in_other_cp = exists && !self.exists_in(&mut tx, cp, kind, &id).await?;
         match (op, exists) {
-            (WriteOp::Insert, true) => return Err(EntityError::unique("id", Value::String(id))),
+            (WriteOp::Insert, true) => return Err(EntityError::PrimaryKey(id)),
             (WriteOp::Update, false) => return Err(EntityError::NotFound(id)),
-            _ if in_other_cp => return Err(EntityError::unique("id", Value::String(id))),
+            _ if in_other_cp => return Err(EntityError::PrimaryKey(id)),
             _ => {}
         }
         let expires_at = ttl.map(|t| now_secs() + t);
@@ -441,11 +442,22 @@ fn decode_row(kind: Kind, row: &AnyRow) -> Result<Obj, EntityError> {
     Ok(obj)
 }
 
+/// Kong's page token: unpadded base64 of the JSON array of the last primary key (`["<uuid>"]`).
+fn encode_offset(id: &str) -> String {
+    STANDARD_NO_PAD.encode(Value::Array(vec![Value::String(id.to_string())]).to_string())
+}
+
 fn decode_offset(token: &str) -> Result<String, EntityError> {
-    B64.decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| EntityError::InvalidOffset(token.to_string()))
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes =
+        LENIENT.decode(token).map_err(|_| EntityError::InvalidOffset(token.to_string(), "bad base64 encoding"))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
+        _ => Err(EntityError::InvalidOffset(token.to_string(), "bad json encoding")),
+    }
 }
 
 fn fk_id(record: &Obj, field: &str) -> Option<String> {
