@@ -49,10 +49,12 @@ pub fn run(settings: Settings) -> Result<(), NodeError> {
 }
 
 fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| {
+    // RUST_LOG refines logging for debugging (TOLLGATE_* names are reserved for configuration keys).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("tollgate={},warn", settings.log_level.tracing_filter()))
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 fn bind(listen: &Listen) -> Result<TcpListener, NodeError> {

@@ -22,8 +22,11 @@ fn version_prints_the_version() {
 fn check_accepts_a_valid_file_in_kong_conf_syntax() {
     let dir = tempfile::tempdir().expect("dir");
     let conf = dir.path().join("tollgate.conf");
-    std::fs::write(&conf, "# a comment\nproxy_listen = 127.0.0.1:9000 reuseport backlog=16384   # inline\nlog_level = debug\n")
-        .expect("write");
+    std::fs::write(
+        &conf,
+        "# a comment\nproxy_listen = 127.0.0.1:9000 reuseport backlog=16384   # inline\nlog_level = debug\n",
+    )
+    .expect("write");
     let (code, out, err) = run_cli(&["check", "-c", conf.to_str().expect("path")], &[], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is valid"), "{out}");
@@ -49,7 +52,8 @@ fn check_lists_every_error_at_once_and_fails() {
 #[test]
 fn start_refuses_a_bad_configuration_without_serving() {
     let dir = tempfile::tempdir().expect("dir");
-    let (code, _, err) = run_cli(&["start"], &[("TOLLGATE_DATABASE", "oracle"), ("TOLLGATE_UNKNOWN_KEY", "1")], dir.path());
+    let (code, _, err) =
+        run_cli(&["start"], &[("TOLLGATE_DATABASE", "oracle"), ("TOLLGATE_UNKNOWN_KEY", "1")], dir.path());
     assert_ne!(code, 0);
     assert!(err.contains("database") && err.contains("unknown_key"), "{err}");
     assert!(!dir.path().join("tollgate-data").exists(), "nothing was created");

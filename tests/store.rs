@@ -110,12 +110,16 @@ async fn an_acknowledged_write_survives_kill_9_on_postgres() {
 #[tokio::test]
 async fn concurrent_admin_writes_queue_instead_of_failing_on_sqlite() {
     let gw = Gateway::start().await;
-    let writes = (0..40).map(|i| {
-        let http = gw.http.clone();
-        let url = gw.admin_url("/consumers");
-        async move { http.post(url).json(&json!({"username": format!("c{i}")})).send().await.map(|r| r.status().as_u16()) }
-    });
-    let statuses: Vec<u16> = futures_util::future::join_all(writes).await.into_iter().map(|r| r.expect("sent")).collect();
+    let writes =
+        (0..40).map(|i| {
+            let http = gw.http.clone();
+            let url = gw.admin_url("/consumers");
+            async move {
+                http.post(url).json(&json!({"username": format!("c{i}")})).send().await.map(|r| r.status().as_u16())
+            }
+        });
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(writes).await.into_iter().map(|r| r.expect("sent")).collect();
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     let (_, page) = gw.get("/consumers").await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(40));

@@ -64,7 +64,8 @@ async fn read_limited(req: Request) -> Result<Bytes, AdminError> {
 /// Parses a body of the given content type.
 pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminError> {
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if bytes.iter().all(u8::is_ascii_whitespace) && !mime.starts_with("multipart/") {
+    // An empty JSON body is not JSON (Kong: "Cannot parse JSON body"); other empty bodies carry no fields.
+    if bytes.iter().all(u8::is_ascii_whitespace) && !mime.starts_with("multipart/") && mime != "application/json" {
         return Ok(AdminBody { fields: Obj::new(), encoding: Encoding::Empty });
     }
     match mime.as_str() {
@@ -228,6 +229,7 @@ mod tests {
         assert!(matches!(parse("application/json", Bytes::from_static(b"[1]")).await, Err(AdminError::BadJson)));
         assert!(matches!(parse("text/plain", Bytes::from_static(b"x")).await, Err(AdminError::UnsupportedMediaType)));
         assert_eq!(parse("", Bytes::new()).await.expect("empty").encoding, Encoding::Empty);
+        assert!(matches!(parse("application/json", Bytes::new()).await, Err(AdminError::BadJson)));
     }
 
     #[tokio::test]

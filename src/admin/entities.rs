@@ -96,7 +96,7 @@ impl AdminState {
     ) -> AdminResult<Response> {
         let seg = segments(parent, params);
         let parent = self.parent_obj(parent, seg.parent).await?;
-        let (fields, ttl) = self.input(kind, body, parent.as_ref())?;
+        let (fields, ttl) = self.input(kind, body, parent.as_ref(), None)?;
         let record = model::prepare(kind, fields, Mode::Create)?;
         let stored = self.store.write(self.cp(), kind, WriteOp::Insert, record, ttl).await?;
         Ok((StatusCode::CREATED, Json(Value::Object(stored))).into_response())
@@ -120,8 +120,16 @@ impl AdminState {
         let seg = segments(parent, params);
         let parent = self.parent_obj(parent, seg.parent).await?;
         let key = seg.item.ok_or(AdminError::NotFound)?;
-        let existing = self.item(kind, &parent, key).await?.ok_or(AdminError::NotFound)?;
-        let (fields, ttl) = self.input(kind, body, parent.as_ref())?;
+        let existing = match self.item(kind, &parent, key).await? {
+            Some(existing) => existing,
+            // Nested paths answer a bare 404; a top-level PATCH says which key found nothing.
+            None if parent.is_some() => return Err(AdminError::NotFound),
+            None => {
+                let field = if is_uuid(key) { "id" } else { kind.endpoint_key() };
+                return Err(EntityError::not_found(field, Value::String(key.to_string())).into());
+            }
+        };
+        let (fields, ttl) = self.input(kind, body, parent.as_ref(), Some(&existing))?;
         let record = model::prepare(kind, fields, Mode::Patch(existing))?;
         let stored = self.store.write(self.cp(), kind, WriteOp::Update, record, ttl).await?;
         Ok(Json(Value::Object(stored)).into_response())
@@ -138,7 +146,7 @@ impl AdminState {
         let parent = self.parent_obj(parent, seg.parent).await?;
         let key = seg.item.ok_or(AdminError::NotFound)?;
         let existing = self.item(kind, &parent, key).await?;
-        let (mut fields, ttl) = self.input(kind, body, parent.as_ref())?;
+        let (mut fields, ttl) = self.input(kind, body, parent.as_ref(), None)?;
         if is_uuid(key) {
             fields.insert("id".into(), Value::String(key.to_string()));
         } else {
@@ -158,13 +166,22 @@ impl AdminState {
                 return Err(AdminError::NotFound);
             }
             Some(obj) => self.store.delete(self.cp(), kind, &id_of(&obj)).await?,
+            // Deleting nothing is fine at the top level; under a parent Kong answers 404.
+            None if parent.is_some() => return Err(AdminError::NotFound),
             None => {}
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
-    /// The body as entity fields: form values coerced, the parent's key set, options taken out.
-    fn input(&self, kind: Kind, body: AdminBody, parent: Option<&(Parent, String)>) -> AdminResult<(Obj, Option<i64>)> {
+    /// The body as entity fields: form values coerced (against the stored entity for a PATCH), the
+    /// parent's key set, options taken out.
+    fn input(
+        &self,
+        kind: Kind,
+        body: AdminBody,
+        parent: Option<&(Parent, String)>,
+        stored: Option<&Obj>,
+    ) -> AdminResult<(Obj, Option<i64>)> {
         let mut fields = body.fields;
         let mut ttl = None;
         if kind.has_ttl() {
@@ -192,7 +209,7 @@ impl AdminState {
             }
         }
         if body.encoding == Encoding::Form {
-            model::coerce(kind, &mut fields);
+            model::coerce_against(kind, &mut fields, stored);
         }
         if let Some((p, pid)) = parent {
             let mut fk = Map::new();

@@ -50,7 +50,6 @@ fn entity_body(e: &EntityError) -> (StatusCode, Value) {
     let code = e.code();
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match code {
-        ErrorCode::NotFound => (status, json!({"message": "Not found"})),
         ErrorCode::DatabaseError => (status, json!({"message": "An unexpected error occurred"})),
         _ => {
             let mut body = Map::new();

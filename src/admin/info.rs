@@ -186,7 +186,8 @@ pub fn route_service() -> MethodRouter<AdminState> {
         s.put_entity(Kind::Service, None, &[id], body).await
     })
     .delete(|State(s): State<AdminState>, Path(r): Path<String>| async move {
-        let id = service_of(&s, &r).await?;
-        s.delete_entity(Kind::Service, None, &[id]).await
+        // Kong never deletes a service through its route: 404 without one, 405 with one.
+        service_of(&s, &r).await?;
+        Err::<Response, _>(AdminError::MethodNotAllowed)
     })
 }

@@ -447,6 +447,20 @@ mod tests {
         assert!(from_sources(Some("trusted_ips = 10.0.0.0/33\n"), &[]).is_err());
     }
 
+    /// `tollgate.conf.default` and the README document every key with its default.
+    #[test]
+    fn every_key_is_documented() {
+        let conf = include_str!("../../tollgate.conf.default");
+        let readme = include_str!("../../README.md");
+        for key in KEYS {
+            let line = conf.lines().find(|l| l.starts_with(&format!("{} =", key.name)));
+            let value = line.and_then(|l| l.split_once('=')).map(|(_, v)| v.split('#').next().unwrap_or("").trim());
+            assert_eq!(value, Some(key.default), "tollgate.conf.default: {}", key.name);
+            let shown = if key.default.is_empty() { "(empty)".to_string() } else { format!("`{}`", key.default) };
+            assert!(readme.contains(&format!("| `{}` | {shown} |", key.name)), "README: {}", key.name);
+        }
+    }
+
     #[test]
     fn admin_listen_can_be_off() {
         let s = from_sources(Some("admin_listen = off\n"), &[]).expect("valid");

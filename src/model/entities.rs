@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use super::schema::{Auto, Check, EntityCheck, Field, Obj, Schema, Type, Violation};
+use super::schema::{Auto, Check, EntityCheck, Field, Obj, Schema, Type, Violation, is_nonempty};
 use super::typedefs::{self as td, ALL_PROTOCOLS};
 
 /// Every entity kind, in dependency order (a kind only references kinds before it).
@@ -163,7 +163,8 @@ fn service_checks(rec: &Obj) -> Vec<Violation> {
     out
 }
 
-/// Expands the write-only `url` shorthand into protocol, host, port and path (Kong's rules).
+/// Expands the write-only `url` shorthand into protocol, host, port and path (Kong's rules). The URL
+/// itself is not validated: whatever it lacks shows up as errors on the fields it sets.
 pub fn expand_service_url(input: &mut Obj) -> Result<(), Violation> {
     let Some(raw) = input.remove("url") else {
         return Ok(());
@@ -174,32 +175,84 @@ pub fn expand_service_url(input: &mut Obj) -> Result<(), Violation> {
     let Some(text) = raw.as_str() else {
         return Err(Violation::field("url", "expected a string"));
     };
-    let with_scheme = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
-    let parsed =
-        url::Url::parse(&with_scheme).map_err(|e| Violation::field("url", format!("could not parse url. {e}")))?;
-    let Some(host) = parsed.host_str() else {
-        return Err(Violation::field("url", "missing host in url"));
+    if text.is_empty() {
+        return Err(Violation::field("url", "length must be at least 1"));
+    }
+    let parts = UrlParts::split(text);
+    let port = parts.port.and_then(|p| p.trim().parse::<i64>().ok());
+    let protocol = match (parts.scheme, port) {
+        (Some(scheme), _) => scheme,
+        (None, Some(443)) => "https",
+        (None, _) => "http",
     };
-    let explicit_port = parsed.port();
-    let protocol = if text.contains("://") {
-        parsed.scheme().to_string()
-    } else if explicit_port == Some(443) {
-        "https".into()
-    } else {
-        "http".into()
+    let port = match (port, parts.port) {
+        (Some(n), _) => json!(n),
+        // Not a number: kept as given, so the schema reports it.
+        (None, Some(p)) => json!(p),
+        (None, None) => json!(if protocol == "https" { 443 } else { 80 }),
     };
-    let port = explicit_port.map(i64::from).unwrap_or(match protocol.as_str() {
-        "https" => 443,
-        _ => 80,
-    });
-    let path = parsed.path();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     input.insert("protocol".into(), json!(protocol));
-    input.insert("host".into(), json!(host));
-    input.insert("port".into(), json!(port));
-    let raw_has_path = text.split("://").last().is_some_and(|rest| rest.contains('/'));
-    input.insert("path".into(), if raw_has_path && !path.is_empty() { json!(path) } else { Value::Null });
+    input.insert("host".into(), parts.host.map_or(Value::Null, |h| json!(h)));
+    input.insert("port".into(), port);
+    input.insert("path".into(), parts.path.map_or(Value::Null, |p| json!(p)));
     Ok(())
+}
+
+/// A URL split the way LuaSocket's `url.parse` (which Kong uses for `url`) splits it: patterns only,
+/// nothing rejected.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UrlParts<'a> {
+    scheme: Option<&'a str>,
+    host: Option<&'a str>,
+    port: Option<&'a str>,
+    path: Option<&'a str>,
+}
+
+impl<'a> UrlParts<'a> {
+    fn split(url: &'a str) -> UrlParts<'a> {
+        let mut parts = UrlParts::default();
+        let mut rest = url;
+        // `^([%w][%w%+%-%.]*):`
+        if let Some((scheme, after)) = rest.split_once(':') {
+            let mut chars = scheme.chars();
+            if chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            {
+                parts.scheme = Some(scheme);
+                rest = after;
+            }
+        }
+        // `^//([^/]*)`
+        let mut authority = None;
+        if let Some(after) = rest.strip_prefix("//") {
+            let end = after.find('/').unwrap_or(after.len());
+            authority = Some(&after[..end]);
+            rest = &after[end..];
+        }
+        // Fragment, query and params are not part of the path.
+        if let Some(i) = rest.find(['#', '?', ';']) {
+            rest = &rest[..i];
+        }
+        if !rest.is_empty() {
+            parts.path = Some(rest);
+        }
+        if let Some(mut authority) = authority {
+            if let Some((_userinfo, after)) = authority.split_once('@') {
+                authority = after;
+            }
+            if let Some(i) = authority.rfind(':') {
+                if !authority[i + 1..].contains(']') {
+                    parts.port = Some(&authority[i + 1..]);
+                    authority = &authority[..i];
+                }
+            }
+            if !authority.is_empty() {
+                let ipv6 = authority.strip_prefix('[').and_then(|a| a.strip_suffix(']')).filter(|a| !a.is_empty());
+                parts.host = Some(ipv6.unwrap_or(authority));
+            }
+        }
+        parts
+    }
 }
 
 fn routes() -> Schema {
@@ -253,7 +306,7 @@ fn routes() -> Schema {
             Field::new("regex_priority", Type::Integer).default(json!(0)),
             Field::new("path_handling", Type::String).default(json!("v0")).check(Check::OneOf(&["v0", "v1"])),
         ],
-        checks: vec![EntityCheck::Custom(route_checks)],
+        checks: vec![EntityCheck::Custom(route_checks), EntityCheck::Presence(route_match_attributes)],
     }
 }
 
@@ -292,16 +345,6 @@ fn route_checks(rec: &Obj) -> Vec<Violation> {
                 out.push(Violation::field(f, format!("cannot set '{f}' when 'protocols' is 'http' or 'https'")));
             }
         }
-        let https = protocols.contains(&"https");
-        let mut needed: Vec<&str> = vec!["methods", "hosts", "headers", "paths"];
-        if https {
-            needed.push("snis");
-        }
-        if !needed.iter().any(|f| set(f)) {
-            let list: Vec<String> = needed.iter().map(|f| format!("'{f}'")).collect();
-            let proto = if https { "https" } else { "http" };
-            out.push(Violation::entity(format!("must set one of {} when 'protocols' is '{proto}'", list.join(", "))));
-        }
     }
     if set("snis") && !protocols.iter().any(|p| matches!(*p, "grpcs" | "https" | "tls" | "tls_passthrough")) {
         out.push(Violation::field("snis", "length must be 0"));
@@ -310,6 +353,31 @@ fn route_checks(rec: &Obj) -> Vec<Violation> {
         ));
     }
     out
+}
+
+/// An http(s) route must match on something (Kong's http subschema `conditional_at_least_one_of`,
+/// reported even beside invalid fields).
+fn route_match_attributes(rec: &Obj) -> Vec<Violation> {
+    let protocols: Vec<&str> = rec
+        .get("protocols")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    // Kong applies the rules of the first protocol it knows.
+    if !matches!(protocols.iter().find(|p| ALL_PROTOCOLS.contains(p)), Some(&"http" | &"https")) {
+        return Vec::new();
+    }
+    let https = protocols.contains(&"https");
+    let mut needed: Vec<&str> = vec!["methods", "hosts", "headers", "paths"];
+    if https {
+        needed.push("snis");
+    }
+    if needed.iter().any(|f| is_nonempty(rec.get(*f))) {
+        return Vec::new();
+    }
+    let list: Vec<String> = needed.iter().map(|f| format!("'{f}'")).collect();
+    let proto = if https { "https" } else { "http" };
+    vec![Violation::entity(format!("must set one of {} when 'protocols' is '{proto}'", list.join(", ")))]
 }
 
 fn plugins() -> Schema {
@@ -372,6 +440,22 @@ mod tests {
         expand_service_url(&mut input).expect("valid");
         assert_eq!(input["port"], json!(80));
         assert_eq!(input["path"], Value::Null);
+        let mut input = obj(json!({"url": "invalid url"}));
+        expand_service_url(&mut input).expect("no error of its own");
+        assert_eq!(Value::Object(input), json!({"protocol": "http", "host": null, "port": 80, "path": "invalid url"}));
+    }
+
+    #[test]
+    fn urls_split_like_luasocket() {
+        assert_eq!(
+            UrlParts::split("https://user:pw@[::1]:8443/a/b?q=1#f"),
+            UrlParts { scheme: Some("https"), host: Some("::1"), port: Some("8443"), path: Some("/a/b") }
+        );
+        assert_eq!(
+            UrlParts::split("example.test:443"),
+            UrlParts { scheme: Some("example.test"), path: Some("443"), ..UrlParts::default() }
+        );
+        assert_eq!(UrlParts::split("//h:x"), UrlParts { host: Some("h"), port: Some("x"), ..UrlParts::default() });
     }
 
     #[test]

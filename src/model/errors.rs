@@ -62,11 +62,9 @@ pub enum EntityError {
     /// A foreign key points at nothing.
     #[error("the foreign key '{{{}}}' does not reference an existing '{kind}' entity.", lua_pairs(.key))]
     ForeignKey { field: String, kind: &'static str, key: Map<String, Value> },
-    /// A foreign key given by name that does not resolve.
-    #[error(
-        "foreign key unresolved ({field}: the foreign key cannot be resolved with '{{{}}}' for an existing '{kind}' entity)",
-        lua_pairs(.key)
-    )]
+    /// A foreign key given by an endpoint key (`{"name": …}`) that does not resolve; Kong names the
+    /// field and the key it tried (`service.name: …`).
+    #[error("foreign key unresolved ({field}.{}: {})", unresolved_key(.key), unresolved_message(.kind, .key))]
     ForeignUnresolved { field: String, kind: &'static str, key: Map<String, Value> },
     /// Deleting this entity would orphan others that must not be cascaded.
     #[error("an existing '{referencing}' entity references this '{kind}' entity")]
@@ -74,8 +72,13 @@ pub enum EntityError {
     /// An insert reused an existing id.
     #[error("primary key violation on key '{{id=\"{0}\"}}'")]
     PrimaryKey(String),
-    #[error("could not find the entity with primary key '{{id=\"{0}\"}}'")]
-    NotFound(String),
+    /// An update addressed nothing: `{id = …}` or the endpoint key it was given by.
+    #[error(
+        "could not find the entity with {}'{{{}}}'",
+        if .0.contains_key("id") { "primary key " } else { "" },
+        lua_pairs(.0)
+    )]
+    NotFound(Map<String, Value>),
     #[error("'{0}' is not a valid offset: {1}")]
     InvalidOffset(String, &'static str),
     #[error("{0}")]
@@ -109,21 +112,19 @@ impl EntityError {
     pub fn fields(&self) -> Option<(&'static str, Value)> {
         match self {
             EntityError::Schema(v) => Some(("fields", v.fields_tree())),
-            EntityError::Unique(fields) => Some(("fields", Value::Object(fields.clone()))),
+            EntityError::Unique(fields) | EntityError::NotFound(fields) => {
+                Some(("fields", Value::Object(fields.clone())))
+            }
             EntityError::ForeignKey { field, key, .. } => {
                 let mut m = Map::new();
                 m.insert(field.clone(), Value::Object(key.clone()));
                 Some(("fields", Value::Object(m)))
             }
             EntityError::ForeignUnresolved { field, kind, key } => {
+                let mut by_key = Map::new();
+                by_key.insert(unresolved_key(key).to_string(), Value::String(unresolved_message(kind, key)));
                 let mut m = Map::new();
-                m.insert(
-                    field.clone(),
-                    Value::String(format!(
-                        "the foreign key cannot be resolved with '{{{}}}' for an existing '{kind}' entity",
-                        lua_pairs(key)
-                    )),
-                );
+                m.insert(field.clone(), Value::Object(by_key));
                 Some(("fields", Value::Object(m)))
             }
             EntityError::Referenced { referencing, .. } => {
@@ -146,6 +147,12 @@ impl EntityError {
         EntityError::Unique(m)
     }
 
+    pub fn not_found(field: &str, value: Value) -> EntityError {
+        let mut m = Map::new();
+        m.insert(field.to_string(), value);
+        EntityError::NotFound(m)
+    }
+
     pub fn schema(field: &str, message: impl Into<String>) -> EntityError {
         EntityError::Schema(Violations::single(field, message))
     }
@@ -155,6 +162,15 @@ impl From<Violations> for EntityError {
     fn from(v: Violations) -> Self {
         EntityError::Schema(v)
     }
+}
+
+/// The endpoint-key field an unresolved foreign key was given by (`name`).
+fn unresolved_key(key: &Map<String, Value>) -> &str {
+    key.keys().next().map_or("id", String::as_str)
+}
+
+fn unresolved_message(kind: &str, key: &Map<String, Value>) -> String {
+    format!("the foreign key cannot be resolved with '{{{}}}' for an existing '{kind}' entity", lua_pairs(key))
 }
 
 /// Renders a JSON value the way Kong's Lua error messages print it (`"bob"` quoted, numbers bare).

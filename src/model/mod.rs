@@ -26,9 +26,19 @@ pub enum Mode {
 
 /// Applies form-value coercion using the kind's schema (and the plugin's config schema).
 pub fn coerce(kind: Kind, input: &mut Obj) {
+    coerce_against(kind, input, None);
+}
+
+/// [`coerce`] for input applied to a stored entity (PATCH): a body that does not name the plugin has
+/// its config coerced with the stored plugin's schema, as Kong re-decodes once it knows the name.
+pub fn coerce_against(kind: Kind, input: &mut Obj, stored: Option<&Obj>) {
     schema::coerce_form(&kind.schema().fields, input);
     if kind == Kind::Plugin {
-        let name = input.get("name").and_then(Value::as_str).map(str::to_string);
+        let name = input
+            .get("name")
+            .or_else(|| stored.and_then(|s| s.get("name")))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let (Some(def), Some(Value::Object(config))) =
             (name.as_deref().and_then(crate::plugins::find), input.get_mut("config"))
         {
@@ -41,9 +51,8 @@ pub fn coerce(kind: Kind, input: &mut Obj) {
 pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityError> {
     let mut early = Vec::new();
     if kind == Kind::Service {
-        if let Err(v) = entities::expand_service_url(&mut input) {
-            early.push(v);
-        }
+        // Kong expands shorthands before validating; a bad `url` is the only error reported.
+        entities::expand_service_url(&mut input).map_err(|v| Violations(vec![v]))?;
     }
     if kind == Kind::Plugin {
         if let Some(Value::String(name)) = input.get_mut("name") {
@@ -178,7 +187,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("3 schema violations"), "{msg}");
         assert!(msg.contains("config.colour: unknown field"), "{msg}");
-        assert!(msg.contains("config.key_names.1: bad header name 'bad key'"), "{msg}");
+        assert!(msg.contains("config.key_names: {\n  \"bad header name 'bad key'"), "{msg}");
         assert!(msg.contains("consumer: value must be null"), "{msg}");
     }
 

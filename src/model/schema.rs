@@ -85,12 +85,16 @@ impl Field {
     }
 }
 
-/// A check over the whole record, run once every field is valid.
+/// A check over the whole record.
 #[derive(Debug, Clone)]
 pub enum EntityCheck {
+    /// Kong's `at_least_one_of`; like Kong, it also runs when fields are missing or invalid.
     AtLeastOneOf(&'static [&'static str]),
-    /// Returns entity-level messages (`@entity`) and field messages.
+    /// Returns entity-level messages (`@entity`) and field messages; runs once every field is valid.
     Custom(fn(&Obj) -> Vec<Violation>),
+    /// A check on which fields are set (Kong's `conditional_at_least_one_of`): runs even when fields
+    /// are missing or invalid, and sees each field as given (or its default).
+    Presence(fn(&Obj) -> Vec<Violation>),
 }
 
 /// An entity's or a plugin config's schema.
@@ -242,13 +246,28 @@ impl Violations {
         v
     }
 
-    /// `schema violation (name: required field missing)` or `2 schema violations (a; b)`.
+    /// `schema violation (name: required field missing)` or `2 schema violations (a; b)`. Like Kong:
+    /// entity-level messages first, then each field by name, or each of its entries one level down
+    /// (`config.minute: …`, `paths.2: …`); anything deeper is printed as a Lua table.
     pub fn message(&self) -> String {
-        let parts: Vec<String> = self
-            .sorted()
-            .iter()
-            .map(|v| if v.path.is_empty() { v.message.clone() } else { format!("{}: {}", v.path_string(), v.message) })
-            .collect();
+        let mut parts: Vec<String> = self.0.iter().filter(|v| v.path.is_empty()).map(|v| v.message.clone()).collect();
+        if let Value::Object(tree) = self.fields_tree() {
+            for (field, errors) in tree.iter().filter(|(name, _)| *name != "@entity") {
+                match errors {
+                    Value::Object(entries) => {
+                        parts.extend(entries.iter().map(|(k, e)| format!("{field}.{k}: {}", lua_message(e))));
+                    }
+                    Value::Array(entries) => parts.extend(
+                        entries
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, e)| !e.is_null())
+                            .map(|(i, e)| format!("{field}.{}: {}", i + 1, lua_message(e))),
+                    ),
+                    other => parts.push(format!("{field}: {}", lua_message(other))),
+                }
+            }
+        }
         match parts.len() {
             1 => format!("schema violation ({})", parts[0]),
             n => format!("{n} schema violations ({})", parts.join("; ")),
@@ -272,6 +291,68 @@ impl Violations {
         }
         root
     }
+}
+
+/// A message, or a nested group of them printed the way Kong prints a Lua table in its error
+/// messages (penlight's `pretty.write`).
+fn lua_message(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => lua_table(other, 0),
+    }
+}
+
+fn lua_table(v: &Value, depth: usize) -> String {
+    let pad = "  ".repeat(depth + 1);
+    let item = |v: &Value| match v {
+        Value::String(s) => lua_quote(s),
+        other => lua_table(other, depth + 1),
+    };
+    let mut entries = Vec::new();
+    match v {
+        Value::Array(items) => {
+            // The leading run is a Lua sequence; later entries keep their index.
+            let run = items.iter().take_while(|i| !i.is_null()).count();
+            for (i, e) in items.iter().enumerate().filter(|(_, e)| !e.is_null()) {
+                let key = if i < run { String::new() } else { format!("[{}] = ", i + 1) };
+                entries.push(format!("{pad}{key}{}", item(e)));
+            }
+        }
+        Value::Object(m) => {
+            for (k, e) in m {
+                let identifier = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !LUA_KEYWORDS.contains(&k.as_str());
+                let key = if identifier { k.clone() } else { format!("[{}]", lua_quote(k)) };
+                entries.push(format!("{pad}{key} = {}", item(e)));
+            }
+        }
+        other => return other.to_string(),
+    }
+    format!("{{\n{}\n{}}}", entries.join(",\n"), "  ".repeat(depth))
+}
+
+const LUA_KEYWORDS: &[&str] = &[
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local", "nil",
+    "not", "or", "repeat", "return", "then", "true", "until", "while",
+];
+
+/// Lua's `%q`: double quotes, with `\`, `"`, newlines and NULs escaped.
+fn lua_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn insert_at(node: &mut Value, path: &[PathSeg], leaf: Value) {
@@ -376,12 +457,15 @@ impl Walker {
             }
             (Type::Set(_), _) => return self.wrong("expected a set"),
             (Type::Map(k, v), Value::Object(m)) => {
+                // Kong reports only the first bad entry, on the map itself: a key's message as is, a
+                // value's errors without the key.
+                let before = self.errors.len();
                 let mut out = Obj::new();
                 for (key, val) in m {
-                    self.path.push(PathSeg::Field(key.clone()));
-                    self.value(k, Value::String(key.clone()));
-                    let val = self.value(v, val);
-                    self.path.pop();
+                    if self.errors.len() == before {
+                        self.value(k, Value::String(key.clone()));
+                    }
+                    let val = if self.errors.len() == before { self.value(v, val) } else { val };
                     out.insert(key, val);
                 }
                 Value::Object(out)
@@ -494,12 +578,36 @@ fn run_check(check: &Check, v: &Value) -> Result<(), String> {
 pub fn validate(schema: &Schema, input: &Obj) -> Result<Obj, Violations> {
     let mut w = Walker { path: Vec::new(), errors: Vec::new() };
     let out = w.record(&schema.fields, input);
-    if w.errors.is_empty() {
-        for check in &schema.checks {
-            w.errors.extend(run_entity_check(check, &out));
+    let fields_valid = w.errors.is_empty();
+    // Presence checks count a bad value as given, as Kong runs them on the input.
+    let mut given = out.clone();
+    given.extend(input.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())));
+    for check in &schema.checks {
+        match check {
+            EntityCheck::AtLeastOneOf(names) => {
+                if !names.iter().any(|n| is_nonempty(given.get(*n))) {
+                    let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+                    let msg = format!("at least one of these fields must be non-empty: {}", list.join(", "));
+                    w.errors.push(Violation::entity(msg));
+                }
+            }
+            EntityCheck::Custom(f) if fields_valid => w.errors.extend(f(&out)),
+            EntityCheck::Custom(_) => {}
+            EntityCheck::Presence(f) => w.errors.extend(f(&given)),
         }
     }
     if w.errors.is_empty() { Ok(out) } else { Err(Violations(w.errors)) }
+}
+
+/// Kong's "non-empty": set, and not `""`, `[]` or `{}`.
+pub fn is_nonempty(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(_) => true,
+    }
 }
 
 /// Validates a nested record (a plugin's `config`) and reports violations under `prefix`.
@@ -518,21 +626,6 @@ pub fn validate_nested(schema: &Schema, input: &Obj, prefix: &str) -> Result<Obj
                 .collect(),
         )
     })
-}
-
-fn run_entity_check(check: &EntityCheck, rec: &Obj) -> Vec<Violation> {
-    match check {
-        EntityCheck::AtLeastOneOf(names) => {
-            let any = names.iter().any(|n| rec.get(*n).is_some_and(|v| !v.is_null()));
-            if any {
-                Vec::new()
-            } else {
-                let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-                vec![Violation::entity(format!("at least one of these fields must be non-empty: {}", list.join(", ")))]
-            }
-        }
-        EntityCheck::Custom(f) => f(rec),
-    }
 }
 
 /// Merges a PATCH body into the current record: records merge field by field, everything else
@@ -703,7 +796,7 @@ mod tests {
                 .expect_err("invalid");
         assert_eq!(
             err.message(),
-            "5 schema violations (config.minute: value must be greater than 0; config.names.2: expected a string; extra: unknown field; name: required field missing; port: value should be between 0 and 65535)"
+            "5 schema violations (config.minute: value must be greater than 0; config.names: {\n  [2] = \"expected a string\"\n}; extra: unknown field; name: required field missing; port: value should be between 0 and 65535)"
         );
         assert_eq!(
             err.fields_tree(),
@@ -714,6 +807,45 @@ mod tests {
                 "port": "value should be between 0 and 65535"
             })
         );
+    }
+
+    #[test]
+    fn errors_deeper_than_one_level_print_as_lua_tables() {
+        let at = |path: &[&str], message: &str| Violation {
+            path: path
+                .iter()
+                .map(|p| p.parse().map_or_else(|_| PathSeg::Field((*p).to_string()), PathSeg::Index))
+                .collect(),
+            message: message.into(),
+        };
+        let v = Violations(vec![at(&["config", "a", "b"], "x"), at(&["config", "list", "1"], "bad \\ \"one\"")]);
+        assert_eq!(
+            v.message(),
+            "2 schema violations (config.a: {\n  b = \"x\"\n}; config.list: {\n  \"bad \\\\ \\\"one\\\"\"\n})"
+        );
+        let v = Violations(vec![at(&["config", "deep", "end", "2", "x-y"], "m")]);
+        assert_eq!(
+            v.message(),
+            "schema violation (config.deep: {\n  [\"end\"] = {\n    [2] = {\n      [\"x-y\"] = \"m\"\n    }\n  }\n})"
+        );
+    }
+
+    #[test]
+    fn a_map_reports_its_first_bad_entry_on_itself() {
+        let schema = Schema {
+            fields: vec![Field::new(
+                "headers",
+                Type::Map(
+                    Box::new(Field::new("name", Type::String).check(Check::LenMin(2))),
+                    Box::new(Field::new("values", Type::Array(Box::new(Field::new("v", Type::String))))),
+                ),
+            )],
+            checks: vec![],
+        };
+        let err = validate(&schema, &obj(json!({"headers": {"a": ["x"], "bb": [1]}}))).expect_err("invalid");
+        assert_eq!(err.fields_tree(), json!({"headers": "length must be at least 2"}));
+        let err = validate(&schema, &obj(json!({"headers": {"bb": ["x", 1]}}))).expect_err("invalid");
+        assert_eq!(err.message(), "schema violation (headers.2: expected a string)");
     }
 
     #[test]

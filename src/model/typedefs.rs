@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use super::schema::{Auto, Check, Field, Type};
 
 pub const HTTP_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https"];
-pub const ALL_PROTOCOLS: &[&str] =
-    &["grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss"];
+/// Kong OSS `constants.PROTOCOLS`, sorted (the `ws`/`wss` protocols are Enterprise-only).
+pub const ALL_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp"];
 
 pub fn id() -> Field {
     Field::new("id", Type::String).auto(Auto::Uuid).immutable().check(Check::Custom(check_uuid))

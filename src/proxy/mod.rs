@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::config::IpNet;
 use crate::plugins::{AccessCtx, Flow, Reply};
-use crate::router::{RequestView, normalize_path, request_host};
+use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{RouteTarget, SnapshotHolder};
 use headers as h;
 use reply::GatewayError;
@@ -118,11 +118,10 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("");
-            let host = request_host(authority);
             let path = normalize_path(parts.uri.path());
             let view = RequestView {
                 method: &parts.method,
-                host: &host,
+                host: route_host(authority),
                 port: conn.local_port,
                 path: &path,
                 headers: &parts.headers,
@@ -255,21 +254,32 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
 
         let sent = Instant::now();
+        // Like nginx's `proxy_next_upstream error timeout`: a failed connect never sent the request and
+        // is always tried again; a later failure or a timeout only for idempotent methods.
+        let idempotent = parts.method.is_idempotent();
         let mut attempt = 0;
         let mut body = Some(body);
         let response = loop {
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
             let request = Request::from_parts(clone_parts(&parts), this_body);
-            match tokio::time::timeout(service.read_timeout, service.client.request(request)).await {
+            let outcome = tokio::time::timeout(service.read_timeout, service.client.request(request)).await;
+            let (error, retry) = match outcome {
                 Ok(Ok(resp)) => break resp,
-                Ok(Err(e)) if e.is_connect() && replay.is_some() => {
-                    tracing::debug!(error = %e, attempt, "upstream connect failed; retrying");
-                    attempt += 1;
-                    body = replay;
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, attempt, "upstream request failed");
+                    let error = GatewayError::from_client(&e);
+                    let retry = !matches!(error, GatewayError::NameResolution) && (e.is_connect() || idempotent);
+                    (error, retry)
                 }
-                Ok(Err(e)) => return Err(GatewayError::from_client(&e)),
-                Err(_) => return Err(GatewayError::Timeout),
+                Err(_) => (GatewayError::Timeout, idempotent),
+            };
+            match replay {
+                Some(replay) if retry => {
+                    attempt += 1;
+                    body = Some(replay);
+                }
+                _ => return Err(error),
             }
         };
         let upstream_latency = sent.elapsed();

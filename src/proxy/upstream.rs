@@ -27,10 +27,11 @@ impl UpstreamBody {
         UpstreamBody::Buffered(None)
     }
 
-    /// Whether the same body can be sent again (for retries).
+    /// Whether the same body can be sent again (for retries): buffered and empty bodies can.
     pub fn replayable(&self) -> Option<UpstreamBody> {
         match self {
             UpstreamBody::Buffered(b) => Some(UpstreamBody::Buffered(b.clone())),
+            UpstreamBody::Streaming(b) if b.is_end_stream() => Some(UpstreamBody::empty()),
             UpstreamBody::Streaming(_) => None,
         }
     }

@@ -1,6 +1,7 @@
 //! Route compilation and matching with Kong 3's `traditional_compatible` semantics: hosts (exact,
-//! `*.suffix`, `prefix.*`, optional `:port`), path prefixes and `~` regexes, methods, headers, and
-//! Kong's priority (attribute count, plain hosts, header count, regex, regex_priority, prefix length).
+//! `*.suffix`, `prefix.*`, optional `:port`; case-sensitive, as Kong documents), path prefixes and
+//! `~` regexes, methods, headers, and Kong's priority (attribute count, plain hosts, header count,
+//! regex, regex_priority, prefix length).
 //!
 //! Hand-written rather than a generic router crate because the hot path needs Kong's exact priority
 //! order with an index: candidates come from a host hash bucket and from a prefix table probed only at
@@ -33,7 +34,7 @@ pub struct RouteSpec<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     pub method: &'a Method,
-    /// Lower-case host without port.
+    /// Host without port, in the case the client sent (see [`route_host`]).
     pub host: &'a str,
     /// The port the request arrived on.
     pub port: u16,
@@ -261,8 +262,7 @@ impl<T> Router<T> {
             let (bucket, port) = match pattern {
                 None => (&mut self.any_host, None),
                 Some(h) => {
-                    let h = h.to_ascii_lowercase();
-                    let (host, port) = split_port(&h);
+                    let (host, port) = split_port(h);
                     let bucket = if let Some(suffix) = host.strip_prefix('*') {
                         find_or_push(&mut self.suffixes, suffix)
                     } else if let Some(prefix) = host.strip_suffix('*') {
@@ -421,7 +421,14 @@ fn split_port(h: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Lower-cases the request host and drops its port, borrowing when already lower-case.
+/// The request host as routes match it: the port dropped, the case kept (Kong compares hosts
+/// case-sensitively).
+pub fn route_host(authority: &str) -> &str {
+    split_port(authority).0
+}
+
+/// Lower-cases the request host and drops its port, borrowing when already lower-case (nginx's
+/// `$host`, for `X-Forwarded-Host`).
 pub fn request_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = split_port(authority).0;
     if host.bytes().any(|b| b.is_ascii_uppercase()) {

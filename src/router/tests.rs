@@ -170,3 +170,17 @@ fn request_host_strips_port_and_lowercases() {
     assert_eq!(request_host("[::1]:8000"), "::1");
     assert!(matches!(request_host("plain.host"), std::borrow::Cow::Borrowed(_)));
 }
+
+#[test]
+fn hosts_are_case_sensitive_like_kong() {
+    let r = Router::build(vec![
+        with(spec("lower"), |s| s.hosts = vec!["api.example.com".into()]),
+        with(spec("mixed"), |s| s.hosts = vec!["*.Example.com".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "api.example.com", "/"), Some("lower"));
+    assert_eq!(find(&r, "GET", "API.example.com", "/"), None);
+    assert_eq!(find(&r, "GET", "a.Example.com", "/"), Some("mixed"));
+    assert_eq!(find(&r, "GET", "a.example.com", "/"), None);
+    assert_eq!(route_host("API.Example.com:8000"), "API.Example.com");
+}

@@ -244,7 +244,8 @@ impl ConfigState {
             _ => {
                 let started = Instant::now();
                 let r = Arc::new(self.compile_router(clients)?);
-                tracing::debug!(routes = r.len(), elapsed_ms = started.elapsed().as_millis() as u64, "router compiled");
+                let elapsed_ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+                tracing::debug!(routes = r.len(), elapsed_ms, "router compiled");
                 self.router = Some(r.clone());
                 r
             }

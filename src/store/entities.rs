@@ -157,7 +157,7 @@ impl Store {
         let in_other_cp = exists && !self.exists_in(&mut tx, cp, kind, &id).await?;
         match (op, exists) {
             (WriteOp::Insert, true) => return Err(EntityError::PrimaryKey(id)),
-            (WriteOp::Update, false) => return Err(EntityError::NotFound(id)),
+            (WriteOp::Update, false) => return Err(EntityError::not_found("id", Value::String(id))),
             _ if in_other_cp => return Err(EntityError::PrimaryKey(id)),
             _ => {}
         }

@@ -18,8 +18,7 @@ pub fn schema() -> &'static Schema {
                 )),
             )
             .required()
-            .default(json!(["apikey"]))
-            .check(Check::LenMin(1)),
+            .default(json!(["apikey"])),
             Field::new("hide_credentials", Type::Boolean).required().default(json!(false)),
             Field::new("anonymous", Type::String),
             Field::new("key_in_header", Type::Boolean).required().default(json!(true)),
