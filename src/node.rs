@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Layer;
 
@@ -14,7 +14,7 @@ use crate::admin::{self, AdminInner, AdminState};
 use crate::config::{Listen, Settings};
 use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
-use crate::proxy::upstream::Clients;
+use crate::proxy::upstream::{self, PoolSettings};
 use crate::snapshot::SnapshotHolder;
 use crate::snapshot::builder::{self, ConfigState};
 use crate::store::{DEFAULT_CP, Store, StoreError};
@@ -40,12 +40,19 @@ pub enum NodeError {
 /// Runs a node until it is told to stop.
 pub fn run(settings: Settings) -> Result<(), NodeError> {
     init_logging(&settings);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.worker_threads)
+    upstream::configure(PoolSettings {
+        max_idle_per_upstream: settings.upstream_keepalive_pool_size,
+        idle_timeout: settings.upstream_keepalive_idle_timeout,
+    });
+    // The control runtime runs the Admin API, the store and the snapshot builder; the proxy runs on
+    // its own single-threaded workers (see `serve_workers`).
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads.clamp(1, 2))
+        .thread_name("tollgate-control")
         .enable_all()
         .build()
         .map_err(NodeError::Runtime)?;
-    runtime.block_on(serve(settings))
+    control.block_on(serve(settings))
 }
 
 fn init_logging(settings: &Settings) {
@@ -57,82 +64,134 @@ fn init_logging(settings: &Settings) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
-fn bind(listen: &Listen) -> Result<TcpListener, NodeError> {
+/// A listening socket, non-blocking, ready to hand to any runtime.
+fn bind(listen: &Listen, reuseport: bool) -> Result<std::net::TcpListener, NodeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let fail = |source| NodeError::Listen { addr: listen.addr, source };
-    let socket = if listen.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
-    socket.set_reuseaddr(true).map_err(fail)?;
-    if listen.reuseport {
-        socket.set_reuseport(true).map_err(fail)?;
+    let domain = if listen.addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if reuseport {
+        socket.set_reuse_port(true).map_err(fail)?;
     }
-    socket.bind(listen.addr).map_err(fail)?;
-    socket.listen(listen.backlog).map_err(fail)
+    socket.bind(&listen.addr.into()).map_err(fail)?;
+    socket.listen(i32::try_from(listen.backlog).unwrap_or(i32::MAX)).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// The proxy sockets of every worker: one shared socket per address, or one per worker with
+/// `reuseport` so the kernel spreads connections.
+fn proxy_sockets(settings: &Settings) -> Result<Vec<Vec<std::net::TcpListener>>, NodeError> {
+    let workers = settings.worker_threads;
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for listen in &settings.proxy_listen {
+        if listen.reuseport {
+            for sockets in per_worker.iter_mut() {
+                sockets.push(bind(listen, true)?);
+            }
+        } else {
+            let shared = bind(listen, false)?;
+            for sockets in per_worker.iter_mut() {
+                sockets.push(shared.try_clone().map_err(|source| NodeError::Listen { addr: listen.addr, source })?);
+            }
+        }
+    }
+    Ok(per_worker)
+}
+
+/// Starts the proxy workers: one thread each, with a single-threaded runtime, its own upstream pool
+/// and its own accept loops. They stop accepting when `stop` flips, then drain.
+fn serve_workers(
+    proxy: &'static Proxy,
+    sockets: Vec<Vec<std::net::TcpListener>>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, NodeError> {
+    let mut threads = Vec::new();
+    for (i, listeners) in sockets.into_iter().enumerate() {
+        let stop = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NodeError::Runtime)?;
+        let thread = std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {
+            runtime.block_on(async move {
+                let graceful = GracefulShutdown::new();
+                let mut serving = Vec::new();
+                for std_listener in listeners {
+                    match TcpListener::from_std(std_listener) {
+                        Ok(listener) => {
+                            let mut stop = stop.clone();
+                            let stopped = async move {
+                                let _ = stop.changed().await;
+                            };
+                            serving.push(proxy.serve(listener, stopped, &graceful));
+                        }
+                        Err(e) => tracing::error!(error = %e, "proxy listener unusable"),
+                    }
+                }
+                futures_util::future::join_all(serving).await;
+                if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+                    tracing::warn!("some connections did not finish within the drain timeout");
+                }
+            });
+        });
+        threads.push(thread.map_err(NodeError::Runtime)?);
+    }
+    Ok(threads)
 }
 
 async fn serve(settings: Settings) -> Result<(), NodeError> {
     let store = Store::open(&settings).await?;
-    let clients = Clients::new(settings.upstream_keepalive_pool_size, settings.upstream_keepalive_idle_timeout);
     let holder = Arc::new(SnapshotHolder::new());
     let mut state = ConfigState::load(&store, DEFAULT_CP).await.map_err(|e| NodeError::Load(e.to_string()))?;
-    holder.store(state.build(&clients, true).map_err(NodeError::Load)?);
+    holder.store(state.build(true).map_err(NodeError::Load)?);
     tokio::spawn(builder::run(
         store.clone(),
         DEFAULT_CP.to_string(),
         holder.clone(),
-        clients,
         settings.db_update_frequency,
         state,
     ));
 
-    // Both live for the whole process; leaking them gives every connection a plain reference.
+    // Lives for the whole process; leaking it gives every connection a plain reference.
     let proxy: &'static Proxy =
         Box::leak(Box::new(Proxy { holder, trusted_ips: settings.trusted_ips.clone(), stats: Stats::default() }));
-    let proxy_listeners = settings.proxy_listen.iter().map(bind).collect::<Result<Vec<_>, _>>()?;
-    let admin_listeners = settings.admin_listen.iter().map(bind).collect::<Result<Vec<_>, _>>()?;
+    let sockets = proxy_sockets(&settings)?;
+    let admin_listeners = settings
+        .admin_listen
+        .iter()
+        .map(|l| {
+            bind(l, l.reuseport)
+                .and_then(|s| TcpListener::from_std(s).map_err(|source| NodeError::Listen { addr: l.addr, source }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut tasks = Vec::new();
-    for listener in proxy_listeners {
-        let mut stop = stop_rx.clone();
-        let graceful = graceful.clone();
-        tasks.push(tokio::spawn(async move {
-            proxy
-                .serve(
-                    listener,
-                    async move {
-                        let _ = stop.changed().await;
-                    },
-                    &graceful,
-                )
-                .await;
-        }));
-    }
+    let workers = serve_workers(proxy, sockets, &stop_rx)?;
     let admin_state = AdminState::new(AdminInner {
         store: store.clone(),
         settings: settings.clone(),
         node_id: uuid::Uuid::new_v4(),
         hostname: hostname(),
         stats: &proxy.stats,
+        holder: proxy.holder.clone(),
     });
+    let mut admin_tasks = Vec::new();
     for listener in admin_listeners {
         let app = admin::router(admin_state.clone());
         let app = tower::util::MapRequestLayer::new(admin::trim_trailing_slash).layer(app);
         let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        admin_tasks.push(tokio::spawn(async move {
             let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-            if let Err(e) = axum::serve(listener, make)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-            {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stopped).await {
                 tracing::error!(error = %e, "Admin API stopped");
             }
         }));
     }
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();
     let admin: Vec<String> = settings.admin_listen.iter().map(|l| l.addr.to_string()).collect();
-    tracing::info!(proxy = %addrs.join(","), admin = %admin.join(","), database = settings.database.as_str(), "Tollgate started");
+    tracing::info!(proxy = %addrs.join(","), admin = %admin.join(","), workers = settings.worker_threads, database = settings.database.as_str(), "Tollgate started");
     eprintln!(
         "Tollgate started (proxy {}, admin {})",
         addrs.join(","),
@@ -142,13 +201,15 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     wait_for_signal().await?;
     tracing::info!("stopping: draining in-flight requests");
     let _ = stop_tx.send(true);
-    for t in tasks {
+    for t in admin_tasks {
         let _ = t.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("some connections did not finish within the drain timeout");
-    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1254,3 +1254,21 @@ async fn a_deleted_consumer_takes_its_keys_with_it() {
     let took = live_within(&gw, "/auth", &[("apikey", "secret")], deleted, |r| r.status() == 401).await;
     assert!(took < Duration::from_millis(100), "deleted consumer still authenticated after {took:?}");
 }
+
+#[tokio::test]
+async fn a_write_is_answered_only_once_this_nodes_proxy_serves_it() {
+    let (gw, up) = start().await;
+    gw.create("/services", json!({"name": "ryw", "url": up.url("")})).await;
+    gw.create("/services/ryw/routes", json!({"paths": ["/ryw"]})).await;
+    assert_eq!(gw.call("/ryw", &[]).await.status(), 200, "the route works on the first call");
+    gw.create("/services/ryw/plugins", json!({"name": "key-auth"})).await;
+    assert_eq!(gw.call("/ryw", &[]).await.status(), 401, "the plugin works on the first call");
+    for i in 0..20 {
+        gw.create("/consumers", json!({"username": format!("ryw-{i}")})).await;
+        let key = format!("ryw-key-{i}");
+        gw.create(&format!("/consumers/ryw-{i}/key-auth"), json!({"key": key})).await;
+        assert_eq!(gw.call("/ryw", &[("apikey", &key)]).await.status(), 200, "key {i} works on the first call");
+        assert_eq!(gw.delete(&format!("/key-auths/{key}")).await, 204);
+        assert_eq!(gw.call("/ryw", &[("apikey", &key)]).await.status(), 401, "key {i} is refused on the first call");
+    }
+}

@@ -168,3 +168,33 @@ async fn a_node_started_later_loads_everything_already_in_postgres() {
     let b = gateway_on(&db).await;
     converges(&b, "/late", &[], 200, Duration::from_secs(1)).await;
 }
+
+/// A change committed without a notification (as when the LISTEN connection was down) is still
+/// picked up by the periodic version check.
+#[tokio::test]
+async fn a_change_whose_notification_is_lost_is_picked_up_by_the_version_check() {
+    let upstream = Upstream::start().await;
+    let pg = PgDatabase::fresh();
+    let gw = gateway_on(&Db::Postgres(pg.name.clone())).await;
+    gw.create("/services", json!({"name": "svc", "url": upstream.url("")})).await;
+    gw.create("/services/svc/routes", json!({"paths": ["/quiet"]})).await;
+    gw.create("/services/svc/plugins", json!({"name": "key-auth"})).await;
+    gw.create("/consumers", json!({"username": "q"})).await;
+    let key = gw.create("/consumers/q/key-auth", json!({"key": "quiet-key"})).await;
+    converges(&gw, "/quiet", &[("apikey", "quiet-key")], 200, Duration::from_secs(1)).await;
+
+    // Revoke the key behind the gateway's back: same rows a delete writes, but no NOTIFY.
+    let id = key["id"].as_str().unwrap();
+    support::psql(
+        &pg.name,
+        &format!(
+            "BEGIN; UPDATE config_version SET version = version + 1 WHERE id = 1; \
+             DELETE FROM keyauth_credentials WHERE id = '{id}'; \
+             INSERT INTO changes (version, seq, cp, kind, entity_id, op, previous_key) \
+               SELECT version, 0, 'default', 'keyauth_credentials', '{id}', 'delete', 'quiet-key' \
+               FROM config_version; COMMIT;"
+        ),
+    );
+    let waited = converges(&gw, "/quiet", &[("apikey", "quiet-key")], 401, Duration::from_secs(3)).await;
+    assert!(waited <= Duration::from_millis(2500), "took {waited:?} with db_update_frequency = 1 s");
+}

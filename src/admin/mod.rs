@@ -12,15 +12,20 @@ mod pagination;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::Request;
+use axum::http::{Method, Request};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{MethodRouter, get};
 use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::model::Kind;
 use crate::proxy::stats::Stats;
+use crate::snapshot::SnapshotHolder;
 use crate::store::{DEFAULT_CP, Store};
 use body::AdminBody;
 use entities::Parent;
@@ -39,6 +44,8 @@ pub struct AdminInner {
     pub node_id: Uuid,
     pub hostname: String,
     pub stats: &'static Stats,
+    /// This node's snapshot, so that a write is answered once the proxy serves it.
+    pub holder: Arc<SnapshotHolder>,
 }
 
 impl std::ops::Deref for AdminState {
@@ -132,7 +139,26 @@ pub fn router(state: AdminState) -> Router {
         .merge(legacy::router())
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))
         .with_state(state)
+}
+
+/// How long a write waits for this node's proxy to serve it before answering anyway.
+const LIVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers a successful write only once this node's proxy serves it, so a script can create a
+/// consumer and a key and call the route at once (Kong's node-local cache invalidation gives the
+/// same guarantee).
+async fn read_your_writes(State(s): State<AdminState>, req: Request<axum::body::Body>, next: Next) -> Response {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let response = next.run(req).await;
+    if write && response.status().is_success() {
+        let version = s.store.committed_version();
+        if !s.holder.wait_for(version, LIVE_WAIT).await {
+            tracing::warn!(version, "write acknowledged before the proxy caught up");
+        }
+    }
+    response
 }
 
 /// Kong accepts a trailing slash on every path (`POST /consumers/`).

@@ -1,8 +1,7 @@
 //! Rewriting a client request for its upstream and the upstream's response for the client: Kong's
 //! upstream path rules (`path_handling = v0`), forwarding headers, hop-by-hop removal, `Via`.
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
 use super::headers as h;
@@ -61,33 +60,162 @@ fn sanitize_postfix(p: &str) -> &str {
     }
 }
 
-/// An absolute upstream URI from precomputed parts.
-pub fn upstream_uri(scheme: &Scheme, authority: &Authority, path: &str, query: Option<&str>) -> Option<Uri> {
+/// The origin-form URI (`/path?query`) sent upstream.
+pub fn origin_form(path: &str, query: Option<&str>) -> Option<Uri> {
     let pq = match query {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok()?,
-        None => PathAndQuery::try_from(path).ok()?,
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     };
-    Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query(pq).build().ok()
+    Uri::try_from(pq).ok()
 }
 
-/// Drops hop-by-hop headers, including those the `Connection` header names.
+/// Whether a header never crosses a hop (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection`).
+fn is_hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
+    name == header::CONNECTION
+        || name == h::KEEP_ALIVE
+        || name == h::PROXY_CONNECTION
+        || name == header::UPGRADE
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || (name == header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Names a `Connection` header lists (they are hop-by-hop too).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Drops hop-by-hop headers, including those the `Connection` header names. One pass over the
+/// names when there are none, which is the usual case.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = header::HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(name);
-                }
-            }
-        }
+    if !headers.iter().any(|(n, v)| is_hop_by_hop(n, v)) {
+        return;
     }
-    headers.remove(h::KEEP_ALIVE);
-    headers.remove(h::PROXY_CONNECTION);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        h::KEEP_ALIVE,
+        h::PROXY_CONNECTION,
+        header::UPGRADE,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
     if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         headers.remove(header::TE);
+    }
+}
+
+/// Everything the upstream request head is built from; built once, turned into a request per
+/// attempt, so a retry needs no copy of a request already sent.
+#[derive(Debug)]
+pub struct UpstreamHead<'a> {
+    pub client: &'a http::request::Parts,
+    pub conn_ip: &'a HeaderValue,
+    pub conn_port: &'a HeaderValue,
+    /// The client is in `trusted_ips`: its X-Forwarded-* values are passed on.
+    pub trusted: bool,
+    /// The matched path prefix for `X-Forwarded-Prefix`.
+    pub prefix: Option<&'a str>,
+    /// The service's `Host`, or `None` to keep the client's (`preserve_host`).
+    pub host: Option<&'a HeaderValue>,
+}
+
+const FORWARDED: [HeaderName; 5] =
+    [h::X_FORWARDED_PROTO, h::X_FORWARDED_HOST, h::X_FORWARDED_PORT, h::X_FORWARDED_PATH, h::X_FORWARDED_PREFIX];
+
+impl UpstreamHead<'_> {
+    pub fn request<B>(&self, uri: Uri, body: B) -> http::Request<B> {
+        let client = &self.client.headers;
+        let mut out = HeaderMap::with_capacity(client.len() + 10);
+        let listed = if client.contains_key(header::CONNECTION) { connection_listed(client) } else { Vec::new() };
+        for (name, value) in client {
+            let ours = name == header::HOST
+                || name == h::X_FORWARDED_FOR
+                || name == h::X_REAL_IP
+                || name == header::VIA
+                || (!self.trusted && FORWARDED.contains(name));
+            if ours || is_hop_by_hop(name, value) || listed.contains(name) {
+                continue;
+            }
+            out.append(name.clone(), value.clone());
+        }
+        let client_host = client
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| self.client.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        if let Some(host) = self.host.cloned().or_else(|| client_host.clone()) {
+            out.insert(header::HOST, host);
+        }
+        let xff = joined(client, &h::X_FORWARDED_FOR).and_then(|prev| {
+            HeaderValue::from_str(&format!("{prev}, {}", self.conn_ip.to_str().unwrap_or_default())).ok()
+        });
+        out.insert(h::X_FORWARDED_FOR, xff.unwrap_or_else(|| self.conn_ip.clone()));
+        out.insert(h::X_REAL_IP, self.conn_ip.clone());
+        let missing = |name: &HeaderName| !self.trusted || !client.contains_key(name);
+        if missing(&h::X_FORWARDED_PROTO) {
+            out.insert(h::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if missing(&h::X_FORWARDED_HOST) {
+            let host = client_host.as_ref().and_then(|v| v.to_str().ok()).map(crate::router::request_host);
+            if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+                out.insert(h::X_FORWARDED_HOST, v);
+            }
+        }
+        if missing(&h::X_FORWARDED_PORT) {
+            out.insert(h::X_FORWARDED_PORT, self.conn_port.clone());
+        }
+        if missing(&h::X_FORWARDED_PATH) {
+            if let Ok(v) = HeaderValue::from_str(self.client.uri.path()) {
+                out.insert(h::X_FORWARDED_PATH, v);
+            }
+        }
+        if missing(&h::X_FORWARDED_PREFIX) {
+            if let Some(v) = self.prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+                out.insert(h::X_FORWARDED_PREFIX, v);
+            }
+        }
+        let ours = if self.client.version == Version::HTTP_2 { VIA_2 } else { VIA_1_1 };
+        let via = joined(client, &header::VIA)
+            .and_then(|prev| HeaderValue::from_str(&format!("{prev}, {}", ours.to_str().unwrap_or_default())).ok());
+        out.insert(header::VIA, via.unwrap_or(ours));
+
+        let mut req = http::Request::new(body);
+        *req.method_mut() = self.client.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = out;
+        req
+    }
+}
+
+/// All values of a header joined with `, `, when there is any.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let mut s = values.next()?.to_string();
+    for v in values {
+        s.push_str(", ");
+        s.push_str(v);
+    }
+    Some(s)
+}
+
+/// A latency in whole milliseconds as a header value; small values come from a static table.
+pub fn millis(d: std::time::Duration) -> HeaderValue {
+    const SMALL: [&str; 20] =
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19"];
+    let ms = d.as_millis();
+    match SMALL.get(ms as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(ms as u64),
     }
 }
 

@@ -43,19 +43,30 @@ pub struct Proxy {
     pub stats: Stats,
 }
 
-/// Where a connection came from and arrived at.
-#[derive(Debug, Clone, Copy)]
-struct Conn {
+/// Where a connection came from and arrived at, with the header values that follow from it
+/// (computed once per connection, not per request).
+#[derive(Debug)]
+struct ConnInfo {
     peer: SocketAddr,
     local_port: u16,
+    client_ip: HeaderValue,
+    port: HeaderValue,
+}
+
+impl ConnInfo {
+    fn new(peer: SocketAddr, local_port: u16) -> ConnInfo {
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port) }
+    }
 }
 
 impl Proxy {
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_ips.iter().any(|n| n.contains(ip))
+        !self.trusted_ips.is_empty() && self.trusted_ips.iter().any(|n| n.contains(ip))
     }
 
-    /// Accepts connections until `stop` resolves, then lets in-flight requests finish.
+    /// Accepts connections until `stop` resolves, then lets in-flight requests finish. Runs on one
+    /// worker's single-threaded runtime; several workers may share a listening socket.
     pub async fn serve(
         &'static self,
         listener: TcpListener,
@@ -70,17 +81,21 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                         continue;
                     }
                 },
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);
-            let conn = Conn { peer, local_port };
-            let service =
-                hyper::service::service_fn(move |req| async move { Ok::<_, Infallible>(self.handle(req, conn).await) });
+            let conn = Arc::new(ConnInfo::new(peer, local_port));
+            let service = hyper::service::service_fn(move |req| {
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
+            });
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             let connection = graceful.watch(connection);
             self.stats.connection_opened();
@@ -93,7 +108,7 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
         match self.proxy(req, conn, started).await {
@@ -105,12 +120,11 @@ impl Proxy {
     async fn proxy(
         &self,
         req: Request<Incoming>,
-        conn: Conn,
+        conn: &ConnInfo,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
-        let client_ip = conn.peer.ip();
-        let (route, matched_prefix) = {
+        let (route, matched_len) = {
             let snapshot = self.holder.load();
             let authority = parts
                 .headers
@@ -129,8 +143,7 @@ impl Proxy {
             let Some(m) = snapshot.router.find(&view) else {
                 return Err(GatewayError::NoRoute);
             };
-            let prefix = if m.target.strip_path { Some(path[..m.matched_len].to_string()) } else { None };
-            (m.target.clone(), prefix)
+            (m.target.clone(), m.matched_len)
         };
         if !route.http_allowed {
             return Err(GatewayError::HttpsRequired(route.https_redirect_status, https_location(&parts)));
@@ -150,7 +163,7 @@ impl Proxy {
                 snapshot: &snapshot,
                 parts: &mut parts,
                 body: buffered,
-                client_ip,
+                client_ip: conn.peer.ip(),
                 consumer: None,
                 credential_id: None,
                 anonymous: false,
@@ -172,105 +185,61 @@ impl Proxy {
             }
             (None, None) => UpstreamBody::empty(),
         };
-        self.forward(parts, upstream_body, &route, matched_prefix, conn, consumer_id, started).await
+        self.forward(&parts, upstream_body, &route, matched_len, conn, consumer_id, started).await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        mut parts: http::request::Parts,
+        parts: &http::request::Parts,
         body: UpstreamBody,
-        route: &Arc<RouteTarget>,
-        prefix: Option<String>,
-        conn: Conn,
+        route: &RouteTarget,
+        matched_len: usize,
+        conn: &ConnInfo,
         consumer: Option<uuid::Uuid>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
             return Err(GatewayError::NoService);
         };
-        let client_ip = conn.peer.ip();
-        let trusted = self.trusted(client_ip);
-        let version = parts.version;
-        let raw_path = parts.uri.path().to_string();
-        let req_path = normalize_path(&raw_path);
-        let path = forward::upstream_path(&req_path, prefix.as_deref(), service.path.as_deref().unwrap_or("/"));
-        let uri = forward::upstream_uri(&service.scheme, &service.authority, &path, parts.uri.query())
-            .ok_or(GatewayError::BadRequest)?;
-
-        let client_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        forward::strip_hop_by_hop(&mut parts.headers);
-        let headers = &mut parts.headers;
-        let xff = match headers.get(h::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {client_ip}")).ok(),
-            None => HeaderValue::from_str(&client_ip.to_string()).ok(),
+        let req_path = normalize_path(parts.uri.path());
+        let matched = req_path.get(..matched_len).filter(|m| !m.is_empty());
+        // Kong strips what the route's path matched, or just the leading `/` of a path-less route.
+        let strip = route.strip_path.then(|| matched.unwrap_or("/"));
+        let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
+        let uri = forward::origin_form(&path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
+        let head = forward::UpstreamHead {
+            client: parts,
+            conn_ip: &conn.client_ip,
+            conn_port: &conn.port,
+            trusted: self.trusted(conn.peer.ip()),
+            prefix: if route.strip_path { matched.filter(|m| *m != "/") } else { None },
+            host: if route.preserve_host { None } else { Some(&service.host_header) },
         };
-        if let Some(v) = xff {
-            headers.insert(h::X_FORWARDED_FOR, v.clone());
-        }
-        if let Ok(ip) = HeaderValue::from_str(&client_ip.to_string()) {
-            headers.insert(h::X_REAL_IP, ip);
-        }
-        if !trusted || !headers.contains_key(h::X_FORWARDED_PROTO) {
-            headers.insert(h::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
-        if !trusted || !headers.contains_key(h::X_FORWARDED_HOST) {
-            if let Some(host) = client_host.as_ref().and_then(|v| v.to_str().ok()).map(request_host) {
-                if let Ok(v) = HeaderValue::from_str(&host) {
-                    headers.insert(h::X_FORWARDED_HOST, v);
-                }
-            }
-        }
-        if !trusted || !headers.contains_key(h::X_FORWARDED_PORT) {
-            headers.insert(h::X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
-        }
-        if !trusted || !headers.contains_key(h::X_FORWARDED_PATH) {
-            if let Ok(v) = HeaderValue::from_str(&raw_path) {
-                headers.insert(h::X_FORWARDED_PATH, v);
-            }
-        }
-        if !trusted || !headers.contains_key(h::X_FORWARDED_PREFIX) {
-            match prefix.as_deref().filter(|p| *p != "/").and_then(|p| HeaderValue::from_str(p).ok()) {
-                Some(v) => {
-                    headers.insert(h::X_FORWARDED_PREFIX, v);
-                }
-                None => {
-                    headers.remove(h::X_FORWARDED_PREFIX);
-                }
-            }
-        }
-        forward::append_via(headers, version);
-        let host_header = if route.preserve_host {
-            client_host.unwrap_or_else(|| service.host_header.clone())
-        } else {
-            service.host_header.clone()
+        let target = upstream::Target {
+            host: &service.host,
+            port: service.port,
+            key: &service.pool_key,
+            connect_timeout: service.connect_timeout,
         };
-        headers.insert(header::HOST, host_header);
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
 
         let sent = Instant::now();
-        // Like nginx's `proxy_next_upstream error timeout`: a failed connect never sent the request and
-        // is always tried again; a later failure or a timeout only for idempotent methods.
+        // Like nginx's `proxy_next_upstream error timeout`: a request that never reached the upstream
+        // is always tried again; one that may have, only when its method is idempotent.
         let idempotent = parts.method.is_idempotent();
         let mut attempt = 0;
         let mut body = Some(body);
         let response = loop {
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
-            let request = Request::from_parts(clone_parts(&parts), this_body);
-            let outcome = tokio::time::timeout(service.read_timeout, service.client.request(request)).await;
+            let request = head.request(uri.clone(), this_body);
+            let outcome = tokio::time::timeout(service.read_timeout, upstream::send(target, request)).await;
             let (error, retry) = match outcome {
                 Ok(Ok(resp)) => break resp,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, attempt, "upstream request failed");
-                    let error = GatewayError::from_client(&e);
-                    let retry = !matches!(error, GatewayError::NameResolution) && (e.is_connect() || idempotent);
-                    (error, retry)
+                    let retry = e.before_sending() || (idempotent && !matches!(e, upstream::UpstreamError::Resolve(_)));
+                    (GatewayError::from_upstream(&e), retry)
                 }
                 Err(_) => (GatewayError::Timeout, idempotent),
             };
@@ -291,22 +260,11 @@ impl Proxy {
         if !rparts.headers.contains_key(header::SERVER) {
             rparts.headers.insert(header::SERVER, forward::SERVER);
         }
-        rparts.headers.insert(h::X_UPSTREAM_LATENCY, HeaderValue::from(upstream_latency.as_millis() as u64));
-        let proxy_latency = sent.duration_since(started);
-        rparts.headers.insert(h::X_PROXY_LATENCY, HeaderValue::from(proxy_latency.as_millis() as u64));
-        rparts.version = version;
-        Ok(Response::from_parts(rparts, ProxyBody::Upstream(rbody)))
+        rparts.headers.insert(h::X_UPSTREAM_LATENCY, forward::millis(upstream_latency));
+        rparts.headers.insert(h::X_PROXY_LATENCY, forward::millis(sent.duration_since(started)));
+        rparts.version = parts.version;
+        Ok(Response::from_parts(rparts, rbody))
     }
-}
-
-/// A copy of the request head for one attempt (the head is small; the body is moved).
-fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req.into_parts().0
 }
 
 fn https_location(parts: &http::request::Parts) -> Option<HeaderValue> {
@@ -322,7 +280,7 @@ pub fn reply_response(reply: Reply, started: Instant) -> Response<ProxyBody> {
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert(header::SERVER, forward::SERVER);
-    headers.insert(h::X_RESPONSE_LATENCY, HeaderValue::from(started.elapsed().as_millis() as u64));
+    headers.insert(h::X_RESPONSE_LATENCY, forward::millis(started.elapsed()));
     for (name, value) in reply.headers {
         headers.append(name, value);
     }

@@ -26,26 +26,16 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// Classifies an upstream client failure (which side failed, and how).
-    pub fn from_client(e: &hyper_util::client::legacy::Error) -> GatewayError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::TimedOut {
-                    return GatewayError::Timeout;
-                }
-            }
-            let text = s.to_string();
-            if text.contains("dns error") || text.contains("failed to lookup") {
-                return GatewayError::NameResolution;
-            }
-            if text.contains("timed out") || text.contains("timeout") {
-                return GatewayError::Timeout;
-            }
-            source = s.source();
+    /// Maps which side of the upstream exchange failed to Kong's status.
+    pub fn from_upstream(e: &super::upstream::UpstreamError) -> GatewayError {
+        use super::upstream::UpstreamError;
+        match e {
+            UpstreamError::Resolve(_) => GatewayError::NameResolution,
+            UpstreamError::ConnectTimeout => GatewayError::Timeout,
+            UpstreamError::Connect(_) => GatewayError::BadGateway,
+            UpstreamError::Exchange(e) if e.is_timeout() => GatewayError::Timeout,
+            UpstreamError::Exchange(_) => GatewayError::BadGateway,
         }
-        tracing::debug!(error = %e, "upstream request failed");
-        GatewayError::BadGateway
     }
 
     fn parts(&self) -> (StatusCode, &'static [u8]) {

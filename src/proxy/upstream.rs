@@ -1,19 +1,28 @@
-//! Upstream connections: pooled keep-alive hyper clients (one per distinct connect timeout, shared by
-//! every service that uses it) and the body types that stream requests up and responses down without
-//! buffering.
+//! Upstream connections and the bodies that stream through the proxy.
+//!
+//! Each proxy worker is a single-threaded runtime with its own keep-alive pool of hyper HTTP/1.1
+//! connections, kept in a thread-local: checking a connection out or back in takes no lock and no
+//! atomic operation. A connection goes back to the pool when its response body has been read to the
+//! end; a request that a stale pooled connection could not even send moves to a fresh connection.
+//! Written here rather than taken from `hyper_util`'s pooled client, whose pool is one mutex shared by
+//! every connection of the process.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Hasher = foldhash::fast::RandomState;
 
 /// The request body sent upstream: the client's stream as is, or a buffer a plugin produced.
 #[derive(Debug)]
@@ -64,10 +73,17 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A connection lent out with a response: goes back to its worker's pool when the body is done.
+#[derive(Debug)]
+pub struct Lease {
+    sender: SendRequest<UpstreamBody>,
+    key: Arc<str>,
+}
+
 /// The response body sent to the client: the upstream's stream, or a gateway-made body.
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream(Incoming),
+    Upstream { body: Incoming, lease: Option<Lease> },
     Full(Option<Bytes>),
 }
 
@@ -79,6 +95,14 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody::Full(None)
     }
+
+    fn upstream(body: Incoming, lease: Lease) -> ProxyBody {
+        if body.is_end_stream() {
+            checkin(lease);
+            return ProxyBody::Upstream { body, lease: None };
+        }
+        ProxyBody::Upstream { body, lease: Some(lease) }
+    }
 }
 
 impl Body for ProxyBody {
@@ -87,60 +111,190 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream { body, lease } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let done = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    // A broken body leaves the connection unusable: it is dropped, not pooled.
+                    Poll::Ready(Some(Err(_))) => {
+                        lease.take();
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if done {
+                    if let Some(l) = lease.take() {
+                        checkin(l);
+                    }
+                }
+                polled
+            }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
     }
 }
 
-/// A pooled HTTP/1.1 client; cloning shares the pool.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// The clients of this node by connect timeout, reused across snapshots so pools survive rebuilds.
-/// Only the snapshot builder calls [`Clients::get`]; the proxy never touches this lock.
-#[derive(Debug, Clone)]
-pub struct Clients {
-    by_timeout: Arc<Mutex<HashMap<Duration, UpstreamClient>>>,
-    pool_size: usize,
-    idle_timeout: Duration,
+/// Pool limits, set once at start (`upstream_keepalive_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_idle_per_upstream: usize,
+    pub idle_timeout: Duration,
 }
 
-impl Clients {
-    pub fn new(pool_size: usize, idle_timeout: Duration) -> Clients {
-        Clients { by_timeout: Arc::default(), pool_size, idle_timeout }
-    }
+static SETTINGS: OnceLock<PoolSettings> = OnceLock::new();
 
-    pub fn get(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut map = match self.by_timeout.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
+pub fn configure(settings: PoolSettings) {
+    let _ = SETTINGS.set(settings);
+}
+
+fn settings() -> PoolSettings {
+    SETTINGS
+        .get()
+        .copied()
+        .unwrap_or(PoolSettings { max_idle_per_upstream: 512, idle_timeout: Duration::from_secs(60) })
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+thread_local! {
+    /// This worker's idle connections by upstream `host:port`.
+    static POOL: RefCell<HashMap<Arc<str>, Vec<Idle>, Hasher>> = RefCell::new(HashMap::default());
+}
+
+fn checkout(key: &str) -> Option<SendRequest<UpstreamBody>> {
+    let timeout = settings().idle_timeout;
+    POOL.with_borrow_mut(|pool| {
+        let list = pool.get_mut(key)?;
+        while let Some(idle) = list.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < timeout {
+                return Some(idle.sender);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(lease: Lease) {
+    if lease.sender.is_closed() {
+        return;
+    }
+    let max = settings().max_idle_per_upstream;
+    POOL.with_borrow_mut(|pool| {
+        let list = match pool.get_mut(&*lease.key) {
+            Some(list) => list,
+            None => pool.entry(lease.key.clone()).or_default(),
         };
-        map.entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                connector.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(self.pool_size)
-                    .pool_idle_timeout(self.idle_timeout)
-                    .build(connector)
-            })
-            .clone()
+        if list.len() < max {
+            list.push(Idle { sender: lease.sender, since: Instant::now() });
+        }
+    });
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub key: &'a Arc<str>,
+    pub connect_timeout: Duration,
+}
+
+/// Which side of the upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("upstream exchange failed: {0}")]
+    Exchange(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request certainly never reached the upstream.
+    pub fn before_sending(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout | UpstreamError::Connect(_))
+    }
+}
+
+async fn connect(target: Target<'_>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((target.host, target.port))
+        .await
+        .map_err(|_| UpstreamError::Resolve(target.host.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(UpstreamError::Resolve(target.host.to_string()));
+    }
+    let mut last = UpstreamError::ConnectTimeout;
+    for addr in addrs {
+        match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(UpstreamError::Exchange)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+                return Ok(sender);
+            }
+            Ok(Err(e)) => last = UpstreamError::Connect(e),
+            Err(_) => last = UpstreamError::ConnectTimeout,
+        }
+    }
+    Err(last)
+}
+
+/// Sends a request (origin-form URI, `Host` set) on a pooled or new connection to `target`.
+pub async fn send(
+    target: Target<'_>,
+    mut request: Request<UpstreamBody>,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    loop {
+        let (mut sender, fresh) = match checkout(target.key) {
+            Some(s) => (s, false),
+            None => (connect(target).await?, true),
+        };
+        if let Err(e) = sender.ready().await {
+            if fresh {
+                return Err(UpstreamError::Exchange(e));
+            }
+            continue;
+        }
+        match sender.try_send_request(request).await {
+            Ok(resp) => {
+                let lease = Lease { sender, key: target.key.clone() };
+                return Ok(resp.map(|body| ProxyBody::upstream(body, lease)));
+            }
+            Err(mut e) => match e.take_message() {
+                // Not written at all: a pooled connection went away meanwhile; use another.
+                Some(unsent) if !fresh => request = unsent,
+                _ => return Err(UpstreamError::Exchange(e.into_error())),
+            },
+        }
     }
 }

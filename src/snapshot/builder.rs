@@ -4,6 +4,7 @@
 //! routes or plugins changed. A failed compile keeps the previous snapshot and logs why.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroI64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,11 @@ use crate::model::schema::Obj;
 use crate::model::{EntityError, Kind};
 use crate::plugins::chain::ChainBuilder;
 use crate::plugins::{BuildEnv, PluginInstanceRow};
-use crate::proxy::upstream::Clients;
 use crate::router::{RouteSpec, Router};
 use crate::store::{Change, ChangeOp, Store};
 
 /// Collects writes that land close together into one build.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+const DEBOUNCE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, Deserialize)]
 struct Ref {
@@ -119,9 +119,14 @@ impl ConfigState {
         let credentials = Arc::make_mut(&mut state.credentials);
         store
             .for_each_body(cp, Kind::KeyAuth, |body, expires_at| match serde_json::from_str::<KeyAuthRow>(body) {
-                Ok(row) => {
-                    credentials.insert(&row.key, KeyCredential { id: row.id, consumer_id: row.consumer.id, expires_at })
-                }
+                Ok(row) => credentials.insert(
+                    &row.key,
+                    KeyCredential {
+                        id: row.id,
+                        consumer_id: row.consumer.id,
+                        expires_at: expires_at.and_then(NonZeroI64::new),
+                    },
+                ),
                 Err(e) => tracing::error!(error = %e, "skipping unreadable credential"),
             })
             .await?;
@@ -155,10 +160,14 @@ impl ConfigState {
     /// Applies a batch of changes of `cp`; returns whether the router must be rebuilt.
     async fn apply(&mut self, store: &Store, cp: &str, changes: &[Change], to: i64) -> Result<bool, EntityError> {
         let mut by_kind: BTreeMap<Kind, (Vec<String>, Vec<String>)> = BTreeMap::new();
-        // Only the last operation on an entity matters.
+        // Only the last operation on an entity matters; every key it had during the batch is stale.
         let mut last: HashMap<(Kind, &str), ChangeOp> = HashMap::new();
-        for c in changes.iter().filter(|c| c.cp == cp) {
+        let mut stale_keys: Vec<(Uuid, &str)> = Vec::new();
+        for c in changes.iter().filter(|c| c.cp == cp).map(|c| &c.touched) {
             last.insert((c.kind, c.id.as_str()), c.op);
+            if let (Kind::KeyAuth, Some(key), Ok(id)) = (c.kind, &c.previous_key, Uuid::parse_str(&c.id)) {
+                stale_keys.push((id, key));
+            }
         }
         for ((kind, id), op) in last {
             let entry = by_kind.entry(kind).or_default();
@@ -188,12 +197,16 @@ impl ConfigState {
                 }
                 Kind::KeyAuth => {
                     let index = Arc::make_mut(&mut self.credentials);
-                    deleted.iter().for_each(|id| index.remove(id));
+                    stale_keys.iter().for_each(|(id, key)| index.remove(key, id));
                     for (body, expires_at) in bodies {
                         if let Some(row) = parse::<KeyAuthRow>(&body) {
                             index.insert(
                                 &row.key,
-                                KeyCredential { id: row.id, consumer_id: row.consumer.id, expires_at },
+                                KeyCredential {
+                                    id: row.id,
+                                    consumer_id: row.consumer.id,
+                                    expires_at: expires_at.and_then(NonZeroI64::new),
+                                },
                             );
                         }
                     }
@@ -238,12 +251,12 @@ impl ConfigState {
     }
 
     /// Compiles the snapshot, reusing the previous router unless `routing` says it is stale.
-    pub fn build(&mut self, clients: &Clients, routing: bool) -> Result<Snapshot, String> {
+    pub fn build(&mut self, routing: bool) -> Result<Snapshot, String> {
         let router = match (&self.router, routing) {
             (Some(r), false) => r.clone(),
             _ => {
                 let started = Instant::now();
-                let r = Arc::new(self.compile_router(clients)?);
+                let r = Arc::new(self.compile_router()?);
                 let elapsed_ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
                 tracing::debug!(routes = r.len(), elapsed_ms, "router compiled");
                 self.router = Some(r.clone());
@@ -258,7 +271,7 @@ impl ConfigState {
         })
     }
 
-    fn compile_router(&self, clients: &Clients) -> Result<Router<Arc<RouteTarget>>, String> {
+    fn compile_router(&self) -> Result<Router<Arc<RouteTarget>>, String> {
         let rows: Vec<PluginInstanceRow> = self
             .plugins
             .values()
@@ -274,12 +287,8 @@ impl ConfigState {
             })
             .collect();
         let chains = ChainBuilder::new(&rows, &BuildEnv { consumers: &self.consumers });
-        let services: HashMap<Uuid, Arc<ServiceTarget>> = self
-            .services
-            .values()
-            .filter(|s| s.enabled)
-            .map(|s| (s.id, Arc::new(service_target(s, clients))))
-            .collect();
+        let services: HashMap<Uuid, Arc<ServiceTarget>> =
+            self.services.values().filter(|s| s.enabled).map(|s| (s.id, Arc::new(service_target(s)))).collect();
         let mut routes: Vec<&RouteRow> = self.routes.values().collect();
         // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
         routes.sort_by_key(|r| std::cmp::Reverse(r.id));
@@ -331,7 +340,7 @@ fn consumer_of(row: ConsumerRow) -> Consumer {
     Consumer { id: row.id, username: row.username.map(Into::into), custom_id: row.custom_id.map(Into::into) }
 }
 
-fn service_target(s: &ServiceRow, clients: &Clients) -> ServiceTarget {
+fn service_target(s: &ServiceRow) -> ServiceTarget {
     let https = s.protocol == "https" || s.protocol == "grpcs";
     let default_port = if https { 443 } else { 80 };
     let host = if s.host.contains(':') { format!("[{}]", s.host) } else { s.host.clone() };
@@ -342,31 +351,22 @@ fn service_target(s: &ServiceRow, clients: &Clients) -> ServiceTarget {
         host: s.host.clone().into(),
         port: s.port,
         host_header: HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-        scheme: if https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
-        authority: http::uri::Authority::try_from(format!("{host}:{}", s.port))
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.host:1")),
+        pool_key: Arc::from(format!("{host}:{}", s.port)),
         path: s.path.clone().map(Into::into),
         retries: s.retries,
         read_timeout: Duration::from_millis(s.read_timeout),
         write_timeout: Duration::from_millis(s.write_timeout),
-        client: clients.get(Duration::from_millis(s.connect_timeout)),
+        connect_timeout: Duration::from_millis(s.connect_timeout),
     }
 }
 
 /// Keeps `holder` current for control plane `cp` until the process ends.
-pub async fn run(
-    store: Store,
-    cp: String,
-    holder: Arc<SnapshotHolder>,
-    clients: Clients,
-    poll: Duration,
-    mut state: ConfigState,
-) {
+pub async fn run(store: Store, cp: String, holder: Arc<SnapshotHolder>, poll: Duration, mut state: ConfigState) {
     let mut feed = store.feed(poll);
     loop {
         feed.wait().await;
         tokio::time::sleep(DEBOUNCE).await;
-        match refresh(&store, &cp, &mut state, &clients).await {
+        match refresh(&store, &cp, &mut state).await {
             Ok(Some(snapshot)) => holder.store(snapshot),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "configuration update failed; keeping the previous snapshot"),
@@ -375,12 +375,7 @@ pub async fn run(
 }
 
 /// Brings `state` up to the store's version; returns a new snapshot when anything changed.
-pub async fn refresh(
-    store: &Store,
-    cp: &str,
-    state: &mut ConfigState,
-    clients: &Clients,
-) -> Result<Option<Snapshot>, String> {
+pub async fn refresh(store: &Store, cp: &str, state: &mut ConfigState) -> Result<Option<Snapshot>, String> {
     let started = Instant::now();
     let routing = match store.changes_since(state.version).await.map_err(|e| e.to_string())? {
         Some((changes, _)) if changes.is_empty() => return Ok(None),
@@ -391,7 +386,7 @@ pub async fn refresh(
             true
         }
     };
-    let snapshot = state.build(clients, routing)?;
+    let snapshot = state.build(routing)?;
     tracing::debug!(version = snapshot.version, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot built");
     Ok(Some(snapshot))
 }

@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::model::schema::now_secs;
 use crate::plugins::PluginChain;
-use crate::proxy::upstream::UpstreamClient;
 use crate::router::Router;
 
 type Hasher = foldhash::fast::RandomState;
@@ -70,7 +69,8 @@ impl ConsumerIndex {
 pub struct KeyCredential {
     pub id: Uuid,
     pub consumer_id: Uuid,
-    pub expires_at: Option<i64>,
+    /// Unix seconds after which the key is refused (`NonZero` keeps the entry small).
+    pub expires_at: Option<std::num::NonZeroI64>,
 }
 
 /// The result of a successful key lookup.
@@ -80,11 +80,11 @@ pub struct Authenticated {
     pub consumer: Arc<Consumer>,
 }
 
-/// Credentials by key (O(1)) and keys by credential id (for updates and deletes).
+/// Credentials by key (O(1)). Updates and deletes name the key a credential had (the change feed
+/// carries it), so no reverse map is kept.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialIndex {
     by_key: HashMap<Arc<str>, KeyCredential, Hasher>,
-    key_of: HashMap<Uuid, Arc<str>, Hasher>,
 }
 
 impl CredentialIndex {
@@ -97,22 +97,20 @@ impl CredentialIndex {
     }
 
     pub(crate) fn insert(&mut self, key: &str, cred: KeyCredential) {
-        self.remove(&cred.id);
-        let key: Arc<str> = Arc::from(key);
-        self.key_of.insert(cred.id, key.clone());
-        self.by_key.insert(key, cred);
+        self.by_key.insert(Arc::from(key), cred);
     }
 
-    pub(crate) fn remove(&mut self, id: &Uuid) {
-        if let Some(key) = self.key_of.remove(id) {
-            self.by_key.remove(&key);
+    /// Drops `key` if it still belongs to credential `id`.
+    pub(crate) fn remove(&mut self, key: &str, id: &Uuid) {
+        if self.by_key.get(key).is_some_and(|c| c.id == *id) {
+            self.by_key.remove(key);
         }
     }
 
     fn get(&self, key: &str) -> Option<&KeyCredential> {
         let cred = self.by_key.get(key)?;
         match cred.expires_at {
-            Some(at) if at <= now_secs() => None,
+            Some(at) if at.get() <= now_secs() => None,
             _ => Some(cred),
         }
     }
@@ -127,14 +125,14 @@ pub struct ServiceTarget {
     pub port: u16,
     /// `Host` header when `preserve_host` is off: host, plus `:port` unless it is the default.
     pub host_header: HeaderValue,
-    pub scheme: http::uri::Scheme,
-    /// `host:port` of every upstream URI.
-    pub authority: http::uri::Authority,
+    /// `host:port`: the key of this upstream's keep-alive pool (shared by services with the same
+    /// address).
+    pub pool_key: Arc<str>,
     pub path: Option<Box<str>>,
     pub retries: u32,
+    pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
-    pub client: UpstreamClient,
 }
 
 /// A route compiled for the proxy: how to rewrite the request and which plugins run.
@@ -181,11 +179,23 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct SnapshotHolder {
     current: ArcSwap<Snapshot>,
+    /// The configuration version of the current snapshot, for writers waiting to see their change.
+    applied: tokio::sync::watch::Sender<i64>,
 }
 
 impl SnapshotHolder {
     pub fn new() -> SnapshotHolder {
-        SnapshotHolder { current: ArcSwap::from_pointee(Snapshot::empty()) }
+        SnapshotHolder {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            applied: tokio::sync::watch::Sender::new(-1),
+        }
+    }
+
+    /// Waits (up to `within`) until the proxy serves configuration `version` or newer; returns
+    /// whether it does.
+    pub async fn wait_for(&self, version: i64, within: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|v| *v >= version)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// One atomic load; hold the guard only for synchronous work.
@@ -198,7 +208,15 @@ impl SnapshotHolder {
     }
 
     pub fn store(&self, s: Snapshot) {
+        let version = s.version;
         self.current.store(Arc::new(s));
+        self.applied.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
     }
 }
 

@@ -21,14 +21,22 @@ pub enum ChangeOp {
     Delete,
 }
 
-/// One entity touched by one committed write.
+/// One entity a write touched, with its endpoint key before the write (so a node can drop an index
+/// entry under the old key without keeping an id → key map).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub kind: Kind,
+    pub id: String,
+    pub op: ChangeOp,
+    pub previous_key: Option<String>,
+}
+
+/// One entity touched by one committed write, as read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub version: i64,
     pub cp: String,
-    pub kind: Kind,
-    pub id: String,
-    pub op: ChangeOp,
+    pub touched: Touched,
 }
 
 impl Store {
@@ -44,11 +52,13 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         version: i64,
         cp: &str,
-        changes: &[(Kind, String, ChangeOp)],
+        changes: &[Touched],
     ) -> Result<(), EntityError> {
-        let q = self.sql("INSERT INTO changes (version, seq, cp, kind, entity_id, op) VALUES (?, ?, ?, ?, ?, ?)");
-        for (seq, (kind, id, op)) in changes.iter().enumerate() {
-            let op = match op {
+        let q = self.sql(
+            "INSERT INTO changes (version, seq, cp, kind, entity_id, op, previous_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        for (seq, t) in changes.iter().enumerate() {
+            let op = match t.op {
                 ChangeOp::Upsert => "upsert",
                 ChangeOp::Delete => "delete",
             };
@@ -56,9 +66,10 @@ impl Store {
                 .bind(version)
                 .bind(seq as i64)
                 .bind(cp.to_string())
-                .bind(kind.table())
-                .bind(id.clone())
+                .bind(t.kind.table())
+                .bind(t.id.clone())
                 .bind(op)
+                .bind(t.previous_key.clone())
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
@@ -100,7 +111,8 @@ impl Store {
             return Ok(Some((Vec::new(), current)));
         }
         let q = self.sql(
-            "SELECT version, cp, kind, entity_id, op FROM changes WHERE version > ? AND version <= ? ORDER BY version, seq",
+            "SELECT version, cp, kind, entity_id, op, previous_key FROM changes \
+             WHERE version > ? AND version <= ? ORDER BY version, seq",
         );
         let rows = sqlx::query(AssertSqlSafe(q.as_str()))
             .bind(version)
@@ -116,9 +128,12 @@ impl Store {
             out.push(Change {
                 version: row.try_get(0).map_err(db_error)?,
                 cp: row.try_get(1).map_err(db_error)?,
-                kind,
-                id: row.try_get(3).map_err(db_error)?,
-                op: if op == "delete" { ChangeOp::Delete } else { ChangeOp::Upsert },
+                touched: Touched {
+                    kind,
+                    id: row.try_get(3).map_err(db_error)?,
+                    op: if op == "delete" { ChangeOp::Delete } else { ChangeOp::Upsert },
+                    previous_key: row.try_get(5).map_err(db_error)?,
+                },
             });
         }
         if out.first().map(|c| c.version) != Some(version + 1) {

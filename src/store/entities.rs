@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use super::changes::ChangeOp;
+use super::changes::{ChangeOp, Touched};
 use super::{Backend, Store, db_error};
 use crate::model::schema::{Obj, is_uuid, now_secs};
 use crate::model::{EntityError, Kind, OnDelete};
@@ -153,7 +153,8 @@ impl Store {
         let version = self.bump_version(&mut tx).await?;
         self.resolve_foreign_keys(&mut tx, cp, kind, &mut record).await?;
         self.check_unique(&mut tx, cp, kind, &id, &record).await?;
-        let exists = self.exists(&mut tx, kind, &id).await?;
+        let current = self.current_key(&mut tx, kind, &id).await?;
+        let exists = current.is_some();
         let in_other_cp = exists && !self.exists_in(&mut tx, cp, kind, &id).await?;
         match (op, exists) {
             (WriteOp::Insert, true) => return Err(EntityError::PrimaryKey(id)),
@@ -193,8 +194,9 @@ impl Store {
         }
         query = query.bind(id.clone());
         query.execute(&mut *tx).await.map_err(|e| self.constraint_error(e, kind, &record))?;
-        self.record_changes(&mut tx, version, cp, &[(kind, id, ChangeOp::Upsert)]).await?;
-        self.commit(tx).await?;
+        let change = Touched { kind, id, op: ChangeOp::Upsert, previous_key: current.flatten() };
+        self.record_changes(&mut tx, version, cp, &[change]).await?;
+        self.commit(tx, version).await?;
         if let Some(t) = ttl {
             record.insert("ttl".into(), Value::from(t));
         }
@@ -242,12 +244,17 @@ impl Store {
         order.dedup();
         let mut changes = Vec::with_capacity(order.len());
         for (k, eid) in order {
-            let q = self.sql(&format!("DELETE FROM {} WHERE id = ?", k.table()));
-            sqlx::query(AssertSqlSafe(q.as_str())).bind(eid.clone()).execute(&mut *tx).await.map_err(db_error)?;
-            changes.push((k, eid, ChangeOp::Delete));
+            let q = self.sql(&format!("DELETE FROM {} WHERE id = ? RETURNING {}", k.table(), k.endpoint_key()));
+            let row = sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(eid.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let previous_key = row.and_then(|r| r.try_get::<Option<String>, _>(0).ok()).flatten();
+            changes.push(Touched { kind: k, id: eid, op: ChangeOp::Delete, previous_key });
         }
         self.record_changes(&mut tx, version, cp, &changes).await?;
-        self.commit(tx).await
+        self.commit(tx, version).await
     }
 
     /// The distinct plugin names configured in a control plane (`GET /`'s `enabled_in_cluster`).
@@ -272,20 +279,27 @@ impl Store {
         self.inner.writer.begin().await.map_err(db_error)
     }
 
-    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), EntityError> {
+    async fn commit(&self, tx: Transaction<'static, Any>, version: i64) -> Result<(), EntityError> {
         tx.commit().await.map_err(db_error)?;
+        self.inner.committed.fetch_max(version, std::sync::atomic::Ordering::Release);
         self.inner.local_change.notify_one();
         Ok(())
     }
 
-    async fn exists(&self, tx: &mut Transaction<'static, Any>, kind: Kind, id: &str) -> Result<bool, EntityError> {
-        let q = self.sql(&format!("SELECT 1 FROM {} WHERE id = ?", kind.table()));
-        Ok(sqlx::query(AssertSqlSafe(q.as_str()))
+    /// `None` when no row has this id; else the row's endpoint key (which may be null).
+    async fn current_key(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Option<String>>, EntityError> {
+        let q = self.sql(&format!("SELECT {} FROM {} WHERE id = ?", kind.endpoint_key(), kind.table()));
+        let row = sqlx::query(AssertSqlSafe(q.as_str()))
             .bind(id.to_string())
             .fetch_optional(&mut **tx)
             .await
-            .map_err(db_error)?
-            .is_some())
+            .map_err(db_error)?;
+        row.map(|r| r.try_get::<Option<String>, _>(0).map_err(db_error)).transpose()
     }
 
     async fn exists_in(

@@ -8,6 +8,7 @@ mod changes;
 mod entities;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -17,7 +18,7 @@ use tokio::sync::Notify;
 use crate::config::{Database, Settings};
 use crate::model::EntityError;
 
-pub use changes::{Change, ChangeOp, Feed};
+pub use changes::{Change, ChangeOp, Feed, Touched};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
 
 /// The default control plane every root Admin API path addresses.
@@ -57,6 +58,8 @@ struct Inner {
     reader: AnyPool,
     /// Wakes this node's snapshot builder right after a local commit.
     local_change: Notify,
+    /// The newest configuration version this node committed.
+    committed: AtomicI64,
     /// PostgreSQL URL for LISTEN (None on SQLite).
     listen_url: Option<String>,
 }
@@ -71,25 +74,31 @@ impl Store {
                     .map_err(|source| StoreError::Prefix { path: settings.prefix.display().to_string(), source })?;
                 let path = settings.sqlite_path();
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                let connect = |max: u32| {
+                // WAL with synchronous = NORMAL: a commit is in the OS before it is acknowledged, so it
+                // survives the process being killed. Readers keep a small page cache each.
+                let connect = |max: u32, pragmas: &'static str| {
                     AnyPoolOptions::new()
                         .max_connections(max)
                         .min_connections(1)
-                        .after_connect(|conn, _meta| {
+                        .after_connect(move |conn, _meta| {
                             Box::pin(async move {
-                                conn.execute(
-                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                                )
-                                .await?;
+                                conn.execute(pragmas).await?;
                                 Ok(())
                             })
                         })
                         .connect(&url)
                 };
-                let writer = connect(1).await.map_err(|source| StoreError::Connect { what: url.clone(), source })?;
+                let writer = connect(
+                    1,
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+                     PRAGMA foreign_keys = ON;",
+                )
+                .await
+                .map_err(|source| StoreError::Connect { what: url.clone(), source })?;
                 sqlx::migrate!("migrations/sqlite").run(&writer).await?;
-                let reader = connect(4).await.map_err(|source| StoreError::Connect { what: url.clone(), source })?;
+                let reader = connect(4, "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -512;")
+                    .await
+                    .map_err(|source| StoreError::Connect { what: url.clone(), source })?;
                 Ok(Store::from_pools(Backend::Sqlite, writer, reader, None))
             }
             Database::Postgres => {
@@ -112,7 +121,16 @@ impl Store {
     }
 
     fn from_pools(backend: Backend, writer: AnyPool, reader: AnyPool, listen_url: Option<String>) -> Store {
-        Store { inner: Arc::new(Inner { backend, writer, reader, local_change: Notify::new(), listen_url }) }
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                writer,
+                reader,
+                local_change: Notify::new(),
+                committed: AtomicI64::new(0),
+                listen_url,
+            }),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -145,6 +163,11 @@ impl Store {
     /// Whether the database answers (for `GET /status`).
     pub async fn reachable(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.inner.reader).await.is_ok()
+    }
+
+    /// The newest configuration version committed through this handle (0 before any write).
+    pub fn committed_version(&self) -> i64 {
+        self.inner.committed.load(Ordering::Acquire)
     }
 
     pub(crate) fn local_change(&self) -> &Notify {
