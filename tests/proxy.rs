@@ -1272,3 +1272,70 @@ async fn a_write_is_answered_only_once_this_nodes_proxy_serves_it() {
         assert_eq!(gw.call("/ryw", &[("apikey", &key)]).await.status(), 401, "key {i} is refused on the first call");
     }
 }
+
+/// A TCP upstream that accepts connections and then does what `behave` says with each socket.
+async fn raw_upstream<F, Fut>(behave: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(behave(socket));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_answers_504_after_the_write_timeout() {
+    // Reads nothing: once the socket buffers are full, every write from the gateway waits.
+    let addr = raw_upstream(|socket| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(socket);
+    })
+    .await;
+    let gw = Gateway::start().await;
+    let url = format!("http://{addr}");
+    gw.create("/services", json!({"name": "stuck", "url": url, "write_timeout": 500, "retries": 0})).await;
+    gw.create("/services/stuck/routes", json!({"paths": ["/stuck"]})).await;
+    let started = Instant::now();
+    let body = vec![b'x'; 64 * 1024 * 1024];
+    let r = gw.http.post(gw.proxy_url("/stuck")).body(body).send().await;
+    let took = started.elapsed();
+    match r {
+        Ok(r) => assert_eq!(message(r).await, (504, "The upstream server is timing out".to_string())),
+        // The gateway may answer before the client finished sending, which closes the exchange.
+        Err(e) => assert!(took < Duration::from_secs(10), "no answer, and {e} after {took:?}"),
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_that_stalls_longer_than_the_read_timeout_is_cut_off() {
+    // Sends the head and ten of the hundred promised bytes, then nothing.
+    let addr = raw_upstream(|mut socket| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let gw = Gateway::start().await;
+    gw.create(
+        "/services",
+        json!({"name": "stall", "url": format!("http://{addr}"), "read_timeout": 500, "retries": 0}),
+    )
+    .await;
+    gw.create("/services/stall/routes", json!({"paths": ["/stall"]})).await;
+    let started = Instant::now();
+    let r = gw.call("/stall", &[]).await;
+    assert_eq!(r.status(), 200, "the head arrived in time");
+    let body = r.bytes().await;
+    let took = started.elapsed();
+    assert!(body.is_err(), "the body was cut short");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(5), "took {took:?}");
+}

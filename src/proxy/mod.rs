@@ -221,6 +221,8 @@ impl Proxy {
             port: service.port,
             key: &service.pool_key,
             connect_timeout: service.connect_timeout,
+            read_timeout: service.read_timeout,
+            write_timeout: service.write_timeout,
         };
 
         let sent = Instant::now();
@@ -233,15 +235,14 @@ impl Proxy {
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
             let request = head.request(uri.clone(), this_body);
-            let outcome = tokio::time::timeout(service.read_timeout, upstream::send(target, request)).await;
-            let (error, retry) = match outcome {
-                Ok(Ok(resp)) => break resp,
-                Ok(Err(e)) => {
+            // Read and write timeouts are enforced on the connection itself (see `upstream::Target`).
+            let (error, retry) = match upstream::send(target, request).await {
+                Ok(resp) => break resp,
+                Err(e) => {
                     tracing::debug!(error = %e, attempt, "upstream request failed");
                     let retry = e.before_sending() || (idempotent && !matches!(e, upstream::UpstreamError::Resolve(_)));
                     (GatewayError::from_upstream(&e), retry)
                 }
-                Err(_) => (GatewayError::Timeout, idempotent),
             };
             match replay {
                 Some(replay) if retry => {

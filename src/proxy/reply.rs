@@ -31,10 +31,8 @@ impl GatewayError {
         use super::upstream::UpstreamError;
         match e {
             UpstreamError::Resolve(_) => GatewayError::NameResolution,
-            UpstreamError::ConnectTimeout => GatewayError::Timeout,
-            UpstreamError::Connect(_) => GatewayError::BadGateway,
-            UpstreamError::Exchange(e) if e.is_timeout() => GatewayError::Timeout,
-            UpstreamError::Exchange(_) => GatewayError::BadGateway,
+            e if e.timed_out() => GatewayError::Timeout,
+            _ => GatewayError::BadGateway,
         }
     }
 

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_io_timeout::TimeoutStream;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -210,13 +211,16 @@ fn checkin(lease: Lease) {
     });
 }
 
-/// Where and how to connect.
+/// Where and how to connect. Connections carry the service's read and write timeouts (Kong's:
+/// the longest wait between two successive reads or writes), so the pool key includes them.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub host: &'a str,
     pub port: u16,
     pub key: &'a Arc<str>,
     pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 /// Which side of the upstream exchange failed.
@@ -237,6 +241,24 @@ impl UpstreamError {
     pub fn before_sending(&self) -> bool {
         matches!(self, UpstreamError::ConnectTimeout | UpstreamError::Connect(_))
     }
+
+    /// Whether a read or write on the upstream connection waited longer than its timeout.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            UpstreamError::ConnectTimeout => true,
+            UpstreamError::Exchange(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(s) = source {
+                    if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+                        return true;
+                    }
+                    source = s.source();
+                }
+                e.is_timeout()
+            }
+            _ => false,
+        }
+    }
 }
 
 async fn connect(target: Target<'_>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
@@ -252,7 +274,10 @@ async fn connect(target: Target<'_>) -> Result<SendRequest<UpstreamBody>, Upstre
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                let mut io = TimeoutStream::new(stream);
+                io.set_read_timeout(Some(target.read_timeout));
+                io.set_write_timeout(Some(target.write_timeout));
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Box::pin(io)))
                     .await
                     .map_err(UpstreamError::Exchange)?;
                 tokio::spawn(async move {

@@ -351,7 +351,7 @@ fn service_target(s: &ServiceRow) -> ServiceTarget {
         host: s.host.clone().into(),
         port: s.port,
         host_header: HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-        pool_key: Arc::from(format!("{host}:{}", s.port)),
+        pool_key: Arc::from(format!("{host}:{}/{}/{}", s.port, s.read_timeout, s.write_timeout)),
         path: s.path.clone().map(Into::into),
         retries: s.retries,
         read_timeout: Duration::from_millis(s.read_timeout),

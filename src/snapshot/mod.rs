@@ -125,8 +125,8 @@ pub struct ServiceTarget {
     pub port: u16,
     /// `Host` header when `preserve_host` is off: host, plus `:port` unless it is the default.
     pub host_header: HeaderValue,
-    /// `host:port`: the key of this upstream's keep-alive pool (shared by services with the same
-    /// address).
+    /// `host:port/read/write`: the key of this upstream's keep-alive pool (shared by services with
+    /// the same address and timeouts).
     pub pool_key: Arc<str>,
     pub path: Option<Box<str>>,
     pub retries: u32,
