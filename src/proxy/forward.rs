@@ -61,12 +61,12 @@ fn sanitize_postfix(p: &str) -> &str {
 }
 
 /// The origin-form URI (`/path?query`) sent upstream.
-pub fn origin_form(path: &str, query: Option<&str>) -> Option<Uri> {
-    let pq = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    Uri::try_from(pq).ok()
+pub fn origin_form(mut path: String, query: Option<&str>) -> Option<Uri> {
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
+    }
+    Uri::try_from(path).ok()
 }
 
 /// Whether a header never crosses a hop (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection`).
@@ -166,8 +166,15 @@ impl UpstreamHead<'_> {
             out.insert(h::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         if missing(&h::X_FORWARDED_HOST) {
-            let host = client_host.as_ref().and_then(|v| v.to_str().ok()).map(crate::router::request_host);
-            if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            // nginx's `$host`: lower case, no port. Usually the client's value already is.
+            let value = client_host.as_ref().and_then(|v| {
+                let text = v.to_str().ok()?;
+                match crate::router::request_host(text) {
+                    std::borrow::Cow::Borrowed(h) if h.len() == text.len() => Some(v.clone()),
+                    host => HeaderValue::from_str(&host).ok(),
+                }
+            });
+            if let Some(v) = value {
                 out.insert(h::X_FORWARDED_HOST, v);
             }
         }

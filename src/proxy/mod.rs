@@ -207,7 +207,7 @@ impl Proxy {
         // Kong strips what the route's path matched, or just the leading `/` of a path-less route.
         let strip = route.strip_path.then(|| matched.unwrap_or("/"));
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
-        let uri = forward::origin_form(&path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
+        let uri = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
         let head = forward::UpstreamHead {
             client: parts,
             conn_ip: &conn.client_ip,
