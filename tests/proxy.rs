@@ -1339,3 +1339,29 @@ async fn an_upstream_body_that_stalls_longer_than_the_read_timeout_is_cut_off() 
     assert!(body.is_err(), "the body was cut short");
     assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[tokio::test]
+async fn an_https_service_is_reached_over_tls_without_checking_its_certificate_by_default() {
+    let up = Upstream::start_tls().await;
+    let gw = Gateway::start().await;
+    let service = gw.create("/services", json!({"name": "tls", "url": up.url("/base")})).await;
+    assert_eq!((service["protocol"].as_str(), service["port"].as_u64()), (Some("https"), Some(u64::from(up.port()))));
+    gw.create("/services/tls/routes", json!({"paths": ["/secure"]})).await;
+    let r = gw.call("/secure/x", &[]).await;
+    assert_eq!(r.status(), 200);
+    let echoed = echo(r).await;
+    assert_eq!(echoed["path"], "/base/x");
+    assert_eq!(echoed["headers"]["host"], format!("127.0.0.1:{}", up.port()));
+    // Kept alive: a second call reuses the TLS connection.
+    assert_eq!(gw.call("/secure/y", &[]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_https_service_with_tls_verify_refuses_an_untrusted_certificate_with_502() {
+    let up = Upstream::start_tls().await;
+    let gw = Gateway::start().await;
+    gw.create("/services", json!({"name": "strict", "url": up.url(""), "tls_verify": true, "retries": 0})).await;
+    gw.create("/services/strict/routes", json!({"paths": ["/strict"]})).await;
+    let r = gw.call("/strict", &[]).await;
+    assert_eq!(message(r).await, (502, "An invalid response was received from the upstream server".to_string()));
+}

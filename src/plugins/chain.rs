@@ -73,10 +73,6 @@ impl PluginChain {
             }
         }
     }
-
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.slots.iter().map(|s| s.name)
-    }
 }
 
 impl Slot {

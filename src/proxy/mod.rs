@@ -7,6 +7,7 @@ pub mod forward;
 pub mod headers;
 mod reply;
 pub mod stats;
+mod tls;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -223,6 +224,7 @@ impl Proxy {
             connect_timeout: service.connect_timeout,
             read_timeout: service.read_timeout,
             write_timeout: service.write_timeout,
+            tls: service.https.then_some(service.tls_verify),
         };
 
         let sent = Instant::now();

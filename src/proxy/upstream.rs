@@ -221,6 +221,8 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `Some(verify)` for an `https` service: speak TLS, checking the certificate when `verify`.
+    pub tls: Option<bool>,
 }
 
 /// Which side of the upstream exchange failed.
@@ -232,6 +234,8 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("upstream exchange failed: {0}")]
     Exchange(hyper::Error),
 }
@@ -239,7 +243,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the request certainly never reached the upstream.
     pub fn before_sending(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout | UpstreamError::Connect(_))
+        matches!(self, UpstreamError::ConnectTimeout | UpstreamError::Connect(_) | UpstreamError::Tls(_))
     }
 
     /// Whether a read or write on the upstream connection waited longer than its timeout.
@@ -274,24 +278,44 @@ async fn connect(target: Target<'_>) -> Result<SendRequest<UpstreamBody>, Upstre
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let mut io = TimeoutStream::new(stream);
-                io.set_read_timeout(Some(target.read_timeout));
-                io.set_write_timeout(Some(target.write_timeout));
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Box::pin(io)))
-                    .await
-                    .map_err(UpstreamError::Exchange)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                return match target.tls {
+                    None => handshake(stream, target).await,
+                    Some(verify) => {
+                        let tls = tokio::time::timeout(
+                            target.connect_timeout,
+                            super::tls::connect(stream, target.host, verify),
+                        );
+                        match tls.await {
+                            Ok(Ok(stream)) => handshake(stream, target).await,
+                            Ok(Err(e)) => Err(UpstreamError::Tls(e)),
+                            Err(_) => Err(UpstreamError::ConnectTimeout),
+                        }
                     }
-                });
-                return Ok(sender);
+                };
             }
             Ok(Err(e)) => last = UpstreamError::Connect(e),
             Err(_) => last = UpstreamError::ConnectTimeout,
         }
     }
     Err(last)
+}
+
+/// HTTP/1.1 over a connected stream, with the service's read and write timeouts on every operation.
+async fn handshake<S>(stream: S, target: Target<'_>) -> Result<SendRequest<UpstreamBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let mut io = TimeoutStream::new(stream);
+    io.set_read_timeout(Some(target.read_timeout));
+    io.set_write_timeout(Some(target.write_timeout));
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(Box::pin(io))).await.map_err(UpstreamError::Exchange)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Sends a request (origin-form URI, `Host` set) on a pooled or new connection to `target`.

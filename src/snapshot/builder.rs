@@ -56,6 +56,7 @@ struct ServiceRow {
     write_timeout: u64,
     read_timeout: u64,
     enabled: bool,
+    tls_verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,7 +352,15 @@ fn service_target(s: &ServiceRow) -> ServiceTarget {
         host: s.host.clone().into(),
         port: s.port,
         host_header: HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-        pool_key: Arc::from(format!("{host}:{}/{}/{}", s.port, s.read_timeout, s.write_timeout)),
+        pool_key: Arc::from(format!(
+            "{}://{host}:{}/{}/{}/{}",
+            if https { "https" } else { "http" },
+            s.port,
+            s.read_timeout,
+            s.write_timeout,
+            s.tls_verify.unwrap_or(false)
+        )),
+        tls_verify: s.tls_verify.unwrap_or(false),
         path: s.path.clone().map(Into::into),
         retries: s.retries,
         read_timeout: Duration::from_millis(s.read_timeout),

@@ -121,6 +121,8 @@ impl CredentialIndex {
 pub struct ServiceTarget {
     pub id: Uuid,
     pub https: bool,
+    /// Check the upstream's certificate (`tls_verify`; off unless set, as in Kong).
+    pub tls_verify: bool,
     pub host: Box<str>,
     pub port: u16,
     /// `Host` header when `preserve_host` is off: host, plus `:port` unless it is the default.

@@ -23,10 +23,36 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tls: bool,
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `localhost` and `127.0.0.1`.
+fn self_signed() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("certificate");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::serve(false)
+    }
+
+    /// The same upstream behind HTTPS with a self-signed certificate.
+    pub async fn start_tls() -> Upstream {
+        Upstream::serve(true)
+    }
+
+    fn serve(tls: bool) -> Upstream {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
@@ -38,18 +64,28 @@ impl Upstream {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let acceptor = tls.then(self_signed);
                 let serve = async move {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else { continue };
                         let counter = counter.clone();
+                        let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 counter.fetch_add(1, Ordering::SeqCst);
                                 handle(req)
                             });
-                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
+                            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            match acceptor {
+                                Some(acceptor) => {
+                                    if let Ok(stream) = acceptor.accept(stream).await {
+                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                    }
+                                }
+                                None => {
+                                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                            }
                         });
                     }
                 };
@@ -59,11 +95,12 @@ impl Upstream {
                 }
             });
         });
-        Upstream { addr, hits, stop: Some(stop) }
+        Upstream { addr, hits, stop: Some(stop), tls }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn port(&self) -> u16 {
