@@ -1365,3 +1365,18 @@ async fn an_https_service_with_tls_verify_refuses_an_untrusted_certificate_with_
     let r = gw.call("/strict", &[]).await;
     assert_eq!(message(r).await, (502, "An invalid response was received from the upstream server".to_string()));
 }
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_keep_alive_connection_to_the_upstream() {
+    let (gw, up) = start().await;
+    gw.create("/services", json!({"name": "pool", "url": up.url("")})).await;
+    gw.create("/services/pool/routes", json!({"paths": ["/pool"]})).await;
+    let mut peers = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = gw.call("/pool", &[]).await;
+        assert_eq!(r.status(), 200);
+        peers.insert(echo(r).await["peer"].as_str().unwrap_or_default().to_string());
+    }
+    // Workers each keep their own pool, so at most one connection per worker.
+    assert!(peers.len() <= 2, "{peers:?}");
+}

@@ -224,6 +224,26 @@ mod tests {
     }
 
     #[test]
+    fn consumer_scoped_instances_apply_to_their_consumer_only_and_yield_to_route_and_service() {
+        let (r, s, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let consumers = ConsumerIndex::default();
+        let env = BuildEnv { consumers: &consumers };
+        // route (6) and consumer (5): the consumer's instance wins for that consumer.
+        let rows = vec![row(Some(r), None, None, "route"), row(None, None, Some(alice), "alice")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"alice\\\""));
+        assert!(format!("{:?}", chain.slots[0].pick(Some(bob))).contains("realm=\\\"route\\\""));
+        assert!(format!("{:?}", chain.slots[0].pick(None)).contains("realm=\\\"route\\\""));
+        // route+service (4) beats consumer alone (5), but route+consumer (2) beats both.
+        let rows = vec![row(Some(r), Some(s), None, "both"), row(None, None, Some(alice), "alice")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"both\\\""));
+        let rows = vec![row(Some(r), Some(s), None, "both"), row(Some(r), None, Some(alice), "alice-route")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"alice-route\\\""));
+    }
+
+    #[test]
     fn disabled_instances_do_not_run() {
         let mut r = row(None, None, None, "x");
         r.enabled = false;

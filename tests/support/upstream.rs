@@ -67,12 +67,13 @@ impl Upstream {
                 let acceptor = tls.then(self_signed);
                 let serve = async move {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, peer)) = listener.accept().await else { continue };
                         let counter = counter.clone();
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
+                            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                                 counter.fetch_add(1, Ordering::SeqCst);
+                                req.extensions_mut().insert(peer);
                                 handle(req)
                             });
                             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -175,6 +176,7 @@ async fn echo(req: Request<Incoming>, status: u16) -> Response<Body> {
             "path": parts.uri.path(),
             "query": parts.uri.query(),
             "uri": parts.uri.to_string(),
+            "peer": parts.extensions.get::<SocketAddr>().map(ToString::to_string),
             "version": format!("{:?}", parts.version),
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
