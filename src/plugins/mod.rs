@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde_json::Value;
 
 use crate::model::schema::{Obj, Schema};
 use crate::snapshot::{Consumer, ConsumerIndex, Snapshot};
@@ -115,12 +114,4 @@ pub fn canonical_name(name: &str) -> &str {
 pub fn find(name: &str) -> Option<&'static PluginDef> {
     let name = canonical_name(name);
     REGISTRY.iter().find(|d| d.name == name)
-}
-
-/// The config record of a plugin instance as stored, or an empty one.
-pub fn config_of(row: &Obj) -> Obj {
-    match row.get("config") {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Obj::new(),
-    }
 }

@@ -11,7 +11,7 @@ mod tls;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,20 +52,19 @@ struct ConnInfo {
     local_port: u16,
     client_ip: HeaderValue,
     port: HeaderValue,
+    /// The peer is in `trusted_ips`: its X-Forwarded-* headers are passed on.
+    trusted: bool,
 }
 
 impl ConnInfo {
-    fn new(peer: SocketAddr, local_port: u16) -> ConnInfo {
+    fn new(peer: SocketAddr, local_port: u16, trusted_ips: &[IpNet]) -> ConnInfo {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port) }
+        let trusted = trusted_ips.iter().any(|n| n.contains(peer.ip()));
+        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port), trusted }
     }
 }
 
 impl Proxy {
-    fn trusted(&self, ip: IpAddr) -> bool {
-        !self.trusted_ips.is_empty() && self.trusted_ips.iter().any(|n| n.contains(ip))
-    }
-
     /// Accepts connections until `stop` resolves, then lets in-flight requests finish. Runs on one
     /// worker's single-threaded runtime; several workers may share a listening socket.
     pub async fn serve(
@@ -92,7 +91,7 @@ impl Proxy {
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);
-            let conn = Arc::new(ConnInfo::new(peer, local_port));
+            let conn = Arc::new(ConnInfo::new(peer, local_port, &self.trusted_ips));
             let service = hyper::service::service_fn(move |req| {
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
@@ -158,7 +157,9 @@ impl Proxy {
             buffered = Some(limited.collect().await.map_err(|_| GatewayError::BodyTooLarge)?.to_bytes());
         }
 
-        let (consumer_id, buffered) = {
+        let (consumer_id, buffered) = if route.chain.is_empty() {
+            (None, buffered)
+        } else {
             let snapshot = self.holder.load();
             let mut ctx = AccessCtx {
                 snapshot: &snapshot,
@@ -169,10 +170,8 @@ impl Proxy {
                 credential_id: None,
                 anonymous: false,
             };
-            if !route.chain.is_empty() {
-                if let Flow::Respond(reply) = route.chain.access(&mut ctx) {
-                    return Ok(reply_response(reply, started));
-                }
+            if let Flow::Respond(reply) = route.chain.access(&mut ctx) {
+                return Ok(reply_response(reply, started));
             }
             (ctx.consumer.as_ref().map(|c| c.id), ctx.body.take())
         };
@@ -213,7 +212,7 @@ impl Proxy {
             client: parts,
             conn_ip: &conn.client_ip,
             conn_port: &conn.port,
-            trusted: self.trusted(conn.peer.ip()),
+            trusted: conn.trusted,
             prefix: if route.strip_path { matched.filter(|m| *m != "/") } else { None },
             host: if route.preserve_host { None } else { Some(&service.host_header) },
         };

@@ -214,36 +214,15 @@ impl ConfigState {
                 }
                 Kind::Service => {
                     routing = true;
-                    deleted.iter().for_each(|id| {
-                        self.services.remove(id);
-                    });
-                    for (body, _) in bodies {
-                        if let Some(row) = parse::<ServiceRow>(&body) {
-                            self.services.insert(row.id, row);
-                        }
-                    }
+                    replace_rows(&mut self.services, &deleted, &bodies, |r: &ServiceRow| r.id);
                 }
                 Kind::Route => {
                     routing = true;
-                    deleted.iter().for_each(|id| {
-                        self.routes.remove(id);
-                    });
-                    for (body, _) in bodies {
-                        if let Some(row) = parse::<RouteRow>(&body) {
-                            self.routes.insert(row.id, row);
-                        }
-                    }
+                    replace_rows(&mut self.routes, &deleted, &bodies, |r: &RouteRow| r.id);
                 }
                 Kind::Plugin => {
                     routing = true;
-                    deleted.iter().for_each(|id| {
-                        self.plugins.remove(id);
-                    });
-                    for (body, _) in bodies {
-                        if let Some(row) = parse::<PluginRow>(&body) {
-                            self.plugins.insert(row.id, row);
-                        }
-                    }
+                    replace_rows(&mut self.plugins, &deleted, &bodies, |r: &PluginRow| r.id);
                 }
             }
         }
@@ -324,6 +303,23 @@ impl ConfigState {
             });
         }
         Router::build(specs).map_err(|e| e.to_string())
+    }
+}
+
+/// Applies deletes and upserts to one of the mirror's maps of rows by id.
+fn replace_rows<T: for<'de> Deserialize<'de>>(
+    map: &mut HashMap<Uuid, T>,
+    deleted: &[Uuid],
+    bodies: &[(String, Option<i64>)],
+    id: impl Fn(&T) -> Uuid,
+) {
+    for d in deleted {
+        map.remove(d);
+    }
+    for (body, _) in bodies {
+        if let Some(row) = parse::<T>(body) {
+            map.insert(id(&row), row);
+        }
     }
 }
 

@@ -205,10 +205,6 @@ impl SnapshotHolder {
         self.current.load()
     }
 
-    pub fn load_full(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
     pub fn store(&self, s: Snapshot) {
         let version = s.version;
         self.current.store(Arc::new(s));
