@@ -3,6 +3,7 @@
 //! keep-alive client, streaming bodies both ways. Gateway errors are answered with Kong's messages.
 //! Per request: one snapshot load, no lock, no database.
 
+mod deadline;
 pub mod forward;
 pub mod headers;
 mod reply;

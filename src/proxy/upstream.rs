@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::deadline::DeadlineStream;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -21,7 +22,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_io_timeout::TimeoutStream;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -305,9 +305,7 @@ async fn handshake<S>(stream: S, target: Target<'_>) -> Result<SendRequest<Upstr
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let mut io = TimeoutStream::new(stream);
-    io.set_read_timeout(Some(target.read_timeout));
-    io.set_write_timeout(Some(target.write_timeout));
+    let io = DeadlineStream::new(stream, target.read_timeout, target.write_timeout);
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(Box::pin(io))).await.map_err(UpstreamError::Exchange)?;
     tokio::spawn(async move {
