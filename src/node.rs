@@ -40,6 +40,8 @@ pub enum NodeError {
 /// Runs a node until it is told to stop.
 pub fn run(settings: Settings) -> Result<(), NodeError> {
     init_logging(&settings);
+    // TLS to Redis (`redis.ssl`) uses rustls' process-wide provider: the same one as upstream TLS.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     upstream::configure(PoolSettings {
         max_idle_per_upstream: settings.upstream_keepalive_pool_size,
         idle_timeout: settings.upstream_keepalive_idle_timeout,

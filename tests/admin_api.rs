@@ -123,7 +123,9 @@ const ROUTE_FIELDS: &[&str] = &[
     "regex_priority",
     "path_handling",
 ];
+// Kong Enterprise's plugin entity (consumer-group scope included).
 const PLUGIN_FIELDS: &[&str] = &[
+    "consumer_group",
     "id",
     "name",
     "instance_name",
@@ -849,8 +851,8 @@ async fn a_second_key_auth_on_the_same_route_conflicts() {
             json!({
                 "code": 5,
                 "name": "unique constraint violation",
-                "message": format!("UNIQUE violation detected on '{{consumer=null,name=\"key-auth\",route={{id=\"{rid}\"}},service=null}}'"),
-                "fields": {"consumer": null, "name": "key-auth", "route": {"id": rid}, "service": null},
+                "message": format!("UNIQUE violation detected on '{{consumer=null,consumer_group=null,name=\"key-auth\",route={{id=\"{rid}\"}},service=null}}'"),
+                "fields": {"consumer": null, "consumer_group": null, "name": "key-auth", "route": {"id": rid}, "service": null},
             })
         )
     );

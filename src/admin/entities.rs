@@ -58,7 +58,10 @@ impl AdminState {
 
     /// Finds an item, checking it belongs to the parent when nested.
     async fn item(&self, kind: Kind, parent: &Option<(Parent, String)>, key: &str) -> AdminResult<Option<Obj>> {
-        let found = self.store.lookup(self.cp(), kind, key).await?;
+        let found = match parent {
+            Some((p, pid)) => self.store.lookup_under(self.cp(), kind, key, (p.field, pid)).await?,
+            None => self.store.lookup(self.cp(), kind, key).await?,
+        };
         Ok(match (found, parent) {
             (Some(obj), Some((p, pid))) if !belongs(&obj, *p, pid) => None,
             (found, _) => found,
@@ -161,10 +164,7 @@ impl AdminState {
         let seg = segments(parent, params);
         let parent = self.parent_obj(parent, seg.parent).await?;
         let key = seg.item.ok_or(AdminError::NotFound)?;
-        match self.store.lookup(self.cp(), kind, key).await? {
-            Some(obj) if parent.as_ref().is_some_and(|(p, pid)| !belongs(&obj, *p, pid)) => {
-                return Err(AdminError::NotFound);
-            }
+        match self.item(kind, &parent, key).await? {
             Some(obj) => self.store.delete(self.cp(), kind, &id_of(&obj)).await?,
             // Deleting nothing is fine at the top level; under a parent Kong answers 404.
             None if parent.is_some() => return Err(AdminError::NotFound),
@@ -184,21 +184,21 @@ impl AdminState {
     ) -> AdminResult<(Obj, Option<i64>)> {
         let mut fields = body.fields;
         let mut ttl = None;
-        if kind.has_ttl() {
-            if let Some(v) = fields.remove("ttl") {
-                let n = match &v {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.parse::<i64>().ok(),
-                    Value::Null => None,
-                    _ => None,
-                };
-                match (v.is_null(), n) {
-                    (true, _) => {}
-                    (false, Some(n)) if (0..=100_000_000).contains(&n) => ttl = Some(n),
-                    _ => {
-                        let msg = "must be an integer between 0 and 100000000".to_string();
-                        return Err(EntityError::InvalidOptions("ttl", msg).into());
-                    }
+        if kind.has_ttl()
+            && let Some(v) = fields.remove("ttl")
+        {
+            let n = match &v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse::<i64>().ok(),
+                Value::Null => None,
+                _ => None,
+            };
+            match (v.is_null(), n) {
+                (true, _) => {}
+                (false, Some(n)) if (0..=100_000_000).contains(&n) => ttl = Some(n),
+                _ => {
+                    let msg = "must be an integer between 0 and 100000000".to_string();
+                    return Err(EntityError::InvalidOptions("ttl", msg).into());
                 }
             }
         }

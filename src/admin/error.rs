@@ -15,6 +15,9 @@ pub enum AdminError {
     Entity(#[from] EntityError),
     #[error("Not found")]
     NotFound,
+    /// A 404 that says what was missing.
+    #[error("{0}")]
+    NotFoundMessage(String),
     #[error("Method not allowed")]
     MethodNotAllowed,
     #[error("Cannot parse JSON body")]
@@ -35,6 +38,7 @@ impl IntoResponse for AdminError {
         let (status, body) = match self {
             AdminError::Entity(e) => entity_body(&e),
             AdminError::NotFound => (StatusCode::NOT_FOUND, json!({"message": "Not found"})),
+            AdminError::NotFoundMessage(m) => (StatusCode::NOT_FOUND, json!({ "message": m })),
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"message": "Method not allowed"})),
             AdminError::BadJson => (StatusCode::BAD_REQUEST, json!({"message": "Cannot parse JSON body"})),
             AdminError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "message": m })),

@@ -308,10 +308,11 @@ fn plugin_input(body: AdminBody, api_id: Option<String>) -> Obj {
     if let Some(api) = api {
         fields.insert("service".into(), json!({"id": api}));
     }
-    if let Some(consumer) = fields.remove("consumer_id") {
-        if !consumer.is_null() && consumer != "" {
-            fields.insert("consumer".into(), json!({ "id": consumer }));
-        }
+    if let Some(consumer) = fields.remove("consumer_id")
+        && !consumer.is_null()
+        && consumer != ""
+    {
+        fields.insert("consumer".into(), json!({ "id": consumer }));
     }
     if form {
         model::coerce(Kind::Plugin, &mut fields);
@@ -320,10 +321,10 @@ fn plugin_input(body: AdminBody, api_id: Option<String>) -> Obj {
 }
 
 async fn create_plugin(st: &AdminState, fields: Obj) -> AdminResult<Response> {
-    if let Some(api) = fields.get("service").and_then(|s| s.get("id")).and_then(Value::as_str) {
-        if !is_uuid(api) {
-            return Err(AdminError::Legacy(StatusCode::BAD_REQUEST, json!({"api_id": "api_id is not a valid uuid"})));
-        }
+    if let Some(api) = fields.get("service").and_then(|s| s.get("id")).and_then(Value::as_str)
+        && !is_uuid(api)
+    {
+        return Err(AdminError::Legacy(StatusCode::BAD_REQUEST, json!({"api_id": "api_id is not a valid uuid"})));
     }
     let record = model::prepare(Kind::Plugin, fields, Mode::Create)?;
     let stored = st.store.write(st.cp(), Kind::Plugin, WriteOp::Insert, record, None).await?;
@@ -379,23 +380,23 @@ async fn delete_api_plugin(
     Path((api, plugin)): Path<(String, String)>,
 ) -> AdminResult<Response> {
     let (service, _) = st.api(&api).await?;
-    if let Some(p) = st.store.lookup(st.cp(), Kind::Plugin, &plugin).await? {
-        if fk(&p, "service") == service["id"] {
-            st.store.delete(st.cp(), Kind::Plugin, p["id"].as_str().unwrap_or_default()).await?;
-        }
+    if let Some(p) = st.store.lookup(st.cp(), Kind::Plugin, &plugin).await?
+        && fk(&p, "service") == service["id"]
+    {
+        st.store.delete(st.cp(), Kind::Plugin, p["id"].as_str().unwrap_or_default()).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn create_plugin_configuration(State(st): State<AdminState>, body: AdminBody) -> AdminResult<Response> {
     let fields = plugin_input(body, None);
-    if let Some(api) = fields.get("service").and_then(|s| s.get("id")).and_then(Value::as_str) {
-        if st.store.get(st.cp(), Kind::Service, api).await?.is_none() {
-            return Err(AdminError::Legacy(
-                StatusCode::NOT_FOUND,
-                json!({ "api_id": format!("api_id {api} does not exist") }),
-            ));
-        }
+    if let Some(api) = fields.get("service").and_then(|s| s.get("id")).and_then(Value::as_str)
+        && st.store.get(st.cp(), Kind::Service, api).await?.is_none()
+    {
+        return Err(AdminError::Legacy(
+            StatusCode::NOT_FOUND,
+            json!({ "api_id": format!("api_id {api} does not exist") }),
+        ));
     }
     create_plugin(&st, fields).await
 }

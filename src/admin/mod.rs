@@ -1,9 +1,10 @@
-//! The Admin API (axum): Kong 3.x paths for consumers, services, routes, plugins and key-auth
-//! credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
+//! The Admin API (axum): Kong 3.x paths for consumers, consumer groups, services, routes, plugins,
+//! key-auth and ACL credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
 //! walkthrough. Handlers validate through `model`, persist through `store`, and map errors once in
 //! `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
 
 pub mod body;
+mod consumer_groups;
 mod entities;
 pub mod error;
 mod info;
@@ -88,14 +89,23 @@ fn collection(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
 
 /// One entity by id or endpoint key: GET, PATCH, PUT, DELETE.
 fn item(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
-    get(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move { s.read_entity(kind, parent, &p).await })
+    item_writes(kind, parent).get(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+        s.read_entity(kind, parent, &p).await
+    })
+}
+
+/// PATCH, PUT and DELETE of one entity.
+fn item_writes(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
+    MethodRouter::new()
         .patch(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
             s.patch_entity(kind, parent, &p, body).await
         })
         .put(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
             s.put_entity(kind, parent, &p, body).await
         })
-        .delete(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move { s.delete_entity(kind, parent, &p).await })
+        .delete(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+            s.delete_entity(kind, parent, &p).await
+        })
 }
 
 /// The whole Admin API.
@@ -103,6 +113,7 @@ pub fn router(state: AdminState) -> Router {
     let consumer = Some(Parent { kind: Kind::Consumer, field: "consumer" });
     let service = Some(Parent { kind: Kind::Service, field: "service" });
     let route = Some(Parent { kind: Kind::Route, field: "route" });
+    let group = Some(consumer_groups::GROUP_PARENT);
     Router::new()
         .route("/", get(info::root))
         .route("/status", get(info::status))
@@ -121,6 +132,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/consumers/{c}/key-auth/{k}", item(Kind::KeyAuth, consumer))
         .route("/consumers/{c}/keyauth", collection(Kind::KeyAuth, consumer))
         .route("/consumers/{c}/keyauth/{k}", item(Kind::KeyAuth, consumer))
+        .route("/consumers/{c}/acls", collection(Kind::Acl, consumer))
+        .route("/consumers/{c}/acls/{a}", item(Kind::Acl, consumer))
+        .route("/consumers/{c}/consumer_groups", consumer_groups::memberships(true))
+        .route("/consumers/{c}/consumer_groups/{g}", consumer_groups::membership(true))
+        .route("/acls", collection(Kind::Acl, None))
+        .route("/acls/{a}", item(Kind::Acl, None))
+        .route("/consumer_groups", collection(Kind::ConsumerGroup, None))
+        .route("/consumer_groups/{g}", consumer_groups::group_item(item_writes(Kind::ConsumerGroup, None)))
+        .route("/consumer_groups/{g}/consumers", consumer_groups::memberships(false))
+        .route("/consumer_groups/{g}/consumers/{c}", consumer_groups::membership(false))
+        .route("/consumer_groups/{g}/plugins", collection(Kind::Plugin, group))
+        .route("/consumer_groups/{g}/plugins/{p}", item(Kind::Plugin, group))
         .route("/key-auths", collection(Kind::KeyAuth, None))
         .route("/key-auths/{k}", item(Kind::KeyAuth, None))
         .route("/services", collection(Kind::Service, None))

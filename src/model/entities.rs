@@ -1,5 +1,5 @@
-//! The entity kinds the gateway stores (consumers, services, routes, plugins, key-auth credentials),
-//! each with its Kong 3.x schema, endpoint key, unique fields and foreign keys.
+//! The entity kinds the gateway stores (consumers, consumer groups and their memberships, services,
+//! routes, plugins, key-auth and ACL credentials), each with its Kong 3.x schema, endpoint key, unique fields and foreign keys.
 
 use std::sync::OnceLock;
 
@@ -12,10 +12,14 @@ use super::typedefs::{self as td, ALL_PROTOCOLS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Consumer,
+    ConsumerGroup,
     Service,
     Route,
     Plugin,
     KeyAuth,
+    Acl,
+    /// A consumer's membership in a consumer group.
+    GroupMembership,
 }
 
 /// What deleting a referenced entity does to the referencing ones.
@@ -34,7 +38,16 @@ pub struct ForeignKey {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Consumer, Kind::Service, Kind::Route, Kind::Plugin, Kind::KeyAuth];
+    pub const ALL: [Kind; 8] = [
+        Kind::Consumer,
+        Kind::ConsumerGroup,
+        Kind::Service,
+        Kind::Route,
+        Kind::Plugin,
+        Kind::KeyAuth,
+        Kind::Acl,
+        Kind::GroupMembership,
+    ];
 
     /// Table and schema name (`keyauth_credentials`).
     pub fn table(self) -> &'static str {
@@ -44,6 +57,9 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Plugin => "plugins",
             Kind::KeyAuth => "keyauth_credentials",
+            Kind::ConsumerGroup => "consumer_groups",
+            Kind::Acl => "acls",
+            Kind::GroupMembership => "consumer_group_consumers",
         }
     }
 
@@ -55,19 +71,36 @@ impl Kind {
     pub fn endpoint_key(self) -> &'static str {
         match self {
             Kind::Consumer => "username",
-            Kind::Service | Kind::Route => "name",
+            Kind::Service | Kind::Route | Kind::ConsumerGroup => "name",
             Kind::Plugin => "instance_name",
             Kind::KeyAuth => "key",
+            Kind::Acl => "group",
+            Kind::GroupMembership => "id",
         }
+    }
+
+    /// The column holding the endpoint key (`group` is an SQL keyword).
+    pub fn key_column(self) -> &'static str {
+        match self {
+            Kind::Acl => "group_name",
+            other => other.endpoint_key(),
+        }
+    }
+
+    /// Whether the endpoint key is unique only under the parent (an ACL group per consumer): a
+    /// lookup by key then needs the parent.
+    pub fn key_scoped_to_parent(self) -> bool {
+        matches!(self, Kind::Acl)
     }
 
     /// Fields with a unique constraint (each has its own column).
     pub fn unique_fields(self) -> &'static [&'static str] {
         match self {
             Kind::Consumer => &["username", "custom_id"],
-            Kind::Service | Kind::Route => &["name"],
+            Kind::Service | Kind::Route | Kind::ConsumerGroup => &["name"],
             Kind::Plugin => &["instance_name"],
             Kind::KeyAuth => &["key"],
+            Kind::Acl | Kind::GroupMembership => &[],
         }
     }
 
@@ -78,14 +111,41 @@ impl Kind {
             ForeignKey { field: "route", kind: Kind::Route, on_delete: OnDelete::Cascade },
             ForeignKey { field: "service", kind: Kind::Service, on_delete: OnDelete::Cascade },
             ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade },
+            ForeignKey { field: "consumer_group", kind: Kind::ConsumerGroup, on_delete: OnDelete::Cascade },
         ];
-        const KEYAUTH: &[ForeignKey] =
+        const CREDENTIAL: &[ForeignKey] =
             &[ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade }];
+        const MEMBERSHIP: &[ForeignKey] = &[
+            ForeignKey { field: "consumer_group", kind: Kind::ConsumerGroup, on_delete: OnDelete::Cascade },
+            ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade },
+        ];
         match self {
             Kind::Route => ROUTE,
             Kind::Plugin => PLUGIN,
-            Kind::KeyAuth => KEYAUTH,
-            Kind::Consumer | Kind::Service => &[],
+            Kind::KeyAuth | Kind::Acl => CREDENTIAL,
+            Kind::GroupMembership => MEMBERSHIP,
+            Kind::Consumer | Kind::Service | Kind::ConsumerGroup => &[],
+        }
+    }
+
+    /// A composite uniqueness key kept in the `cache_key` column, as Kong's `cache_key` fields:
+    /// one plugin per name and scope, one membership per consumer and group, one ACL group per
+    /// consumer.
+    pub fn cache_key(self, record: &Obj) -> Option<String> {
+        let s = |f: &str| record.get(f).and_then(Value::as_str).unwrap_or_default();
+        let fk = |f: &str| record.get(f).and_then(|v| v.get("id")).and_then(Value::as_str).unwrap_or_default();
+        match self {
+            Kind::Plugin => Some(format!(
+                "{}|{}|{}|{}|{}",
+                s("name"),
+                fk("route"),
+                fk("service"),
+                fk("consumer"),
+                fk("consumer_group")
+            )),
+            Kind::GroupMembership => Some(format!("{}|{}", fk("consumer_group"), fk("consumer"))),
+            Kind::Acl => Some(format!("{}|{}", fk("consumer"), s("group"))),
+            _ => None,
         }
     }
 
@@ -95,8 +155,19 @@ impl Kind {
     }
 
     pub fn schema(self) -> &'static Schema {
-        static SCHEMAS: OnceLock<[Schema; 5]> = OnceLock::new();
-        let all = SCHEMAS.get_or_init(|| [consumers(), services(), routes(), plugins(), keyauth_credentials()]);
+        static SCHEMAS: OnceLock<[Schema; 8]> = OnceLock::new();
+        let all = SCHEMAS.get_or_init(|| {
+            [
+                consumers(),
+                consumer_groups(),
+                services(),
+                routes(),
+                plugins(),
+                keyauth_credentials(),
+                acls(),
+                group_memberships(),
+            ]
+        });
         &all[self as usize]
     }
 }
@@ -240,11 +311,11 @@ impl<'a> UrlParts<'a> {
             if let Some((_userinfo, after)) = authority.split_once('@') {
                 authority = after;
             }
-            if let Some(i) = authority.rfind(':') {
-                if !authority[i + 1..].contains(']') {
-                    parts.port = Some(&authority[i + 1..]);
-                    authority = &authority[..i];
-                }
+            if let Some(i) = authority.rfind(':')
+                && !authority[i + 1..].contains(']')
+            {
+                parts.port = Some(&authority[i + 1..]);
+                authority = &authority[..i];
             }
             if !authority.is_empty() {
                 let ipv6 = authority.strip_prefix('[').and_then(|a| a.strip_suffix(']')).filter(|a| !a.is_empty());
@@ -391,6 +462,7 @@ fn plugins() -> Schema {
             td::foreign("route", "routes"),
             td::foreign("service", "services"),
             td::foreign("consumer", "consumers"),
+            td::foreign("consumer_group", "consumer_groups"),
             Field::new("config", Type::Any),
             Field::new(
                 "protocols",
@@ -411,6 +483,38 @@ fn keyauth_credentials() -> Schema {
             td::foreign("consumer", "consumers").required(),
             Field::new("key", Type::String).auto(Auto::Key),
             td::tags(),
+        ],
+        checks: vec![],
+    }
+}
+
+fn consumer_groups() -> Schema {
+    Schema {
+        fields: vec![td::id(), td::created_at(), td::updated_at(), td::utf8_name("name").required(), td::tags()],
+        checks: vec![],
+    }
+}
+
+fn acls() -> Schema {
+    Schema {
+        fields: vec![
+            td::id(),
+            td::created_at(),
+            td::foreign("consumer", "consumers").required(),
+            Field::new("group", Type::String).required(),
+            td::tags(),
+        ],
+        checks: vec![],
+    }
+}
+
+fn group_memberships() -> Schema {
+    Schema {
+        fields: vec![
+            td::id(),
+            td::created_at(),
+            td::foreign("consumer_group", "consumer_groups").required(),
+            td::foreign("consumer", "consumers").required(),
         ],
         checks: vec![],
     }

@@ -54,10 +54,10 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
         // Kong expands shorthands before validating; a bad `url` is the only error reported.
         entities::expand_service_url(&mut input).map_err(|v| Violations(vec![v]))?;
     }
-    if kind == Kind::Plugin {
-        if let Some(Value::String(name)) = input.get_mut("name") {
-            *name = crate::plugins::canonical_name(name).to_string();
-        }
+    if kind == Kind::Plugin
+        && let Some(Value::String(name)) = input.get_mut("name")
+    {
+        *name = crate::plugins::canonical_name(name).to_string();
     }
     let fields = &kind.schema().fields;
     let record = match &mode {
@@ -73,10 +73,10 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
         }
         Mode::Patch(existing) => {
             for field in fields.iter().filter(|f| f.immutable) {
-                if let Some(v) = input.get(field.name) {
-                    if existing.get(field.name) != Some(v) {
-                        early.push(Violation::field(field.name, "immutable field cannot be updated"));
-                    }
+                if let Some(v) = input.get(field.name)
+                    && existing.get(field.name) != Some(v)
+                {
+                    early.push(Violation::field(field.name, "immutable field cannot be updated"));
                 }
             }
             let mut merged = schema::merge(existing, &input, fields);

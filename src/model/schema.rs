@@ -657,20 +657,20 @@ pub fn coerce_form(fields: &[Field], input: &mut Obj) {
     for (key, value) in input.iter_mut() {
         if let Some(field) = fields.iter().find(|f| f.name == key) {
             coerce_value(&field.ty, value);
-        } else if let Value::String(s) = value {
-            if s.is_empty() {
-                *value = Value::Null;
-            }
+        } else if let Value::String(s) = value
+            && s.is_empty()
+        {
+            *value = Value::Null;
         }
     }
 }
 
 pub fn coerce_value(ty: &Type, value: &mut Value) {
-    if let Value::String(s) = value {
-        if s.is_empty() {
-            *value = Value::Null;
-            return;
-        }
+    if let Value::String(s) = value
+        && s.is_empty()
+    {
+        *value = Value::Null;
+        return;
     }
     match ty {
         Type::Boolean => {
@@ -686,10 +686,10 @@ pub fn coerce_value(ty: &Type, value: &mut Value) {
             if let Value::String(s) = value {
                 if let Ok(i) = s.trim().parse::<i64>() {
                     *value = Value::from(i);
-                } else if let Ok(f) = s.trim().parse::<f64>() {
-                    if let Some(n) = serde_json::Number::from_f64(f) {
-                        *value = Value::Number(n);
-                    }
+                } else if let Ok(f) = s.trim().parse::<f64>()
+                    && let Some(n) = serde_json::Number::from_f64(f)
+                {
+                    *value = Value::Number(n);
                 }
             }
         }

@@ -210,10 +210,10 @@ pub fn check_router_path(v: &Value) -> Result<(), String> {
         return Err("must not have empty segments".into());
     }
     // Route paths only have their percent-escapes checked (Kong ignores other RFC 3986 characters).
-    if let Err(e) = check_rfc3986(s) {
-        if e.starts_with("invalid url-encoded") {
-            return Err(e);
-        }
+    if let Err(e) = check_rfc3986(s)
+        && e.starts_with("invalid url-encoded")
+    {
+        return Err(e);
     }
     let normalized = crate::router::normalize_path(s);
     if normalized != s {

@@ -1,9 +1,12 @@
 //! Per-route plugin chains, resolved at snapshot build time with Kong's precedence. For every plugin
 //! name that applies to a route, a slot keeps the instance to run when no consumer-specific one
-//! applies, plus (only when such instances exist) the instances keyed by consumer id:
+//! applies, plus (only when such instances exist) the instances keyed by consumer id and by consumer
+//! group id, each with its rank. Kong Enterprise's order, most specific first:
 //!
-//! 1 route+service+consumer, 2 route+consumer, 3 service+consumer, 4 route+service, 5 consumer,
-//! 6 route, 7 service, 8 global — the most specific one runs.
+//! 1 consumer+route+service, 2 group+route+service, 3 consumer+route, 4 consumer+service,
+//! 5 group+route, 6 group+service, 7 route+service, 8 consumer, 9 group, 10 route, 11 service,
+//! 12 global. A consumer in several groups gets the best-ranked group instance; among equals, the
+//! group whose name sorts first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use uuid::Uuid;
 
 use super::{AccessCtx, BuildEnv, Flow, Plugin, find};
 use crate::model::schema::Obj;
+use crate::snapshot::Consumer;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -23,18 +27,22 @@ pub struct PluginInstanceRow {
     pub route: Option<Uuid>,
     pub service: Option<Uuid>,
     pub consumer: Option<Uuid>,
+    pub consumer_group: Option<Uuid>,
     pub enabled: bool,
     /// Applies to plain-HTTP traffic (its `protocols` include `http`).
     pub http: bool,
     pub config: Obj,
 }
 
+type Ranked = (u8, Arc<dyn Plugin>);
+
 #[derive(Debug)]
 struct Slot {
     priority: i32,
     name: &'static str,
-    default: Option<Arc<dyn Plugin>>,
-    by_consumer: Option<HashMap<Uuid, Arc<dyn Plugin>, Hasher>>,
+    default: Option<Ranked>,
+    by_consumer: Option<HashMap<Uuid, Ranked, Hasher>>,
+    by_group: Option<HashMap<Uuid, Ranked, Hasher>>,
 }
 
 /// The ordered plugins of one route (highest priority first).
@@ -42,6 +50,7 @@ struct Slot {
 pub struct PluginChain {
     slots: Vec<Slot>,
     needs_body: bool,
+    is_async: bool,
 }
 
 impl PluginChain {
@@ -57,7 +66,7 @@ impl PluginChain {
     /// Runs the access phase of every plugin in order until one answers.
     pub fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
         for slot in &self.slots {
-            let Some(plugin) = slot.pick(ctx.consumer.as_ref().map(|c| c.id)) else { continue };
+            let Some(plugin) = slot.pick(ctx.consumer.as_deref()) else { continue };
             if let Flow::Respond(r) = plugin.access(ctx) {
                 return Flow::Respond(r);
             }
@@ -65,8 +74,25 @@ impl PluginChain {
         Flow::Continue
     }
 
+    /// Whether some plugin of the chain waits on I/O (Redis) in its access phase.
+    pub fn is_async(&self) -> bool {
+        self.is_async
+    }
+
+    /// [`PluginChain::access`] for chains where a plugin waits on I/O.
+    pub async fn access_async(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        for slot in &self.slots {
+            let Some(plugin) = slot.pick(ctx.consumer.as_deref()) else { continue };
+            let flow = if plugin.is_async() { plugin.access_async(ctx).await } else { plugin.access(ctx) };
+            if let Flow::Respond(r) = flow {
+                return Flow::Respond(r);
+            }
+        }
+        Flow::Continue
+    }
+
     /// Runs `header_filter` of the plugins that ran for this consumer.
-    pub fn header_filter(&self, consumer: Option<Uuid>, response: &mut http::response::Parts) {
+    pub fn header_filter(&self, consumer: Option<&Consumer>, response: &mut http::response::Parts) {
         for slot in &self.slots {
             if let Some(plugin) = slot.pick(consumer) {
                 plugin.header_filter(response);
@@ -76,13 +102,26 @@ impl PluginChain {
 }
 
 impl Slot {
-    fn pick(&self, consumer: Option<Uuid>) -> Option<&Arc<dyn Plugin>> {
-        if let (Some(map), Some(c)) = (&self.by_consumer, consumer) {
-            if let Some(p) = map.get(&c) {
-                return Some(p);
+    fn pick(&self, consumer: Option<&Consumer>) -> Option<&Arc<dyn Plugin>> {
+        let mut best: Option<&Ranked> = self.default.as_ref();
+        let better = |best: Option<&Ranked>, candidate: &Ranked| best.is_none_or(|b| candidate.0 < b.0);
+        if let Some(c) = consumer {
+            if let Some(found) = self.by_consumer.as_ref().and_then(|m| m.get(&c.id))
+                && better(best, found)
+            {
+                best = Some(found);
+            }
+            if let Some(map) = &self.by_group {
+                for g in c.group_entries() {
+                    if let Some(found) = map.get(&g.id)
+                        && better(best, found)
+                    {
+                        best = Some(found);
+                    }
+                }
             }
         }
-        self.default.as_ref()
+        best.map(|(_, p)| p)
     }
 }
 
@@ -103,7 +142,8 @@ impl ChainBuilder {
                 tracing::warn!(plugin = %row.name, id = %row.id, "plugin not available; instance ignored");
                 continue;
             };
-            match (def.build)(&row.config, env) {
+            let env = BuildEnv { instance: Some(row.id), consumer_group: row.consumer_group, ..*env };
+            match (def.build)(&row.config, &env) {
                 Ok(plugin) => {
                     by_name.entry(def.name).or_default().push(instances.len());
                     instances.push((row.clone(), plugin));
@@ -119,8 +159,15 @@ impl ChainBuilder {
         let mut slots = Vec::new();
         for (name, idxs) in &self.by_name {
             let Some(def) = find(name) else { continue };
-            let mut default: Option<(u8, &Arc<dyn Plugin>)> = None;
-            let mut by_consumer: HashMap<Uuid, (u8, &Arc<dyn Plugin>), Hasher> = HashMap::default();
+            let mut default: Option<Ranked> = None;
+            let mut by_consumer: HashMap<Uuid, Ranked, Hasher> = HashMap::default();
+            let mut by_group: HashMap<Uuid, Ranked, Hasher> = HashMap::default();
+            let keep = |map: &mut HashMap<Uuid, Ranked, Hasher>, key: Uuid, rank: u8, plugin: &Arc<dyn Plugin>| {
+                let e = map.entry(key).or_insert((u8::MAX, plugin.clone()));
+                if rank < e.0 {
+                    *e = (rank, plugin.clone());
+                }
+            };
             for &i in idxs {
                 let (row, plugin) = &self.instances[i];
                 let route_ok = row.route.is_none_or(|r| r == route);
@@ -128,63 +175,86 @@ impl ChainBuilder {
                 if !route_ok || !service_ok {
                     continue;
                 }
-                let rank = rank(row.route.is_some(), row.service.is_some(), row.consumer.is_some());
-                match row.consumer {
-                    Some(c) => {
-                        let e = by_consumer.entry(c).or_insert((u8::MAX, plugin));
-                        if rank < e.0 {
-                            *e = (rank, plugin);
-                        }
-                    }
-                    None => {
-                        if default.is_none_or(|(r, _)| rank < r) {
-                            default = Some((rank, plugin));
+                let scope = Scope {
+                    route: row.route.is_some(),
+                    service: row.service.is_some(),
+                    consumer: row.consumer.is_some(),
+                    group: row.consumer_group.is_some(),
+                };
+                let rank = rank(scope);
+                match (row.consumer, row.consumer_group) {
+                    (Some(c), _) => keep(&mut by_consumer, c, rank, plugin),
+                    (None, Some(g)) => keep(&mut by_group, g, rank, plugin),
+                    (None, None) => {
+                        if default.as_ref().is_none_or(|(r, _)| rank < *r) {
+                            default = Some((rank, plugin.clone()));
                         }
                     }
                 }
             }
-            // A consumer-scoped instance only wins over a more specific non-consumer one when its
+            // A consumer or group instance only wins over a more specific general one when its
             // rank is better (route+service beats consumer alone).
-            let default_rank = default.map_or(u8::MAX, |(r, _)| r);
+            let default_rank = default.as_ref().map_or(u8::MAX, |(r, _)| *r);
             by_consumer.retain(|_, (r, _)| *r < default_rank);
-            if default.is_none() && by_consumer.is_empty() {
+            by_group.retain(|_, (r, _)| *r < default_rank);
+            if default.is_none() && by_consumer.is_empty() && by_group.is_empty() {
                 continue;
             }
             slots.push(Slot {
                 priority: def.priority,
                 name: def.name,
-                default: default.map(|(_, p)| p.clone()),
-                by_consumer: (!by_consumer.is_empty())
-                    .then(|| by_consumer.into_iter().map(|(c, (_, p))| (c, p.clone())).collect()),
+                default,
+                by_consumer: (!by_consumer.is_empty()).then_some(by_consumer),
+                by_group: (!by_group.is_empty()).then_some(by_group),
             });
         }
         slots.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(b.name)));
-        let needs_body = slots.iter().any(|s| {
-            s.default.as_ref().is_some_and(|p| p.needs_body())
-                || s.by_consumer.as_ref().is_some_and(|m| m.values().any(|p| p.needs_body()))
-        });
-        PluginChain { slots, needs_body }
+        let any = |f: &dyn Fn(&dyn Plugin) -> bool| {
+            slots.iter().any(|s| {
+                s.default
+                    .iter()
+                    .chain(s.by_consumer.iter().flat_map(|m| m.values()))
+                    .chain(s.by_group.iter().flat_map(|m| m.values()))
+                    .any(|(_, p)| f(p.as_ref()))
+            })
+        };
+        let needs_body = any(&|p| p.needs_body());
+        let is_async = any(&|p| p.is_async());
+        PluginChain { slots, needs_body, is_async }
     }
 }
 
+/// Which scope fields an instance sets.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scope {
+    route: bool,
+    service: bool,
+    consumer: bool,
+    group: bool,
+}
+
 /// Kong's precedence rank (1 = most specific).
-fn rank(route: bool, service: bool, consumer: bool) -> u8 {
-    match (route, service, consumer) {
-        (true, true, true) => 1,
-        (true, false, true) => 2,
-        (false, true, true) => 3,
-        (true, true, false) => 4,
-        (false, false, true) => 5,
-        (true, false, false) => 6,
-        (false, true, false) => 7,
-        (false, false, false) => 8,
+fn rank(s: Scope) -> u8 {
+    match (s.consumer, s.group, s.route, s.service) {
+        (true, _, true, true) => 1,
+        (false, true, true, true) => 2,
+        (true, _, true, false) => 3,
+        (true, _, false, true) => 4,
+        (false, true, true, false) => 5,
+        (false, true, false, true) => 6,
+        (false, false, true, true) => 7,
+        (true, _, false, false) => 8,
+        (false, true, false, false) => 9,
+        (false, false, true, false) => 10,
+        (false, false, false, true) => 11,
+        (false, false, false, false) => 12,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::ConsumerIndex;
+    use crate::snapshot::{ConsumerIndex, GroupEntry, GroupSet};
     use serde_json::json;
 
     fn row(route: Option<Uuid>, service: Option<Uuid>, consumer: Option<Uuid>, realm: &str) -> PluginInstanceRow {
@@ -198,10 +268,26 @@ mod tests {
             route,
             service,
             consumer,
+            consumer_group: None,
             enabled: true,
             http: true,
             config,
         }
+    }
+
+    fn group_row(route: Option<Uuid>, service: Option<Uuid>, group: Uuid, realm: &str) -> PluginInstanceRow {
+        PluginInstanceRow { consumer_group: Some(group), ..row(route, service, None, realm) }
+    }
+
+    fn consumer(id: Uuid, groups: &[(Uuid, &str)]) -> Consumer {
+        let mut c = Consumer::new(id, None, None);
+        c.groups = GroupSet::new(groups.iter().map(|(g, n)| GroupEntry { id: *g, name: Arc::from(*n) }).collect());
+        c
+    }
+
+    fn realm_of(chain: &PluginChain, c: Option<&Consumer>) -> String {
+        let picked = format!("{:?}", chain.slots[0].pick(c));
+        picked.split("realm=\\\"").nth(1).and_then(|r| r.split('\\').next()).unwrap_or("none").to_string()
     }
 
     #[test]
@@ -213,34 +299,63 @@ mod tests {
             row(Some(r), None, None, "route"),
         ];
         let consumers = ConsumerIndex::default();
-        let b = ChainBuilder::new(&rows, &BuildEnv { consumers: &consumers });
+        let b = ChainBuilder::new(&rows, &BuildEnv::new(&consumers));
         let chain = b.chain_for(r, Some(s));
         assert_eq!(chain.slots.len(), 1);
-        assert!(format!("{:?}", chain.slots[0].default).contains("realm=\\\"route\\\""));
-        let chain = b.chain_for(other, Some(s));
-        assert!(format!("{:?}", chain.slots[0].default).contains("realm=\\\"service\\\""));
-        let chain = b.chain_for(other, None);
-        assert!(format!("{:?}", chain.slots[0].default).contains("realm=\\\"global\\\""));
+        assert_eq!(realm_of(&chain, None), "route");
+        assert_eq!(realm_of(&b.chain_for(other, Some(s)), None), "service");
+        assert_eq!(realm_of(&b.chain_for(other, None), None), "global");
     }
 
     #[test]
     fn consumer_scoped_instances_apply_to_their_consumer_only_and_yield_to_route_and_service() {
         let (r, s, alice, bob) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (alice, bob) = (consumer(alice, &[]), consumer(bob, &[]));
         let consumers = ConsumerIndex::default();
-        let env = BuildEnv { consumers: &consumers };
-        // route (6) and consumer (5): the consumer's instance wins for that consumer.
-        let rows = vec![row(Some(r), None, None, "route"), row(None, None, Some(alice), "alice")];
+        let env = BuildEnv::new(&consumers);
+        // route (10) and consumer (8): the consumer's instance wins for that consumer.
+        let rows = vec![row(Some(r), None, None, "route"), row(None, None, Some(alice.id), "alice")];
         let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
-        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"alice\\\""));
-        assert!(format!("{:?}", chain.slots[0].pick(Some(bob))).contains("realm=\\\"route\\\""));
-        assert!(format!("{:?}", chain.slots[0].pick(None)).contains("realm=\\\"route\\\""));
-        // route+service (4) beats consumer alone (5), but route+consumer (2) beats both.
-        let rows = vec![row(Some(r), Some(s), None, "both"), row(None, None, Some(alice), "alice")];
+        assert_eq!(realm_of(&chain, Some(&alice)), "alice");
+        assert_eq!(realm_of(&chain, Some(&bob)), "route");
+        assert_eq!(realm_of(&chain, None), "route");
+        // route+service (7) beats consumer alone (8), but consumer+route (3) beats both.
+        let rows = vec![row(Some(r), Some(s), None, "both"), row(None, None, Some(alice.id), "alice")];
         let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
-        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"both\\\""));
-        let rows = vec![row(Some(r), Some(s), None, "both"), row(Some(r), None, Some(alice), "alice-route")];
+        assert_eq!(realm_of(&chain, Some(&alice)), "both");
+        let rows = vec![row(Some(r), Some(s), None, "both"), row(Some(r), None, Some(alice.id), "alice-route")];
         let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
-        assert!(format!("{:?}", chain.slots[0].pick(Some(alice))).contains("realm=\\\"alice-route\\\""));
+        assert_eq!(realm_of(&chain, Some(&alice)), "alice-route");
+    }
+
+    #[test]
+    fn group_instances_apply_to_members_below_the_consumer_own() {
+        let (r, gold, silver) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let consumers = ConsumerIndex::default();
+        let env = BuildEnv::new(&consumers);
+        let member = consumer(Uuid::new_v4(), &[(silver, "silver"), (gold, "gold")]);
+        let outsider = consumer(Uuid::new_v4(), &[]);
+        let rows = vec![
+            row(None, None, None, "global"),
+            group_row(None, None, gold, "gold"),
+            group_row(None, None, silver, "silver"),
+        ];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        // Equal ranks: the group whose name sorts first.
+        assert_eq!(realm_of(&chain, Some(&member)), "gold");
+        assert_eq!(realm_of(&chain, Some(&outsider)), "global");
+        // group+route (5) beats group alone (9); the consumer's own instance (8) beats group alone.
+        let rows = vec![group_row(None, None, gold, "gold"), group_row(Some(r), None, silver, "silver-route")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        assert_eq!(realm_of(&chain, Some(&member)), "silver-route");
+        let rows = vec![group_row(None, None, gold, "gold"), row(None, None, Some(member.id), "own")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        assert_eq!(realm_of(&chain, Some(&member)), "own");
+        // A route+service instance (7) beats group alone (9) and is what non-members get.
+        let s = Uuid::new_v4();
+        let rows = vec![group_row(None, None, gold, "gold"), row(Some(r), Some(s), None, "both")];
+        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        assert_eq!(realm_of(&chain, Some(&member)), "both");
     }
 
     #[test]
@@ -248,22 +363,27 @@ mod tests {
         let mut r = row(None, None, None, "x");
         r.enabled = false;
         let consumers = ConsumerIndex::default();
-        let b = ChainBuilder::new(&[r], &BuildEnv { consumers: &consumers });
+        let b = ChainBuilder::new(&[r], &BuildEnv::new(&consumers));
         assert!(b.chain_for(Uuid::new_v4(), None).is_empty());
     }
 
     #[test]
     fn precedence_table() {
+        let s = |consumer, group, route, service| rank(Scope { route, service, consumer, group });
         let order = [
-            rank(true, true, true),
-            rank(true, false, true),
-            rank(false, true, true),
-            rank(true, true, false),
-            rank(false, false, true),
-            rank(true, false, false),
-            rank(false, true, false),
-            rank(false, false, false),
+            s(true, false, true, true),
+            s(false, true, true, true),
+            s(true, false, true, false),
+            s(true, false, false, true),
+            s(false, true, true, false),
+            s(false, true, false, true),
+            s(false, false, true, true),
+            s(true, false, false, false),
+            s(false, true, false, false),
+            s(false, false, true, false),
+            s(false, false, false, true),
+            s(false, false, false, false),
         ];
-        assert_eq!(order, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(order, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 }

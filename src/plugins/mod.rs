@@ -2,11 +2,15 @@
 //! plugin instances. Chains are resolved when a snapshot is built (Kong's scope precedence); a request
 //! only walks its route's chain. The phases, in order, are documented in `docs/plugins.md`.
 
+pub mod acl;
 pub mod chain;
 pub mod key_auth;
+pub mod rate_limiting;
 pub mod request;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,7 +58,36 @@ pub struct AccessCtx<'r> {
     pub consumer: Option<Arc<Consumer>>,
     pub credential_id: Option<uuid::Uuid>,
     pub anonymous: bool,
+    /// The matched route's service.
+    pub service_id: Option<uuid::Uuid>,
+    /// Headers the plugins add to the response, whoever produces it (upstream or gateway).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+impl<'r> AccessCtx<'r> {
+    pub fn new(
+        snapshot: &'r Snapshot,
+        parts: &'r mut http::request::Parts,
+        body: Option<Bytes>,
+        client_ip: IpAddr,
+        service_id: Option<uuid::Uuid>,
+    ) -> AccessCtx<'r> {
+        AccessCtx {
+            snapshot,
+            parts,
+            body,
+            client_ip,
+            consumer: None,
+            credential_id: None,
+            anonymous: false,
+            service_id,
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+/// The future of an access phase that waits on I/O.
+pub type AccessFuture<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
 /// One configured plugin instance, ready to run. Phases default to doing nothing.
 pub trait Plugin: Send + Sync + std::fmt::Debug {
@@ -73,11 +106,39 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn needs_body(&self) -> bool {
         false
     }
+
+    /// Whether `access_async` must be used instead of `access` (the instance waits on I/O).
+    fn is_async(&self) -> bool {
+        false
+    }
+
+    /// The access phase of an instance that waits on I/O (a Redis round trip).
+    fn access_async<'a>(&'a self, ctx: &'a mut AccessCtx<'_>) -> AccessFuture<'a> {
+        let flow = self.access(ctx);
+        Box::pin(std::future::ready(flow))
+    }
 }
 
 /// What a plugin may look at while it is being built from its configuration.
+#[derive(Clone, Copy)]
 pub struct BuildEnv<'a> {
     pub consumers: &'a ConsumerIndex,
+    /// Where rate-limiting counters live (per node, in the database, in Redis).
+    pub counters: &'a rate_limiting::Counters,
+    /// The instance being built, and the consumer group it is scoped to.
+    pub instance: Option<uuid::Uuid>,
+    pub consumer_group: Option<uuid::Uuid>,
+}
+
+impl<'a> BuildEnv<'a> {
+    /// An environment with node-local counters only (no database-backed `cluster` policy).
+    pub fn new(consumers: &'a ConsumerIndex) -> BuildEnv<'a> {
+        BuildEnv::with_counters(consumers, rate_limiting::Counters::local_only())
+    }
+
+    pub fn with_counters(consumers: &'a ConsumerIndex, counters: &'a rate_limiting::Counters) -> BuildEnv<'a> {
+        BuildEnv { consumers, counters, instance: None, consumer_group: None }
+    }
 }
 
 /// Builds a plugin instance from its validated configuration.
@@ -101,7 +162,7 @@ impl std::fmt::Debug for PluginDef {
 }
 
 /// Every plugin this build offers (`plugins = bundled`).
-pub static REGISTRY: &[PluginDef] = &[key_auth::DEF];
+pub static REGISTRY: &[PluginDef] = &[key_auth::DEF, acl::DEF, rate_limiting::DEF, rate_limiting::ADVANCED];
 
 /// Old names still accepted on write (Kong 0.1–0.4 called key-auth `keyauth`).
 pub fn canonical_name(name: &str) -> &str {

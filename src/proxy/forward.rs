@@ -181,15 +181,15 @@ impl UpstreamHead<'_> {
         if missing(&h::X_FORWARDED_PORT) {
             out.insert(h::X_FORWARDED_PORT, self.conn_port.clone());
         }
-        if missing(&h::X_FORWARDED_PATH) {
-            if let Ok(v) = HeaderValue::from_str(self.client.uri.path()) {
-                out.insert(h::X_FORWARDED_PATH, v);
-            }
+        if missing(&h::X_FORWARDED_PATH)
+            && let Ok(v) = HeaderValue::from_str(self.client.uri.path())
+        {
+            out.insert(h::X_FORWARDED_PATH, v);
         }
-        if missing(&h::X_FORWARDED_PREFIX) {
-            if let Some(v) = self.prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
-                out.insert(h::X_FORWARDED_PREFIX, v);
-            }
+        if missing(&h::X_FORWARDED_PREFIX)
+            && let Some(v) = self.prefix.and_then(|p| HeaderValue::from_str(p).ok())
+        {
+            out.insert(h::X_FORWARDED_PREFIX, v);
         }
         let ours = if self.client.version == Version::HTTP_2 { VIA_2 } else { VIA_1_1 };
         let via = joined(client, &header::VIA)

@@ -19,3 +19,7 @@ pub const X_PROXY_LATENCY: HeaderName = HeaderName::from_static("x-tollgate-prox
 pub const X_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-tollgate-response-latency");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub const X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");

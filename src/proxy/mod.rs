@@ -158,23 +158,26 @@ impl Proxy {
             buffered = Some(limited.collect().await.map_err(|_| GatewayError::BodyTooLarge)?.to_bytes());
         }
 
-        let (consumer_id, buffered) = if route.chain.is_empty() {
-            (None, buffered)
+        let (consumer, buffered, added) = if route.chain.is_empty() {
+            (None, buffered, Vec::new())
         } else {
-            let snapshot = self.holder.load();
-            let mut ctx = AccessCtx {
-                snapshot: &snapshot,
-                parts: &mut parts,
-                body: buffered,
-                client_ip: conn.peer.ip(),
-                consumer: None,
-                credential_id: None,
-                anonymous: false,
+            let service_id = route.service.as_ref().map(|s| s.id);
+            let outcome = if route.chain.is_async() {
+                // A chain that waits on I/O holds its own reference to the snapshot across the wait.
+                let snapshot = self.holder.load_full();
+                let mut ctx = AccessCtx::new(&snapshot, &mut parts, buffered, conn.peer.ip(), service_id);
+                let flow = route.chain.access_async(&mut ctx).await;
+                access_outcome(ctx, flow)
+            } else {
+                let snapshot = self.holder.load();
+                let mut ctx = AccessCtx::new(&snapshot, &mut parts, buffered, conn.peer.ip(), service_id);
+                let flow = route.chain.access(&mut ctx);
+                access_outcome(ctx, flow)
             };
-            if let Flow::Respond(reply) = route.chain.access(&mut ctx) {
-                return Ok(reply_response(reply, started));
+            match outcome {
+                Ok(passed) => passed,
+                Err(reply) => return Ok(reply_response(reply, started)),
             }
-            (ctx.consumer.as_ref().map(|c| c.id), ctx.body.take())
         };
 
         let upstream_body = match (body, buffered) {
@@ -186,7 +189,14 @@ impl Proxy {
             }
             (None, None) => UpstreamBody::empty(),
         };
-        self.forward(&parts, upstream_body, &route, matched_len, conn, consumer_id, started).await
+        let mut response =
+            self.forward(&parts, upstream_body, &route, matched_len, conn, consumer.as_deref(), started).await;
+        if let Ok(resp) = &mut response {
+            for (name, value) in added {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+        response
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -197,7 +207,7 @@ impl Proxy {
         route: &RouteTarget,
         matched_len: usize,
         conn: &ConnInfo,
-        consumer: Option<uuid::Uuid>,
+        consumer: Option<&crate::snapshot::Consumer>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
@@ -267,6 +277,24 @@ impl Proxy {
         rparts.headers.insert(h::X_PROXY_LATENCY, forward::millis(sent.duration_since(started)));
         rparts.version = parts.version;
         Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+/// What the access phase leaves for forwarding (consumer, body, response headers), or the reply
+/// that ends the request, with the plugins' response headers first.
+#[allow(clippy::type_complexity)]
+fn access_outcome(
+    mut ctx: AccessCtx<'_>,
+    flow: Flow,
+) -> Result<(Option<Arc<crate::snapshot::Consumer>>, Option<Bytes>, Vec<(http::HeaderName, HeaderValue)>), Reply> {
+    match flow {
+        Flow::Continue => Ok((ctx.consumer.take(), ctx.body.take(), ctx.response_headers)),
+        Flow::Respond(mut reply) => {
+            let mut headers = ctx.response_headers;
+            headers.append(&mut reply.headers);
+            reply.headers = headers;
+            Err(reply)
+        }
     }
 }
 

@@ -124,10 +124,8 @@ impl Body for ProxyBody {
                     }
                     Poll::Pending => false,
                 };
-                if done {
-                    if let Some(l) = lease.take() {
-                        checkin(l);
-                    }
+                if done && let Some(l) = lease.take() {
+                    checkin(l);
                 }
                 polled
             }

@@ -328,10 +328,10 @@ impl<T> Router<T> {
     fn scan<'s>(&'s self, slots: &[Slot], req: &RequestView<'_>, best: &mut Option<(&'s Entry, usize)>) {
         for slot in slots {
             let entry = &self.entries[slot.entry as usize];
-            if let Some((b, _)) = best {
-                if !beats(entry, b) {
-                    return;
-                }
+            if let Some((b, _)) = best
+                && !beats(entry, b)
+            {
+                return;
             }
             if slot.port.is_some_and(|p| p != req.port) {
                 continue;
@@ -368,10 +368,10 @@ impl Bucket {
 impl Entry {
     /// Checks everything but the host; returns the matched path length.
     fn matches(&self, req: &RequestView<'_>) -> Option<usize> {
-        if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m == req.method) {
-                return None;
-            }
+        if let Some(methods) = &self.methods
+            && !methods.iter().any(|m| m == req.method)
+        {
+            return None;
         }
         for (name, matcher) in &self.headers {
             let ok = req.headers.get_all(name).iter().any(|v| {

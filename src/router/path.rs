@@ -37,18 +37,20 @@ fn decode_unreserved(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() && path.is_char_boundary(i + 3) {
-            if let Ok(v) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
-                let c = v as char;
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
-                    out.push(c);
-                } else {
-                    out.push('%');
-                    out.push_str(&path[i + 1..i + 3].to_ascii_uppercase());
-                }
-                i += 3;
-                continue;
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && path.is_char_boundary(i + 3)
+            && let Ok(v) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            let c = v as char;
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+                out.push(c);
+            } else {
+                out.push('%');
+                out.push_str(&path[i + 1..i + 3].to_ascii_uppercase());
             }
+            i += 3;
+            continue;
         }
         let ch = path[i..].chars().next().unwrap_or('/');
         out.push(ch);

@@ -13,11 +13,13 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
-    Consumer, ConsumerIndex, CredentialIndex, KeyCredential, RouteTarget, ServiceTarget, Snapshot, SnapshotHolder,
+    Consumer, ConsumerIndex, CredentialIndex, GroupEntry, GroupSet, KeyCredential, RouteTarget, ServiceTarget,
+    Snapshot, SnapshotHolder,
 };
 use crate::model::schema::Obj;
 use crate::model::{EntityError, Kind};
 use crate::plugins::chain::ChainBuilder;
+use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, PluginInstanceRow};
 use crate::router::{RouteSpec, Router};
 use crate::store::{Change, ChangeOp, Store};
@@ -42,6 +44,26 @@ struct KeyAuthRow {
     id: Uuid,
     consumer: Ref,
     key: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupRow {
+    id: Uuid,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MembershipRow {
+    id: Uuid,
+    consumer_group: Ref,
+    consumer: Ref,
+}
+
+#[derive(Debug, Deserialize)]
+struct AclRow {
+    id: Uuid,
+    consumer: Ref,
+    group: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +104,7 @@ struct PluginRow {
     route: Option<Ref>,
     service: Option<Ref>,
     consumer: Option<Ref>,
+    consumer_group: Option<Ref>,
     config: Option<Obj>,
     protocols: Option<Vec<String>>,
     enabled: bool,
@@ -93,11 +116,28 @@ pub struct ConfigState {
     version: i64,
     consumers: Arc<ConsumerIndex>,
     credentials: Arc<CredentialIndex>,
+    /// Consumer group names by id.
+    groups: HashMap<Uuid, Arc<str>>,
+    /// Memberships by id: (consumer, group).
+    memberships: HashMap<Uuid, (Uuid, Uuid)>,
+    /// ACL credentials by id: (consumer, group name).
+    acls: HashMap<Uuid, (Uuid, Arc<str>)>,
+    /// A consumer's memberships and ACL credentials (ids into the two maps above).
+    consumer_links: HashMap<Uuid, ConsumerLinks>,
     services: HashMap<Uuid, ServiceRow>,
     routes: HashMap<Uuid, RouteRow>,
     plugins: HashMap<Uuid, PluginRow>,
     /// Compiled router kept between builds when only consumers changed.
     router: Option<Arc<Router<Arc<RouteTarget>>>>,
+    /// Rate-limiting counters, kept across builds and reloads.
+    counters: Arc<Counters>,
+}
+
+/// What hangs off one consumer in the mirror.
+#[derive(Debug, Default)]
+struct ConsumerLinks {
+    memberships: Vec<Uuid>,
+    acls: Vec<Uuid>,
 }
 
 impl ConfigState {
@@ -105,18 +145,84 @@ impl ConfigState {
         self.version
     }
 
+    /// A consumer with its group sets attached.
+    fn consumer_of(&self, row: ConsumerRow) -> Consumer {
+        let mut c = Consumer::new(row.id, row.username.map(Into::into), row.custom_id.map(Into::into));
+        (c.groups, c.acl_groups) = self.group_sets(&row.id);
+        c
+    }
+
+    fn group_sets(&self, consumer: &Uuid) -> (Option<Arc<GroupSet>>, Option<Arc<GroupSet>>) {
+        let Some(links) = self.consumer_links.get(consumer) else { return (None, None) };
+        let groups = links
+            .memberships
+            .iter()
+            .filter_map(|m| self.memberships.get(m))
+            .filter_map(|(_, g)| self.groups.get(g).map(|name| GroupEntry { id: *g, name: name.clone() }))
+            .collect();
+        let acls = links
+            .acls
+            .iter()
+            .filter_map(|a| self.acls.get(a))
+            .map(|(_, name)| GroupEntry { id: Uuid::nil(), name: name.clone() })
+            .collect();
+        (GroupSet::new(groups), GroupSet::new(acls))
+    }
+
+    fn add_membership(&mut self, row: MembershipRow) {
+        self.remove_membership(&row.id);
+        self.memberships.insert(row.id, (row.consumer.id, row.consumer_group.id));
+        self.consumer_links.entry(row.consumer.id).or_default().memberships.push(row.id);
+    }
+
+    /// Returns the consumer the membership belonged to.
+    fn remove_membership(&mut self, id: &Uuid) -> Option<Uuid> {
+        let (consumer, _) = self.memberships.remove(id)?;
+        if let Some(links) = self.consumer_links.get_mut(&consumer) {
+            links.memberships.retain(|m| m != id);
+        }
+        Some(consumer)
+    }
+
+    fn add_acl(&mut self, row: AclRow) {
+        self.remove_acl(&row.id);
+        self.acls.insert(row.id, (row.consumer.id, Arc::from(row.group)));
+        self.consumer_links.entry(row.consumer.id).or_default().acls.push(row.id);
+    }
+
+    fn remove_acl(&mut self, id: &Uuid) -> Option<Uuid> {
+        let (consumer, _) = self.acls.remove(id)?;
+        if let Some(links) = self.consumer_links.get_mut(&consumer) {
+            links.acls.retain(|a| a != id);
+        }
+        Some(consumer)
+    }
+
     /// Loads everything of `cp` from the store.
     pub async fn load(store: &Store, cp: &str) -> Result<ConfigState, EntityError> {
         // The version is read first: changes committed during the load are replayed afterwards.
         let version = store.version().await?;
-        let mut state = ConfigState { version, ..ConfigState::default() };
-        let consumers = Arc::make_mut(&mut state.consumers);
+        let mut state =
+            ConfigState { version, counters: Arc::new(Counters::new(Some(store.clone()))), ..ConfigState::default() };
+        let mut groups = Vec::new();
+        store.for_each_body(cp, Kind::ConsumerGroup, |body, _| groups.extend(parse::<GroupRow>(body))).await?;
+        state.groups = groups.into_iter().map(|g| (g.id, Arc::from(g.name))).collect();
+        let mut memberships = Vec::new();
+        store
+            .for_each_body(cp, Kind::GroupMembership, |body, _| memberships.extend(parse::<MembershipRow>(body)))
+            .await?;
+        memberships.into_iter().for_each(|m| state.add_membership(m));
+        let mut acls = Vec::new();
+        store.for_each_body(cp, Kind::Acl, |body, _| acls.extend(parse::<AclRow>(body))).await?;
+        acls.into_iter().for_each(|a| state.add_acl(a));
+        let mut consumers = ConsumerIndex::default();
         store
             .for_each_body(cp, Kind::Consumer, |body, _| match serde_json::from_str::<ConsumerRow>(body) {
-                Ok(row) => consumers.insert(consumer_of(row)),
+                Ok(row) => consumers.insert(state.consumer_of(row)),
                 Err(e) => tracing::error!(error = %e, "skipping unreadable consumer"),
             })
             .await?;
+        state.consumers = Arc::new(consumers);
         let credentials = Arc::make_mut(&mut state.credentials);
         store
             .for_each_body(cp, Kind::KeyAuth, |body, expires_at| match serde_json::from_str::<KeyAuthRow>(body) {
@@ -178,23 +284,23 @@ impl ConfigState {
             }
         }
         let mut routing = false;
+        // Consumers whose group sets may have changed.
+        let mut regroup: Vec<Uuid> = Vec::new();
         for (kind, (upserts, deletes)) in by_kind {
             let deleted: Vec<Uuid> = deletes.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             let bodies = if upserts.is_empty() { Vec::new() } else { store.bodies(kind, &upserts).await? };
             match kind {
                 Kind::Consumer => {
+                    let fresh: Vec<Consumer> = bodies
+                        .iter()
+                        .filter_map(|(b, _)| parse::<ConsumerRow>(b))
+                        .map(|r| self.consumer_of(r))
+                        .collect();
                     let index = Arc::make_mut(&mut self.consumers);
                     deleted.iter().for_each(|id| index.remove(id));
-                    for (body, _) in bodies {
-                        if let Some(row) = parse::<ConsumerRow>(&body) {
-                            index.insert(consumer_of(row));
-                        }
-                    }
+                    fresh.into_iter().for_each(|c| index.insert(c));
                     // Plugins resolve `anonymous` consumers when they are built.
-                    routing |= self
-                        .plugins
-                        .values()
-                        .any(|p| p.config.as_ref().is_some_and(|c| c.get("anonymous").is_some_and(|a| !a.is_null())));
+                    routing |= self.has_anonymous();
                 }
                 Kind::KeyAuth => {
                     let index = Arc::make_mut(&mut self.credentials);
@@ -224,10 +330,66 @@ impl ConfigState {
                     routing = true;
                     replace_rows(&mut self.plugins, &deleted, &bodies, |r: &PluginRow| r.id);
                 }
+                Kind::ConsumerGroup => {
+                    let touched: Vec<Uuid> = deleted
+                        .iter()
+                        .copied()
+                        .chain(bodies.iter().filter_map(|(b, _)| parse::<GroupRow>(b).map(|g| g.id)))
+                        .collect();
+                    deleted.iter().for_each(|id| drop(self.groups.remove(id)));
+                    for (body, _) in &bodies {
+                        if let Some(g) = parse::<GroupRow>(body) {
+                            self.groups.insert(g.id, Arc::from(g.name));
+                        }
+                    }
+                    regroup.extend(self.memberships.values().filter(|(_, g)| touched.contains(g)).map(|(c, _)| *c));
+                }
+                Kind::GroupMembership => {
+                    for id in &deleted {
+                        regroup.extend(self.remove_membership(id));
+                    }
+                    for (body, _) in &bodies {
+                        if let Some(m) = parse::<MembershipRow>(body) {
+                            regroup.extend(self.remove_membership(&m.id));
+                            regroup.push(m.consumer.id);
+                            self.add_membership(m);
+                        }
+                    }
+                }
+                Kind::Acl => {
+                    for id in &deleted {
+                        regroup.extend(self.remove_acl(id));
+                    }
+                    for (body, _) in &bodies {
+                        if let Some(a) = parse::<AclRow>(body) {
+                            regroup.extend(self.remove_acl(&a.id));
+                            regroup.push(a.consumer.id);
+                            self.add_acl(a);
+                        }
+                    }
+                }
             }
+        }
+        regroup.sort_unstable();
+        regroup.dedup();
+        if !regroup.is_empty() {
+            let sets: Vec<_> = regroup.iter().map(|c| (*c, self.group_sets(c))).collect();
+            let index = Arc::make_mut(&mut self.consumers);
+            for (c, (groups, acls)) in sets {
+                index.set_groups(&c, groups, acls);
+            }
+            // The anonymous consumer of a plugin is captured when the plugin is built.
+            routing |= self.has_anonymous();
+            self.consumer_links.retain(|_, l| !l.memberships.is_empty() || !l.acls.is_empty());
         }
         self.version = to;
         Ok(routing)
+    }
+
+    fn has_anonymous(&self) -> bool {
+        self.plugins
+            .values()
+            .any(|p| p.config.as_ref().is_some_and(|c| c.get("anonymous").is_some_and(|a| !a.is_null())))
     }
 
     /// Compiles the snapshot, reusing the previous router unless `routing` says it is stale.
@@ -261,12 +423,13 @@ impl ConfigState {
                 route: p.route.as_ref().map(|r| r.id),
                 service: p.service.as_ref().map(|r| r.id),
                 consumer: p.consumer.as_ref().map(|r| r.id),
+                consumer_group: p.consumer_group.as_ref().map(|r| r.id),
                 enabled: p.enabled,
                 http: p.protocols.as_ref().is_none_or(|ps| ps.iter().any(|x| x == "http")),
                 config: p.config.clone().unwrap_or_default(),
             })
             .collect();
-        let chains = ChainBuilder::new(&rows, &BuildEnv { consumers: &self.consumers });
+        let chains = ChainBuilder::new(&rows, &BuildEnv::with_counters(&self.consumers, &self.counters));
         let services: HashMap<Uuid, Arc<ServiceTarget>> =
             self.services.values().filter(|s| s.enabled).map(|s| (s.id, Arc::new(service_target(s)))).collect();
         let mut routes: Vec<&RouteRow> = self.routes.values().collect();
@@ -333,10 +496,6 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &str) -> Option<T> {
     }
 }
 
-fn consumer_of(row: ConsumerRow) -> Consumer {
-    Consumer { id: row.id, username: row.username.map(Into::into), custom_id: row.custom_id.map(Into::into) }
-}
-
 fn service_target(s: &ServiceRow) -> ServiceTarget {
     let https = s.protocol == "https" || s.protocol == "grpcs";
     let default_port = if https { 443 } else { 80 };
@@ -387,7 +546,9 @@ pub async fn refresh(store: &Store, cp: &str, state: &mut ConfigState) -> Result
         Some((changes, to)) => state.apply(store, cp, &changes, to).await.map_err(|e| e.to_string())?,
         None => {
             tracing::info!("change log does not reach back far enough; reloading the configuration");
+            let counters = state.counters.clone();
             *state = ConfigState::load(store, cp).await.map_err(|e| e.to_string())?;
+            state.counters = counters;
             true
         }
     };

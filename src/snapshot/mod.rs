@@ -18,12 +18,59 @@ use crate::router::Router;
 
 type Hasher = foldhash::fast::RandomState;
 
-/// A consumer as the proxy needs it.
+/// A consumer as the proxy needs it, with its consumer groups and ACL groups resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
     pub id: Uuid,
     pub username: Option<Box<str>>,
     pub custom_id: Option<Box<str>>,
+    /// Consumer groups, sorted by name (`None` for most consumers: no allocation).
+    pub groups: Option<Arc<GroupSet>>,
+    /// ACL groups (the `acls` credentials).
+    pub acl_groups: Option<Arc<GroupSet>>,
+}
+
+impl Consumer {
+    pub fn new(id: Uuid, username: Option<Box<str>>, custom_id: Option<Box<str>>) -> Consumer {
+        Consumer { id, username, custom_id, groups: None, acl_groups: None }
+    }
+
+    /// Consumer group memberships (empty when none).
+    pub fn group_entries(&self) -> &[GroupEntry] {
+        self.groups.as_deref().map_or(&[], |g| &g.entries)
+    }
+}
+
+/// One named group a consumer belongs to; `id` is the consumer group's id (nil for ACL groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub id: Uuid,
+    pub name: Arc<str>,
+}
+
+/// A consumer's groups, sorted by name, with the upstream header value (`a, b`) precomputed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSet {
+    pub entries: Box<[GroupEntry]>,
+    pub header: HeaderValue,
+}
+
+impl GroupSet {
+    /// `None` for no groups.
+    pub fn new(mut entries: Vec<GroupEntry>) -> Option<Arc<GroupSet>> {
+        if entries.is_empty() {
+            return None;
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        entries.dedup_by(|a, b| a.name == b.name && a.id == b.id);
+        let joined = entries.iter().map(|e| &*e.name).collect::<Vec<_>>().join(", ");
+        let header = HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Some(Arc::new(GroupSet { entries: entries.into_boxed_slice(), header }))
+    }
+
+    pub fn contains_name(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| &*e.name == name)
+    }
 }
 
 /// Consumers by id.
@@ -39,10 +86,10 @@ impl ConsumerIndex {
 
     /// By id, or by username (a scan: used only when building plugins, never per request).
     pub fn find(&self, id_or_username: &str) -> Option<Arc<Consumer>> {
-        if let Ok(id) = Uuid::parse_str(id_or_username) {
-            if let Some(c) = self.by_id.get(&id) {
-                return Some(c.clone());
-            }
+        if let Ok(id) = Uuid::parse_str(id_or_username)
+            && let Some(c) = self.by_id.get(&id)
+        {
+            return Some(c.clone());
         }
         self.by_id.values().find(|c| c.username.as_deref() == Some(id_or_username)).cloned()
     }
@@ -57,6 +104,18 @@ impl ConsumerIndex {
 
     pub(crate) fn insert(&mut self, c: Consumer) {
         self.by_id.insert(c.id, Arc::new(c));
+    }
+
+    /// Replaces a consumer's group sets, keeping the rest.
+    pub(crate) fn set_groups(&mut self, id: &Uuid, groups: Option<Arc<GroupSet>>, acl_groups: Option<Arc<GroupSet>>) {
+        if let Some(c) = self.by_id.get_mut(id)
+            && (c.groups != groups || c.acl_groups != acl_groups)
+        {
+            let mut updated = Consumer::clone(c);
+            updated.groups = groups;
+            updated.acl_groups = acl_groups;
+            *c = Arc::new(updated);
+        }
     }
 
     pub(crate) fn remove(&mut self, id: &Uuid) {
@@ -198,6 +257,11 @@ impl SnapshotHolder {
     pub async fn wait_for(&self, version: i64, within: Duration) -> bool {
         let mut rx = self.applied.subscribe();
         tokio::time::timeout(within, rx.wait_for(|v| *v >= version)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// An owned reference, for work that waits on I/O.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// One atomic load; hold the guard only for synchronous work.

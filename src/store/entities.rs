@@ -67,8 +67,37 @@ impl Store {
         if is_uuid(id_or_key) {
             self.get_by(cp, kind, "id", id_or_key).await
         } else {
-            self.get_by(cp, kind, kind.endpoint_key(), id_or_key).await
+            self.get_by(cp, kind, kind.key_column(), id_or_key).await
         }
+    }
+
+    /// [`Store::lookup`] under a parent (`consumer`, its id): for kinds whose endpoint key is unique
+    /// only per parent (a consumer's ACL group).
+    pub async fn lookup_under(
+        &self,
+        cp: &str,
+        kind: Kind,
+        id_or_key: &str,
+        parent: (&str, &str),
+    ) -> Result<Option<Obj>, EntityError> {
+        if is_uuid(id_or_key) || !kind.key_scoped_to_parent() {
+            return self.lookup(cp, kind, id_or_key).await;
+        }
+        let (select, _) = read_parts(kind);
+        let q = self.sql(&format!(
+            "SELECT {select} FROM {} WHERE cp = ? AND {} = ? AND {}_id = ?",
+            kind.table(),
+            kind.key_column(),
+            parent.0
+        ));
+        let row = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .bind(id_or_key.to_string())
+            .bind(parent.1.to_string())
+            .fetch_optional(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| decode_row(kind, &r)).transpose()
     }
 
     /// Fetches by a unique column.
@@ -244,7 +273,7 @@ impl Store {
         order.dedup();
         let mut changes = Vec::with_capacity(order.len());
         for (k, eid) in order {
-            let q = self.sql(&format!("DELETE FROM {} WHERE id = ? RETURNING {}", k.table(), k.endpoint_key()));
+            let q = self.sql(&format!("DELETE FROM {} WHERE id = ? RETURNING {}", k.table(), k.key_column()));
             let row = sqlx::query(AssertSqlSafe(q.as_str()))
                 .bind(eid.clone())
                 .fetch_optional(&mut *tx)
@@ -293,7 +322,7 @@ impl Store {
         kind: Kind,
         id: &str,
     ) -> Result<Option<Option<String>>, EntityError> {
-        let q = self.sql(&format!("SELECT {} FROM {} WHERE id = ?", kind.endpoint_key(), kind.table()));
+        let q = self.sql(&format!("SELECT {} FROM {} WHERE id = ?", kind.key_column(), kind.table()));
         let row = sqlx::query(AssertSqlSafe(q.as_str()))
             .bind(id.to_string())
             .fetch_optional(&mut **tx)
@@ -346,7 +375,8 @@ impl Store {
                     },
                 ])));
             }
-            let q = self.sql(&format!("SELECT id FROM {} WHERE cp = ? AND {column} = ?", fk.kind.table()));
+            let key_column = if column == "id" { "id" } else { fk.kind.key_column() };
+            let q = self.sql(&format!("SELECT id FROM {} WHERE cp = ? AND {key_column} = ?", fk.kind.table()));
             let row = sqlx::query(AssertSqlSafe(q.as_str()))
                 .bind(cp.to_string())
                 .bind(value.clone())
@@ -399,7 +429,7 @@ impl Store {
                 .map_err(db_error)?;
             if clash.is_some() {
                 return Err(if column == "cache_key" {
-                    plugin_scope_clash(record)
+                    scope_clash(kind, record)
                 } else {
                     EntityError::unique(&column, record.get(&column).cloned().unwrap_or(Value::Null))
                 });
@@ -418,8 +448,8 @@ impl Store {
                         return EntityError::unique(field, record.get(*field).cloned().unwrap_or(Value::Null));
                     }
                 }
-                if kind == Kind::Plugin {
-                    return plugin_scope_clash(record);
+                if kind.cache_key(record).is_some() {
+                    return scope_clash(kind, record);
                 }
             }
         }
@@ -427,10 +457,16 @@ impl Store {
     }
 }
 
-/// Kong reports a second instance of a plugin in the same scope by its cache key fields.
-fn plugin_scope_clash(record: &Obj) -> EntityError {
+/// Kong reports a second plugin in the same scope (or a second membership, or ACL group) by its
+/// cache key fields.
+fn scope_clash(kind: Kind, record: &Obj) -> EntityError {
+    let fields: &[&str] = match kind {
+        Kind::Plugin => &["consumer", "consumer_group", "name", "route", "service"],
+        Kind::Acl => &["consumer", "group"],
+        _ => &["consumer", "consumer_group"],
+    };
     let mut m = Map::new();
-    for f in ["consumer", "name", "route", "service"] {
+    for &f in fields {
         m.insert(f.into(), record.get(f).cloned().unwrap_or(Value::Null));
     }
     EntityError::Unique(m)
@@ -488,14 +524,11 @@ fn columns(kind: Kind, record: &Obj) -> Vec<(String, Col)> {
     for fk in kind.foreign_keys() {
         cols.push((format!("{}_id", fk.field), Col::Text(fk_id(record, fk.field))));
     }
-    if kind == Kind::Plugin {
-        let key = format!(
-            "{}|{}|{}|{}",
-            record.get("name").and_then(Value::as_str).unwrap_or_default(),
-            fk_id(record, "route").unwrap_or_default(),
-            fk_id(record, "service").unwrap_or_default(),
-            fk_id(record, "consumer").unwrap_or_default(),
-        );
+    if kind.key_column() != kind.endpoint_key() {
+        let v = record.get(kind.endpoint_key()).and_then(Value::as_str).map(str::to_string);
+        cols.push((kind.key_column().to_string(), Col::Text(v)));
+    }
+    if let Some(key) = kind.cache_key(record) {
         cols.push(("cache_key".into(), Col::Text(Some(key))));
     }
     let tags = record.get("tags").and_then(Value::as_array).filter(|a| !a.is_empty()).map(|a| {

@@ -5,6 +5,7 @@
 //! in order. Nothing here validates schemas: callers hand in records that `model` already accepted.
 
 mod changes;
+mod counters;
 mod entities;
 
 use std::sync::Arc;

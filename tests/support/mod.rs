@@ -119,15 +119,15 @@ impl Gateway {
     async fn wait_ready(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false;
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
             }
-            if let Ok(r) = self.http.get(format!("{}/status", self.admin)).send().await {
-                if r.status() == 200 {
-                    return true;
-                }
+            if let Ok(r) = self.http.get(format!("{}/status", self.admin)).send().await
+                && r.status() == 200
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -124,19 +124,21 @@ impl KeyAuth {
                     }
                 }
             }
-            if found == Found::None && self.key_in_query {
-                if let Some(q) = ctx.parts.uri.query() {
-                    found = match request::find_pair(q, &key_name.name) {
-                        Found::One(v) => Found::One(v.into_owned().into()),
-                        other => other,
-                    };
-                }
+            if found == Found::None
+                && self.key_in_query
+                && let Some(q) = ctx.parts.uri.query()
+            {
+                found = match request::find_pair(q, &key_name.name) {
+                    Found::One(v) => Found::One(v.into_owned().into()),
+                    other => other,
+                };
             }
             let kind = request::body_kind(&ctx.parts.headers);
-            if found == Found::None && self.key_in_body {
-                if let Some(body) = &ctx.body {
-                    found = request::find_in_body(kind, body, &key_name.name);
-                }
+            if found == Found::None
+                && self.key_in_body
+                && let Some(body) = &ctx.body
+            {
+                found = request::find_in_body(kind, body, &key_name.name);
             }
             match found {
                 Found::None => continue,
@@ -157,15 +159,15 @@ impl KeyAuth {
         for header in &key_name.headers {
             ctx.parts.headers.remove(header);
         }
-        if let Some(q) = ctx.parts.uri.query() {
-            if let Some(rest) = request::remove_pair(q, &key_name.name) {
-                ctx.parts.uri = request::with_query(&ctx.parts.uri, &rest);
-            }
+        if let Some(q) = ctx.parts.uri.query()
+            && let Some(rest) = request::remove_pair(q, &key_name.name)
+        {
+            ctx.parts.uri = request::with_query(&ctx.parts.uri, &rest);
         }
-        if self.key_in_body {
-            if let Some(new_body) = ctx.body.as_ref().and_then(|b| request::remove_from_body(kind, b, &key_name.name)) {
-                ctx.body = Some(new_body);
-            }
+        if self.key_in_body
+            && let Some(new_body) = ctx.body.as_ref().and_then(|b| request::remove_from_body(kind, b, &key_name.name))
+        {
+            ctx.body = Some(new_body);
         }
     }
 
@@ -232,6 +234,10 @@ pub fn set_consumer(ctx: &mut AccessCtx<'_>, consumer: &Consumer, credential: Op
     match consumer.username.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
         Some(v) => headers.insert(h::X_CONSUMER_USERNAME, v),
         None => headers.remove(h::X_CONSUMER_USERNAME),
+    };
+    match consumer.groups.as_ref() {
+        Some(g) => headers.insert(h::X_CONSUMER_GROUPS, g.header.clone()),
+        None => headers.remove(h::X_CONSUMER_GROUPS),
     };
     match credential {
         Some(id) => {

@@ -1,0 +1,475 @@
+//! rate-limiting and rate-limiting-advanced: how many requests an identifier (consumer, credential,
+//! IP, service, header, path, consumer group) may make per window, counted per node (`local`), in
+//! Redis (`redis`) or in the database (`cluster`), with Kong's headers and 429. The two plugins share
+//! one [`Limiter`]; they differ in their configuration (periods vs `limit`/`window_size` arrays,
+//! fixed vs sliding windows) and header names.
+
+mod advanced;
+mod local;
+mod redis;
+mod schema;
+mod synced;
+mod windows;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher as _};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use crate::model::schema::Obj;
+use crate::proxy::headers as h;
+use crate::store::Store;
+pub use advanced::ADVANCED;
+pub use local::LocalCounters;
+use redis::{RedisTarget, RedisTotals};
+use synced::{Increment, RemoteStore, SyncedCounters};
+use windows::{Decision, MAX_WINDOWS, Period, WindowNow, WindowSpec};
+
+pub const DEF: PluginDef = PluginDef {
+    name: "rate-limiting",
+    priority: 910,
+    version: env!("CARGO_PKG_VERSION"),
+    config: schema::rate_limiting,
+    no_consumer: false,
+    build: build_rate_limiting,
+};
+
+/// Where counters live, shared by every snapshot so that rebuilding the configuration keeps them.
+#[derive(Debug)]
+pub struct Counters {
+    local: Arc<LocalCounters>,
+    /// The database, for `cluster`.
+    store: Option<Store>,
+    /// Batched counters by (remote store, interval).
+    synced: Mutex<HashMap<(String, Duration), Arc<SyncedCounters>>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(None)
+    }
+}
+
+impl Counters {
+    pub fn new(store: Option<Store>) -> Counters {
+        Counters { local: Arc::default(), store, synced: Mutex::default() }
+    }
+
+    /// Node-local counters only (plugin unit tests).
+    pub fn local_only() -> &'static Counters {
+        static LOCAL: OnceLock<Counters> = OnceLock::new();
+        LOCAL.get_or_init(|| Counters::new(None))
+    }
+
+    /// The batched counters flushing to `remote` every `every` (one flush task per pair).
+    fn synced(
+        &self,
+        id: String,
+        every: Duration,
+        remote: impl FnOnce() -> Arc<dyn RemoteStore>,
+    ) -> Result<Arc<SyncedCounters>, String> {
+        let mut synced = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = synced.get(&(id.clone(), every)) {
+            return Ok(s.clone());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("no runtime to sync counters on".into());
+        }
+        let s = SyncedCounters::start(remote(), every);
+        synced.insert((id, every), s.clone());
+        Ok(s)
+    }
+}
+
+impl RemoteStore for Store {
+    fn add<'a>(
+        &'a self,
+        batch: &'a [Increment],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u64>, String>> + Send + 'a>> {
+        Box::pin(async move { self.add_counters(batch).await.map_err(|e| e.to_string()) })
+    }
+}
+
+use std::future::Future;
+
+/// What the counters are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBy {
+    Consumer,
+    Credential,
+    Ip,
+    Service,
+    Header,
+    Path,
+    ConsumerGroup,
+}
+
+impl LimitBy {
+    fn parse(s: &str) -> LimitBy {
+        match s {
+            "credential" => LimitBy::Credential,
+            "ip" => LimitBy::Ip,
+            "service" => LimitBy::Service,
+            "header" => LimitBy::Header,
+            "path" => LimitBy::Path,
+            "consumer-group" => LimitBy::ConsumerGroup,
+            _ => LimitBy::Consumer,
+        }
+    }
+}
+
+/// The request's identifier, borrowed from the request.
+#[derive(Debug, Clone, Copy)]
+enum Ident<'a> {
+    Id(Uuid),
+    Ip(IpAddr),
+    Text(&'a [u8]),
+}
+
+impl Ident<'_> {
+    fn feed(&self, hasher: &mut impl std::hash::Hasher) {
+        match self {
+            Ident::Id(u) => {
+                hasher.write_u8(1);
+                hasher.write(u.as_bytes());
+            }
+            Ident::Ip(IpAddr::V4(ip)) => {
+                hasher.write_u8(2);
+                hasher.write(&ip.octets());
+            }
+            Ident::Ip(IpAddr::V6(ip)) => {
+                hasher.write_u8(3);
+                hasher.write(&ip.octets());
+            }
+            Ident::Text(t) => {
+                hasher.write_u8(4);
+                hasher.write(t);
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Ident::Id(u) => u.to_string(),
+            Ident::Ip(ip) => ip.to_string(),
+            Ident::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        }
+    }
+}
+
+/// Where one instance counts.
+#[derive(Debug)]
+enum CounterStore {
+    Local(Arc<LocalCounters>),
+    /// Redis, one round trip per request.
+    Redis(RedisTarget),
+    /// Batched to Redis or the database.
+    Synced(Arc<SyncedCounters>),
+}
+
+/// The limiting logic shared by both plugins.
+#[derive(Debug)]
+pub struct Limiter {
+    /// Counters of instances with the same namespace are shared.
+    namespace: String,
+    namespace_hash: u64,
+    windows: Vec<WindowSpec>,
+    limit_by: LimitBy,
+    header_name: Option<HeaderName>,
+    path: Option<String>,
+    /// The consumer group an instance is scoped to (its members are counted together).
+    scoped_group: Option<Uuid>,
+    store: CounterStore,
+    fault_tolerant: bool,
+    hide_client_headers: bool,
+    /// Whether rejected requests count (rate-limiting-advanced's sliding windows, unless
+    /// `disable_penalty`).
+    penalty: bool,
+    reject_status: StatusCode,
+    reject_body: Bytes,
+    unexpected: Reply,
+}
+
+/// The configuration common to both plugins, already read.
+struct Common<'a> {
+    config: &'a Obj,
+    namespace: String,
+    windows: Vec<WindowSpec>,
+    limit_by: &'a str,
+    policy: &'a str,
+    sync_rate: Option<f64>,
+    penalty: bool,
+}
+
+fn str_of<'a>(config: &'a Obj, key: &str) -> Option<&'a str> {
+    config.get(key).and_then(Value::as_str)
+}
+
+impl Limiter {
+    fn build(c: Common<'_>, env: &BuildEnv<'_>) -> Result<Limiter, String> {
+        let config = c.config;
+        let redis_target = || {
+            config
+                .get("redis")
+                .and_then(Value::as_object)
+                .and_then(RedisTarget::from_config)
+                .ok_or_else(|| "redis policy without redis.host".to_string())
+        };
+        let store = match (c.policy, c.sync_rate) {
+            ("redis", Some(rate)) if rate > 0.0 => {
+                let target = redis_target()?;
+                let every = Duration::from_secs_f64(rate.max(0.02));
+                CounterStore::Synced(
+                    env.counters
+                        .synced(format!("redis:{target:?}"), every, || Arc::new(RedisTotals::new(target.clone())))?,
+                )
+            }
+            ("redis", _) => CounterStore::Redis(redis_target()?),
+            ("cluster", rate) => {
+                let store = env.counters.store.clone().ok_or("the cluster policy needs the database")?;
+                // Batched by `sync_rate`; without one, as often as Kong allows (every 20 ms).
+                let every = Duration::from_secs_f64(rate.filter(|r| *r > 0.0).unwrap_or(0.02).max(0.02));
+                CounterStore::Synced(env.counters.synced("database".into(), every, || Arc::new(store))?)
+            }
+            _ => CounterStore::Local(env.counters.local.clone()),
+        };
+        let error_code = config.get("error_code").and_then(Value::as_f64).unwrap_or(429.0);
+        let message = str_of(config, "error_message").unwrap_or("API rate limit exceeded");
+        let mut hasher = foldhash::fast::FixedState::with_seed(0x746f_6c6c_6761_7465).build_hasher();
+        hasher.write(c.namespace.as_bytes());
+        Ok(Limiter {
+            namespace_hash: hasher.finish(),
+            namespace: c.namespace,
+            windows: c.windows,
+            limit_by: LimitBy::parse(c.limit_by),
+            header_name: str_of(config, "header_name").and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            path: str_of(config, "path").map(str::to_string),
+            scoped_group: env.consumer_group,
+            store,
+            fault_tolerant: config.get("fault_tolerant").and_then(Value::as_bool).unwrap_or(true),
+            hide_client_headers: config.get("hide_client_headers").and_then(Value::as_bool).unwrap_or(false),
+            penalty: c.penalty,
+            reject_status: StatusCode::from_u16(error_code as u16).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            reject_body: super::message_body(message),
+            unexpected: Reply::message(StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred"),
+        })
+    }
+
+    /// Kong's identifier for this request; anything missing falls back to the client IP.
+    fn identify<'a>(&'a self, ctx: &'a AccessCtx<'_>) -> Ident<'a> {
+        let ip = Ident::Ip(ctx.client_ip);
+        match self.limit_by {
+            LimitBy::Consumer => match (&ctx.consumer, ctx.credential_id) {
+                (Some(c), _) => Ident::Id(c.id),
+                (None, Some(cred)) => Ident::Id(cred),
+                _ => ip,
+            },
+            LimitBy::Credential => ctx.credential_id.map_or(ip, Ident::Id),
+            LimitBy::Ip => ip,
+            LimitBy::Service => ctx.service_id.map_or(ip, Ident::Id),
+            LimitBy::Header => self
+                .header_name
+                .as_ref()
+                .and_then(|n| ctx.parts.headers.get(n))
+                .map_or(ip, |v| Ident::Text(v.as_bytes())),
+            LimitBy::Path => match &self.path {
+                Some(p) if ctx.parts.uri.path() == p => Ident::Text(p.as_bytes()),
+                _ => ip,
+            },
+            LimitBy::ConsumerGroup => {
+                let group = self
+                    .scoped_group
+                    .or_else(|| ctx.consumer.as_ref().and_then(|c| c.group_entries().first().map(|g| g.id)));
+                group.map_or(ip, Ident::Id)
+            }
+        }
+    }
+
+    fn windows_at(&self, now_ms: i64) -> ([WindowNow; MAX_WINDOWS], usize) {
+        let mut out = [WindowNow { start: 0, size: 1, left: 1, sliding: false, limit: 0.0, prev_weight: 0.0, reset: 1 };
+            MAX_WINDOWS];
+        let n = self.windows.len().min(MAX_WINDOWS);
+        for (slot, spec) in out.iter_mut().zip(&self.windows) {
+            *slot = WindowNow::at(spec, now_ms);
+        }
+        (out, n)
+    }
+
+    fn local_key(&self, ident: Ident<'_>) -> u128 {
+        let hash = |seed: u64| {
+            let mut hasher = foldhash::fast::FixedState::with_seed(seed).build_hasher();
+            hasher.write_u64(self.namespace_hash);
+            ident.feed(&mut hasher);
+            hasher.finish()
+        };
+        (u128::from(hash(0x9e37_79b9_7f4a_7c15)) << 64) | u128::from(hash(0xc2b2_ae3d_27d4_eb4f))
+    }
+
+    /// Counter keys of each window (current, previous) in a shared store.
+    fn remote_keys(&self, ident: Ident<'_>, windows: &[WindowNow]) -> Vec<(String, String)> {
+        let id = ident.render();
+        windows
+            .iter()
+            .map(|w| {
+                let base = format!("tollgate:ratelimit:{}:{id}:{}", self.namespace, w.size);
+                (format!("{base}:{}", w.start), format!("{base}:{}", w.start - w.size))
+            })
+            .collect()
+    }
+
+    /// Decides synchronously (local and batched stores).
+    fn decide_now(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        let now_ms = now_millis();
+        let (windows, n) = self.windows_at(now_ms);
+        let windows = &windows[..n];
+        let ident = self.identify(ctx);
+        let decision = match &self.store {
+            CounterStore::Local(local) => local.hit(self.local_key(ident), windows, now_ms / 1000, self.penalty),
+            CounterStore::Synced(synced) => {
+                let keys = self.remote_keys(ident, windows);
+                synced.hit(&keys, windows, now_ms / 1000, self.penalty)
+            }
+            CounterStore::Redis(_) => return Flow::Continue,
+        };
+        self.apply(ctx, windows, decision)
+    }
+
+    async fn decide_redis(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        let CounterStore::Redis(target) = &self.store else { return self.decide_now(ctx) };
+        let now_ms = now_millis();
+        let (windows, n) = self.windows_at(now_ms);
+        let windows = &windows[..n];
+        let keys = self.remote_keys(self.identify(ctx), windows);
+        match target.hit(&keys, windows, self.penalty).await {
+            Ok(decision) => self.apply(ctx, windows, decision),
+            Err(e) => {
+                target.log_failure(&e);
+                if self.fault_tolerant { Flow::Continue } else { Flow::Respond(self.unexpected.clone()) }
+            }
+        }
+    }
+
+    /// Kong's headers and, over the limit, the rejection.
+    fn apply(&self, ctx: &mut AccessCtx<'_>, windows: &[WindowNow], d: Decision) -> Flow {
+        let mut headers = Vec::new();
+        if !self.hide_client_headers {
+            // The most constrained window: lowest remaining, ties to the longer window.
+            let mut tightest: Option<(usize, f64)> = None;
+            for (i, (w, spec)) in windows.iter().zip(&self.windows).enumerate() {
+                let used = d.usage[i];
+                let exceeded = used + 1.0 > w.limit;
+                let remaining = if d.allowed || exceeded { w.limit - used - 1.0 } else { w.limit - used };
+                let remaining = remaining.max(0.0).floor();
+                headers.push((spec.limit_header.clone(), number_header(w.limit)));
+                headers.push((spec.remaining_header.clone(), number_header(remaining)));
+                let tighter = match tightest {
+                    None => true,
+                    Some((j, r)) => remaining < r || (remaining == r && w.size >= windows[j].size),
+                };
+                if tighter {
+                    tightest = Some((i, remaining));
+                }
+            }
+            if let Some((i, remaining)) = tightest {
+                headers.push((h::RATELIMIT_LIMIT, number_header(windows[i].limit)));
+                headers.push((h::RATELIMIT_REMAINING, number_header(remaining)));
+                headers.push((h::RATELIMIT_RESET, HeaderValue::from(windows[i].reset)));
+                if !d.allowed {
+                    headers.push((http::header::RETRY_AFTER, HeaderValue::from(windows[i].reset)));
+                }
+            }
+        }
+        if d.allowed {
+            ctx.response_headers.extend(headers);
+            Flow::Continue
+        } else {
+            if self.hide_client_headers {
+                // Retry-After is not a client header to hide in Kong either.
+                if let Some(w) =
+                    windows.iter().filter(|w| d.usage.iter().any(|u| u + 1.0 > w.limit)).map(|w| w.reset).max()
+                {
+                    headers.push((http::header::RETRY_AFTER, HeaderValue::from(w)));
+                }
+            }
+            Flow::Respond(Reply { status: self.reject_status, body: self.reject_body.clone(), headers })
+        }
+    }
+
+    fn is_async(&self) -> bool {
+        matches!(self.store, CounterStore::Redis(_))
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A limit or remaining count as a header value (integers without a decimal point).
+fn number_header(n: f64) -> HeaderValue {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        HeaderValue::from(n as i64)
+    } else {
+        HeaderValue::from_str(&n.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+/// A plugin instance: the limiter behind Kong's two plugin names.
+#[derive(Debug)]
+struct RateLimit(Limiter);
+
+impl Plugin for RateLimit {
+    fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+        self.0.decide_now(ctx)
+    }
+
+    fn is_async(&self) -> bool {
+        self.0.is_async()
+    }
+
+    fn access_async<'a>(&'a self, ctx: &'a mut AccessCtx<'_>) -> AccessFuture<'a> {
+        Box::pin(self.0.decide_redis(ctx))
+    }
+}
+
+const PERIODS: [(&str, Period, &str, &str); 6] = [
+    ("second", Period::Seconds(1), "x-ratelimit-limit-second", "x-ratelimit-remaining-second"),
+    ("minute", Period::Seconds(60), "x-ratelimit-limit-minute", "x-ratelimit-remaining-minute"),
+    ("hour", Period::Seconds(3600), "x-ratelimit-limit-hour", "x-ratelimit-remaining-hour"),
+    ("day", Period::Seconds(86_400), "x-ratelimit-limit-day", "x-ratelimit-remaining-day"),
+    ("month", Period::Month, "x-ratelimit-limit-month", "x-ratelimit-remaining-month"),
+    ("year", Period::Year, "x-ratelimit-limit-year", "x-ratelimit-remaining-year"),
+];
+
+fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
+    let windows: Vec<WindowSpec> = PERIODS
+        .iter()
+        .filter_map(|(name, period, limit_header, remaining_header)| {
+            let limit = config.get(*name).and_then(Value::as_f64)?;
+            Some(WindowSpec {
+                period: *period,
+                limit,
+                sliding: false,
+                limit_header: HeaderName::from_static(limit_header),
+                remaining_header: HeaderName::from_static(remaining_header),
+            })
+        })
+        .collect();
+    let namespace = env.instance.map_or_else(|| "rate-limiting".to_string(), |id| id.to_string());
+    let common = Common {
+        config,
+        namespace,
+        windows,
+        limit_by: str_of(config, "limit_by").unwrap_or("consumer"),
+        policy: str_of(config, "policy").unwrap_or("local"),
+        sync_rate: config.get("sync_rate").and_then(Value::as_f64),
+        penalty: false,
+    };
+    Ok(Arc::new(RateLimit(Limiter::build(common, env)?)))
+}

@@ -1,0 +1,37 @@
+//! Rate-limiting counters of the `cluster` policy: one row per counter key and window, incremented
+//! by batches from every node and read back as totals. Rows expire with their window.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Store, db_error};
+use crate::model::EntityError;
+use crate::model::schema::now_secs;
+
+impl Store {
+    /// Adds `(key, hits, ttl seconds)` to each counter in one transaction; returns the totals.
+    pub async fn add_counters(&self, batch: &[(String, u64, i64)]) -> Result<Vec<u64>, EntityError> {
+        let now = now_secs();
+        let upsert = self.sql(
+            "INSERT INTO ratelimiting_counters (key, count, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET count = ratelimiting_counters.count + excluded.count, \
+             expires_at = excluded.expires_at RETURNING count",
+        );
+        let mut tx = self.inner.writer.begin().await.map_err(db_error)?;
+        let mut totals = Vec::with_capacity(batch.len());
+        for (key, hits, ttl) in batch {
+            let row = sqlx::query(AssertSqlSafe(upsert.as_str()))
+                .bind(key.clone())
+                .bind(i64::try_from(*hits).unwrap_or(i64::MAX))
+                .bind(now + ttl)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let total: i64 = row.try_get(0).map_err(db_error)?;
+            totals.push(u64::try_from(total).unwrap_or(0));
+        }
+        let sweep = self.sql("DELETE FROM ratelimiting_counters WHERE expires_at < ?");
+        sqlx::query(AssertSqlSafe(sweep.as_str())).bind(now).execute(&mut *tx).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(totals)
+    }
+}
