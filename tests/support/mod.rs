@@ -317,3 +317,74 @@ pub fn psql(db: &str, sql: &str) -> String {
     assert!(out.status.success(), "PostgreSQL at 127.0.0.1:5432 must answer: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A Redis server of a test's own on a free port, so an outage can be staged without touching the
+/// shared one. Needs `redis-server` on the PATH (CI has it).
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut server = RedisServer { port: free_port(), child: None };
+        server.restart().await;
+        server
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis_ping(self.port) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a Redis on 127.0.0.1:`port` answers PING.
+pub fn redis_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Seconds into the current window of `size` seconds (UTC, aligned like the rate limiters).
+pub fn into_window(size: u64) -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() % size).unwrap_or(0)
+}
+
+/// Waits for the next window of `size` seconds when fewer than `need` seconds are left in this one,
+/// so a test's requests all land in one window.
+pub async fn fit_in_window(size: u64, need: u64) {
+    if size - into_window(size) < need {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let left = u128::from(size) * 1000 - ms % (u128::from(size) * 1000);
+        tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
+    }
+}
