@@ -299,3 +299,43 @@ async fn the_cluster_policy_shares_counts_through_the_database() {
     let rows = support::psql(&db.name, "SELECT count(*) FROM ratelimiting_counters");
     assert_eq!(rows.trim(), "1", "one counter row for the minute");
 }
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379"]).args(args).output();
+    String::from_utf8_lossy(&out.expect("redis-cli must be installed").stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn with_a_sync_rate_redis_counters_are_flushed_in_batches() {
+    assert!(redis_ping(6379), "Redis must answer on 127.0.0.1:6379");
+    let (gw, up) = (Gateway::start().await, Upstream::start().await);
+    let namespace = format!("batched-{}", uuid::Uuid::new_v4().simple());
+    let cfg = json!({
+        "limit": [1000], "window_size": [3600], "window_type": "fixed", "identifier": "ip",
+        "strategy": "redis", "sync_rate": 0.1, "namespace": namespace,
+        "redis": {"host": "127.0.0.1", "port": 6379}
+    });
+    limited(&gw, &up, json!({"name": "rate-limiting-advanced", "config": cfg})).await;
+    fit_in_window(3600, 5).await;
+    for _ in 0..7 {
+        assert_eq!(gw.call("/limited", &[]).await.status(), 200);
+    }
+    let pattern = format!("tollgate:ratelimit:{namespace}:*");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let key = loop {
+        let keys = redis_cli(&["--scan", "--pattern", &pattern]);
+        if let Some(k) = keys.lines().next().filter(|k| !k.is_empty()) {
+            if redis_cli(&["GET", k]) == "7" {
+                break k.to_string();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the node's 7 hits never reached Redis: {keys}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ttl: i64 = redis_cli(&["TTL", &key]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3601, "the key expires with its window: {ttl}");
+    // Another node's hits, added straight to Redis, count here after the next flush.
+    redis_cli(&["INCRBY", &key, "993"]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gw.call("/limited", &[]).await.status(), 429, "1000 used in the shared counter");
+}
