@@ -325,9 +325,10 @@ async fn with_a_sync_rate_redis_counters_are_flushed_in_batches() {
     let key = loop {
         let keys = redis_cli(&["--scan", "--pattern", &pattern]);
         if let Some(k) = keys.lines().next().filter(|k| !k.is_empty())
-            && redis_cli(&["GET", k]) == "7" {
-                break k.to_string();
-            }
+            && redis_cli(&["GET", k]) == "7"
+        {
+            break k.to_string();
+        }
         assert!(std::time::Instant::now() < deadline, "the node's 7 hits never reached Redis: {keys}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
