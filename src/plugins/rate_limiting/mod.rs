@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use uuid::Uuid;
@@ -181,6 +181,8 @@ pub struct Limiter {
     namespace: String,
     namespace_hash: u64,
     windows: Vec<WindowSpec>,
+    /// Each window's limit as a header value.
+    limit_values: Vec<HeaderValue>,
     limit_by: LimitBy,
     header_name: Option<HeaderName>,
     path: Option<String>,
@@ -247,6 +249,7 @@ impl Limiter {
         Ok(Limiter {
             namespace_hash: hasher.finish(),
             namespace: c.namespace,
+            limit_values: c.windows.iter().map(|w| number_header(w.limit)).collect(),
             windows: c.windows,
             limit_by: LimitBy::parse(c.limit_by),
             header_name: str_of(config, "header_name").and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
@@ -356,19 +359,27 @@ impl Limiter {
         }
     }
 
-    /// Kong's headers and, over the limit, the rejection.
+    /// Kong's headers and, over the limit, the rejection. The counts are written into one buffer
+    /// and handed out as slices of it; the limits are rendered when the plugin is built.
     fn apply(&self, ctx: &mut AccessCtx<'_>, windows: &[WindowNow], d: Decision) -> Flow {
-        let mut headers = Vec::new();
+        let mut headers = std::mem::take(&mut ctx.response_headers);
         if !self.hide_client_headers {
+            headers.reserve(2 * windows.len() + 4);
+            let mut digits = BytesMut::with_capacity(12 * (windows.len() + 3));
+            let mut number = |n: i64| {
+                let start = digits.len();
+                digits.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                (start, digits.len())
+            };
+            let mut spans: [(usize, usize); MAX_WINDOWS] = [(0, 0); MAX_WINDOWS];
             // The most constrained window: lowest remaining, ties to the longer window.
             let mut tightest: Option<(usize, f64)> = None;
-            for (i, (w, spec)) in windows.iter().zip(&self.windows).enumerate() {
+            for (i, w) in windows.iter().enumerate() {
                 let used = d.usage[i];
                 let exceeded = used + 1.0 > w.limit;
                 let remaining = if d.allowed || exceeded { w.limit - used - 1.0 } else { w.limit - used };
                 let remaining = remaining.max(0.0).floor();
-                headers.push((spec.limit_header.clone(), number_header(w.limit)));
-                headers.push((spec.remaining_header.clone(), number_header(remaining)));
+                spans[i] = number(remaining as i64);
                 let tighter = match tightest {
                     None => true,
                     Some((j, r)) => remaining < r || (remaining == r && w.size >= windows[j].size),
@@ -377,29 +388,37 @@ impl Limiter {
                     tightest = Some((i, remaining));
                 }
             }
-            if let Some((i, remaining)) = tightest {
-                headers.push((h::RATELIMIT_LIMIT, number_header(windows[i].limit)));
-                headers.push((h::RATELIMIT_REMAINING, number_header(remaining)));
-                headers.push((h::RATELIMIT_RESET, HeaderValue::from(windows[i].reset)));
+            let reset = tightest.map(|(i, _)| number(windows[i].reset));
+            let digits = digits.freeze();
+            let value = |(a, b): (usize, usize)| {
+                HeaderValue::from_maybe_shared(digits.slice(a..b)).unwrap_or(HeaderValue::from_static("0"))
+            };
+            for (i, spec) in self.windows.iter().enumerate().take(windows.len()) {
+                headers.push((spec.limit_header.clone(), self.limit_values[i].clone()));
+                headers.push((spec.remaining_header.clone(), value(spans[i])));
+            }
+            if let (Some((i, _)), Some(reset)) = (tightest, reset) {
+                headers.push((h::RATELIMIT_LIMIT, self.limit_values[i].clone()));
+                headers.push((h::RATELIMIT_REMAINING, value(spans[i])));
+                headers.push((h::RATELIMIT_RESET, value(reset)));
                 if !d.allowed {
-                    headers.push((http::header::RETRY_AFTER, HeaderValue::from(windows[i].reset)));
+                    headers.push((http::header::RETRY_AFTER, value(reset)));
                 }
             }
         }
         if d.allowed {
-            ctx.response_headers.extend(headers);
-            Flow::Continue
-        } else {
-            if self.hide_client_headers {
-                // Retry-After is not a client header to hide in Kong either.
-                if let Some(w) =
-                    windows.iter().filter(|w| d.usage.iter().any(|u| u + 1.0 > w.limit)).map(|w| w.reset).max()
-                {
-                    headers.push((http::header::RETRY_AFTER, HeaderValue::from(w)));
-                }
-            }
-            Flow::Respond(Reply { status: self.reject_status, body: self.reject_body.clone(), headers })
+            ctx.response_headers = headers;
+            return Flow::Continue;
         }
+        if self.hide_client_headers {
+            // Retry-After is not one of the client headers `hide_client_headers` hides.
+            let retry =
+                windows.iter().enumerate().filter(|(i, w)| d.usage[*i] + 1.0 > w.limit).map(|(_, w)| w.reset).max();
+            if let Some(retry) = retry {
+                headers.push((http::header::RETRY_AFTER, HeaderValue::from(retry)));
+            }
+        }
+        Flow::Respond(Reply { status: self.reject_status, body: self.reject_body.clone(), headers })
     }
 
     fn is_async(&self) -> bool {
