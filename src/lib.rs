@@ -2,6 +2,7 @@
 //! steering repository for the architecture; each module opens with what it owns.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod model;
 pub mod node;

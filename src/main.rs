@@ -36,6 +36,29 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Admin tokens (on the store of a control plane, or of a node with `admin_auth = on`).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensAction {
+    /// Mint a token and print its secret (shown only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `org_admin` (everything) or `viewer` (reads only).
+        #[arg(long)]
+        role: String,
+        /// Configuration file (kong.conf syntax).
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+        /// Overrides `prefix`.
+        #[arg(short = 'p', long = "prefix")]
+        prefix: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,19 +86,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Start { conf, prefix } => {
-            let mut settings = match tollgate::config::load(conf.as_deref()) {
-                Ok(s) => s,
-                Err(errors) => {
-                    for e in &errors.0 {
-                        eprintln!("[error] {e}");
-                    }
-                    return ExitCode::FAILURE;
-                }
+        Command::Tokens { action: TokensAction::Create { name, role, conf, prefix } } => {
+            let Some(role) = tollgate::auth::Role::parse(&role) else {
+                eprintln!("[error] role: expected one of: org_admin, viewer, got '{role}'");
+                return ExitCode::FAILURE;
             };
-            if let Some(p) = prefix {
-                settings.prefix = p;
+            let Some(settings) = settings(conf, prefix) else { return ExitCode::FAILURE };
+            match tollgate::node::create_token(&settings, name, role) {
+                Ok(secret) => {
+                    println!("{secret}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("[error] {e}");
+                    ExitCode::FAILURE
+                }
             }
+        }
+        Command::Start { conf, prefix } => {
+            let Some(settings) = settings(conf, prefix) else { return ExitCode::FAILURE };
             match tollgate::node::run(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -83,6 +112,24 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Loads the configuration (printing every error) and applies a `--prefix` override.
+fn settings(conf: Option<PathBuf>, prefix: Option<PathBuf>) -> Option<tollgate::config::Settings> {
+    match tollgate::config::load(conf.as_deref()) {
+        Ok(mut s) => {
+            if let Some(p) = prefix {
+                s.prefix = p;
+            }
+            Some(s)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("[error] {e}");
+            }
+            None
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::admin::{self, AdminInner, AdminState};
-use crate::config::{Listen, Settings};
+use crate::config::{Listen, NodeRole, Settings};
 use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
 use crate::proxy::upstream::{self, PoolSettings};
@@ -156,7 +156,9 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     // Lives for the whole process; leaking it gives every connection a plain reference.
     let proxy: &'static Proxy =
         Box::leak(Box::new(Proxy { holder, trusted_ips: settings.trusted_ips.clone(), stats: Stats::default() }));
-    let sockets = proxy_sockets(&settings)?;
+    // A control plane serves no proxy.
+    let proxying = settings.role == NodeRole::Traditional;
+    let sockets = if proxying { proxy_sockets(&settings)? } else { Vec::new() };
     let admin_listeners = settings
         .admin_listen
         .iter()
@@ -191,7 +193,8 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
             }
         }));
     }
-    let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();
+    let addrs: Vec<String> =
+        if proxying { settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect() } else { vec!["off".into()] };
     let admin: Vec<String> = settings.admin_listen.iter().map(|l| l.addr.to_string()).collect();
     tracing::info!(proxy = %addrs.join(","), admin = %admin.join(","), workers = settings.worker_threads, database = settings.database.as_str(), "Tollgate started");
     eprintln!(
@@ -215,6 +218,18 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `tollgate tokens create`: mints an admin token in the node's store; returns its secret.
+pub fn create_token(settings: &Settings, name: String, role: crate::auth::Role) -> Result<String, NodeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NodeError::Runtime)?;
+    runtime.block_on(async {
+        let store = Store::open(settings).await?;
+        let (token, secret) = admin::tokens::mint(name, role);
+        store.insert_token(&token).await.map_err(|e| NodeError::Load(e.to_string()))?;
+        store.close().await;
+        Ok(secret)
+    })
 }
 
 async fn wait_for_signal() -> Result<(), NodeError> {

@@ -95,7 +95,7 @@ fn fk(obj: &Obj, field: &str) -> String {
 
 impl AdminState {
     async fn find(&self, kind: Kind, key: &str) -> AdminResult<Obj> {
-        self.store.lookup(self.cp(), kind, key).await?.ok_or(AdminError::NotFound)
+        self.store.lookup(&self.cp(), kind, key).await?.ok_or(AdminError::NotFound)
     }
 
     /// The entities on the other side of `side`'s memberships, one page.
@@ -106,11 +106,11 @@ impl AdminState {
         size: usize,
         offset: Option<String>,
     ) -> AdminResult<(Vec<Value>, Option<String>)> {
-        let q = ListQuery { cp: self.cp(), parent: Some((side.field, side_id.to_string())), size, offset, tags: None };
+        let q = ListQuery { cp: &self.cp(), parent: Some((side.field, side_id.to_string())), size, offset, tags: None };
         let page = self.store.list(Kind::GroupMembership, &q).await?;
         let mut out = Vec::with_capacity(page.data.len());
         for m in &page.data {
-            if let Some(obj) = self.store.get(self.cp(), side.other, &fk(m, side.other_field)).await? {
+            if let Some(obj) = self.store.get(&self.cp(), side.other, &fk(m, side.other_field)).await? {
                 out.push(Value::Object(obj));
             }
         }
@@ -144,7 +144,7 @@ impl AdminState {
         // Every name is resolved before anything is written.
         let mut others = Vec::with_capacity(names.len());
         for name in &names {
-            match self.store.lookup(self.cp(), side.other, name).await? {
+            match self.store.lookup(&self.cp(), side.other, name).await? {
                 Some(o) => others.push(o),
                 None => {
                     let what = if side.other == Kind::Consumer { "consumer" } else { "consumer group" };
@@ -157,7 +157,7 @@ impl AdminState {
             fields.insert(side.field.into(), json!({ "id": id(&owner) }));
             fields.insert(side.other_field.into(), json!({ "id": id(other) }));
             let record = model::prepare(Kind::GroupMembership, fields, Mode::Create)?;
-            self.store.write(self.cp(), Kind::GroupMembership, WriteOp::Insert, record, None).await?;
+            self.store.write(&self.cp(), Kind::GroupMembership, WriteOp::Insert, record, None).await?;
         }
         let own_key = if side.kind == Kind::Consumer { "consumer" } else { "consumer_group" };
         let others: Vec<Value> = others.into_iter().map(Value::Object).collect();
@@ -176,7 +176,7 @@ impl AdminState {
     async fn membership_of(&self, side: Side, owner: &str, other: &str) -> AdminResult<Option<Obj>> {
         let (group, consumer) = if side.kind == Kind::ConsumerGroup { (owner, other) } else { (other, owner) };
         let key = format!("{group}|{consumer}");
-        Ok(self.store.get_by(self.cp(), Kind::GroupMembership, "cache_key", &key).await?)
+        Ok(self.store.get_by(&self.cp(), Kind::GroupMembership, "cache_key", &key).await?)
     }
 
     /// Removes one membership, or all of the owner's.
@@ -194,7 +194,7 @@ impl AdminState {
                 let mut offset = None;
                 loop {
                     let q = ListQuery {
-                        cp: self.cp(),
+                        cp: &self.cp(),
                         parent: Some((side.field, owner_id.clone())),
                         size: 1000,
                         offset,
@@ -211,7 +211,7 @@ impl AdminState {
             }
         };
         for m in ids {
-            self.store.delete(self.cp(), Kind::GroupMembership, &m).await?;
+            self.store.delete(&self.cp(), Kind::GroupMembership, &m).await?;
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }

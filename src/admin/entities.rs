@@ -49,7 +49,7 @@ impl AdminState {
     async fn parent_obj(&self, parent: Option<Parent>, seg: Option<&str>) -> AdminResult<Option<(Parent, String)>> {
         match (parent, seg) {
             (Some(p), Some(key)) => {
-                let obj = self.store.lookup(self.cp(), p.kind, key).await?.ok_or(AdminError::NotFound)?;
+                let obj = self.store.lookup(&self.cp(), p.kind, key).await?.ok_or(AdminError::NotFound)?;
                 Ok(Some((p, id_of(&obj))))
             }
             _ => Ok(None),
@@ -59,8 +59,8 @@ impl AdminState {
     /// Finds an item, checking it belongs to the parent when nested.
     async fn item(&self, kind: Kind, parent: &Option<(Parent, String)>, key: &str) -> AdminResult<Option<Obj>> {
         let found = match parent {
-            Some((p, pid)) => self.store.lookup_under(self.cp(), kind, key, (p.field, pid)).await?,
-            None => self.store.lookup(self.cp(), kind, key).await?,
+            Some((p, pid)) => self.store.lookup_under(&self.cp(), kind, key, (p.field, pid)).await?,
+            None => self.store.lookup(&self.cp(), kind, key).await?,
         };
         Ok(match (found, parent) {
             (Some(obj), Some((p, pid))) if !belongs(&obj, *p, pid) => None,
@@ -80,7 +80,7 @@ impl AdminState {
         let parent = self.parent_obj(parent, seg.parent).await?;
         let opts = pagination::parse(query)?;
         let q = ListQuery {
-            cp: self.cp(),
+            cp: &self.cp(),
             parent: parent.map(|(p, id)| (p.field, id)),
             size: opts.size,
             offset: opts.offset.clone(),
@@ -101,7 +101,7 @@ impl AdminState {
         let parent = self.parent_obj(parent, seg.parent).await?;
         let (fields, ttl) = self.input(kind, body, parent.as_ref(), None)?;
         let record = model::prepare(kind, fields, Mode::Create)?;
-        let stored = self.store.write(self.cp(), kind, WriteOp::Insert, record, ttl).await?;
+        let stored = self.store.write(&self.cp(), kind, WriteOp::Insert, record, ttl).await?;
         Ok((StatusCode::CREATED, Json(Value::Object(stored))).into_response())
     }
 
@@ -134,7 +134,7 @@ impl AdminState {
         };
         let (fields, ttl) = self.input(kind, body, parent.as_ref(), Some(&existing))?;
         let record = model::prepare(kind, fields, Mode::Patch(existing))?;
-        let stored = self.store.write(self.cp(), kind, WriteOp::Update, record, ttl).await?;
+        let stored = self.store.write(&self.cp(), kind, WriteOp::Update, record, ttl).await?;
         Ok(Json(Value::Object(stored)).into_response())
     }
 
@@ -156,7 +156,7 @@ impl AdminState {
             fields.insert(kind.endpoint_key().into(), Value::String(key.to_string()));
         }
         let record = model::prepare(kind, fields, Mode::Replace(existing))?;
-        let stored = self.store.write(self.cp(), kind, WriteOp::Upsert, record, ttl).await?;
+        let stored = self.store.write(&self.cp(), kind, WriteOp::Upsert, record, ttl).await?;
         Ok(Json(Value::Object(stored)).into_response())
     }
 
@@ -165,7 +165,7 @@ impl AdminState {
         let parent = self.parent_obj(parent, seg.parent).await?;
         let key = seg.item.ok_or(AdminError::NotFound)?;
         match self.item(kind, &parent, key).await? {
-            Some(obj) => self.store.delete(self.cp(), kind, &id_of(&obj)).await?,
+            Some(obj) => self.store.delete(&self.cp(), kind, &id_of(&obj)).await?,
             // Deleting nothing is fine at the top level; under a parent Kong answers 404.
             None if parent.is_some() => return Err(AdminError::NotFound),
             None => {}

@@ -22,7 +22,7 @@ pub async fn root(State(s): State<AdminState>) -> AdminResult<Response> {
     for def in REGISTRY {
         available.insert(def.name.into(), json!({"version": def.version, "priority": def.priority}));
     }
-    let in_use = s.store.plugin_names(s.cp()).await?;
+    let in_use = s.store.plugin_names(&s.cp()).await?;
     let mut configuration = Map::new();
     for key in KEYS {
         let value = s.settings.raw.get(key.name).cloned().unwrap_or_default();
@@ -166,7 +166,7 @@ pub async fn validate_plugin(body: AdminBody) -> AdminResult<Response> {
 /// `/routes/{r}/service`: the route's service, addressed through the route.
 pub fn route_service() -> MethodRouter<AdminState> {
     async fn service_of(s: &AdminState, route: &str) -> AdminResult<String> {
-        let r = s.store.lookup(s.cp(), Kind::Route, route).await?.ok_or(AdminError::NotFound)?;
+        let r = s.store.lookup(&s.cp(), Kind::Route, route).await?.ok_or(AdminError::NotFound)?;
         r.get("service")
             .and_then(|v| v.get("id"))
             .and_then(Value::as_str)

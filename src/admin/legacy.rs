@@ -174,9 +174,9 @@ fn api_inputs(body: &Obj, existing: Option<(&Obj, &Obj)>) -> AdminResult<(Obj, O
 impl AdminState {
     /// The service and route of an API, by id or name.
     async fn api(&self, key: &str) -> AdminResult<(Obj, Obj)> {
-        let service = self.store.lookup(self.cp(), Kind::Service, key).await?.ok_or(AdminError::NotFound)?;
+        let service = self.store.lookup(&self.cp(), Kind::Service, key).await?.ok_or(AdminError::NotFound)?;
         let id = service.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-        let route = self.store.get(self.cp(), Kind::Route, &id).await?.ok_or(AdminError::NotFound)?;
+        let route = self.store.get(&self.cp(), Kind::Route, &id).await?.ok_or(AdminError::NotFound)?;
         Ok((service, route))
     }
 
@@ -195,8 +195,8 @@ impl AdminState {
         let mut route_in = route_in;
         route_in.insert("service".into(), json!({"id": service["id"]}));
         let route = model::prepare(Kind::Route, route_in, route_mode)?;
-        let service = self.store.write(self.cp(), Kind::Service, op, service, None).await?;
-        let route = self.store.write(self.cp(), Kind::Route, op, route, None).await?;
+        let service = self.store.write(&self.cp(), Kind::Service, op, service, None).await?;
+        let route = self.store.write(&self.cp(), Kind::Route, op, route, None).await?;
         Ok(api_json(&service, &route))
     }
 
@@ -212,12 +212,12 @@ impl AdminState {
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
-        let service = self.store.write(self.cp(), Kind::Service, WriteOp::Insert, service, None).await?;
+        let service = self.store.write(&self.cp(), Kind::Service, WriteOp::Insert, service, None).await?;
         let id = service["id"].as_str().unwrap_or_default().to_string();
-        match self.store.write(self.cp(), Kind::Route, WriteOp::Insert, route, None).await {
+        match self.store.write(&self.cp(), Kind::Route, WriteOp::Insert, route, None).await {
             Ok(route) => Ok(api_json(&service, &route)),
             Err(e) => {
-                self.store.delete(self.cp(), Kind::Service, &id).await?;
+                self.store.delete(&self.cp(), Kind::Service, &id).await?;
                 Err(e.into())
             }
         }
@@ -253,20 +253,20 @@ async fn patch_api(State(st): State<AdminState>, Path(api): Path<String>, body: 
 async fn delete_api(State(st): State<AdminState>, Path(api): Path<String>) -> AdminResult<Response> {
     if let Ok((service, _)) = st.api(&api).await {
         let id = service["id"].as_str().unwrap_or_default().to_string();
-        st.store.delete(st.cp(), Kind::Route, &id).await?;
-        st.store.delete(st.cp(), Kind::Service, &id).await?;
+        st.store.delete(&st.cp(), Kind::Route, &id).await?;
+        st.store.delete(&st.cp(), Kind::Service, &id).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_apis(State(st): State<AdminState>, RawQuery(q): RawQuery) -> AdminResult<Response> {
     let opts = pagination::parse(q.as_deref())?;
-    let query = ListQuery { cp: st.cp(), parent: None, size: opts.size, offset: opts.offset.clone(), tags: None };
+    let query = ListQuery { cp: &st.cp(), parent: None, size: opts.size, offset: opts.offset.clone(), tags: None };
     let page = st.store.list(Kind::Service, &query).await?;
     let mut data = Vec::new();
     for service in &page.data {
         let id = service.get("id").and_then(Value::as_str).unwrap_or_default();
-        if let Some(route) = st.store.get(st.cp(), Kind::Route, id).await? {
+        if let Some(route) = st.store.get(&st.cp(), Kind::Route, id).await? {
             data.push(api_json(service, &route));
         }
     }
@@ -327,14 +327,14 @@ async fn create_plugin(st: &AdminState, fields: Obj) -> AdminResult<Response> {
         return Err(AdminError::Legacy(StatusCode::BAD_REQUEST, json!({"api_id": "api_id is not a valid uuid"})));
     }
     let record = model::prepare(Kind::Plugin, fields, Mode::Create)?;
-    let stored = st.store.write(st.cp(), Kind::Plugin, WriteOp::Insert, record, None).await?;
+    let stored = st.store.write(&st.cp(), Kind::Plugin, WriteOp::Insert, record, None).await?;
     Ok((StatusCode::CREATED, Json(plugin_json(&stored))).into_response())
 }
 
 async fn list_plugins(st: &AdminState, service: Option<String>, q: Option<&str>) -> AdminResult<Response> {
     let opts = pagination::parse(q)?;
     let query = ListQuery {
-        cp: st.cp(),
+        cp: &st.cp(),
         parent: service.map(|s| ("service", s)),
         size: opts.size,
         offset: opts.offset.clone(),
@@ -368,7 +368,7 @@ async fn read_api_plugin(
     Path((api, plugin)): Path<(String, String)>,
 ) -> AdminResult<Response> {
     let (service, _) = st.api(&api).await?;
-    let p = st.store.lookup(st.cp(), Kind::Plugin, &plugin).await?.ok_or(AdminError::NotFound)?;
+    let p = st.store.lookup(&st.cp(), Kind::Plugin, &plugin).await?.ok_or(AdminError::NotFound)?;
     if fk(&p, "service") != service["id"] {
         return Err(AdminError::NotFound);
     }
@@ -380,10 +380,10 @@ async fn delete_api_plugin(
     Path((api, plugin)): Path<(String, String)>,
 ) -> AdminResult<Response> {
     let (service, _) = st.api(&api).await?;
-    if let Some(p) = st.store.lookup(st.cp(), Kind::Plugin, &plugin).await?
+    if let Some(p) = st.store.lookup(&st.cp(), Kind::Plugin, &plugin).await?
         && fk(&p, "service") == service["id"]
     {
-        st.store.delete(st.cp(), Kind::Plugin, p["id"].as_str().unwrap_or_default()).await?;
+        st.store.delete(&st.cp(), Kind::Plugin, p["id"].as_str().unwrap_or_default()).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -391,7 +391,7 @@ async fn delete_api_plugin(
 async fn create_plugin_configuration(State(st): State<AdminState>, body: AdminBody) -> AdminResult<Response> {
     let fields = plugin_input(body, None);
     if let Some(api) = fields.get("service").and_then(|s| s.get("id")).and_then(Value::as_str)
-        && st.store.get(st.cp(), Kind::Service, api).await?.is_none()
+        && st.store.get(&st.cp(), Kind::Service, api).await?.is_none()
     {
         return Err(AdminError::Legacy(
             StatusCode::NOT_FOUND,
@@ -406,7 +406,7 @@ async fn list_plugin_configurations(State(st): State<AdminState>, RawQuery(q): R
 }
 
 async fn read_plugin_configuration(State(st): State<AdminState>, Path(plugin): Path<String>) -> AdminResult<Response> {
-    let p = st.store.lookup(st.cp(), Kind::Plugin, &plugin).await?.ok_or(AdminError::NotFound)?;
+    let p = st.store.lookup(&st.cp(), Kind::Plugin, &plugin).await?.ok_or(AdminError::NotFound)?;
     Ok(Json(plugin_json(&p)).into_response())
 }
 
@@ -436,7 +436,7 @@ async fn create_keyauth_credential(State(st): State<AdminState>, body: AdminBody
     let (Some(key), Some(consumer)) = (key, consumer) else {
         return Err(AdminError::Legacy(StatusCode::BAD_REQUEST, Value::Object(missing)));
     };
-    let Some(owner) = st.store.lookup(st.cp(), Kind::Consumer, &consumer).await? else {
+    let Some(owner) = st.store.lookup(&st.cp(), Kind::Consumer, &consumer).await? else {
         return Err(AdminError::Legacy(
             StatusCode::NOT_FOUND,
             json!({ "consumer_id": format!("consumer_id {consumer} does not exist") }),
@@ -446,7 +446,7 @@ async fn create_keyauth_credential(State(st): State<AdminState>, body: AdminBody
     input.insert("key".into(), json!(key));
     input.insert("consumer".into(), json!({"id": owner["id"]}));
     let record = model::prepare(Kind::KeyAuth, input, Mode::Create)?;
-    match st.store.write(st.cp(), Kind::KeyAuth, WriteOp::Insert, record, None).await {
+    match st.store.write(&st.cp(), Kind::KeyAuth, WriteOp::Insert, record, None).await {
         Ok(stored) => Ok((StatusCode::CREATED, Json(credential_json(&stored))).into_response()),
         Err(EntityError::Unique(_)) => Err(AdminError::Legacy(
             StatusCode::CONFLICT,
@@ -458,14 +458,14 @@ async fn create_keyauth_credential(State(st): State<AdminState>, body: AdminBody
 
 async fn list_keyauth_credentials(State(st): State<AdminState>, RawQuery(q): RawQuery) -> AdminResult<Response> {
     let opts = pagination::parse(q.as_deref())?;
-    let query = ListQuery { cp: st.cp(), parent: None, size: opts.size, offset: opts.offset.clone(), tags: None };
+    let query = ListQuery { cp: &st.cp(), parent: None, size: opts.size, offset: opts.offset.clone(), tags: None };
     let page = st.store.list(Kind::KeyAuth, &query).await?;
     let data: Vec<Value> = page.data.iter().map(credential_json).collect();
     Ok(Json(json!({"total": data.len(), "data": data})).into_response())
 }
 
 async fn read_keyauth_credential(State(st): State<AdminState>, Path(cred): Path<String>) -> AdminResult<Response> {
-    let c = st.store.lookup(st.cp(), Kind::KeyAuth, &cred).await?.ok_or(AdminError::NotFound)?;
+    let c = st.store.lookup(&st.cp(), Kind::KeyAuth, &cred).await?.ok_or(AdminError::NotFound)?;
     Ok(Json(credential_json(&c)).into_response())
 }
 

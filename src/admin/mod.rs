@@ -5,11 +5,14 @@
 
 pub mod body;
 mod consumer_groups;
+mod control_planes;
 mod entities;
 pub mod error;
 mod info;
 mod legacy;
 mod pagination;
+pub mod problem;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use axum::Router;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{Method, Request};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use uuid::Uuid;
 
@@ -61,10 +64,17 @@ impl AdminState {
         AdminState { inner: Arc::new(inner) }
     }
 
-    /// The control plane these paths address.
-    fn cp(&self) -> &str {
-        DEFAULT_CP
+    /// The control plane this request addresses: the one named by a
+    /// `/v2/control-planes/{id}/core-entities` prefix, else `default`.
+    fn cp(&self) -> Arc<str> {
+        static DEFAULT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(DEFAULT_CP));
+        CONTROL_PLANE.try_with(Arc::clone).unwrap_or_else(|_| DEFAULT.clone())
     }
+}
+
+tokio::task_local! {
+    /// Set around a request under `/v2/control-planes/{id}/core-entities`.
+    static CONTROL_PLANE: Arc<str>;
 }
 
 /// A top-level or nested collection: GET lists, POST creates.
@@ -114,7 +124,7 @@ pub fn router(state: AdminState) -> Router {
     let service = Some(Parent { kind: Kind::Service, field: "service" });
     let route = Some(Parent { kind: Kind::Route, field: "route" });
     let group = Some(consumer_groups::GROUP_PARENT);
-    Router::new()
+    let entities = Router::new()
         .route("/", get(info::root))
         .route("/status", get(info::status))
         .route("/endpoints", get(info::endpoints))
@@ -159,11 +169,73 @@ pub fn router(state: AdminState) -> Router {
         .route("/routes/{r}/plugins/{p}", item(Kind::Plugin, route))
         .route("/plugins", collection(Kind::Plugin, None))
         .route("/plugins/{p}", item(Kind::Plugin, None))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::delete))
+        .route("/v2/control-planes", get(control_planes::list).post(control_planes::create))
+        .route(
+            "/v2/control-planes/{id}",
+            get(control_planes::read).patch(control_planes::update).delete(control_planes::delete),
+        )
         .merge(legacy::router())
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))
-        .with_state(state)
+        .with_state(state.clone());
+    // Before routing: the token check, then the control-plane prefix.
+    Router::new()
+        .fallback_service(entities)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), core_entities))
+        .layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+const CORE_ENTITIES: &str = "/core-entities";
+
+/// Serves `/v2/control-planes/{id}/core-entities/<path>` as `/<path>` of that control plane.
+async fn core_entities(State(s): State<AdminState>, mut req: Request<axum::body::Body>, next: Next) -> Response {
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix("/v2/control-planes/") else {
+        return next.run(req).await;
+    };
+    let Some((id, tail)) = rest.split_once('/') else {
+        return next.run(req).await;
+    };
+    let Some(tail) = tail.strip_prefix(&CORE_ENTITIES[1..]) else {
+        return next.run(req).await;
+    };
+    if !(tail.is_empty() || tail.starts_with('/')) {
+        return next.run(req).await;
+    }
+    let cp = match s.store.control_plane(id).await {
+        Ok(Some(cp)) => cp,
+        Ok(None) => return problem::Problem::not_found().into_response(),
+        Err(e) => return problem::Problem::from(e).into_response(),
+    };
+    let inner_path = if tail.is_empty() { "/" } else { tail };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{inner_path}?{q}"),
+        None => inner_path.to_string(),
+    };
+    match pq.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return AdminError::NotFound.into_response(),
+    }
+    CONTROL_PLANE.scope(Arc::from(cp.cp), next.run(req)).await
+}
+
+/// On a control plane (or with `admin_auth = on`) every path needs a token whose role allows the
+/// method: 401 without a valid token, 403 for a viewer's write.
+async fn require_token(State(s): State<AdminState>, req: Request<axum::body::Body>, next: Next) -> Response {
+    if !s.settings.admin_auth {
+        return next.run(req).await;
+    }
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match crate::auth::authenticate(&s.store, header).await {
+        Ok((role, _)) => match crate::auth::authorize(role, req.method()) {
+            Ok(()) => next.run(req).await,
+            Err(e) => problem::Problem::from(e).into_response(),
+        },
+        Err(e) => problem::Problem::from(e).into_response(),
+    }
 }
 
 /// How long a write waits for this node's proxy to serve it before answering anyway.

@@ -18,6 +18,21 @@ const fn key(name: &'static str, default: &'static str, doc: &'static str) -> Ke
 pub const KEYS: &[KeyDef] = &[
     key("prefix", "./tollgate-data", "Working directory: holds the SQLite database and caches."),
     key(
+        "role",
+        "traditional",
+        "`traditional` (proxy and Admin API on one store) or `control_plane` (Admin API, `/v1`, `/v2`; no proxy; admin tokens required).",
+    ),
+    key(
+        "admin_auth",
+        "off",
+        "`on` requires an admin token (`Authorization: Bearer`) on every Admin API path of a traditional node.",
+    ),
+    key(
+        "cluster_listen",
+        "0.0.0.0:8005",
+        "Where a control plane's data planes connect (reported as `control_plane_endpoint`).",
+    ),
+    key(
         "proxy_listen",
         "0.0.0.0:8000",
         "Comma-separated `address:port [reuseport] [backlog=N]` the proxy listens on (HTTP/1.1 and h2c).",

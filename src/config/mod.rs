@@ -30,6 +30,15 @@ impl Database {
     }
 }
 
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Proxy and Admin API on one store.
+    Traditional,
+    /// Admin API, `/v1` and `/v2` for several control planes; no proxy; admin tokens required.
+    ControlPlane,
+}
+
 /// Connection settings for `database = postgres`.
 #[derive(Debug, Clone)]
 pub struct PgSettings {
@@ -110,6 +119,10 @@ impl IpNet {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub prefix: PathBuf,
+    pub role: NodeRole,
+    /// Whether the Admin API requires a token (always on a control plane).
+    pub admin_auth: bool,
+    pub cluster_listen: std::net::SocketAddr,
     pub proxy_listen: Vec<Listen>,
     pub admin_listen: Vec<Listen>,
     pub database: Database,
@@ -204,6 +217,10 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
 
     let mut check = Checker { values: &values, errors: &mut errors };
     let prefix = PathBuf::from(check.string("prefix"));
+    let role =
+        check.one_of("role", &[("traditional", NodeRole::Traditional), ("control_plane", NodeRole::ControlPlane)]);
+    let admin_auth = check.one_of("admin_auth", &[("on", true), ("off", false)]).unwrap_or(false);
+    let cluster_listen = check.socket_addr("cluster_listen");
     let proxy_listen = check.listens("proxy_listen", false);
     let admin_listen = check.listens("admin_listen", true);
     let database = check.one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres)]);
@@ -242,11 +259,16 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let (Some(database), Some(log_level)) = (database, log_level) else {
+    let (Some(database), Some(log_level), Some(role), Some(cluster_listen)) =
+        (database, log_level, role, cluster_listen)
+    else {
         return Err(ConfigErrors(vec!["invalid configuration".into()]));
     };
     Ok(Settings {
         prefix,
+        admin_auth: admin_auth || role == NodeRole::ControlPlane,
+        role,
+        cluster_listen,
         proxy_listen,
         admin_listen,
         database,
@@ -360,6 +382,17 @@ impl Checker<'_> {
             self.fail(key, "expected at least one address".into());
         }
         out
+    }
+
+    fn socket_addr(&mut self, key: &'static str) -> Option<std::net::SocketAddr> {
+        let v = self.raw(key).0.to_string();
+        match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(key, format!("expected address:port, got '{v}'"));
+                None
+            }
+        }
     }
 
     fn worker_threads(&mut self) -> usize {

@@ -2,6 +2,7 @@
 //! input into the full record to store (defaults filled, shorthands expanded, PATCH merged, plugin
 //! configs checked against their plugin's schema) or lists every violation. No I/O here.
 
+pub mod calendar;
 pub mod entities;
 pub mod errors;
 pub mod schema;

@@ -5,6 +5,7 @@
 //! in order. Nothing here validates schemas: callers hand in records that `model` already accepted.
 
 mod changes;
+mod control_planes;
 mod counters;
 mod entities;
 
@@ -20,6 +21,7 @@ use crate::config::{Database, Settings};
 use crate::model::EntityError;
 
 pub use changes::{Change, ChangeOp, Feed, Touched};
+pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
 
 /// The default control plane every root Admin API path addresses.
@@ -32,6 +34,8 @@ pub enum StoreError {
     Prefix { path: String, source: std::io::Error },
     #[error("cannot connect to {what}: {source}")]
     Connect { what: String, source: sqlx::Error },
+    #[error("store initialisation failed: {0}")]
+    Init(String),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -66,8 +70,15 @@ struct Inner {
 }
 
 impl Store {
-    /// Connects (creating `<prefix>/tollgate.db` on first start) and applies migrations.
+    /// Connects (creating `<prefix>/tollgate.db` on first start), applies migrations and makes sure
+    /// the `default` control plane exists.
     pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
+        let store = Store::connect(settings).await?;
+        store.ensure_default_control_plane().await.map_err(|e| StoreError::Init(e.to_string()))?;
+        Ok(store)
+    }
+
+    async fn connect(settings: &Settings) -> Result<Store, StoreError> {
         install_default_drivers();
         match settings.database {
             Database::Sqlite => {

@@ -13,6 +13,15 @@ use serde_json::Value;
 
 pub use upstream::Upstream;
 
+/// An HTTP client, sending `Authorization: Bearer <token>` when given one.
+pub fn client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {t}").parse().expect("header"));
+    }
+    reqwest::Client::builder().pool_max_idle_per_host(0).default_headers(headers).build().expect("client")
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -47,17 +56,39 @@ pub struct Options {
     pub db: Db,
     pub prefix: Option<PathBuf>,
     pub extra: Vec<(String, String)>,
+    /// Sent as `Authorization: Bearer` on every request of the harness's client.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { db: Db::Sqlite, prefix: None, extra: Vec::new() }
+        Options { db: Db::Sqlite, prefix: None, extra: Vec::new(), token: None }
     }
 }
 
 impl Gateway {
     pub async fn start() -> Gateway {
         Gateway::start_with(Options::default()).await
+    }
+
+    /// A `role = control_plane` node, with an `org_admin` token minted by the CLI beforehand; the
+    /// harness's client sends it. Returns the node and the token.
+    pub async fn start_control_plane() -> (Gateway, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = dir.path().to_path_buf();
+        let env = [("TOLLGATE_PREFIX", prefix.to_str().unwrap_or_default()), ("TOLLGATE_ROLE", "control_plane")];
+        let (code, out, err) = run_cli(&["tokens", "create", "--name", "ci", "--role", "org_admin"], &env, &prefix);
+        assert_eq!(code, 0, "tokens create: {err}");
+        let token = out.trim().to_string();
+        let opts = Options {
+            prefix: Some(prefix),
+            extra: vec![("TOLLGATE_ROLE".into(), "control_plane".into())],
+            token: Some(token.clone()),
+            ..Options::default()
+        };
+        let mut gw = Gateway::start_with(opts).await;
+        gw._dir = Some(dir);
+        (gw, token)
     }
 
     pub async fn start_with(opts: Options) -> Gateway {
@@ -104,7 +135,7 @@ impl Gateway {
                 prefix: prefix.clone(),
                 _dir: None,
                 log: log.clone(),
-                http: reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"),
+                http: client(opts.token.as_deref()),
             };
             if gw.wait_ready(Duration::from_secs(30)).await {
                 gw._dir = dir;

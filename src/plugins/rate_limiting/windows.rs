@@ -4,6 +4,8 @@
 
 use http::HeaderName;
 
+use crate::model::calendar::{civil_from_days, days_from_civil};
+
 /// The most windows one plugin instance may count (six periods for rate-limiting; the same bound
 /// for rate-limiting-advanced keeps a request's usage on the stack).
 pub const MAX_WINDOWS: usize = 8;
@@ -136,30 +138,6 @@ pub fn decide(windows: &[WindowNow], counts: impl Fn(usize) -> (u64, u64)) -> De
     Decision { allowed, usage }
 }
 
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,8 +153,6 @@ mod tests {
         assert_eq!(Period::Year.start(now), 1_767_225_600);
         assert_eq!(Period::Month.end(1_793_491_200), 1_796_083_200);
         assert_eq!(Period::Year.end(1_767_225_600), 1_798_761_600);
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
     }
 
     #[test]
