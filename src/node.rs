@@ -11,6 +11,9 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::admin::{self, AdminInner, AdminState};
+use crate::cluster::data_plane::DataPlane;
+use crate::cluster::hub::Hub;
+use crate::cluster::status::{self, StatusSource};
 use crate::config::{Listen, NodeRole, Settings};
 use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
@@ -141,6 +144,9 @@ fn serve_workers(
 }
 
 async fn serve(settings: Settings) -> Result<(), NodeError> {
+    if settings.role == NodeRole::DataPlane {
+        return serve_data_plane(settings).await;
+    }
     let store = Store::open(&settings).await?;
     let holder = Arc::new(SnapshotHolder::new());
     let mut state = ConfigState::load(&store, DEFAULT_CP).await.map_err(|e| NodeError::Load(e.to_string()))?;
@@ -170,6 +176,19 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &stop_rx)?;
+    let hub = if settings.role == NodeRole::ControlPlane {
+        let hub = Hub::new(store.clone());
+        let listener = TcpListener::bind(settings.cluster_listen)
+            .await
+            .map_err(|source| NodeError::Listen { addr: settings.cluster_listen, source })?;
+        tokio::spawn(hub.clone().serve(listener));
+        tokio::spawn(hub.clone().run_publisher(settings.db_update_frequency));
+        Some(hub)
+    } else {
+        None
+    };
+    let source = StatusSource { role: settings.role, holder: proxy.holder.clone(), data_plane: None };
+    serve_status(&settings, source, &stop_rx).await?;
     let admin_state = AdminState::new(AdminInner {
         store: store.clone(),
         settings: settings.clone(),
@@ -177,6 +196,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         hostname: hostname(),
         stats: &proxy.stats,
         holder: proxy.holder.clone(),
+        hub,
     });
     let mut admin_tasks = Vec::new();
     for listener in admin_listeners {
@@ -217,6 +237,65 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     .await;
     store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// A data plane: no store and no Admin API; the configuration comes from the control plane (or,
+/// until it answers, from `<prefix>/config.cache`).
+async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
+    let holder = Arc::new(SnapshotHolder::new());
+    let token = settings.cluster_token.clone().unwrap_or_default();
+    let dp =
+        DataPlane::new(&settings.prefix, settings.cluster_control_plane.clone(), token, hostname(), holder.clone());
+    dp.load_cache();
+    tokio::spawn(dp.clone().run());
+    let proxy: &'static Proxy = Box::leak(Box::new(Proxy {
+        holder: holder.clone(),
+        trusted_ips: settings.trusted_ips.clone(),
+        stats: Stats::default(),
+    }));
+    let sockets = proxy_sockets(&settings)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = serve_workers(proxy, sockets, &stop_rx)?;
+    let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
+    serve_status(&settings, source, &stop_rx).await?;
+    let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();
+    tracing::info!(proxy = %addrs.join(","), control_plane = %settings.cluster_control_plane, "Tollgate data plane started");
+    eprintln!(
+        "Tollgate data plane started (proxy {}, control plane {})",
+        addrs.join(","),
+        settings.cluster_control_plane
+    );
+    wait_for_signal().await?;
+    tracing::info!("stopping: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves the status API on `status_listen` until `stop` flips.
+async fn serve_status(
+    settings: &Settings,
+    source: StatusSource,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let Some(addr) = settings.status_listen else { return Ok(()) };
+    let listener = TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?;
+    let mut stop = stop.clone();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, status::router(source)).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "status API stopped");
+        }
+    });
     Ok(())
 }
 

@@ -60,6 +60,8 @@ const PATHS: &[(&str, &str)] = &[
     ("POST", "/v2/control-planes"),
     ("PATCH", "/v2/control-planes/x"),
     ("DELETE", "/v2/control-planes/x"),
+    ("POST", "/v2/control-planes/x/data-plane-tokens"),
+    ("DELETE", "/v2/control-planes/x/data-plane-tokens/y"),
     ("POST", "/v2/control-planes/00000000-0000-4000-8000-000000000001/core-entities/consumers"),
     ("POST", "/no/such/path"),
     ("DELETE", "/v9/whatever"),
@@ -84,7 +86,8 @@ async fn every_path_refuses_a_missing_or_unknown_token_with_401_and_a_viewer_wri
         assert_problem(&body, &ct, 403);
     }
     // Reads need a token too; a viewer's are answered.
-    for path in ["/", "/status", "/consumers", "/v1/tokens", "/v2/control-planes"] {
+    let nodes = "/v2/control-planes/00000000-0000-4000-8000-000000000001/nodes";
+    for path in ["/", "/status", "/consumers", "/v1/tokens", "/v2/control-planes", nodes] {
         let (status, _, _) = send(&anonymous, "GET", &gw.admin_url(path), None).await;
         assert_eq!(status, 401, "GET {path}");
         let (status, body, _) = send(&viewer, "GET", &gw.admin_url(path), None).await;

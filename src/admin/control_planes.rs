@@ -15,7 +15,7 @@ use super::AdminState;
 use super::problem::{InvalidParameter, Problem, json_object, unknown_properties};
 use crate::model::calendar::iso8601;
 use crate::model::schema::now_secs;
-use crate::store::{ControlPlaneRow, DEFAULT_CP_ID};
+use crate::store::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken};
 
 const CLUSTER_TYPES: &[&str] = &[
     "CLUSTER_TYPE_CONTROL_PLANE",
@@ -236,4 +236,108 @@ pub async fn delete(State(s): State<AdminState>, Path(id): Path<String>) -> Resu
     s.store.control_plane(&id).await?.ok_or_else(Problem::not_found)?;
     s.store.delete_control_plane(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v2/control-planes/{id}/data-plane-tokens`: a token data planes of this control plane
+/// present; the secret is shown once.
+pub async fn create_data_plane_token(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    s.store.control_plane(&id).await?.ok_or_else(Problem::not_found)?;
+    let body = if body.is_empty() { Map::new() } else { json_object(&body)? };
+    let mut invalid = unknown_properties(&body, &["name"]);
+    let name = match body.get("name") {
+        None | Some(Value::Null) => "data plane".to_string(),
+        Some(Value::String(n)) if (1..=256).contains(&n.chars().count()) => n.clone(),
+        Some(_) => {
+            invalid.push(InvalidParameter::new("name", "is_string", "must be a string of 1 to 256 characters"));
+            String::new()
+        }
+    };
+    if !invalid.is_empty() {
+        return Err(Problem::invalid(invalid));
+    }
+    let secret = crate::auth::new_secret().replacen("tgp_", "tgdp_", 1);
+    let token = DataPlaneToken {
+        id: uuid::Uuid::new_v4().to_string(),
+        control_plane_id: id,
+        name,
+        token_hash: crate::auth::hash(&secret),
+        created_at: now_secs(),
+    };
+    s.store.insert_data_plane_token(&token).await?;
+    let mut view = data_plane_token_view(&token);
+    view["token"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn data_plane_token_view(t: &DataPlaneToken) -> Value {
+    json!({"id": t.id, "name": t.name, "control_plane_id": t.control_plane_id, "created_at": iso8601(t.created_at)})
+}
+
+pub async fn list_data_plane_tokens(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    s.store.control_plane(&id).await?.ok_or_else(Problem::not_found)?;
+    let tokens = s.store.data_plane_tokens(Some(&id)).await?;
+    let data: Vec<Value> = tokens.iter().map(data_plane_token_view).collect();
+    let total = data.len();
+    Ok(Json(json!({"data": data, "meta": {"page": {"number": 1, "size": total.max(1), "total": total}}}))
+        .into_response())
+}
+
+/// Revokes a data plane token and drops the links opened with it.
+pub async fn delete_data_plane_token(
+    State(s): State<AdminState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    if !s.store.delete_data_plane_token(&id, &token).await? {
+        return Err(Problem::not_found());
+    }
+    if let Some(hub) = &s.hub {
+        hub.revoke(&token);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v2/control-planes/{id}/nodes`: the data planes that joined it (Konnect's shape).
+pub async fn nodes(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    s.store.control_plane(&id).await?.ok_or_else(Problem::not_found)?;
+    let expected = s.hub.as_ref().and_then(|h| h.expected_hash(&id));
+    let nodes = s.hub.as_ref().map(|h| h.nodes(&id)).unwrap_or_default();
+    let items: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let sync_status = match (&n.rejected, &n.config_hash, &expected) {
+                (Some(_), _, _) => "config_rejected",
+                (None, Some(h), Some(e)) if h == e => "normal",
+                (None, Some(_), Some(_)) => "out_of_sync",
+                _ => "unknown",
+            };
+            json!({
+                "id": n.id,
+                "type": "tollgate",
+                "hostname": n.hostname,
+                "version": n.version,
+                "config_hash": n.config_hash,
+                "last_ping": n.last_ping,
+                "created_at": n.created_at,
+                "updated_at": n.last_ping,
+                "connected": n.connected,
+                "sync_status": sync_status,
+                "compatibility_status": {"state": if n.rejected.is_some() { "COMPATIBILITY_STATE_INCOMPATIBLE" } else { "COMPATIBILITY_STATE_FULLY_COMPATIBLE" }},
+                "rejected_reason": n.rejected,
+            })
+        })
+        .collect();
+    let total = items.len();
+    Ok(Json(json!({"items": items, "page": {"total_count": total, "next": null}})).into_response())
+}
+
+/// `GET /v2/control-planes/{id}/expected-config-hash`.
+pub async fn expected_config_hash(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let cp = s.store.control_plane(&id).await?.ok_or_else(Problem::not_found)?;
+    let hash = s.hub.as_ref().and_then(|h| h.expected_hash(&id)).unwrap_or_else(|| "0".repeat(32));
+    Ok(Json(json!({"expected_hash": hash, "created_at": iso8601(cp.created_at), "updated_at": iso8601(now_secs())}))
+        .into_response())
 }

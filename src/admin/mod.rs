@@ -50,6 +50,8 @@ pub struct AdminInner {
     pub stats: &'static Stats,
     /// This node's snapshot, so that a write is answered once the proxy serves it.
     pub holder: Arc<SnapshotHolder>,
+    /// On a control plane: its data planes.
+    pub hub: Option<Arc<crate::cluster::hub::Hub>>,
 }
 
 impl std::ops::Deref for AdminState {
@@ -176,6 +178,16 @@ pub fn router(state: AdminState) -> Router {
             "/v2/control-planes/{id}",
             get(control_planes::read).patch(control_planes::update).delete(control_planes::delete),
         )
+        .route(
+            "/v2/control-planes/{id}/data-plane-tokens",
+            get(control_planes::list_data_plane_tokens).post(control_planes::create_data_plane_token),
+        )
+        .route(
+            "/v2/control-planes/{id}/data-plane-tokens/{token}",
+            axum::routing::delete(control_planes::delete_data_plane_token),
+        )
+        .route("/v2/control-planes/{id}/nodes", get(control_planes::nodes))
+        .route("/v2/control-planes/{id}/expected-config-hash", get(control_planes::expected_config_hash))
         .merge(legacy::router())
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })

@@ -20,7 +20,7 @@ pub const KEYS: &[KeyDef] = &[
     key(
         "role",
         "traditional",
-        "`traditional` (proxy and Admin API on one store) or `control_plane` (Admin API, `/v1`, `/v2`; no proxy; admin tokens required).",
+        "`traditional` (proxy and Admin API on one store), `control_plane` (Admin API, `/v1`, `/v2`, cluster listener; no proxy; admin tokens required) or `data_plane` (proxy only, configured by its control plane).",
     ),
     key(
         "admin_auth",
@@ -32,6 +32,14 @@ pub const KEYS: &[KeyDef] = &[
         "0.0.0.0:8005",
         "Where a control plane's data planes connect (reported as `control_plane_endpoint`).",
     ),
+    key("cluster_control_plane", "127.0.0.1:8005", "`host:port` of the control plane a data plane joins."),
+    KeyDef {
+        name: "cluster_token",
+        default: "",
+        doc: "The data plane token a data plane presents (from `POST /v2/control-planes/{id}/data-plane-tokens`).",
+        secret: true,
+    },
+    key("status_listen", "127.0.0.1:8100", "The status API (`GET /status`, `GET /status/ready`), or `off`."),
     key(
         "proxy_listen",
         "0.0.0.0:8000",

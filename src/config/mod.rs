@@ -37,6 +37,18 @@ pub enum NodeRole {
     Traditional,
     /// Admin API, `/v1` and `/v2` for several control planes; no proxy; admin tokens required.
     ControlPlane,
+    /// Proxy only, configured by its control plane over the cluster link.
+    DataPlane,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Traditional => "traditional",
+            NodeRole::ControlPlane => "control_plane",
+            NodeRole::DataPlane => "data_plane",
+        }
+    }
 }
 
 /// Connection settings for `database = postgres`.
@@ -123,6 +135,11 @@ pub struct Settings {
     /// Whether the Admin API requires a token (always on a control plane).
     pub admin_auth: bool,
     pub cluster_listen: std::net::SocketAddr,
+    /// `host:port` of the control plane a data plane joins, and the token it presents.
+    pub cluster_control_plane: String,
+    pub cluster_token: Option<String>,
+    /// The status API (`None` when `off`).
+    pub status_listen: Option<std::net::SocketAddr>,
     pub proxy_listen: Vec<Listen>,
     pub admin_listen: Vec<Listen>,
     pub database: Database,
@@ -217,8 +234,28 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
 
     let mut check = Checker { values: &values, errors: &mut errors };
     let prefix = PathBuf::from(check.string("prefix"));
-    let role =
-        check.one_of("role", &[("traditional", NodeRole::Traditional), ("control_plane", NodeRole::ControlPlane)]);
+    let role = check.one_of(
+        "role",
+        &[
+            ("traditional", NodeRole::Traditional),
+            ("control_plane", NodeRole::ControlPlane),
+            ("data_plane", NodeRole::DataPlane),
+        ],
+    );
+    let cluster_control_plane = check.string("cluster_control_plane");
+    if cluster_control_plane.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        check.fail("cluster_control_plane", format!("expected host:port, got '{cluster_control_plane}'"));
+    }
+    let cluster_token = check.optional("cluster_token");
+    if role == Some(NodeRole::DataPlane) && cluster_token.is_none() {
+        let msg = "must be set when role = data_plane (mint one with POST /v2/control-planes/{id}/data-plane-tokens)";
+        check.fail("cluster_token", msg.into());
+    }
+    let status_listen = if check.raw("status_listen").0.eq_ignore_ascii_case("off") {
+        None
+    } else {
+        check.socket_addr("status_listen")
+    };
     let admin_auth = check.one_of("admin_auth", &[("on", true), ("off", false)]).unwrap_or(false);
     let cluster_listen = check.socket_addr("cluster_listen");
     let proxy_listen = check.listens("proxy_listen", false);
@@ -269,6 +306,9 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         admin_auth: admin_auth || role == NodeRole::ControlPlane,
         role,
         cluster_listen,
+        cluster_control_plane,
+        cluster_token,
+        status_listen,
         proxy_listen,
         admin_listen,
         database,

@@ -110,6 +110,18 @@ struct PluginRow {
     enabled: bool,
 }
 
+/// The order kinds are read in: a consumer's groups and ACL groups before the consumer.
+pub const LOAD_ORDER: [Kind; 8] = [
+    Kind::ConsumerGroup,
+    Kind::GroupMembership,
+    Kind::Acl,
+    Kind::Consumer,
+    Kind::KeyAuth,
+    Kind::Service,
+    Kind::Route,
+    Kind::Plugin,
+];
+
 /// The builder's mirror of one control plane.
 #[derive(Debug, Default)]
 pub struct ConfigState {
@@ -204,64 +216,75 @@ impl ConfigState {
         let version = store.version().await?;
         let mut state =
             ConfigState { version, counters: Arc::new(Counters::new(Some(store.clone()))), ..ConfigState::default() };
-        let mut groups = Vec::new();
-        store.for_each_body(cp, Kind::ConsumerGroup, |body, _| groups.extend(parse::<GroupRow>(body))).await?;
-        state.groups = groups.into_iter().map(|g| (g.id, Arc::from(g.name))).collect();
-        let mut memberships = Vec::new();
-        store
-            .for_each_body(cp, Kind::GroupMembership, |body, _| memberships.extend(parse::<MembershipRow>(body)))
-            .await?;
-        memberships.into_iter().for_each(|m| state.add_membership(m));
-        let mut acls = Vec::new();
-        store.for_each_body(cp, Kind::Acl, |body, _| acls.extend(parse::<AclRow>(body))).await?;
-        acls.into_iter().for_each(|a| state.add_acl(a));
-        let mut consumers = ConsumerIndex::default();
-        store
-            .for_each_body(cp, Kind::Consumer, |body, _| match serde_json::from_str::<ConsumerRow>(body) {
-                Ok(row) => consumers.insert(state.consumer_of(row)),
-                Err(e) => tracing::error!(error = %e, "skipping unreadable consumer"),
-            })
-            .await?;
-        state.consumers = Arc::new(consumers);
-        let credentials = Arc::make_mut(&mut state.credentials);
-        store
-            .for_each_body(cp, Kind::KeyAuth, |body, expires_at| match serde_json::from_str::<KeyAuthRow>(body) {
-                Ok(row) => credentials.insert(
-                    &row.key,
-                    KeyCredential {
-                        id: row.id,
-                        consumer_id: row.consumer.id,
-                        expires_at: expires_at.and_then(NonZeroI64::new),
-                    },
-                ),
-                Err(e) => tracing::error!(error = %e, "skipping unreadable credential"),
-            })
-            .await?;
-        let services = &mut state.services;
-        store
-            .for_each_body(cp, Kind::Service, |body, _| {
-                if let Some(row) = parse::<ServiceRow>(body) {
-                    services.insert(row.id, row);
-                }
-            })
-            .await?;
-        let routes = &mut state.routes;
-        store
-            .for_each_body(cp, Kind::Route, |body, _| {
-                if let Some(row) = parse::<RouteRow>(body) {
-                    routes.insert(row.id, row);
-                }
-            })
-            .await?;
-        let plugins = &mut state.plugins;
-        store
-            .for_each_body(cp, Kind::Plugin, |body, _| {
-                if let Some(row) = parse::<PluginRow>(body) {
-                    plugins.insert(row.id, row);
-                }
-            })
-            .await?;
+        for kind in LOAD_ORDER {
+            store
+                .for_each_body(cp, kind, |body, expires_at| {
+                    if let Err(e) = state.ingest(kind, body, expires_at) {
+                        tracing::error!(kind = kind.table(), error = %e, "skipping unreadable row");
+                    }
+                })
+                .await?;
+        }
         Ok(state)
+    }
+
+    /// A configuration received whole (a data plane's), every row required to be readable, counted
+    /// per node.
+    pub fn from_rows<'a>(
+        version: i64,
+        rows: impl IntoIterator<Item = (Kind, &'a str, Option<i64>)>,
+    ) -> Result<ConfigState, String> {
+        let mut state = ConfigState { version, ..ConfigState::default() };
+        for (kind, body, expires_at) in rows {
+            state.ingest(kind, body, expires_at).map_err(|e| format!("{}: {e}", kind.table()))?;
+        }
+        Ok(state)
+    }
+
+    /// Counts rate limits in `counters` (a data plane keeps its counters across configurations).
+    pub fn use_counters(&mut self, counters: Arc<Counters>) {
+        self.counters = counters;
+    }
+
+    /// Adds one stored row; kinds must come in [`LOAD_ORDER`].
+    fn ingest(&mut self, kind: Kind, body: &str, expires_at: Option<i64>) -> Result<(), String> {
+        fn read<T: for<'de> Deserialize<'de>>(body: &str) -> Result<T, String> {
+            serde_json::from_str(body).map_err(|e| e.to_string())
+        }
+        match kind {
+            Kind::ConsumerGroup => {
+                let g: GroupRow = read(body)?;
+                self.groups.insert(g.id, Arc::from(g.name));
+            }
+            Kind::GroupMembership => self.add_membership(read(body)?),
+            Kind::Acl => self.add_acl(read(body)?),
+            Kind::Consumer => {
+                let c = self.consumer_of(read(body)?);
+                Arc::make_mut(&mut self.consumers).insert(c);
+            }
+            Kind::KeyAuth => {
+                let row: KeyAuthRow = read(body)?;
+                let cred = KeyCredential {
+                    id: row.id,
+                    consumer_id: row.consumer.id,
+                    expires_at: expires_at.and_then(NonZeroI64::new),
+                };
+                Arc::make_mut(&mut self.credentials).insert(&row.key, cred);
+            }
+            Kind::Service => {
+                let row: ServiceRow = read(body)?;
+                self.services.insert(row.id, row);
+            }
+            Kind::Route => {
+                let row: RouteRow = read(body)?;
+                self.routes.insert(row.id, row);
+            }
+            Kind::Plugin => {
+                let row: PluginRow = read(body)?;
+                self.plugins.insert(row.id, row);
+            }
+        }
+        Ok(())
     }
 
     /// Applies a batch of changes of `cp`; returns whether the router must be rebuilt.

@@ -194,3 +194,68 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 }
+
+/// A data plane token as stored (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlaneToken {
+    pub id: String,
+    pub control_plane_id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Every data plane token, or those of one control plane.
+    pub async fn data_plane_tokens(&self, control_plane_id: Option<&str>) -> Result<Vec<DataPlaneToken>, EntityError> {
+        let base = "SELECT id, control_plane_id, name, token_hash, created_at FROM data_plane_tokens";
+        let q = match control_plane_id {
+            Some(_) => self.sql(&format!("{base} WHERE control_plane_id = ? ORDER BY created_at, id")),
+            None => format!("{base} ORDER BY created_at, id"),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(q.as_str()));
+        if let Some(cp) = control_plane_id {
+            query = query.bind(cp.to_string());
+        }
+        let rows = query.fetch_all(&self.inner.reader).await.map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DataPlaneToken {
+                    id: r.try_get(0).map_err(db_error)?,
+                    control_plane_id: r.try_get(1).map_err(db_error)?,
+                    name: r.try_get(2).map_err(db_error)?,
+                    token_hash: r.try_get(3).map_err(db_error)?,
+                    created_at: r.try_get(4).map_err(db_error)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn insert_data_plane_token(&self, t: &DataPlaneToken) -> Result<(), EntityError> {
+        let q = self.sql(
+            "INSERT INTO data_plane_tokens (id, control_plane_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        );
+        sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(t.id.clone())
+            .bind(t.control_plane_id.clone())
+            .bind(t.name.clone())
+            .bind(t.token_hash.clone())
+            .bind(t.created_at)
+            .execute(&self.inner.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Returns whether the control plane had that token.
+    pub async fn delete_data_plane_token(&self, control_plane_id: &str, id: &str) -> Result<bool, EntityError> {
+        let q = self.sql("DELETE FROM data_plane_tokens WHERE id = ? AND control_plane_id = ?");
+        let done = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(id.to_string())
+            .bind(control_plane_id.to_string())
+            .execute(&self.inner.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+}

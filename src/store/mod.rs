@@ -21,7 +21,7 @@ use crate::config::{Database, Settings};
 use crate::model::EntityError;
 
 pub use changes::{Change, ChangeOp, Feed, Touched};
-pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, StoredToken};
+pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
 
 /// The default control plane every root Admin API path addresses.

@@ -44,6 +44,10 @@ pub struct Gateway {
     pub admin: String,
     pub proxy: String,
     pub proxy_port: u16,
+    /// The status API (`status_listen`) and, on a control plane, where data planes connect.
+    pub status: String,
+    pub cluster: String,
+    pub data_plane: bool,
     pub prefix: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub log: PathBuf,
@@ -104,6 +108,7 @@ impl Gateway {
         for _ in 0..3 {
             let proxy_port = free_port();
             let admin_port = free_port();
+            let (status_port, cluster_port) = (free_port(), free_port());
             let log = prefix.join(format!("gateway-{admin_port}.log"));
             std::fs::create_dir_all(&prefix).expect("prefix");
             let mut cmd = Command::new(binary());
@@ -113,6 +118,8 @@ impl Gateway {
                 .env("TOLLGATE_PREFIX", &prefix)
                 .env("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy_port}"))
                 .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+                .env("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status_port}"))
+                .env("TOLLGATE_CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
                 .env("TOLLGATE_LOG_LEVEL", "info")
                 .env("TOLLGATE_WORKER_THREADS", "2")
                 .stdout(Stdio::null())
@@ -132,6 +139,9 @@ impl Gateway {
                 admin: format!("http://127.0.0.1:{admin_port}"),
                 proxy: format!("http://127.0.0.1:{proxy_port}"),
                 proxy_port,
+                status: format!("http://127.0.0.1:{status_port}"),
+                cluster: format!("127.0.0.1:{cluster_port}"),
+                data_plane: opts.extra.iter().any(|(k, v)| k == "TOLLGATE_ROLE" && v == "data_plane"),
                 prefix: prefix.clone(),
                 _dir: None,
                 log: log.clone(),
@@ -155,7 +165,10 @@ impl Gateway {
             {
                 return false;
             }
-            if let Ok(r) = self.http.get(format!("{}/status", self.admin)).send().await
+            // A data plane has no Admin API: its status API says it is up.
+            let probe =
+                if self.data_plane { format!("{}/status", self.status) } else { format!("{}/status", self.admin) };
+            if let Ok(r) = self.http.get(probe).send().await
                 && r.status() == 200
             {
                 return true;

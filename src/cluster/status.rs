@@ -1,0 +1,64 @@
+//! Every node's status API (`status_listen`): `GET /status` (role, configuration hash, link state)
+//! and `GET /status/ready`, which answers 200 only once a configuration is being served.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::data_plane::DataPlane;
+use crate::config::NodeRole;
+use crate::snapshot::SnapshotHolder;
+
+/// What the status API looks at.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    pub role: NodeRole,
+    pub holder: Arc<SnapshotHolder>,
+    pub data_plane: Option<Arc<DataPlane>>,
+}
+
+impl StatusSource {
+    fn ready(&self) -> bool {
+        match &self.data_plane {
+            Some(dp) => dp.status().config_hash.is_some(),
+            None => self.holder.load().version >= 0,
+        }
+    }
+}
+
+pub fn router(source: StatusSource) -> Router {
+    let status = source.clone();
+    Router::new()
+        .route(
+            "/status",
+            get(move || async move {
+                let dp = status.data_plane.as_ref().map(|d| d.status());
+                let hash = dp.as_ref().and_then(|d| d.config_hash.clone()).unwrap_or_else(|| "0".repeat(32));
+                Json(json!({
+                    "role": status.role.as_str(),
+                    "ready": status.ready(),
+                    "configuration_hash": hash,
+                    "control_plane_connected": dp.map(|d| d.connected),
+                    "version": crate::VERSION,
+                }))
+            }),
+        )
+        .route(
+            "/status/ready",
+            get(move || async move {
+                let r: Response = if source.ready() {
+                    Json(json!({"message": "ready"})).into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"message": "no configuration loaded yet"})))
+                        .into_response()
+                };
+                r
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"message": "Not found"}))) })
+}

@@ -1,0 +1,222 @@
+//! Hybrid mode, black-box: one control plane node holding several control planes, data planes
+//! joining them with data plane tokens over the cluster link, receiving their own control plane's
+//! configuration (and only that), caching it, and serving it while the control plane is away.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Db, Gateway, Options, PgDatabase, Upstream};
+
+/// A control plane (the `/v2/control-planes` entity) and a token for its data planes.
+async fn control_plane(cp: &Gateway, name: &str) -> (String, String) {
+    let (status, created) = cp.post("/v2/control-planes", json!({"name": name})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, token) = cp.post(&format!("/v2/control-planes/{id}/data-plane-tokens"), json!({"name": "dp"})).await;
+    assert_eq!(status, 201, "{token}");
+    (id, token["token"].as_str().unwrap().to_string())
+}
+
+async fn data_plane(cp: &Gateway, token: &str, prefix: Option<PathBuf>) -> Gateway {
+    let opts = Options {
+        prefix,
+        extra: vec![
+            ("TOLLGATE_ROLE".into(), "data_plane".into()),
+            ("TOLLGATE_CLUSTER_CONTROL_PLANE".into(), cp.cluster.clone()),
+            ("TOLLGATE_CLUSTER_TOKEN".into(), token.into()),
+        ],
+        ..Options::default()
+    };
+    Gateway::start_with(opts).await
+}
+
+/// Polls until `path` on the data plane answers `status` (configurations arrive asynchronously).
+async fn serves(dp: &Gateway, path: &str, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    let r = dp.eventually(path, &[], within, |r| r.status().as_u16() == status).await;
+    assert_eq!(r.status().as_u16(), status, "{path} on {} within {within:?}", dp.proxy);
+    started.elapsed()
+}
+
+async fn ready(dp: &Gateway) -> u16 {
+    dp.http.get(format!("{}/status/ready", dp.status)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+fn core(id: &str, path: &str) -> String {
+    format!("/v2/control-planes/{id}/core-entities{path}")
+}
+
+#[tokio::test]
+async fn each_data_plane_serves_its_own_control_planes_configuration_and_follows_its_changes() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (appointments, a_token) = control_plane(&cp, "Appointments").await;
+    let (billing, b_token) = control_plane(&cp, "Billing").await;
+    let a1 = data_plane(&cp, &a_token, None).await;
+    let a2 = data_plane(&cp, &a_token, None).await;
+    let b1 = data_plane(&cp, &b_token, None).await;
+    let b2 = data_plane(&cp, &b_token, None).await;
+    for dp in [&a1, &a2, &b1, &b2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready(dp).await != 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ready(dp).await, 200, "a data plane is ready once it has a configuration");
+    }
+
+    cp.create(&core(&appointments, "/services"), json!({"name": "appointments", "url": up.url("/")})).await;
+    cp.create(&core(&appointments, "/services/appointments/routes"), json!({"paths": ["/appointments"]})).await;
+    for dp in [&a1, &a2] {
+        let took = serves(dp, "/appointments", 200, Duration::from_secs(1)).await;
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    for dp in [&b1, &b2] {
+        assert_eq!(dp.call("/appointments", &[]).await.status(), 404, "another control plane's route");
+    }
+
+    cp.create(&core(&billing, "/services"), json!({"name": "billing", "url": up.url("/")})).await;
+    cp.create(&core(&billing, "/services/billing/routes"), json!({"paths": ["/billing"]})).await;
+    for dp in [&b1, &b2] {
+        serves(dp, "/billing", 200, Duration::from_secs(1)).await;
+    }
+    assert_eq!(a1.call("/billing", &[]).await.status(), 404);
+    // The root Admin API is the default control plane, which these data planes do not follow.
+    cp.create("/services", json!({"name": "elsewhere", "url": up.url("/")})).await;
+    cp.create("/services/elsewhere/routes", json!({"paths": ["/elsewhere"]})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a1.call("/elsewhere", &[]).await.status(), 404);
+
+    // Each control plane lists its own data planes, in sync.
+    let (status, nodes) = cp.get(&format!("/v2/control-planes/{appointments}/nodes")).await;
+    assert_eq!(status, 200, "{nodes}");
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{nodes}");
+    let (_, expected) = cp.get(&format!("/v2/control-planes/{appointments}/expected-config-hash")).await;
+    for n in items {
+        assert_eq!(n["config_hash"], expected["expected_hash"], "{nodes}");
+        assert_eq!(n["sync_status"], "normal");
+        assert_eq!(n["version"], env!("CARGO_PKG_VERSION"));
+        assert!(n["hostname"].is_string() && n["last_ping"].is_i64(), "{n}");
+    }
+    let status: Value = a1.http.get(format!("{}/status", a1.status)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["configuration_hash"], expected["expected_hash"]);
+    assert_eq!(status["role"], "data_plane");
+}
+
+#[tokio::test]
+async fn a_data_plane_restarted_while_the_control_plane_is_down_serves_its_cached_configuration() {
+    let up = Upstream::start().await;
+    let (mut cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp, "Dev").await;
+    cp.create(&core(&id, "/services"), json!({"name": "dev", "url": up.url("/")})).await;
+    cp.create(&core(&id, "/services/dev/routes"), json!({"paths": ["/dev"]})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dp = data_plane(&cp, &token, Some(dir.path().to_path_buf())).await;
+    serves(&dp, "/dev", 200, Duration::from_secs(5)).await;
+    assert!(dir.path().join("config.cache").exists());
+
+    cp.kill();
+    dp.kill();
+    let dp = data_plane(&cp, &token, Some(dir.path().to_path_buf())).await;
+    assert_eq!(dp.call("/dev", &[]).await.status(), 200, "served from the cache, the control plane being down");
+    assert_eq!(ready(&dp).await, 200);
+    assert!(dp.logs().contains("cannot reach the control plane"), "{}", dp.logs());
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_said_once_while_the_data_plane_keeps_retrying() {
+    let (cp, _) = Gateway::start_control_plane().await;
+    control_plane(&cp, "Dev").await;
+    let dp = data_plane(&cp, "tgdp_wrong", None).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ready(&dp).await, 503, "no configuration without a valid token");
+    assert_eq!(dp.call("/anything", &[]).await.status(), 404);
+    let said = dp.logs().matches("the control plane refused the cluster token").count();
+    assert_eq!(said, 1, "one log line, however many retries:\n{}", dp.logs());
+}
+
+#[tokio::test]
+async fn revoking_a_data_plane_token_drops_its_link() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, _) = control_plane(&cp, "Billing").await;
+    let (_, created) = cp.post(&format!("/v2/control-planes/{id}/data-plane-tokens"), json!({})).await;
+    let (token_id, token) =
+        (created["id"].as_str().unwrap().to_string(), created["token"].as_str().unwrap().to_string());
+    let (_, list) = cp.get(&format!("/v2/control-planes/{id}/data-plane-tokens")).await;
+    assert!(!list.to_string().contains(&token), "secrets are shown once");
+    let dp = data_plane(&cp, &token, None).await;
+    cp.create(&core(&id, "/services"), json!({"name": "b", "url": up.url("/")})).await;
+    cp.create(&core(&id, "/services/b/routes"), json!({"paths": ["/b"]})).await;
+    serves(&dp, "/b", 200, Duration::from_secs(5)).await;
+
+    assert_eq!(cp.delete(&format!("/v2/control-planes/{id}/data-plane-tokens/{token_id}")).await, 204);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, nodes) = cp.get(&format!("/v2/control-planes/{id}/nodes")).await;
+    assert_eq!(nodes["items"][0]["connected"], false, "{nodes}");
+    cp.create(&core(&id, "/services/b/routes"), json!({"paths": ["/after"]})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dp.call("/after", &[]).await.status(), 404, "no more configurations");
+    assert_eq!(dp.call("/b", &[]).await.status(), 200, "but it keeps serving the last one");
+}
+
+#[tokio::test]
+async fn a_configuration_the_data_plane_cannot_compile_is_refused_and_reported() {
+    let up = Upstream::start().await;
+    let db = PgDatabase::fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().to_path_buf();
+    let env = [
+        ("TOLLGATE_PREFIX", prefix.to_str().unwrap()),
+        ("TOLLGATE_ROLE", "control_plane"),
+        ("TOLLGATE_DATABASE", "postgres"),
+        ("TOLLGATE_PG_HOST", "127.0.0.1"),
+        ("TOLLGATE_PG_USER", "postgres"),
+        ("TOLLGATE_PG_DATABASE", db.name.as_str()),
+    ];
+    let (code, token, err) =
+        support::run_cli(&["tokens", "create", "--name", "ci", "--role", "org_admin"], &env, &prefix);
+    assert_eq!(code, 0, "{err}");
+    let cp = Gateway::start_with(Options {
+        db: Db::Postgres(db.name.clone()),
+        prefix: Some(prefix),
+        extra: vec![("TOLLGATE_ROLE".into(), "control_plane".into())],
+        token: Some(token.trim().to_string()),
+    })
+    .await;
+    let (id, dp_token) = control_plane(&cp, "Dev").await;
+    cp.create(&core(&id, "/services"), json!({"name": "dev", "url": up.url("/")})).await;
+    let route = cp.create(&core(&id, "/services/dev/routes"), json!({"paths": ["/dev"]})).await;
+    let dp = data_plane(&cp, &dp_token, None).await;
+    serves(&dp, "/dev", 200, Duration::from_secs(5)).await;
+
+    // A row no data plane can read (as a newer or broken control plane might send).
+    let rid = route["id"].as_str().unwrap();
+    support::psql(&db.name, &format!("UPDATE routes SET body = '{{\"id\": \"{rid}\"}}' WHERE id = '{rid}'"));
+    cp.create(&core(&id, "/consumers"), json!({"username": "trigger"})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let node = loop {
+        let (_, nodes) = cp.get(&format!("/v2/control-planes/{id}/nodes")).await;
+        if nodes["items"][0]["sync_status"] == "config_rejected" || Instant::now() > deadline {
+            break nodes["items"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(node["sync_status"], "config_rejected", "{node}");
+    assert!(node["rejected_reason"].as_str().unwrap().contains("routes"), "{node}");
+    assert_eq!(dp.call("/dev", &[]).await.status(), 200, "the last good configuration stays");
+}
+
+#[tokio::test]
+async fn a_data_plane_needs_a_cluster_token_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TOLLGATE_PREFIX", dir.path().to_str().unwrap()), ("TOLLGATE_ROLE", "data_plane")];
+    let (code, _, err) = support::run_cli(&["check"], &env, dir.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("cluster_token"), "{err}");
+}
