@@ -212,6 +212,9 @@ async fn entities_of_different_control_planes_never_see_each_other_and_may_share
     assert_eq!(gw.get(&format!("{}/key-auths", base(&a))).await.1["data"].as_array().unwrap().len(), 1);
     assert_eq!(gw.get("/v2/control-planes/6d4ad3e2-64c4-4c44-9c5c-5f3b1a1c9a11/core-entities/consumers").await.0, 404);
 
+    // Every write was live before it was answered (the node's snapshot follows every change feed).
+    assert!(!gw.logs().contains("write acknowledged before the proxy caught up"), "{}", gw.logs());
+
     // Deleting a control plane deletes what it held, and only that.
     assert_eq!(gw.delete(&format!("/v2/control-planes/{}", a["id"].as_str().unwrap())).await, 204);
     assert_eq!(names(&gw.get(&format!("{}/consumers", base(&b))).await.1), ["b-only", "shared"]);

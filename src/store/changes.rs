@@ -188,14 +188,15 @@ impl Store {
         }
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Feed { store: self.clone(), notified: rx, ticker }
+        Feed { local: self.local_change().subscribe(), notified: rx, ticker }
     }
 }
 
 /// Wakes on local commits, PostgreSQL notifications and a periodic tick.
 #[derive(Debug)]
 pub struct Feed {
-    store: Store,
+    /// Local commits (every feed sees every one; several feeds may follow one store).
+    local: tokio::sync::watch::Receiver<i64>,
     notified: tokio::sync::mpsc::Receiver<()>,
     ticker: tokio::time::Interval,
 }
@@ -203,7 +204,7 @@ pub struct Feed {
 impl Feed {
     pub async fn wait(&mut self) {
         tokio::select! {
-            _ = self.store.local_change().notified() => {}
+            Ok(()) = self.local.changed() => {}
             Some(()) = self.notified.recv() => {}
             _ = self.ticker.tick() => {}
         }

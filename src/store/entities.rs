@@ -311,7 +311,7 @@ impl Store {
     async fn commit(&self, tx: Transaction<'static, Any>, version: i64) -> Result<(), EntityError> {
         tx.commit().await.map_err(db_error)?;
         self.inner.committed.fetch_max(version, std::sync::atomic::Ordering::Release);
-        self.inner.local_change.notify_one();
+        self.inner.local_change.send_replace(version);
         Ok(())
     }
 

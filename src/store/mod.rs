@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
-use tokio::sync::Notify;
 
 use crate::config::{Database, Settings};
 use crate::model::EntityError;
@@ -62,7 +61,8 @@ struct Inner {
     writer: AnyPool,
     reader: AnyPool,
     /// Wakes this node's snapshot builder right after a local commit.
-    local_change: Notify,
+    /// The latest version committed through this handle; every change feed watches it.
+    local_change: tokio::sync::watch::Sender<i64>,
     /// The newest configuration version this node committed.
     committed: AtomicI64,
     /// PostgreSQL URL for LISTEN (None on SQLite).
@@ -138,7 +138,7 @@ impl Store {
                 backend,
                 writer,
                 reader,
-                local_change: Notify::new(),
+                local_change: tokio::sync::watch::Sender::new(0),
                 committed: AtomicI64::new(0),
                 listen_url,
             }),
@@ -182,7 +182,7 @@ impl Store {
         self.inner.committed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn local_change(&self) -> &Notify {
+    pub(crate) fn local_change(&self) -> &tokio::sync::watch::Sender<i64> {
         &self.inner.local_change
     }
 
