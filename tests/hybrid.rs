@@ -220,3 +220,25 @@ async fn a_data_plane_needs_a_cluster_token_to_start() {
     assert_ne!(code, 0);
     assert!(err.contains("cluster_token"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stalled_data_plane_holds_up_neither_writes_nor_the_other_data_planes_and_catches_up_later() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp, "Appointments").await;
+    cp.create(&core(&id, "/services"), json!({"name": "s", "url": up.url("/")})).await;
+    let stalled = data_plane(&cp, &token, None).await;
+    let healthy = data_plane(&cp, &token, None).await;
+    cp.create(&core(&id, "/services/s/routes"), json!({"paths": ["/first"]})).await;
+    serves(&stalled, "/first", 200, Duration::from_secs(5)).await;
+
+    support::send_signal(stalled.pid(), "STOP");
+    for k in 0..20 {
+        cp.create(&core(&id, "/services/s/routes"), json!({"paths": [format!("/r{k}")]})).await;
+        serves(&healthy, &format!("/r{k}"), 200, Duration::from_secs(1)).await;
+    }
+    assert!(!cp.logs().contains("write acknowledged before the proxy caught up"), "{}", cp.logs());
+
+    support::send_signal(stalled.pid(), "CONT");
+    serves(&stalled, "/r19", 200, Duration::from_secs(5)).await;
+}
