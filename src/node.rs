@@ -244,9 +244,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 /// until it answers, from `<prefix>/config.cache`).
 async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     let holder = Arc::new(SnapshotHolder::new());
-    let token = settings.cluster_token.clone().unwrap_or_default();
-    let dp =
-        DataPlane::new(&settings.prefix, settings.cluster_control_plane.clone(), token, hostname(), holder.clone());
+    let dp = DataPlane::new(&settings, hostname(), holder.clone());
     dp.load_cache();
     tokio::spawn(dp.clone().run());
     let proxy: &'static Proxy = Box::leak(Box::new(Proxy {

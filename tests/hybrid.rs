@@ -23,16 +23,17 @@ async fn control_plane(cp: &Gateway, name: &str) -> (String, String) {
 }
 
 async fn data_plane(cp: &Gateway, token: &str, prefix: Option<PathBuf>) -> Gateway {
-    let opts = Options {
-        prefix,
-        extra: vec![
-            ("TOLLGATE_ROLE".into(), "data_plane".into()),
-            ("TOLLGATE_CLUSTER_CONTROL_PLANE".into(), cp.cluster.clone()),
-            ("TOLLGATE_CLUSTER_TOKEN".into(), token.into()),
-        ],
-        ..Options::default()
-    };
-    Gateway::start_with(opts).await
+    data_plane_with(cp, token, prefix, &[]).await
+}
+
+async fn data_plane_with(cp: &Gateway, token: &str, prefix: Option<PathBuf>, more: &[(&str, &str)]) -> Gateway {
+    let mut extra = vec![
+        ("TOLLGATE_ROLE".to_string(), "data_plane".to_string()),
+        ("TOLLGATE_CLUSTER_CONTROL_PLANE".into(), cp.cluster.clone()),
+        ("TOLLGATE_CLUSTER_TOKEN".into(), token.into()),
+    ];
+    extra.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Gateway::start_with(Options { prefix, extra, ..Options::default() }).await
 }
 
 /// Polls until `path` on the data plane answers `status` (configurations arrive asynchronously).
@@ -241,4 +242,25 @@ async fn a_stalled_data_plane_holds_up_neither_writes_nor_the_other_data_planes_
 
     support::send_signal(stalled.pid(), "CONT");
     serves(&stalled, "/r19", 200, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_configuration_over_the_size_limit_is_refused_without_taking_the_data_plane_down() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp, "Dev").await;
+    cp.create(&core(&id, "/services"), json!({"name": "s", "url": up.url("/")})).await;
+    cp.create(&core(&id, "/services/s/routes"), json!({"paths": ["/small"]})).await;
+    let dp = data_plane_with(&cp, &token, None, &[("TOLLGATE_CLUSTER_MAX_PAYLOAD", "4096")]).await;
+    serves(&dp, "/small", 200, Duration::from_secs(5)).await;
+
+    // Grow the configuration past 4 KiB.
+    for k in 0..40 {
+        cp.create(&core(&id, "/consumers"), json!({"username": format!("consumer-with-a-long-name-{k}")})).await;
+    }
+    cp.create(&core(&id, "/services/s/routes"), json!({"paths": ["/big"]})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(dp.call("/big", &[]).await.status(), 404, "the oversized configuration was not taken");
+    assert_eq!(dp.call("/small", &[]).await.status(), 200, "the data plane still serves the last one");
+    assert!(dp.logs().contains("cluster link broken"), "{}", dp.logs());
 }

@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::protocol::{ConfigRows, MAX_PAYLOAD, OUTLET_PATH, ToControlPlane, ToDataPlane, rows_in_load_order};
+use super::protocol::{ConfigRows, OUTLET_PATH, ToControlPlane, ToDataPlane, rows_in_load_order};
+use crate::config::Settings;
 use crate::plugins::rate_limiting::Counters;
 use crate::snapshot::SnapshotHolder;
 use crate::snapshot::builder::ConfigState;
@@ -36,6 +37,7 @@ pub struct DataPlane {
     pub hostname: String,
     control_plane: String,
     token: String,
+    max_payload: usize,
     cache: PathBuf,
     holder: Arc<SnapshotHolder>,
     /// Rate-limiting counters, kept across configurations.
@@ -44,18 +46,14 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    pub fn new(
-        prefix: &Path,
-        control_plane: String,
-        token: String,
-        hostname: String,
-        holder: Arc<SnapshotHolder>,
-    ) -> Arc<DataPlane> {
+    pub fn new(settings: &Settings, hostname: String, holder: Arc<SnapshotHolder>) -> Arc<DataPlane> {
+        let prefix = settings.prefix.as_path();
         Arc::new(DataPlane {
             node_id: node_id(prefix),
             hostname,
-            control_plane,
-            token,
+            control_plane: settings.cluster_control_plane.clone(),
+            token: settings.cluster_token.clone().unwrap_or_default(),
+            max_payload: settings.cluster_max_payload,
             cache: prefix.join("config.cache"),
             holder,
             counters: Arc::new(Counters::default()),
@@ -154,7 +152,8 @@ impl DataPlane {
         let bearer =
             format!("Bearer {}", self.token).parse().map_err(|_| "cluster_token is not a valid header value")?;
         request.headers_mut().insert(http::header::AUTHORIZATION, bearer);
-        let config = WebSocketConfig::default().max_message_size(Some(MAX_PAYLOAD)).max_frame_size(Some(MAX_PAYLOAD));
+        let config =
+            WebSocketConfig::default().max_message_size(Some(self.max_payload)).max_frame_size(Some(self.max_payload));
         let (ws, _) = match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
             Ok(c) => c,
             Err(WsError::Http(resp)) if resp.status() == http::StatusCode::UNAUTHORIZED => {

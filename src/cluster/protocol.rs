@@ -16,8 +16,6 @@ use crate::store::Store;
 
 /// The WebSocket path data planes connect to.
 pub const OUTLET_PATH: &str = "/v1/outlet";
-/// The largest configuration message a data plane accepts (Kong's `cluster_max_payload`).
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 
 /// One stored row: its body as stored, and the expiry of a credential with a `ttl`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -39,6 +39,7 @@ pub const KEYS: &[KeyDef] = &[
         doc: "The data plane token a data plane presents (from `POST /v2/control-planes/{id}/data-plane-tokens`).",
         secret: true,
     },
+    key("cluster_max_payload", "16777216", "The largest configuration message, in bytes, a data plane accepts."),
     key("status_listen", "127.0.0.1:8100", "The status API (`GET /status`, `GET /status/ready`), or `off`."),
     key(
         "proxy_listen",

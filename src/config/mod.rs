@@ -138,6 +138,7 @@ pub struct Settings {
     /// `host:port` of the control plane a data plane joins, and the token it presents.
     pub cluster_control_plane: String,
     pub cluster_token: Option<String>,
+    pub cluster_max_payload: usize,
     /// The status API (`None` when `off`).
     pub status_listen: Option<std::net::SocketAddr>,
     pub proxy_listen: Vec<Listen>,
@@ -247,6 +248,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         check.fail("cluster_control_plane", format!("expected host:port, got '{cluster_control_plane}'"));
     }
     let cluster_token = check.optional("cluster_token");
+    let cluster_max_payload = check.int("cluster_max_payload", 1024, 1 << 31).unwrap_or(16 << 20) as usize;
     if role == Some(NodeRole::DataPlane) && cluster_token.is_none() {
         let msg = "must be set when role = data_plane (mint one with POST /v2/control-planes/{id}/data-plane-tokens)";
         check.fail("cluster_token", msg.into());
@@ -308,6 +310,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         cluster_listen,
         cluster_control_plane,
         cluster_token,
+        cluster_max_payload,
         status_listen,
         proxy_listen,
         admin_listen,
