@@ -12,6 +12,7 @@ mod info;
 mod legacy;
 mod pagination;
 pub mod problem;
+mod realms;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -187,6 +188,16 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(control_planes::delete_data_plane_token),
         )
         .route("/v2/control-planes/{id}/nodes", get(control_planes::nodes))
+        .route("/v1/realms", get(realms::list_realms).post(realms::create_realm))
+        .route("/v1/realms/{realm}", get(realms::read_realm).patch(realms::update_realm).delete(realms::delete_realm))
+        .route("/v1/realms/{realm}/consumers", get(realms::list_consumers).post(realms::create_consumer))
+        .route(
+            "/v1/realms/{realm}/consumers/{consumer}",
+            get(realms::read_consumer).patch(realms::update_consumer).delete(realms::delete_consumer),
+        )
+        .route("/v1/realms/{realm}/consumers/{consumer}/move", axum::routing::post(realms::move_consumer))
+        .route("/v1/realms/{realm}/consumers/{consumer}/keys", get(realms::list_keys).post(realms::create_key))
+        .route("/v1/realms/{realm}/consumers/{consumer}/keys/{key}", get(realms::read_key).delete(realms::delete_key))
         .route("/v2/control-planes/{id}/expected-config-hash", get(control_planes::expected_config_hash))
         .merge(legacy::router())
         .fallback(|| async { AdminError::NotFound })

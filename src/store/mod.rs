@@ -8,6 +8,7 @@ mod changes;
 mod control_planes;
 mod counters;
 mod entities;
+mod realms;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -22,6 +23,7 @@ use crate::model::EntityError;
 pub use changes::{Change, ChangeOp, Feed, Touched};
 pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
+pub use realms::{Cursor, RealmPage, RealmRow, RealmTable};
 
 /// The default control plane every root Admin API path addresses.
 pub const DEFAULT_CP: &str = "default";

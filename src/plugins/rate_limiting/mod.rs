@@ -234,12 +234,18 @@ impl Limiter {
                 )
             }
             ("redis", _) => CounterStore::Redis(redis_target()?),
-            ("cluster", rate) => {
-                let store = env.counters.store.clone().ok_or("the cluster policy needs the database")?;
-                // Batched by `sync_rate`; without one, as often as Kong allows (every 20 ms).
-                let every = Duration::from_secs_f64(rate.filter(|r| *r > 0.0).unwrap_or(0.02).max(0.02));
-                CounterStore::Synced(env.counters.synced("database".into(), every, || Arc::new(store))?)
-            }
+            ("cluster", rate) => match env.counters.store.clone() {
+                Some(store) => {
+                    // Batched by `sync_rate`; without one, as often as Kong allows (every 20 ms).
+                    let every = Duration::from_secs_f64(rate.filter(|r| *r > 0.0).unwrap_or(0.02).max(0.02));
+                    CounterStore::Synced(env.counters.synced("database".into(), every, || Arc::new(store))?)
+                }
+                // A data plane has no database: it still enforces the limit, per node.
+                None => {
+                    tracing::warn!("the cluster policy needs a database; this node counts its own requests");
+                    CounterStore::Local(env.counters.local.clone())
+                }
+            },
             _ => CounterStore::Local(env.counters.local.clone()),
         };
         let error_code = config.get("error_code").and_then(Value::as_f64).unwrap_or(429.0);
@@ -491,4 +497,29 @@ fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugi
         penalty: false,
     };
     Ok(Arc::new(RateLimit(Limiter::build(common, env)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ConsumerIndex, Snapshot};
+
+    #[test]
+    fn the_cluster_policy_without_a_database_still_limits_per_node() {
+        let consumers = ConsumerIndex::default();
+        let config = match serde_json::json!({"day": 1, "policy": "cluster", "limit_by": "ip", "sync_rate": 0.5}) {
+            Value::Object(m) => m,
+            _ => Obj::new(),
+        };
+        let plugin = build_rate_limiting(&config, &BuildEnv::new(&consumers)).expect("a data plane builds it");
+        let snapshot = Snapshot::empty();
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        let ip: IpAddr = "10.9.8.7".parse().expect("ip");
+        let mut ctx = AccessCtx::new(&snapshot, &mut parts, None, ip, None);
+        assert!(matches!(plugin.access(&mut ctx), Flow::Continue));
+        match plugin.access(&mut ctx) {
+            Flow::Respond(reply) => assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS),
+            Flow::Continue => panic!("the second request of a 1-per-day limit passed"),
+        }
+    }
 }
