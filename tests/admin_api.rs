@@ -150,6 +150,8 @@ fn key_auth_defaults() -> Value {
         "key_in_body": false,
         "run_on_preflight": true,
         "realm": null,
+        // Kong Enterprise 3.10+: the control plane's own consumers only, by default.
+        "identity_realms": [{"scope": "cp", "id": null, "region": null}],
     })
 }
 

@@ -193,6 +193,14 @@ fn public(mut v: Value) -> Value {
     v
 }
 
+/// Data planes drop their cached realm lookups after any realm write (a revoked key stops working
+/// at once; a new key clears a cached miss).
+fn purge(s: &AdminState) {
+    if let Some(hub) = &s.hub {
+        hub.purge_realm_caches();
+    }
+}
+
 fn stored(body: Option<String>) -> Result<Value, Problem> {
     body.and_then(|b| serde_json::from_str(&b).ok()).ok_or_else(Problem::not_found)
 }
@@ -306,6 +314,7 @@ pub async fn create_realm(State(s): State<AdminState>, body: Bytes) -> Result<Re
     });
     apply_realm(&s, &mut realm, &body, true).await?;
     save(&s, RealmTable::Realms, &realm, vec![("name", realm["name"].as_str().map(str::to_string))]).await?;
+    purge(&s);
     Ok((StatusCode::CREATED, Json(public(realm))).into_response())
 }
 
@@ -328,6 +337,7 @@ pub async fn update_realm(
     apply_realm(&s, &mut realm, &body, false).await?;
     realm["updated_at"] = json!(now_secs());
     save(&s, RealmTable::Realms, &realm, vec![("name", realm["name"].as_str().map(str::to_string))]).await?;
+    purge(&s);
     Ok(Json(public(realm)).into_response())
 }
 
@@ -370,6 +380,7 @@ pub async fn delete_realm(
         }
     }
     s.store.realm_delete(RealmTable::Realms, &id, &[]).await?;
+    purge(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -439,6 +450,7 @@ pub async fn create_consumer(
     });
     apply_consumer(&s, &realm, &mut c, &body, true).await?;
     save(&s, RealmTable::Consumers, &c, consumer_columns(&realm, &c)).await?;
+    purge(&s);
     Ok((StatusCode::CREATED, Json(public(c))).into_response())
 }
 
@@ -476,6 +488,7 @@ pub async fn update_consumer(
     apply_consumer(&s, &realm, &mut c, &body, false).await?;
     c["updated_at"] = json!(now_secs());
     save(&s, RealmTable::Consumers, &c, consumer_columns(&realm, &c)).await?;
+    purge(&s);
     Ok(Json(public(c)).into_response())
 }
 
@@ -496,6 +509,7 @@ pub async fn delete_consumer(
         }
     }
     s.store.realm_delete(RealmTable::Consumers, &id, &[("realm_id", realm)]).await?;
+    purge(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -538,6 +552,7 @@ pub async fn move_consumer(
         }
         p => p,
     })?;
+    purge(&s);
     Ok((StatusCode::CREATED, Json(json!({ "realm_id": target }))).into_response())
 }
 
@@ -594,6 +609,7 @@ pub async fn create_key(
     let columns =
         vec![("realm_id", Some(realm.clone())), ("consumer_id", Some(consumer.clone())), ("secret_hash", Some(hash))];
     save(&s, RealmTable::Keys, &key, columns).await?;
+    purge(&s);
     let mut out = key_view(key);
     out["secret"] = json!(secret);
     out["updated_at"] = json!(iso8601(now));
@@ -634,5 +650,6 @@ pub async fn delete_key(
     if s.store.realm_delete(RealmTable::Keys, &key, &[("consumer_id", consumer)]).await? == 0 {
         return Err(Problem::not_found());
     }
+    purge(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

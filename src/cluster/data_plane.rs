@@ -4,20 +4,29 @@
 //! atomically to `<prefix>/config.cache`, and after a restart serves from that cache until the
 //! control plane answers.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::protocol::{ConfigRows, OUTLET_PATH, ToControlPlane, ToDataPlane, rows_in_load_order};
+use super::protocol::{
+    ConfigRows, Notice, OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
+};
 use crate::config::Settings;
+use crate::plugins::RealmResolver;
 use crate::plugins::rate_limiting::Counters;
-use crate::snapshot::SnapshotHolder;
 use crate::snapshot::builder::ConfigState;
+use crate::snapshot::{Authenticated, Consumer, Snapshot, SnapshotHolder};
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -43,12 +52,52 @@ pub struct DataPlane {
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
     status: Mutex<DataPlaneStatus>,
+    /// Realm key lookups: answers cached for the realm's ttl (misses for its negative ttl),
+    /// bounded; one lookup in flight per key.
+    lookups: moka::future::Cache<String, Arc<Lookup>>,
+    /// The current link's outgoing messages (None while disconnected).
+    outbox: Mutex<Option<mpsc::Sender<String>>>,
+    /// Lookups waiting for their answer, by request number.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_request: AtomicU64,
+    /// Itself, for configurations to resolve realm keys through (set once built).
+    this: std::sync::Weak<DataPlane>,
 }
+
+/// A control plane's answer to a lookup: the consumer, and how long to cache a miss (seconds).
+type Answer = (Option<RealmConsumer>, u64);
+
+/// A cached realm lookup.
+#[derive(Debug)]
+pub struct Lookup {
+    found: Option<crate::snapshot::Authenticated>,
+    ttl: Duration,
+}
+
+/// Each cached lookup lives for its own ttl.
+struct LookupExpiry;
+
+impl moka::Expiry<String, Arc<Lookup>> for LookupExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Arc<Lookup>, _now: std::time::Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// How long a lookup may wait for the control plane before the key is refused.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl DataPlane {
     pub fn new(settings: &Settings, hostname: String, holder: Arc<SnapshotHolder>) -> Arc<DataPlane> {
         let prefix = settings.prefix.as_path();
-        Arc::new(DataPlane {
+        Arc::new_cyclic(|this| DataPlane {
+            lookups: moka::future::Cache::builder()
+                .max_capacity(settings.realm_cache_size)
+                .expire_after(LookupExpiry)
+                .build(),
+            outbox: Mutex::new(None),
+            pending: Mutex::default(),
+            next_request: AtomicU64::new(1),
+            this: this.clone(),
             node_id: node_id(prefix),
             hostname,
             control_plane: settings.cluster_control_plane.clone(),
@@ -92,8 +141,13 @@ impl DataPlane {
             serde_json::from_str(config.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
         let mut state = ConfigState::from_rows(version, rows_in_load_order(&rows)?)?;
         state.use_counters(self.counters.clone());
+        if let Some(this) = self.this.upgrade() {
+            state.use_resolver(this);
+        }
         let snapshot = state.build(true)?;
         self.holder.store(snapshot);
+        // Cached realm consumers carry group ids of the previous configuration.
+        self.lookups.invalidate_all();
         self.set_status(|s| s.config_hash = Some(hash.clone()));
         Ok(hash)
     }
@@ -164,21 +218,39 @@ impl DataPlane {
         tracing::info!(control_plane = %self.control_plane, "connected to the control plane");
         self.set_status(|s| s.connected = true);
         let (mut tx, mut rx) = ws.split();
+        let (outbox, mut outgoing) = mpsc::channel::<String>(1024);
+        *self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outbox);
+        let result = self.exchange(&mut tx, &mut rx, &mut outgoing).await;
+        // Lookups in flight cannot be answered any more: their keys are refused.
+        *self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        result
+    }
+
+    async fn exchange<T, R>(&self, tx: &mut T, rx: &mut R, outgoing: &mut mpsc::Receiver<String>) -> Result<(), String>
+    where
+        T: futures_util::Sink<Message, Error = WsError> + Unpin,
+        R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
         let hello = ToControlPlane::Hello {
             node_id: self.node_id.to_string(),
             hostname: self.hostname.clone(),
             version: crate::VERSION.to_string(),
             config_hash: self.status().config_hash,
         };
-        send(&mut tx, &hello).await?;
+        send(tx, &hello).await?;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
             tokio::select! {
-                _ = ping.tick() => send(&mut tx, &ToControlPlane::Ping { config_hash: self.status().config_hash }).await?,
+                _ = ping.tick() => send(tx, &ToControlPlane::Ping { config_hash: self.status().config_hash }).await?,
+                Some(text) = outgoing.recv() => {
+                    tx.send(Message::text(text)).await.map_err(|e| format!("cluster link broken: {e}"))?;
+                }
                 message = rx.next() => match message {
                     None | Some(Ok(Message::Close(_))) => return Err("the control plane closed the link".into()),
                     Some(Err(e)) => return Err(format!("cluster link broken: {e}")),
+                    Some(Ok(Message::Text(text))) if !text.starts_with(r#"{"type":"reconfigure""#) => self.notice(&text),
                     Some(Ok(Message::Text(text))) => {
                         let reply = match self.apply(&text) {
                             Ok(hash) => {
@@ -197,12 +269,86 @@ impl DataPlane {
                                 ToControlPlane::Rejected { hash, error }
                             }
                         };
-                        send(&mut tx, &reply).await?;
+                        send(tx, &reply).await?;
                     }
                     Some(Ok(_)) => {}
                 },
             }
         }
+    }
+}
+
+impl DataPlane {
+    /// A lookup answer or a purge from the control plane.
+    fn notice(&self, text: &str) {
+        match serde_json::from_str::<Notice>(text) {
+            Ok(Notice::LookupResult { request, found, negative_ttl }) => {
+                let waiter = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request);
+                if let Some(w) = waiter {
+                    let _ = w.send((found, negative_ttl));
+                }
+            }
+            Ok(Notice::Purge) => self.lookups.invalidate_all(),
+            Err(e) => tracing::warn!(error = %e, "unreadable message from the control plane"),
+        }
+    }
+
+    /// Asks the control plane which realm consumer holds `key_hash`.
+    async fn ask(&self, key_hash: String, realms: Vec<String>) -> Result<Answer, String> {
+        let outbox = self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let outbox = outbox.ok_or("the control plane is unreachable")?;
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request, done);
+        let text =
+            serde_json::to_string(&ToControlPlane::Lookup { request, key_hash, realms }).map_err(|e| e.to_string())?;
+        if outbox.send(text).await.is_err() {
+            return Err("the cluster link dropped".into());
+        }
+        let answered = tokio::time::timeout(LOOKUP_TIMEOUT, answer).await;
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request);
+        match answered {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err("the cluster link dropped during the lookup".into()),
+            Err(_) => Err("the control plane did not answer the lookup in time".into()),
+        }
+    }
+}
+
+impl RealmResolver for DataPlane {
+    fn resolve<'a>(
+        &'a self,
+        key: &'a str,
+        realms: &'a [String],
+        snapshot: &'a Snapshot,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Authenticated>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let key_hash = crate::auth::hash(key);
+            let cache_key = format!("{}|{key_hash}", realms.join(","));
+            let lookup = self
+                .lookups
+                .try_get_with(cache_key, async {
+                    let (found, negative_ttl) = self.ask(key_hash.clone(), realms.to_vec()).await?;
+                    let lookup = match found {
+                        Some(rc) => {
+                            let id = uuid::Uuid::parse_str(&rc.id).map_err(|e| e.to_string())?;
+                            let mut consumer =
+                                Consumer::new(id, Some(rc.username.into()), rc.custom_id.map(Into::into));
+                            consumer.groups = snapshot.group_set(&rc.groups);
+                            let key_id = uuid::Uuid::parse_str(&rc.key_id).unwrap_or(id);
+                            Lookup {
+                                found: Some(Authenticated { id: key_id, consumer: Arc::new(consumer) }),
+                                ttl: Duration::from_secs(rc.ttl.max(1)),
+                            }
+                        }
+                        None => Lookup { found: None, ttl: Duration::from_secs(negative_ttl.max(1)) },
+                    };
+                    Ok::<_, String>(Arc::new(lookup))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(lookup.found.clone())
+        })
     }
 }
 

@@ -17,9 +17,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
-use super::protocol::{OUTLET_PATH, Published, ToControlPlane, export};
+use super::protocol::{Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export};
 use crate::model::schema::now_secs;
-use crate::store::{DataPlaneToken, Store};
+use crate::store::{Cursor, DataPlaneToken, RealmTable, Store};
 
 /// A data plane that says nothing for this long is dropped (Kong: 45 s; pings come every 5 s here).
 const SILENCE: Duration = Duration::from_secs(45);
@@ -57,6 +57,8 @@ pub struct Hub {
     links: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
     /// Wakes the publisher (a control plane got its first data plane).
     wake: Notify,
+    /// Realm consumers or keys changed: every link tells its data plane to drop cached lookups.
+    purge: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Hub {
@@ -67,7 +69,78 @@ impl Hub {
             nodes: Mutex::default(),
             links: Mutex::default(),
             wake: Notify::new(),
+            purge: tokio::sync::broadcast::Sender::new(16),
         })
+    }
+
+    /// Tells every data plane to drop its cached realm lookups (a realm, realm consumer or key
+    /// changed); effective as soon as the message arrives.
+    pub fn purge_realm_caches(&self) {
+        let _ = self.purge.send(());
+    }
+
+    /// The realm consumer holding a key (by hash), trying `realms` in order and only those that
+    /// allow `control_plane_id`; with the negative ttl (seconds) to cache a miss for.
+    pub async fn lookup(
+        &self,
+        control_plane_id: &str,
+        key_hash: &str,
+        realms: &[String],
+    ) -> Result<(Option<RealmConsumer>, u64), String> {
+        let mut negative = None;
+        for realm_id in realms {
+            let Some(body) =
+                self.store.realm_get(RealmTable::Realms, realm_id, &[]).await.map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let realm: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let minutes = |f: &str| realm[f].as_u64().unwrap_or(10) * 60;
+            negative.get_or_insert(minutes("negative_ttl"));
+            let allowed = realm["allow_all_control_planes"].as_bool() == Some(true)
+                || realm["allowed_control_planes"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|c| c == "*" || c.as_str() == Some(control_plane_id)));
+            if !allowed {
+                continue;
+            }
+            let scope = [("realm_id", realm_id.clone()), ("secret_hash", key_hash.to_string())];
+            let page =
+                self.store.realm_page(RealmTable::Keys, &scope, &Cursor::First, 1).await.map_err(|e| e.to_string())?;
+            let Some(key) = page.bodies.first().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()) else {
+                continue;
+            };
+            let consumer_id = key["consumer_id"].as_str().unwrap_or_default();
+            let consumer = self
+                .store
+                .realm_get(RealmTable::Consumers, consumer_id, &[("realm_id", realm_id.clone())])
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(consumer) = consumer.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) else {
+                continue;
+            };
+            let names = |v: &serde_json::Value| -> Vec<String> {
+                v["consumer_groups"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default()
+            };
+            let mut groups = names(&realm);
+            groups.extend(names(&consumer).into_iter().filter(|g| !names(&realm).contains(g)));
+            return Ok((
+                Some(RealmConsumer {
+                    id: consumer_id.to_string(),
+                    username: consumer["username"].as_str().unwrap_or_default().to_string(),
+                    custom_id: consumer["custom_id"].as_str().map(str::to_string),
+                    realm_id: realm_id.clone(),
+                    key_id: key["id"].as_str().unwrap_or_default().to_string(),
+                    groups,
+                    ttl: minutes("ttl"),
+                }),
+                minutes("negative_ttl"),
+            ));
+        }
+        Ok((None, negative.unwrap_or(600)))
     }
 
     /// The data planes of a control plane, most recently seen first.
@@ -256,6 +329,9 @@ impl Hub {
         }
         tracing::info!(node = %node_id, control_plane = %token.control_plane_id, "data plane connected");
         let mut latest = self.subscribe(&token.control_plane_id);
+        let mut purged = self.purge.subscribe();
+        // Answers to lookups, which run beside the link.
+        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<String>(256);
         let (mut tx, mut rx) = ws.split();
         let mut running = params.get("config_hash").cloned().filter(|h| !h.is_empty());
         let result: Result<(), String> = loop {
@@ -277,8 +353,37 @@ impl Hub {
                         Err(_) => break Err("silent for too long".into()),
                         Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Ok(()),
                         Ok(Some(Err(e))) => break Err(e.to_string()),
-                        Ok(Some(Ok(Message::Text(text)))) => self.heard(&node_id, &text, &mut running),
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            if let Some((request, key_hash, realms)) = self.heard(&node_id, &text, &mut running) {
+                                let (hub, answer_tx, cp) = (self.clone(), answer_tx.clone(), token.control_plane_id.clone());
+                                tokio::spawn(async move {
+                                    let answer = match hub.lookup(&cp, &key_hash, &realms).await {
+                                        Ok((found, negative_ttl)) => Notice::LookupResult { request, found, negative_ttl },
+                                        Err(e) => {
+                                            tracing::error!(error = %e, "realm lookup failed");
+                                            return;
+                                        }
+                                    };
+                                    if let Ok(text) = serde_json::to_string(&answer) {
+                                        let _ = answer_tx.send(text).await;
+                                    }
+                                });
+                            }
+                        }
                         Ok(Some(Ok(_))) => {}
+                    }
+                }
+                Some(answer) = answers.recv() => {
+                    if let Err(e) = tx.send(Message::text(answer)).await {
+                        break Err(e.to_string());
+                    }
+                }
+                p = purged.recv() => {
+                    if !matches!(p, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        let text = serde_json::to_string(&Notice::Purge).unwrap_or_default();
+                        if let Err(e) = tx.send(Message::text(text)).await {
+                            break Err(e.to_string());
+                        }
                     }
                 }
                 _ = revoked.notified() => {
@@ -296,14 +401,17 @@ impl Hub {
         result
     }
 
-    /// Records what a data plane said.
-    fn heard(&self, node_id: &str, text: &str, running: &mut Option<String>) {
+    /// Records what a data plane said; returns a lookup it asked for.
+    fn heard(&self, node_id: &str, text: &str, running: &mut Option<String>) -> Option<(u64, String, Vec<String>)> {
         let Ok(msg) = serde_json::from_str::<ToControlPlane>(text) else {
             tracing::warn!(node = node_id, "unreadable message from a data plane");
-            return;
+            return None;
         };
+        if let ToControlPlane::Lookup { request, key_hash, realms } = msg {
+            return Some((request, key_hash, realms));
+        }
         let mut nodes = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(node) = nodes.get_mut(node_id) else { return };
+        let node = nodes.get_mut(node_id)?;
         node.last_ping = now_secs();
         match msg {
             ToControlPlane::Hello { hostname, version, config_hash, .. } => {
@@ -322,7 +430,9 @@ impl Hub {
                 // Not sent again: only a new configuration may fix it.
                 *running = Some(hash);
             }
+            ToControlPlane::Lookup { .. } => {}
         }
+        None
     }
 }
 

@@ -44,14 +44,64 @@ pub struct ToDataPlane {
 
 pub const RECONFIGURE: &str = "reconfigure";
 
+/// Control plane → data plane messages other than configurations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notice {
+    /// The answer to a `lookup`: the realm consumer the key belongs to, or none.
+    LookupResult { request: u64, found: Option<RealmConsumer>, negative_ttl: u64 },
+    /// Realm consumers or keys changed: drop every cached lookup.
+    Purge,
+}
+
+/// A realm consumer as a data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealmConsumer {
+    pub id: String,
+    pub username: String,
+    pub custom_id: Option<String>,
+    pub realm_id: String,
+    /// The key that matched (`X-Credential-Identifier`).
+    pub key_id: String,
+    /// The realm's groups and the consumer's own, by name.
+    pub groups: Vec<String>,
+    /// Seconds the answer may be cached (the realm's `ttl`).
+    pub ttl: u64,
+}
+
+/// Only the `type` of a message, to route it.
+#[derive(Debug, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
 /// Data plane → control plane.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToControlPlane {
-    Hello { node_id: String, hostname: String, version: String, config_hash: Option<String> },
-    Ping { config_hash: Option<String> },
-    Applied { hash: String },
-    Rejected { hash: String, error: String },
+    Hello {
+        node_id: String,
+        hostname: String,
+        version: String,
+        config_hash: Option<String>,
+    },
+    Ping {
+        config_hash: Option<String>,
+    },
+    Applied {
+        hash: String,
+    },
+    Rejected {
+        hash: String,
+        error: String,
+    },
+    /// Which realm consumer holds this key (SHA-256 of it), trying `realms` in order.
+    Lookup {
+        request: u64,
+        key_hash: String,
+        realms: Vec<String>,
+    },
 }
 
 /// A configuration ready to send: its message text is built once for every data plane.

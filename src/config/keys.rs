@@ -40,6 +40,11 @@ pub const KEYS: &[KeyDef] = &[
         secret: true,
     },
     key("cluster_max_payload", "16777216", "The largest configuration message, in bytes, a data plane accepts."),
+    key(
+        "realm_cache_size",
+        "100000",
+        "Realm key lookups a data plane keeps cached (hits for the realm's `ttl`, misses for its `negative_ttl`).",
+    ),
     key("status_listen", "127.0.0.1:8100", "The status API (`GET /status`, `GET /status/ready`), or `off`."),
     key(
         "proxy_listen",

@@ -139,6 +139,7 @@ pub struct Settings {
     pub cluster_control_plane: String,
     pub cluster_token: Option<String>,
     pub cluster_max_payload: usize,
+    pub realm_cache_size: u64,
     /// The status API (`None` when `off`).
     pub status_listen: Option<std::net::SocketAddr>,
     pub proxy_listen: Vec<Listen>,
@@ -249,6 +250,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     }
     let cluster_token = check.optional("cluster_token");
     let cluster_max_payload = check.int("cluster_max_payload", 1024, 1 << 31).unwrap_or(16 << 20) as usize;
+    let realm_cache_size = check.int("realm_cache_size", 1, 100_000_000).unwrap_or(100_000);
     if role == Some(NodeRole::DataPlane) && cluster_token.is_none() {
         let msg = "must be set when role = data_plane (mint one with POST /v2/control-planes/{id}/data-plane-tokens)";
         check.fail("cluster_token", msg.into());
@@ -311,6 +313,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         cluster_control_plane,
         cluster_token,
         cluster_max_payload,
+        realm_cache_size,
         status_listen,
         proxy_listen,
         admin_listen,

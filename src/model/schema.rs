@@ -372,10 +372,12 @@ fn insert_at(node: &mut Value, path: &[PathSeg], leaf: Value) {
                 *node = Value::Array(Vec::new());
             }
             let Value::Array(a) = node else { return };
-            if a.len() < *i {
-                a.resize(*i, Value::Null);
+            // Indexes are 1-based, as Kong's (Lua's); 0 is taken as 1 rather than trusted.
+            let i = (*i).max(1);
+            if a.len() < i {
+                a.resize(i, Value::Null);
             }
-            &mut a[*i - 1]
+            &mut a[i - 1]
         }
     };
     if rest.is_empty() {

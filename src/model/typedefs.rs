@@ -57,7 +57,7 @@ pub fn protocols(default: &[&str], allowed: &'static [&'static str]) -> Field {
         .check(Check::LenMin(1))
 }
 
-fn check_uuid(v: &Value) -> Result<(), String> {
+pub fn check_uuid(v: &Value) -> Result<(), String> {
     match v.as_str() {
         Some(s) if super::schema::is_uuid(s) => Ok(()),
         _ => Err("expected a valid UUID".into()),

@@ -119,10 +119,24 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Finds realm consumers by key (a data plane asks its control plane, and caches the answers).
+pub trait RealmResolver: Send + Sync + std::fmt::Debug {
+    /// The consumer holding `key` in the first of `realms` that has it (and allows this node's
+    /// control plane); `Err` when the answer could not be had (the caller refuses the key).
+    fn resolve<'a>(
+        &'a self,
+        key: &'a str,
+        realms: &'a [String],
+        snapshot: &'a Snapshot,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<crate::snapshot::Authenticated>, String>> + Send + 'a>>;
+}
+
 /// What a plugin may look at while it is being built from its configuration.
 #[derive(Clone, Copy)]
 pub struct BuildEnv<'a> {
     pub consumers: &'a ConsumerIndex,
+    /// Resolves realm keys (data planes only).
+    pub realms: Option<&'a Arc<dyn RealmResolver>>,
     /// Where rate-limiting counters live (per node, in the database, in Redis).
     pub counters: &'a rate_limiting::Counters,
     /// The instance being built, and the consumer group it is scoped to.
@@ -137,7 +151,7 @@ impl<'a> BuildEnv<'a> {
     }
 
     pub fn with_counters(consumers: &'a ConsumerIndex, counters: &'a rate_limiting::Counters) -> BuildEnv<'a> {
-        BuildEnv { consumers, counters, instance: None, consumer_group: None }
+        BuildEnv { consumers, realms: None, counters, instance: None, consumer_group: None }
     }
 }
 

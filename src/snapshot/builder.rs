@@ -20,7 +20,7 @@ use crate::model::schema::Obj;
 use crate::model::{EntityError, Kind};
 use crate::plugins::chain::ChainBuilder;
 use crate::plugins::rate_limiting::Counters;
-use crate::plugins::{BuildEnv, PluginInstanceRow};
+use crate::plugins::{BuildEnv, PluginInstanceRow, RealmResolver};
 use crate::router::{RouteSpec, Router};
 use crate::store::{Change, ChangeOp, Store};
 
@@ -143,6 +143,8 @@ pub struct ConfigState {
     router: Option<Arc<Router<Arc<RouteTarget>>>>,
     /// Rate-limiting counters, kept across builds and reloads.
     counters: Arc<Counters>,
+    /// Realm key resolution (a data plane's).
+    resolver: Option<Arc<dyn RealmResolver>>,
 }
 
 /// What hangs off one consumer in the mirror.
@@ -244,6 +246,11 @@ impl ConfigState {
     /// Counts rate limits in `counters` (a data plane keeps its counters across configurations).
     pub fn use_counters(&mut self, counters: Arc<Counters>) {
         self.counters = counters;
+    }
+
+    /// Resolves realm keys through `resolver` (a data plane's link to its control plane).
+    pub fn use_resolver(&mut self, resolver: Arc<dyn RealmResolver>) {
+        self.resolver = Some(resolver);
     }
 
     /// Adds one stored row; kinds must come in [`LOAD_ORDER`].
@@ -433,6 +440,7 @@ impl ConfigState {
             router,
             consumers: self.consumers.clone(),
             credentials: self.credentials.clone(),
+            groups_by_name: Arc::new(self.groups.iter().map(|(id, name)| (Box::from(&**name), *id)).collect()),
         })
     }
 
@@ -452,7 +460,9 @@ impl ConfigState {
                 config: p.config.clone().unwrap_or_default(),
             })
             .collect();
-        let chains = ChainBuilder::new(&rows, &BuildEnv::with_counters(&self.consumers, &self.counters));
+        let mut env = BuildEnv::with_counters(&self.consumers, &self.counters);
+        env.realms = self.resolver.as_ref();
+        let chains = ChainBuilder::new(&rows, &env);
         let services: HashMap<Uuid, Arc<ServiceTarget>> =
             self.services.values().filter(|s| s.enabled).map(|s| (s.id, Arc::new(service_target(s)))).collect();
         let mut routes: Vec<&RouteRow> = self.routes.values().collect();

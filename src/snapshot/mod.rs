@@ -216,15 +216,32 @@ pub struct Snapshot {
     pub router: Arc<Router<Arc<RouteTarget>>>,
     pub consumers: Arc<ConsumerIndex>,
     pub credentials: Arc<CredentialIndex>,
+    /// Consumer group ids by name (realm consumers name their groups).
+    pub groups_by_name: Arc<HashMap<Box<str>, Uuid, Hasher>>,
 }
 
 impl Snapshot {
+    /// A consumer's group set from group names, mapped onto this configuration's consumer groups
+    /// (a name without a group here keeps a nil id: it is shown upstream but scopes no plugin).
+    pub fn group_set(&self, names: &[String]) -> Option<Arc<GroupSet>> {
+        GroupSet::new(
+            names
+                .iter()
+                .map(|n| GroupEntry {
+                    id: self.groups_by_name.get(n.as_str()).copied().unwrap_or_else(Uuid::nil),
+                    name: Arc::from(n.as_str()),
+                })
+                .collect(),
+        )
+    }
+
     pub fn empty() -> Snapshot {
         Snapshot {
             version: -1,
             router: Arc::new(Router::empty()),
             consumers: Arc::default(),
             credentials: Arc::default(),
+            groups_by_name: Arc::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::request::{self, BodyKind, Found};
-use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmResolver, Reply};
 use crate::model::schema::Obj;
 use crate::proxy::headers as h;
 use crate::snapshot::Consumer;
@@ -40,8 +40,19 @@ enum Anonymous {
     Missing(Reply),
 }
 
+/// One step of `identity_realms`, in order: the control plane's own consumers, or realms (a run of
+/// realm entries is one lookup).
+#[derive(Debug)]
+enum Identity {
+    ControlPlane,
+    Realms(Vec<String>),
+}
+
 #[derive(Debug)]
 pub struct KeyAuth {
+    identity: Vec<Identity>,
+    /// Set when `identity` has realms: resolves their keys (data planes only).
+    resolver: Option<Arc<dyn RealmResolver>>,
     key_names: Vec<KeyName>,
     hide_credentials: bool,
     key_in_header: bool,
@@ -94,7 +105,26 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
             )),
         },
     };
+    let mut identity: Vec<Identity> = Vec::new();
+    for entry in config.get("identity_realms").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        match (
+            entry.get("scope").and_then(serde_json::Value::as_str),
+            entry.get("id").and_then(serde_json::Value::as_str),
+        ) {
+            (Some("realm"), Some(id)) => match identity.last_mut() {
+                Some(Identity::Realms(list)) => list.push(id.to_string()),
+                _ => identity.push(Identity::Realms(vec![id.to_string()])),
+            },
+            _ => identity.push(Identity::ControlPlane),
+        }
+    }
+    if identity.is_empty() {
+        identity.push(Identity::ControlPlane);
+    }
+    let has_realms = identity.iter().any(|i| matches!(i, Identity::Realms(_)));
     Ok(Arc::new(KeyAuth {
+        resolver: if has_realms { env.realms.cloned() } else { None },
+        identity,
         key_names,
         hide_credentials: flag("hide_credentials", false),
         key_in_header: flag("key_in_header", true),
@@ -176,46 +206,97 @@ impl KeyAuth {
         if key.is_empty() {
             return Err(self.no_key.clone());
         }
+        // Realms need a lookup: only the control plane's own consumers are tried here.
+        if !self.identity.iter().any(|i| matches!(i, Identity::ControlPlane)) {
+            return Err(self.invalid.clone());
+        }
         let Some(auth) = ctx.snapshot.authenticate(&key) else {
             return Err(self.invalid.clone());
         };
-        set_consumer(ctx, &auth.consumer, Some(auth.id));
-        ctx.consumer = Some(auth.consumer);
-        ctx.credential_id = Some(auth.id);
+        attach(ctx, auth);
         Ok(())
     }
+
+    /// [`KeyAuth::authenticate`] through `identity_realms` in order, asking the resolver for realm
+    /// keys. A lookup that fails (control plane unreachable) refuses the key: never open.
+    async fn authenticate_with_realms(&self, ctx: &mut AccessCtx<'_>) -> Result<(), Reply> {
+        let key = self.extract(ctx).map_err(Clone::clone)?;
+        if key.is_empty() {
+            return Err(self.no_key.clone());
+        }
+        let snapshot = ctx.snapshot;
+        for step in &self.identity {
+            let found = match step {
+                Identity::ControlPlane => snapshot.authenticate(&key),
+                Identity::Realms(realms) => match &self.resolver {
+                    Some(resolver) => match resolver.resolve(&key, realms, snapshot).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "realm key lookup failed; key refused");
+                            None
+                        }
+                    },
+                    None => None,
+                },
+            };
+            if let Some(auth) = found {
+                attach(ctx, auth);
+                return Ok(());
+            }
+        }
+        Err(self.invalid.clone())
+    }
+
+    /// What a failed authentication leads to: the anonymous consumer, or the reply.
+    fn conclude(&self, ctx: &mut AccessCtx<'_>, result: Result<(), Reply>) -> Flow {
+        match (&self.anonymous, result) {
+            (_, Ok(())) => Flow::Continue,
+            (Anonymous::Off, Err(reply)) => Flow::Respond(reply),
+            (Anonymous::Consumer(c), Err(_)) => {
+                set_consumer(ctx, c, None);
+                ctx.consumer = Some(c.clone());
+                ctx.anonymous = true;
+                Flow::Continue
+            }
+            (Anonymous::Missing(reply), Err(_)) => Flow::Respond(reply.clone()),
+        }
+    }
+
+    /// Nothing to do: a preflight left alone, or (with `anonymous`) an earlier auth plugin already
+    /// identified the client ("logical OR").
+    fn skip(&self, ctx: &AccessCtx<'_>) -> bool {
+        (!self.run_on_preflight && ctx.parts.method == Method::OPTIONS)
+            || (!matches!(self.anonymous, Anonymous::Off) && ctx.credential_id.is_some())
+    }
+}
+
+fn attach(ctx: &mut AccessCtx<'_>, auth: crate::snapshot::Authenticated) {
+    set_consumer(ctx, &auth.consumer, Some(auth.id));
+    ctx.consumer = Some(auth.consumer);
+    ctx.credential_id = Some(auth.id);
 }
 
 impl Plugin for KeyAuth {
     fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
-        if !self.run_on_preflight && ctx.parts.method == Method::OPTIONS {
+        if self.skip(ctx) {
             return Flow::Continue;
         }
-        match &self.anonymous {
-            Anonymous::Off => match self.authenticate(ctx) {
-                Ok(()) => Flow::Continue,
-                Err(reply) => Flow::Respond(reply),
-            },
-            anonymous => {
-                // "Logical OR": an earlier auth plugin already identified the client.
-                if ctx.credential_id.is_some() {
-                    return Flow::Continue;
-                }
-                if self.authenticate(ctx).is_ok() {
-                    return Flow::Continue;
-                }
-                match anonymous {
-                    Anonymous::Consumer(c) => {
-                        set_consumer(ctx, c, None);
-                        ctx.consumer = Some(c.clone());
-                        ctx.anonymous = true;
-                        Flow::Continue
-                    }
-                    Anonymous::Missing(reply) => Flow::Respond(reply.clone()),
-                    Anonymous::Off => Flow::Continue,
-                }
+        let result = self.authenticate(ctx);
+        self.conclude(ctx, result)
+    }
+
+    fn is_async(&self) -> bool {
+        self.resolver.is_some()
+    }
+
+    fn access_async<'a>(&'a self, ctx: &'a mut AccessCtx<'_>) -> AccessFuture<'a> {
+        Box::pin(async move {
+            if self.skip(ctx) {
+                return Flow::Continue;
             }
-        }
+            let result = self.authenticate_with_realms(ctx).await;
+            self.conclude(ctx, result)
+        })
     }
 
     fn needs_body(&self) -> bool {

@@ -1,0 +1,148 @@
+//! Realm consumers on data planes, black-box: key-auth's `identity_realms` resolves keys the data
+//! plane does not hold by asking its control plane over the cluster link; answers are cached and
+//! dropped at once when a realm, consumer or key changes; realms that do not allow the data plane's
+//! control plane are refused.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Gateway, Options, Upstream};
+
+async fn control_plane(cp: &Gateway, name: &str) -> (String, String) {
+    let (_, created) = cp.post("/v2/control-planes", json!({"name": name})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, token) = cp.post(&format!("/v2/control-planes/{id}/data-plane-tokens"), json!({})).await;
+    (id, token["token"].as_str().unwrap().to_string())
+}
+
+async fn data_plane(cp: &Gateway, token: &str) -> Gateway {
+    let extra = vec![
+        ("TOLLGATE_ROLE".to_string(), "data_plane".to_string()),
+        ("TOLLGATE_CLUSTER_CONTROL_PLANE".into(), cp.cluster.clone()),
+        ("TOLLGATE_CLUSTER_TOKEN".into(), token.into()),
+    ];
+    Gateway::start_with(Options { extra, ..Options::default() }).await
+}
+
+fn core(id: &str, path: &str) -> String {
+    format!("/v2/control-planes/{id}/core-entities{path}")
+}
+
+/// A route `/<name>` on control plane `id` with key-auth trying the given identity realms.
+async fn keyed_route(cp: &Gateway, id: &str, up: &Upstream, name: &str, identity_realms: Value) {
+    cp.create(&core(id, "/services"), json!({"name": name, "url": up.url("/")})).await;
+    cp.create(&core(id, &format!("/services/{name}/routes")), json!({"name": name, "paths": [format!("/{name}")]}))
+        .await;
+    let config = json!({"identity_realms": identity_realms});
+    cp.create(&core(id, &format!("/routes/{name}/plugins")), json!({"name": "key-auth", "config": config})).await;
+}
+
+async fn status_with(dp: &Gateway, path: &str, key: &str, want: u16) -> reqwest::Response {
+    let r = dp.eventually(path, &[("apikey", key)], Duration::from_secs(5), |r| r.status().as_u16() == want).await;
+    assert_eq!(r.status().as_u16(), want, "{path} with {key}");
+    r
+}
+
+#[tokio::test]
+async fn a_realm_key_works_on_the_control_planes_the_realm_allows_and_stops_when_deleted() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (appointments, a_token) = control_plane(&cp, "Appointments").await;
+    let (dev, d_token) = control_plane(&cp, "Dev").await;
+    let (_, prod) = cp
+        .post(
+            "/v1/realms",
+            json!({"name": "prod", "allowed_control_planes": [appointments], "consumer_groups": ["gold"]}),
+        )
+        .await;
+    let prod = prod["id"].as_str().unwrap().to_string();
+    let (_, cruz) = cp
+        .post(&format!("/v1/realms/{prod}/consumers"), json!({"username": "cruz", "consumer_groups": ["silver"]}))
+        .await;
+    let cruz_id = cruz["id"].as_str().unwrap().to_string();
+    let keys = format!("/v1/realms/{prod}/consumers/{cruz_id}/keys");
+    let (_, key) = cp.post(&keys, json!({"type": "legacy", "secret": "cruz-key"})).await;
+
+    // Appointments: a gold tier for the realm's group, and key-auth trying the realm.
+    cp.create(&core(&appointments, "/consumer_groups"), json!({"name": "gold"})).await;
+    let tier = json!({"name": "rate-limiting-advanced", "config": {"limit": [1000], "window_size": [60], "window_type": "fixed"}});
+    cp.create(&core(&appointments, "/consumer_groups/gold/plugins"), tier).await;
+    keyed_route(&cp, &appointments, &up, "appointments", json!([{"scope": "cp"}, {"scope": "realm", "id": prod}]))
+        .await;
+    // Dev lists the prod realm too, but the realm does not allow Dev.
+    keyed_route(&cp, &dev, &up, "dev", json!([{"scope": "realm", "id": prod, "region": "eu"}])).await;
+    let a = data_plane(&cp, &a_token).await;
+    let d = data_plane(&cp, &d_token).await;
+
+    let r = status_with(&a, "/appointments", "cruz-key", 200).await;
+    assert_eq!(r.headers()["x-ratelimit-limit-60"], "1000", "the control plane's gold tier applies");
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-consumer-id"], cruz_id.as_str());
+    assert_eq!(echo["headers"]["x-consumer-username"], "cruz");
+    assert_eq!(echo["headers"]["x-consumer-groups"], "gold, silver", "the realm's groups and its own");
+    assert_eq!(echo["headers"]["x-credential-identifier"], key["id"]);
+    status_with(&d, "/dev", "cruz-key", 401).await;
+    status_with(&a, "/appointments", "nobody's key", 401).await;
+
+    // Realm consumers are not pushed into any control plane.
+    for id in [&appointments, &dev] {
+        let (_, consumers) = cp.get(&core(id, "/consumers")).await;
+        assert_eq!(consumers["data"], json!([]), "{consumers}");
+    }
+
+    // Deleting the key stops it at once (the data plane was told to drop its cache).
+    let key_id = key["id"].as_str().unwrap();
+    assert_eq!(cp.delete(&format!("{keys}/{key_id}")).await, 204);
+    let started = Instant::now();
+    status_with(&a, "/appointments", "cruz-key", 401).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "revoked in {:?}", started.elapsed());
+
+    // A new key clears the cached miss.
+    status_with(&a, "/appointments", "late-key", 401).await;
+    cp.post(&keys, json!({"type": "legacy", "secret": "late-key"})).await;
+    status_with(&a, "/appointments", "late-key", 200).await;
+}
+
+#[tokio::test]
+async fn cached_realm_consumers_keep_working_while_the_control_plane_is_away_and_unknown_keys_are_refused() {
+    let up = Upstream::start().await;
+    let (mut cp, _) = Gateway::start_control_plane().await;
+    let (billing, token) = control_plane(&cp, "Billing").await;
+    let (_, realm) = cp.post("/v1/realms", json!({"name": "prod", "allowed_control_planes": ["*"]})).await;
+    let realm = realm["id"].as_str().unwrap().to_string();
+    let (_, ira) = cp.post(&format!("/v1/realms/{realm}/consumers"), json!({"username": "ira"})).await;
+    let (_, key) = cp
+        .post(&format!("/v1/realms/{realm}/consumers/{}/keys", ira["id"].as_str().unwrap()), json!({"type": "new"}))
+        .await;
+    let secret = key["secret"].as_str().unwrap().to_string();
+    keyed_route(&cp, &billing, &up, "billing", json!([{"scope": "realm", "id": realm}])).await;
+    let dp = data_plane(&cp, &token).await;
+    status_with(&dp, "/billing", &secret, 200).await;
+
+    cp.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(dp.call("/billing", &[("apikey", &secret)]).await.status(), 200, "cached for the realm's ttl");
+    let r = dp.call("/billing", &[("apikey", "never-seen")]).await;
+    assert_eq!(r.status(), 401, "never open, never 5xx");
+}
+
+#[tokio::test]
+async fn identity_realms_are_validated() {
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (status, err) = cp
+        .post(
+            "/plugins",
+            json!({"name": "key-auth", "config": {"identity_realms": [{"scope": "realm"}, {"scope": "planet"}]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("required field missing") && text.contains("expected one of"), "{err}");
+    let (status, plugin) = cp.post("/plugins", json!({"name": "key-auth"})).await;
+    assert_eq!(status, 201, "{plugin}");
+    assert_eq!(plugin["config"]["identity_realms"], json!([{"scope": "cp", "id": null, "region": null}]));
+}
