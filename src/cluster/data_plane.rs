@@ -23,8 +23,8 @@ use super::protocol::{
     ConfigRows, Notice, OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
 };
 use crate::config::Settings;
-use crate::plugins::RealmResolver;
 use crate::plugins::rate_limiting::Counters;
+use crate::plugins::{RealmResolver, RealmScope};
 use crate::snapshot::builder::ConfigState;
 use crate::snapshot::{Authenticated, Consumer, Snapshot, SnapshotHolder};
 
@@ -52,9 +52,10 @@ pub struct DataPlane {
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
     status: Mutex<DataPlaneStatus>,
-    /// Realm key lookups: answers cached for the realm's ttl (misses for its negative ttl),
-    /// bounded; one lookup in flight per key.
-    lookups: moka::future::Cache<String, Arc<Lookup>>,
+    /// Realm key lookups by list of realms: answers cached for the realm's ttl (misses for its
+    /// negative ttl), bounded; one lookup in flight per key.
+    scopes: Mutex<HashMap<Vec<String>, Arc<LookupScope>>>,
+    realm_cache_size: u64,
     /// The current link's outgoing messages (None while disconnected).
     outbox: Mutex<Option<mpsc::Sender<String>>>,
     /// Lookups waiting for their answer, by request number.
@@ -90,10 +91,8 @@ impl DataPlane {
     pub fn new(settings: &Settings, hostname: String, holder: Arc<SnapshotHolder>) -> Arc<DataPlane> {
         let prefix = settings.prefix.as_path();
         Arc::new_cyclic(|this| DataPlane {
-            lookups: moka::future::Cache::builder()
-                .max_capacity(settings.realm_cache_size)
-                .expire_after(LookupExpiry)
-                .build(),
+            scopes: Mutex::default(),
+            realm_cache_size: settings.realm_cache_size,
             outbox: Mutex::new(None),
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
@@ -147,7 +146,7 @@ impl DataPlane {
         let snapshot = state.build(true)?;
         self.holder.store(snapshot);
         // Cached realm consumers carry group ids of the previous configuration.
-        self.lookups.invalidate_all();
+        self.purge_lookups();
         self.set_status(|s| s.config_hash = Some(hash.clone()));
         Ok(hash)
     }
@@ -288,8 +287,15 @@ impl DataPlane {
                     let _ = w.send((found, negative_ttl));
                 }
             }
-            Ok(Notice::Purge) => self.lookups.invalidate_all(),
+            Ok(Notice::Purge) => self.purge_lookups(),
             Err(e) => tracing::warn!(error = %e, "unreadable message from the control plane"),
+        }
+    }
+
+    /// Drops every cached realm lookup.
+    fn purge_lookups(&self) {
+        for scope in self.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+            scope.cache.invalidate_all();
         }
     }
 
@@ -316,19 +322,46 @@ impl DataPlane {
 }
 
 impl RealmResolver for DataPlane {
+    fn scope(&self, realms: &[String]) -> Arc<dyn RealmScope> {
+        let mut scopes = self.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let scope = scopes.entry(realms.to_vec()).or_insert_with(|| {
+            Arc::new(LookupScope {
+                realms: realms.to_vec(),
+                cache: moka::future::Cache::builder()
+                    .max_capacity(self.realm_cache_size)
+                    .expire_after(LookupExpiry)
+                    .build(),
+                data_plane: self.this.clone(),
+            })
+        });
+        scope.clone()
+    }
+}
+
+/// The cached lookups of one list of realms, by key.
+#[derive(Debug)]
+pub struct LookupScope {
+    realms: Vec<String>,
+    cache: moka::future::Cache<String, Arc<Lookup>>,
+    data_plane: std::sync::Weak<DataPlane>,
+}
+
+impl RealmScope for LookupScope {
     fn resolve<'a>(
         &'a self,
         key: &'a str,
-        realms: &'a [String],
         snapshot: &'a Snapshot,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Authenticated>, String>> + Send + 'a>> {
         Box::pin(async move {
-            let key_hash = crate::auth::hash(key);
-            let cache_key = format!("{}|{key_hash}", realms.join(","));
+            // A cached answer costs one lookup by the key as given: no hashing, no allocation.
+            if let Some(hit) = self.cache.get(key).await {
+                return Ok(hit.found.clone());
+            }
+            let dp = self.data_plane.upgrade().ok_or("the data plane is stopping")?;
             let lookup = self
-                .lookups
-                .try_get_with(cache_key, async {
-                    let (found, negative_ttl) = self.ask(key_hash.clone(), realms.to_vec()).await?;
+                .cache
+                .try_get_with(key.to_string(), async {
+                    let (found, negative_ttl) = dp.ask(crate::auth::hash(key), self.realms.clone()).await?;
                     let lookup = match found {
                         Some(rc) => {
                             let id = uuid::Uuid::parse_str(&rc.id).map_err(|e| e.to_string())?;

@@ -121,12 +121,18 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 
 /// Finds realm consumers by key (a data plane asks its control plane, and caches the answers).
 pub trait RealmResolver: Send + Sync + std::fmt::Debug {
-    /// The consumer holding `key` in the first of `realms` that has it (and allows this node's
-    /// control plane); `Err` when the answer could not be had (the caller refuses the key).
+    /// The lookups of one ordered list of realms (taken when a plugin is built; the cache behind it
+    /// outlives configuration changes).
+    fn scope(&self, realms: &[String]) -> Arc<dyn RealmScope>;
+}
+
+/// Key lookups in one ordered list of realms.
+pub trait RealmScope: Send + Sync + std::fmt::Debug {
+    /// The consumer holding `key` in the first realm that has it (and allows this node's control
+    /// plane); `Err` when the answer could not be had (the caller refuses the key).
     fn resolve<'a>(
         &'a self,
         key: &'a str,
-        realms: &'a [String],
         snapshot: &'a Snapshot,
     ) -> Pin<Box<dyn Future<Output = Result<Option<crate::snapshot::Authenticated>, String>> + Send + 'a>>;
 }

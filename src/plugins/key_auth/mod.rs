@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::request::{self, BodyKind, Found};
-use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmResolver, Reply};
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply};
 use crate::model::schema::Obj;
 use crate::proxy::headers as h;
 use crate::snapshot::Consumer;
@@ -45,14 +45,15 @@ enum Anonymous {
 #[derive(Debug)]
 enum Identity {
     ControlPlane,
-    Realms(Vec<String>),
+    /// The realms' lookups (None where no resolver exists: a node that is not a data plane).
+    Realms(Vec<String>, Option<Arc<dyn RealmScope>>),
 }
 
 #[derive(Debug)]
 pub struct KeyAuth {
     identity: Vec<Identity>,
-    /// Set when `identity` has realms: resolves their keys (data planes only).
-    resolver: Option<Arc<dyn RealmResolver>>,
+    /// Whether some realm can be asked (the access phase then waits on lookups).
+    resolves_realms: bool,
     key_names: Vec<KeyName>,
     hide_credentials: bool,
     key_in_header: bool,
@@ -112,8 +113,8 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
             entry.get("id").and_then(serde_json::Value::as_str),
         ) {
             (Some("realm"), Some(id)) => match identity.last_mut() {
-                Some(Identity::Realms(list)) => list.push(id.to_string()),
-                _ => identity.push(Identity::Realms(vec![id.to_string()])),
+                Some(Identity::Realms(list, _)) => list.push(id.to_string()),
+                _ => identity.push(Identity::Realms(vec![id.to_string()], None)),
             },
             _ => identity.push(Identity::ControlPlane),
         }
@@ -121,9 +122,16 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
     if identity.is_empty() {
         identity.push(Identity::ControlPlane);
     }
-    let has_realms = identity.iter().any(|i| matches!(i, Identity::Realms(_)));
+    if let Some(resolver) = env.realms {
+        for step in identity.iter_mut() {
+            if let Identity::Realms(list, scope) = step {
+                *scope = Some(resolver.scope(list));
+            }
+        }
+    }
+    let resolves_realms = identity.iter().any(|i| matches!(i, Identity::Realms(_, Some(_))));
     Ok(Arc::new(KeyAuth {
-        resolver: if has_realms { env.realms.cloned() } else { None },
+        resolves_realms,
         identity,
         key_names,
         hide_credentials: flag("hide_credentials", false),
@@ -228,8 +236,8 @@ impl KeyAuth {
         for step in &self.identity {
             let found = match step {
                 Identity::ControlPlane => snapshot.authenticate(&key),
-                Identity::Realms(realms) => match &self.resolver {
-                    Some(resolver) => match resolver.resolve(&key, realms, snapshot).await {
+                Identity::Realms(_, scope) => match scope {
+                    Some(scope) => match scope.resolve(&key, snapshot).await {
                         Ok(found) => found,
                         Err(e) => {
                             tracing::warn!(error = %e, "realm key lookup failed; key refused");
@@ -286,7 +294,7 @@ impl Plugin for KeyAuth {
     }
 
     fn is_async(&self) -> bool {
-        self.resolver.is_some()
+        self.resolves_realms
     }
 
     fn access_async<'a>(&'a self, ctx: &'a mut AccessCtx<'_>) -> AccessFuture<'a> {
