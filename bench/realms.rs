@@ -1,0 +1,501 @@
+//! Realm key lookups on a data plane (`bench/realm-lookups`, or `cargo run --release --example
+//! bench-realms -- <tollgate binary> [keys] [revocations]`). Starts a control plane and a data plane
+//! of the given binary on loopback, an upstream answering 200, and a route with key-auth trying one
+//! realm, then measures:
+//!
+//! 1. a realm key's first request on the data plane (a miss, a lookup over the cluster link, a hit),
+//!    for `keys` fresh legacy keys of one realm consumer, then the same keys again (cached);
+//! 2. revocation: for each of `revocations` keys, one 200 (cached), then the key is deleted on the
+//!    control plane and the data plane polled every 2 ms until it answers 401; a sample is the time
+//!    from sending the DELETE to that 401;
+//! 3. a control plane holding `BENCH_REALM_CONSUMERS` (default 1,000,000) realm consumers with one key
+//!    each: the control plane is stopped, the rows are written straight into its SQLite store in the
+//!    API's own row format, it is restarted, and a fresh data plane times the first request of keys
+//!    spread over the whole set; the control plane's VmRSS is read after restarting it from its store
+//!    without and with those rows, and after the lookups.
+//!
+//! Prints one markdown table.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, Connection, sqlite::SqliteConnectOptions};
+
+/// Uncached lookups timed against the large control plane.
+const SPREAD_SAMPLES: usize = 1000;
+/// Rows per INSERT statement and per transaction when bulk-loading the store.
+const ROWS_PER_INSERT: usize = 500;
+const ROWS_PER_COMMIT: usize = 50_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+struct Node {
+    child: Child,
+}
+
+impl Node {
+    /// SIGTERM, then waits for the node to finish (killing it after 10 s).
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory (VmRSS) in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(bin: &Path, env: &[(&str, String)], log: &Path) -> Result<Node, String> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .arg("start")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("TOLLGATE_LOG_LEVEL", "notice")
+        .env("TOLLGATE_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok(Node { child })
+}
+
+async fn wait_until(within: Duration, mut ok: impl AsyncFnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if ok().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err("timed out".into())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sha256_hex(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// 1000000 → "1,000,000".
+fn grouped(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A control plane node and its Admin API client.
+struct ControlPlane {
+    node: Node,
+    admin: reqwest::Client,
+    base: String,
+    cluster: String,
+}
+
+impl ControlPlane {
+    async fn start(bin: &Path, prefix: &Path, token: &str, log: &Path) -> Result<ControlPlane, String> {
+        let (admin_port, cluster_port) = (free_port(), free_port());
+        let node = spawn(
+            bin,
+            &[
+                ("TOLLGATE_PREFIX", prefix.display().to_string()),
+                ("TOLLGATE_ROLE", "control_plane".into()),
+                ("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
+                ("TOLLGATE_CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}")),
+                ("TOLLGATE_STATUS_LISTEN", "off".into()),
+            ],
+            log,
+        )?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().map_err(|_| "bad token")?);
+        let admin = reqwest::Client::builder().default_headers(headers).build().map_err(|e| e.to_string())?;
+        let base = format!("http://127.0.0.1:{admin_port}");
+        wait_until(Duration::from_secs(60), async || admin.get(format!("{base}/status")).send().await.is_ok())
+            .await
+            .map_err(|_| "the control plane never answered".to_string())?;
+        Ok(ControlPlane { node, admin, base, cluster: format!("127.0.0.1:{cluster_port}") })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let r = self.admin.post(format!("{}{path}", self.base)).json(&body).send().await.map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        if status.as_u16() == 201 { Ok(v) } else { Err(format!("POST {path}: {status} {v}")) }
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), String> {
+        let r = self.admin.delete(format!("{}{path}", self.base)).send().await.map_err(|e| e.to_string())?;
+        if r.status().as_u16() == 204 { Ok(()) } else { Err(format!("DELETE {path}: {}", r.status())) }
+    }
+}
+
+/// A data plane of the control plane, ready and serving the keyed route (401 without a key).
+async fn data_plane(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    cluster: &str,
+    token: &str,
+    http: &reqwest::Client,
+) -> Result<(Node, String), String> {
+    let (proxy, status) = (free_port(), free_port());
+    let prefix = dir.join(name);
+    let _ = std::fs::remove_dir_all(&prefix);
+    let node = spawn(
+        bin,
+        &[
+            ("TOLLGATE_PREFIX", prefix.display().to_string()),
+            ("TOLLGATE_ROLE", "data_plane".into()),
+            ("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy}")),
+            ("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status}")),
+            ("TOLLGATE_CLUSTER_CONTROL_PLANE", cluster.to_string()),
+            ("TOLLGATE_CLUSTER_TOKEN", token.to_string()),
+        ],
+        &dir.join(format!("{name}.log")),
+    )?;
+    let ready = format!("http://127.0.0.1:{status}/status/ready");
+    wait_until(Duration::from_secs(30), async || http.get(&ready).send().await.is_ok_and(|r| r.status() == 200))
+        .await
+        .map_err(|_| format!("the data plane never became ready ({ready})"))?;
+    let url = format!("http://127.0.0.1:{proxy}/r");
+    wait_until(Duration::from_secs(30), async || http.get(&url).send().await.is_ok_and(|r| r.status() == 401))
+        .await
+        .map_err(|_| "the data plane never served the keyed route".to_string())?;
+    Ok((node, url))
+}
+
+/// One proxied request with `key`: its status and how long it took.
+async fn timed(http: &reqwest::Client, url: &str, key: &str) -> Result<(u16, Duration), String> {
+    let started = Instant::now();
+    let r = http.get(url).header("apikey", key).send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    r.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, started.elapsed()))
+}
+
+/// First-request latencies of `keys` (each expected to answer 200).
+async fn first_requests(http: &reqwest::Client, url: &str, keys: &[String]) -> Result<Vec<Duration>, String> {
+    let mut samples = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (status, took) = timed(http, url, key).await?;
+        if status != 200 {
+            return Err(format!("key {key}: {status}, wanted 200"));
+        }
+        samples.push(took);
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+/// Writes `n` realm consumers with one legacy key each (secret `bulk-<i>`) into the stopped control
+/// plane's store, row for row as the Realms API writes them.
+async fn bulk_load(db: &Path, realm: &str, n: usize) -> Result<(), String> {
+    let options = SqliteConnectOptions::new()
+        .filename(db)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Off)
+        .pragma("cache_size", "-262144");
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await.map_err(|e| e.to_string())?;
+    let insert = |table: &str, columns: &str, width: usize, rows: usize| {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        format!("INSERT INTO {table} ({columns}) VALUES {}", vec![row; rows].join(", "))
+    };
+    let now = now_secs();
+    let mut i = 0;
+    while i < n {
+        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+        let commit_end = (i + ROWS_PER_COMMIT).min(n);
+        while i < commit_end {
+            let end = (i + ROWS_PER_INSERT).min(commit_end);
+            let consumers_sql =
+                insert("realm_consumers", "id, realm_id, username, custom_id, body, created_at", 6, end - i);
+            let keys_sql = insert("realm_keys", "id, realm_id, consumer_id, secret_hash, body, created_at", 6, end - i);
+            let mut consumers = sqlx::query(AssertSqlSafe(consumers_sql));
+            let mut keys = sqlx::query(AssertSqlSafe(keys_sql));
+            for j in i..end {
+                let consumer_id = uuid::Uuid::new_v4().to_string();
+                let username = format!("bulk-{j}");
+                let consumer = json!({
+                    "id": consumer_id, "username": username, "custom_id": null, "type": "proxy", "tags": [],
+                    "consumer_groups": [], "created_at": now, "updated_at": now,
+                });
+                consumers = consumers
+                    .bind(consumer_id.clone())
+                    .bind(realm.to_string())
+                    .bind(username)
+                    .bind(None::<String>)
+                    .bind(consumer.to_string())
+                    .bind(now);
+                let key_id = uuid::Uuid::new_v4().to_string();
+                let key = json!({
+                    "id": key_id, "type": "legacy", "tags": [], "consumer_id": consumer_id,
+                    "created_at": now, "updated_at": now,
+                });
+                keys = keys
+                    .bind(key_id)
+                    .bind(realm.to_string())
+                    .bind(consumer_id)
+                    .bind(sha256_hex(&format!("bulk-{j}")))
+                    .bind(key.to_string())
+                    .bind(now);
+            }
+            consumers.execute(&mut *tx).await.map_err(|e| e.to_string())?;
+            keys.execute(&mut *tx).await.map_err(|e| e.to_string())?;
+            i = end;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.map_err(|e| e.to_string())?;
+    conn.close().await.map_err(|e| e.to_string())
+}
+
+/// One row of the output table.
+struct Row {
+    what: String,
+    samples: String,
+    result: String,
+    target: &'static str,
+    verdict: &'static str,
+}
+
+fn latency_row(what: String, s: &[Duration]) -> Row {
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    Row {
+        what,
+        samples: s.len().to_string(),
+        result: format!(
+            "p50 {} ms, p99 {} ms, max {} ms",
+            ms(percentile(s, 0.5)),
+            ms(percentile(s, 0.99)),
+            ms(s.last().copied().unwrap_or_default())
+        ),
+        target: "",
+        verdict: "",
+    }
+}
+
+async fn run(bin: &Path, dir: &Path, keys: usize, revocations: usize, consumers: usize) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let upstream_port = upstream.local_addr().map_err(|e| e.to_string())?.port();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(async || "ok");
+        let _ = axum::serve(upstream, app).await;
+    });
+
+    let cp_prefix = dir.join("cp");
+    let cp_log = dir.join("cp.log");
+    let created = Command::new(bin)
+        .args(["tokens", "create", "--name", "bench", "--role", "org_admin"])
+        .env_clear()
+        .env("TOLLGATE_PREFIX", &cp_prefix)
+        .env("TOLLGATE_ROLE", "control_plane")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    if token.is_empty() {
+        return Err(format!("tokens create failed: {}", String::from_utf8_lossy(&created.stderr)));
+    }
+    let cp = ControlPlane::start(bin, &cp_prefix, &token, &cp_log).await?;
+    let plane = cp.post("/v2/control-planes", json!({"name": "bench"})).await?;
+    let id = plane["id"].as_str().ok_or("no id")?.to_string();
+    let dp_token = cp.post(&format!("/v2/control-planes/{id}/data-plane-tokens"), json!({})).await?;
+    let dp_token = dp_token["token"].as_str().ok_or("no token")?.to_string();
+    let realm = cp.post("/v1/realms", json!({"name": "bench", "allowed_control_planes": [id]})).await?;
+    let realm = realm["id"].as_str().ok_or("no realm id")?.to_string();
+    let core = format!("/v2/control-planes/{id}/core-entities");
+    cp.post(&format!("{core}/services"), json!({"name": "s", "url": format!("http://127.0.0.1:{upstream_port}")}))
+        .await?;
+    cp.post(&format!("{core}/services/s/routes"), json!({"name": "r", "paths": ["/r"]})).await?;
+    let identity = json!([{"scope": "realm", "id": realm}, {"scope": "cp"}]);
+    cp.post(&format!("{core}/routes/r/plugins"), json!({"name": "key-auth", "config": {"identity_realms": identity}}))
+        .await?;
+    let consumer = cp.post(&format!("/v1/realms/{realm}/consumers"), json!({"username": "bench"})).await?;
+    let keys_path = format!("/v1/realms/{realm}/consumers/{}/keys", consumer["id"].as_str().ok_or("no consumer id")?);
+
+    let http = reqwest::Client::new();
+    let (dp, url) = data_plane(bin, dir, "dp-1", &cp.cluster, &dp_token, &http).await?;
+
+    // 1. First requests of fresh keys (all created first: every realm write purges the caches), then cached.
+    let mut fresh = Vec::with_capacity(keys);
+    for k in 0..keys {
+        let secret = format!("fresh-{k}");
+        cp.post(&keys_path, json!({"type": "legacy", "secret": secret})).await?;
+        fresh.push(secret);
+    }
+    let first = first_requests(&http, &url, &fresh).await?;
+    let cached = first_requests(&http, &url, &fresh).await?;
+    rows.push(latency_row(
+        "first request of a new realm key (miss → lookup over the cluster link → hit)".into(),
+        &first,
+    ));
+    rows.push(latency_row("the same keys again (cached on the data plane)".into(), &cached));
+
+    // 2. Revocation: cached key, DELETE on the control plane, poll every 2 ms until 401.
+    let mut revoked = Vec::with_capacity(revocations);
+    for k in 0..revocations {
+        let secret = format!("revoked-{k}");
+        let key = cp.post(&keys_path, json!({"type": "legacy", "secret": secret})).await?;
+        let key_id = key["id"].as_str().ok_or("no key id")?.to_string();
+        let (status, _) = timed(&http, &url, &secret).await?;
+        if status != 200 {
+            return Err(format!("key {secret}: {status} before its revocation, wanted 200"));
+        }
+        let sent = Instant::now();
+        cp.delete(&format!("{keys_path}/{key_id}")).await?;
+        loop {
+            let (status, _) = timed(&http, &url, &secret).await?;
+            if status == 401 {
+                revoked.push(sent.elapsed());
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                revoked.push(Duration::from_secs(10));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    revoked.sort();
+    let mut row = latency_row("revocation: DELETE sent on the control plane → data plane answers 401".into(), &revoked);
+    row.target = "p99 ≤ 1000 ms";
+    row.verdict = if percentile(&revoked, 0.99) <= Duration::from_millis(1000) { "met" } else { "MISSED" };
+    rows.push(row);
+    drop(dp);
+
+    // 3. A control plane with `consumers` realm consumers: restarted from its store without them, stopped,
+    // bulk-loaded, restarted; then uncached lookups from a fresh data plane.
+    cp.node.stop();
+    let cp = ControlPlane::start(bin, &cp_prefix, &token, &cp_log).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = cp.node.rss();
+    cp.node.stop();
+    eprintln!("bench: writing {} realm consumers and keys into the control plane's store", grouped(consumers));
+    let started = Instant::now();
+    bulk_load(&cp_prefix.join("tollgate.db"), &realm, consumers).await?;
+    let load_time = started.elapsed();
+    let started = Instant::now();
+    let cp = ControlPlane::start(bin, &cp_prefix, &token, &cp_log).await?;
+    let restart_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_loaded = cp.node.rss();
+    let count = cp.admin.get(format!("{}/v1/realms/{realm}/consumers?page[size]=1", cp.base)).send().await;
+    if !count.is_ok_and(|r| r.status() == 200) {
+        return Err("the restarted control plane does not list the realm's consumers".into());
+    }
+    let (_dp, url) = data_plane(bin, dir, "dp-2", &cp.cluster, &dp_token, &http).await?;
+    // Warm the cluster link with a key of part 1 (not cached on this new data plane).
+    let (status, _) = timed(&http, &url, &fresh.first().cloned().unwrap_or_default()).await?;
+    if keys > 0 && status != 200 {
+        return Err(format!("warm-up key: {status}, wanted 200"));
+    }
+    let samples = SPREAD_SAMPLES.min(consumers);
+    let spread: Vec<String> =
+        (0..samples).map(|i| format!("bulk-{}", i * consumers / samples + consumers / samples / 2)).collect();
+    let large = first_requests(&http, &url, &spread).await?;
+    let rss_after = cp.node.rss();
+    rows.push(latency_row(
+        format!("first request of a realm key, {} realm consumers on the control plane", grouped(consumers)),
+        &large,
+    ));
+    rows.push(Row {
+        what: format!("bulk load of {} consumers + keys into the stopped control plane's SQLite", grouped(consumers)),
+        samples: "1".into(),
+        result: format!(
+            "{:.1} s (restart until the Admin API answers: {:.2} s)",
+            load_time.as_secs_f64(),
+            restart_time.as_secs_f64()
+        ),
+        target: "",
+        verdict: "",
+    });
+    rows.push(Row {
+        what: "control plane VmRSS, restarted from its store: without → with them → after the lookups".into(),
+        samples: "—".into(),
+        result: format!("{} → {} → {}", mib(rss_before), mib(rss_loaded), mib(rss_after)),
+        target: "",
+        verdict: "",
+    });
+    cp.node.stop();
+    Ok(rows)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let bin = PathBuf::from(args.get(1).ok_or("usage: bench-realms <tollgate binary> [keys] [revocations]")?);
+    let keys: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(200);
+    let revocations: usize = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(50);
+    let consumers: usize = std::env::var("BENCH_REALM_CONSUMERS")
+        .ok()
+        .and_then(|c| c.replace(['_', ','], "").parse().ok())
+        .unwrap_or(1_000_000);
+    if consumers == 0 {
+        return Err("BENCH_REALM_CONSUMERS must be at least 1".into());
+    }
+    let dir = std::env::temp_dir().join(format!("tollgate-realms-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let rows = run(&bin, &dir, keys, revocations, consumers).await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return Err(format!("{e} (logs kept in {})", dir.display())),
+    };
+    println!(
+        "Realm key lookups on a data plane: {keys} new keys, {revocations} revocations, {} realm consumers.",
+        grouped(consumers)
+    );
+    println!();
+    println!("| measurement | samples | result | target | |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} | {} |", r.what, r.samples, r.result, r.target, r.verdict);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
