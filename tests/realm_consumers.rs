@@ -146,3 +146,52 @@ async fn identity_realms_are_validated() {
     assert_eq!(status, 201, "{plugin}");
     assert_eq!(plugin["config"]["identity_realms"], json!([{"scope": "cp", "id": null, "region": null}]));
 }
+
+#[tokio::test]
+async fn a_lookup_cut_off_by_a_dropped_link_is_refused_and_the_data_plane_recovers() {
+    let up = Upstream::start().await;
+    let (mut cp, token) = Gateway::start_control_plane().await;
+    let (billing, dp_token) = control_plane(&cp, "Billing").await;
+    let (_, realm) = cp.post("/v1/realms", json!({"name": "prod", "allowed_control_planes": ["*"]})).await;
+    let realm = realm["id"].as_str().unwrap().to_string();
+    let (_, ira) = cp.post(&format!("/v1/realms/{realm}/consumers"), json!({"username": "ira"})).await;
+    let keys = format!("/v1/realms/{realm}/consumers/{}/keys", ira["id"].as_str().unwrap());
+    cp.post(&keys, json!({"type": "legacy", "secret": "seen-key"})).await;
+    cp.post(&keys, json!({"type": "legacy", "secret": "unseen-key"})).await;
+    keyed_route(&cp, &billing, &up, "billing", json!([{"scope": "realm", "id": realm}])).await;
+    let dp = data_plane(&cp, &dp_token).await;
+    status_with(&dp, "/billing", "seen-key", 200).await;
+
+    // The control plane stalls with a lookup in flight, then its link drops.
+    support::send_signal(cp.pid(), "STOP");
+    let request = {
+        let (http, url) = (dp.http.clone(), dp.proxy_url("/billing"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = http.get(url).header("apikey", "unseen-key").send().await.unwrap().status().as_u16();
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cluster_port = cp.cluster.rsplit(':').next().unwrap().to_string();
+    let prefix = cp.prefix.clone();
+    cp.kill();
+    let (status, took) = request.await.unwrap();
+    assert_eq!(status, 401, "a lookup the link dropped refuses the key");
+    assert!(took < Duration::from_secs(2), "answered when the link dropped, not at the lookup timeout: {took:?}");
+
+    // The control plane comes back on the same address: the data plane reconnects and resolves again.
+    let opts = Options {
+        prefix: Some(prefix),
+        extra: vec![
+            ("TOLLGATE_ROLE".into(), "control_plane".into()),
+            ("TOLLGATE_CLUSTER_LISTEN".into(), format!("127.0.0.1:{cluster_port}")),
+        ],
+        token: Some(token),
+        ..Options::default()
+    };
+    let _cp = Gateway::start_with(opts).await;
+    let r =
+        dp.eventually("/billing", &[("apikey", "unseen-key")], Duration::from_secs(20), |r| r.status() == 200).await;
+    assert_eq!(r.status(), 200, "recovered after the control plane came back");
+}
