@@ -367,21 +367,25 @@ pub async fn delete_realm(
         ));
     }
     // Keys and consumers first (not every backend enforces the cascade).
-    for table in [RealmTable::Keys, RealmTable::Consumers] {
-        loop {
-            let page = s.store.realm_page(table, &scope, &Cursor::First, 1000).await?;
-            for b in &page.bodies {
-                let v: Value = serde_json::from_str(b).unwrap_or(Value::Null);
-                s.store.realm_delete(table, v["id"].as_str().unwrap_or_default(), &scope).await?;
-            }
-            if !page.more_after {
-                break;
-            }
-        }
-    }
+    delete_all(&s, RealmTable::Keys, &scope).await?;
+    delete_all(&s, RealmTable::Consumers, &scope).await?;
     s.store.realm_delete(RealmTable::Realms, &id, &[]).await?;
     purge(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes every row of `table` matching `scope`.
+async fn delete_all(s: &AdminState, table: RealmTable, scope: &Scope) -> Result<(), Problem> {
+    loop {
+        let page = s.store.realm_page(table, scope, &Cursor::First, 1000).await?;
+        for b in &page.bodies {
+            let v: Value = serde_json::from_str(b).unwrap_or(Value::Null);
+            s.store.realm_delete(table, v["id"].as_str().unwrap_or_default(), scope).await?;
+        }
+        if !page.more_after {
+            return Ok(());
+        }
+    }
 }
 
 const CONSUMER_FIELDS: &[&str] = &["username", "custom_id", "type", "tags", "consumer_groups"];
@@ -497,17 +501,7 @@ pub async fn delete_consumer(
     Path((realm, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     s.realm_consumer(&realm, &id).await?;
-    let keys = vec![("consumer_id", id.clone())];
-    loop {
-        let page = s.store.realm_page(RealmTable::Keys, &keys, &Cursor::First, 1000).await?;
-        for b in &page.bodies {
-            let v: Value = serde_json::from_str(b).unwrap_or(Value::Null);
-            s.store.realm_delete(RealmTable::Keys, v["id"].as_str().unwrap_or_default(), &keys).await?;
-        }
-        if !page.more_after {
-            break;
-        }
-    }
+    delete_all(&s, RealmTable::Keys, &vec![("consumer_id", id.clone())]).await?;
     s.store.realm_delete(RealmTable::Consumers, &id, &[("realm_id", realm)]).await?;
     purge(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
