@@ -12,13 +12,21 @@
 //!    each: the control plane is stopped, the rows are written straight into its SQLite store in the
 //!    API's own row format, it is restarted, and a fresh data plane times the first request of keys
 //!    spread over the whole set; the control plane's VmRSS is read after restarting it from its store
-//!    without and with those rows, and after the lookups.
+//!    without and with those rows, and after the lookups;
+//! 4. a lookup storm (skipped with `BENCH_REALM_STORM=0`): on a data plane with `realm_cache_size`
+//!    10,000, a cached realm key is requested every 2 ms (from its own thread and connection) for 5 s,
+//!    then again while 50,000 distinct unknown realm keys are sent through the proxy at 10,000 a second
+//!    (64 in flight, paced per 10 ms slice; each answers 401 after one lookup on the control plane);
+//!    the data plane's VmRSS is read before the storm, right after it, and after a second storm of
+//!    another 50,000 distinct keys.
 //!
 //! Prints one markdown table.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -30,6 +38,15 @@ const SPREAD_SAMPLES: usize = 1000;
 /// Rows per INSERT statement and per transaction when bulk-loading the store.
 const ROWS_PER_INSERT: usize = 500;
 const ROWS_PER_COMMIT: usize = 50_000;
+/// The lookup storm: unknown keys a second, for how long, requests in flight, pacing slice.
+const STORM_RATE: usize = 10_000;
+const STORM_TIME: Duration = Duration::from_secs(5);
+const STORM_IN_FLIGHT: usize = 64;
+const STORM_SLICE: Duration = Duration::from_millis(10);
+/// The storm's data plane keeps this many realm lookups (so the storm reaches the bound).
+const STORM_CACHE_SIZE: usize = 10_000;
+/// The cached key is requested this often, before and during the storm.
+const PROBE_EVERY: Duration = Duration::from_millis(2);
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
@@ -62,6 +79,22 @@ impl Node {
             .unwrap_or(0)
             * 1024
     }
+
+    /// CPU time used so far.
+    fn cpu(&self) -> Duration {
+        cpu_time(&self.child.id().to_string())
+    }
+}
+
+/// CPU time (user + system) a process used so far ("self" for this one), from /proc/<pid>/stat at 100
+/// ticks a second.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
 }
 
 impl Drop for Node {
@@ -183,22 +216,21 @@ async fn data_plane(
     cluster: &str,
     token: &str,
     http: &reqwest::Client,
+    extra: &[(&str, String)],
 ) -> Result<(Node, String), String> {
     let (proxy, status) = (free_port(), free_port());
     let prefix = dir.join(name);
     let _ = std::fs::remove_dir_all(&prefix);
-    let node = spawn(
-        bin,
-        &[
-            ("TOLLGATE_PREFIX", prefix.display().to_string()),
-            ("TOLLGATE_ROLE", "data_plane".into()),
-            ("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy}")),
-            ("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status}")),
-            ("TOLLGATE_CLUSTER_CONTROL_PLANE", cluster.to_string()),
-            ("TOLLGATE_CLUSTER_TOKEN", token.to_string()),
-        ],
-        &dir.join(format!("{name}.log")),
-    )?;
+    let mut env = vec![
+        ("TOLLGATE_PREFIX", prefix.display().to_string()),
+        ("TOLLGATE_ROLE", "data_plane".into()),
+        ("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy}")),
+        ("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status}")),
+        ("TOLLGATE_CLUSTER_CONTROL_PLANE", cluster.to_string()),
+        ("TOLLGATE_CLUSTER_TOKEN", token.to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let node = spawn(bin, &env, &dir.join(format!("{name}.log")))?;
     let ready = format!("http://127.0.0.1:{status}/status/ready");
     wait_until(Duration::from_secs(30), async || http.get(&ready).send().await.is_ok_and(|r| r.status() == 200))
         .await
@@ -231,6 +263,90 @@ async fn first_requests(http: &reqwest::Client, url: &str, keys: &[String]) -> R
     }
     samples.sort();
     Ok(samples)
+}
+
+/// Requests `key` (expected to answer 200) every [`PROBE_EVERY`] on its own thread, runtime and
+/// connection (so the storm's client does not delay it) until `stop`; the samples, sorted.
+fn probe(url: String, key: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<Vec<Duration>, String>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let http = reqwest::Client::new();
+            // Opens the connection; not a sample.
+            timed(&http, &url, &key).await?;
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (status, took) = timed(&http, &url, &key).await?;
+                if status != 200 {
+                    return Err(format!("cached key {key}: {status}, wanted 200"));
+                }
+                samples.push(took);
+            }
+            samples.sort();
+            Ok(samples)
+        })
+    })
+}
+
+/// What one storm did.
+struct Storm {
+    keys: usize,
+    /// From the first request sent to the last answer.
+    took: Duration,
+    /// Answers other than 401, and requests that failed.
+    not_401: usize,
+    failed: usize,
+    /// CPU time the data plane, the control plane and this bench (client and probe) used meanwhile.
+    cpu: [Duration; 3],
+}
+
+impl Storm {
+    fn rate(&self) -> f64 {
+        self.keys as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// Sends `keys` distinct unknown realm keys (`<tag>-<i>`) through the proxy at [`STORM_RATE`] a second,
+/// [`STORM_RATE`] × [`STORM_SLICE`] per slice, at most [`STORM_IN_FLIGHT`] at once.
+async fn storm(http: &reqwest::Client, url: &str, tag: &str, keys: usize) -> Storm {
+    let per_slice = (STORM_RATE as f64 * STORM_SLICE.as_secs_f64()).round().max(1.0) as usize;
+    let permits = Arc::new(tokio::sync::Semaphore::new(STORM_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut not_401, mut failed) = (0, 0);
+    let mut tally = |answer: Result<Option<u16>, tokio::task::JoinError>| match answer {
+        Ok(Some(401)) => {}
+        Ok(Some(_)) => not_401 += 1,
+        _ => failed += 1,
+    };
+    let started = tokio::time::Instant::now();
+    for (slice, first) in (0..keys).step_by(per_slice).enumerate() {
+        tokio::time::sleep_until(started + STORM_SLICE * slice as u32).await;
+        for i in first..(first + per_slice).min(keys) {
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let (http, url, key) = (http.clone(), url.to_string(), format!("{tag}-{i}"));
+            tasks.spawn(async move {
+                let answer = match http.get(&url).header("apikey", key).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        r.bytes().await.map(|_| status).ok()
+                    }
+                    Err(_) => None,
+                };
+                drop(permit);
+                answer
+            });
+        }
+        while let Some(answer) = tasks.try_join_next() {
+            tally(answer);
+        }
+    }
+    while let Some(answer) = tasks.join_next().await {
+        tally(answer);
+    }
+    Storm { keys, took: started.elapsed(), not_401, failed, cpu: [Duration::ZERO; 3] }
 }
 
 /// Writes `n` realm consumers with one legacy key each (secret `bulk-<i>`) into the stopped control
@@ -295,6 +411,121 @@ async fn bulk_load(db: &Path, realm: &str, n: usize) -> Result<(), String> {
     conn.close().await.map_err(|e| e.to_string())
 }
 
+/// Part 4: a cached key's latency before and during a storm of unknown realm keys, and the data
+/// plane's VmRSS across two storms.
+async fn lookup_storm(
+    bin: &Path,
+    dir: &Path,
+    cp: &ControlPlane,
+    dp_token: &str,
+    keys_path: &str,
+    http: &reqwest::Client,
+) -> Result<Vec<Row>, String> {
+    let storm_keys = STORM_RATE * STORM_TIME.as_secs() as usize;
+    // Created before the data plane starts (every realm write purges the caches).
+    let cached = "storm-cached".to_string();
+    cp.post(keys_path, json!({"type": "legacy", "secret": cached})).await?;
+    let cache_size = [("TOLLGATE_REALM_CACHE_SIZE", STORM_CACHE_SIZE.to_string())];
+    let (dp, url) = data_plane(bin, dir, "dp-storm", &cp.cluster, dp_token, http, &cache_size).await?;
+    let (status, _) = timed(http, &url, &cached).await?;
+    if status != 200 {
+        return Err(format!("key {cached}: {status}, wanted 200"));
+    }
+    // Before: the cached key alone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probing = probe(url.clone(), cached.clone(), stop.clone());
+    tokio::time::sleep(STORM_TIME).await;
+    stop.store(true, Ordering::Relaxed);
+    let before = probing.join().map_err(|_| "the probe panicked")??;
+    let rss_before = dp.rss();
+    // During: the same, while the storm runs.
+    eprintln!("bench: lookup storm, {} unknown keys at {}/s", grouped(storm_keys), grouped(STORM_RATE));
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probing = probe(url.clone(), cached.clone(), stop.clone());
+    let cpu = [dp.cpu(), cp.node.cpu(), cpu_time("self")];
+    let mut first = storm(http, &url, &format!("storm1-{nonce}"), storm_keys).await;
+    first.cpu = [dp.cpu() - cpu[0], cp.node.cpu() - cpu[1], cpu_time("self") - cpu[2]];
+    stop.store(true, Ordering::Relaxed);
+    let during = probing.join().map_err(|_| "the probe panicked")??;
+    let rss_first = dp.rss();
+    let cpu = [dp.cpu(), cp.node.cpu(), cpu_time("self")];
+    let mut second = storm(http, &url, &format!("storm2-{nonce}"), storm_keys).await;
+    second.cpu = [dp.cpu() - cpu[0], cp.node.cpu() - cpu[1], cpu_time("self") - cpu[2]];
+    let rss_second = dp.rss();
+    let (status, _) = timed(http, &url, &cached).await?;
+    if status != 200 {
+        return Err(format!("key {cached} after the storms: {status}, wanted 200"));
+    }
+    drop(dp);
+
+    let mut rows = Vec::new();
+    rows.push(latency_row(
+        format!(
+            "storm: cached realm key every {} ms, before the storm ({} s)",
+            PROBE_EVERY.as_millis(),
+            STORM_TIME.as_secs()
+        ),
+        &before,
+    ));
+    let mut row = latency_row(
+        format!(
+            "storm: the same key during {} distinct unknown keys at {}/s (each a lookup on the control plane → 401)",
+            grouped(storm_keys),
+            grouped(STORM_RATE)
+        ),
+        &during,
+    );
+    let (p50_before, p50_during) = (percentile(&before, 0.5), percentile(&during, 0.5));
+    row.target = "cached keys slowed by ≤ 10% (p50)";
+    row.verdict = if p50_during.as_secs_f64() <= p50_before.as_secs_f64() * 1.10 { "met" } else { "MISSED" };
+    row.result = format!(
+        "{} ({:+.0}% p50)",
+        row.result,
+        (p50_during.as_secs_f64() / p50_before.as_secs_f64().max(f64::MIN_POSITIVE) - 1.0) * 100.0
+    );
+    rows.push(row);
+    let describe = |s: &Storm| {
+        format!(
+            "{} keys/s ({} in {:.2} s; {} not 401, {} failed; CPU, % of a core: data plane {:.0}, control plane {:.0}, bench {:.0})",
+            grouped(s.rate().round() as usize),
+            grouped(s.keys),
+            s.took.as_secs_f64(),
+            s.not_401,
+            s.failed,
+            s.cpu[0].as_secs_f64() / s.took.as_secs_f64() * 100.0,
+            s.cpu[1].as_secs_f64() / s.took.as_secs_f64() * 100.0,
+            s.cpu[2].as_secs_f64() / s.took.as_secs_f64() * 100.0
+        )
+    };
+    let mut row = Row {
+        what: format!(
+            "storm: unknown keys sent through the proxy, {STORM_IN_FLIGHT} in flight, paced per {} ms (first; second)",
+            STORM_SLICE.as_millis()
+        ),
+        samples: format!("{} + {}", grouped(first.keys), grouped(second.keys)),
+        result: format!("{}; {}", describe(&first), describe(&second)),
+        target: "10,000 keys/s, all 401",
+        verdict: "met",
+    };
+    let slow = |s: &Storm| s.rate() < STORM_RATE as f64 * 0.95;
+    if slow(&first) || slow(&second) || first.not_401 + first.failed + second.not_401 + second.failed > 0 {
+        row.verdict = "MISSED";
+    }
+    rows.push(row);
+    rows.push(Row {
+        what: format!(
+            "storm: data plane VmRSS (TOLLGATE_REALM_CACHE_SIZE={}): before → after the first storm → after a second",
+            grouped(STORM_CACHE_SIZE).replace(',', "")
+        ),
+        samples: "—".into(),
+        result: format!("{} → {} → {}", mib(rss_before), mib(rss_first), mib(rss_second)),
+        target: "no further growth (second ≤ first + 10%)",
+        verdict: if rss_second as f64 <= rss_first as f64 * 1.10 { "met" } else { "MISSED" },
+    });
+    Ok(rows)
+}
+
 /// One row of the output table.
 struct Row {
     what: String,
@@ -320,7 +551,14 @@ fn latency_row(what: String, s: &[Duration]) -> Row {
     }
 }
 
-async fn run(bin: &Path, dir: &Path, keys: usize, revocations: usize, consumers: usize) -> Result<Vec<Row>, String> {
+async fn run(
+    bin: &Path,
+    dir: &Path,
+    keys: usize,
+    revocations: usize,
+    consumers: usize,
+    with_storm: bool,
+) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let upstream_port = upstream.local_addr().map_err(|e| e.to_string())?.port();
@@ -360,7 +598,7 @@ async fn run(bin: &Path, dir: &Path, keys: usize, revocations: usize, consumers:
     let keys_path = format!("/v1/realms/{realm}/consumers/{}/keys", consumer["id"].as_str().ok_or("no consumer id")?);
 
     let http = reqwest::Client::new();
-    let (dp, url) = data_plane(bin, dir, "dp-1", &cp.cluster, &dp_token, &http).await?;
+    let (dp, url) = data_plane(bin, dir, "dp-1", &cp.cluster, &dp_token, &http, &[]).await?;
 
     // 1. First requests of fresh keys (all created first: every realm write purges the caches), then cached.
     let mut fresh = Vec::with_capacity(keys);
@@ -409,6 +647,11 @@ async fn run(bin: &Path, dir: &Path, keys: usize, revocations: usize, consumers:
     rows.push(row);
     drop(dp);
 
+    // 4. Lookup storm on a data plane with a bounded realm cache.
+    if with_storm {
+        rows.extend(lookup_storm(bin, dir, &cp, &dp_token, &keys_path, &http).await?);
+    }
+
     // 3. A control plane with `consumers` realm consumers: restarted from its store without them, stopped,
     // bulk-loaded, restarted; then uncached lookups from a fresh data plane.
     cp.node.stop();
@@ -429,7 +672,7 @@ async fn run(bin: &Path, dir: &Path, keys: usize, revocations: usize, consumers:
     if !count.is_ok_and(|r| r.status() == 200) {
         return Err("the restarted control plane does not list the realm's consumers".into());
     }
-    let (_dp, url) = data_plane(bin, dir, "dp-2", &cp.cluster, &dp_token, &http).await?;
+    let (_dp, url) = data_plane(bin, dir, "dp-2", &cp.cluster, &dp_token, &http, &[]).await?;
     // Warm the cluster link with a key of part 1 (not cached on this new data plane).
     let (status, _) = timed(&http, &url, &fresh.first().cloned().unwrap_or_default()).await?;
     if keys > 0 && status != 200 {
@@ -481,7 +724,8 @@ async fn main() -> Result<(), String> {
     }
     let dir = std::env::temp_dir().join(format!("tollgate-realms-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let rows = run(&bin, &dir, keys, revocations, consumers).await;
+    let with_storm = std::env::var("BENCH_REALM_STORM").map_or(true, |v| v != "0");
+    let rows = run(&bin, &dir, keys, revocations, consumers, with_storm).await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => return Err(format!("{e} (logs kept in {})", dir.display())),
