@@ -5,61 +5,15 @@
 //! plane's proxy (every 5 ms) until the new route answers; a sample is the time from sending the
 //! write to that data plane answering. Prints p50/p99/max per N.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "nodes.rs"]
+mod nodes;
+
+use nodes::{free_port, percentile, spawn, wait_until};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-struct Node {
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(bin: &Path, env: &[(&str, String)], log: &Path) -> Result<Node, String> {
-    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .arg("start")
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("TOLLGATE_LOG_LEVEL", "notice")
-        .env("TOLLGATE_WORKER_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    Ok(Node { child })
-}
-
-async fn wait_until(within: Duration, mut ok: impl AsyncFnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ok().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err("timed out".into())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 async fn run(bin: &Path, dir: &Path, n: usize, changes: usize) -> Result<Vec<Duration>, String> {
     let cp_prefix = dir.join(format!("cp-{n}"));
