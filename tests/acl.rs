@@ -8,34 +8,10 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Gateway, Upstream};
+use support::{Gateway, Upstream, id, keys, not_found, schema_violation, start};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-async fn start() -> (Gateway, Upstream) {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start().await;
-    (gw, upstream)
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().unwrap_or_else(|| panic!("no id: {v}")).to_string()
-}
-
-fn not_found() -> Value {
-    json!({"message": "Not found"})
-}
-
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().cloned().collect();
-    k.sort();
-    k
-}
-
-fn schema_violation(message: &str, fields: Value) -> Value {
-    json!({"code": 2, "name": "schema violation", "message": message, "fields": fields})
-}
 
 /// The echo upstream's JSON, or the gateway's JSON when it answered itself.
 async fn echo(r: reqwest::Response) -> Value {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Gateway, status_json};
+use support::{Gateway, id, keys, not_found, schema_violation, status_json};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -42,21 +42,10 @@ async fn send_multipart(gw: &Gateway, method: Method, path: &str, parts: &[(&str
     send(gw, method, path, Some(&ct), body.into_bytes()).await
 }
 
-/// The sorted member names of a JSON object.
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
-    k.sort();
-    k
-}
-
 fn sorted(names: &[&str]) -> Vec<String> {
     let mut k: Vec<String> = names.iter().map(|s| (*s).to_string()).collect();
     k.sort();
     k
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
 }
 
 /// Asserts an integer timestamp in seconds (not milliseconds) close to now.
@@ -69,14 +58,6 @@ fn assert_seconds(v: &Value) {
 fn assert_uuid(v: &Value) {
     let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
     assert!(uuid::Uuid::parse_str(s).is_ok() && s.len() == 36, "not a UUID: {s}");
-}
-
-fn not_found() -> Value {
-    json!({"message": "Not found"})
-}
-
-fn schema_violation(message: &str, fields: Value) -> Value {
-    json!({"code": 2, "name": "schema violation", "message": message, "fields": fields})
 }
 
 const CONSUMER_FIELDS: &[&str] = &["id", "created_at", "updated_at", "username", "custom_id", "tags"];

@@ -11,31 +11,10 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use support::{Gateway, Upstream};
+use support::{Gateway, Upstream, id, keys, not_found, start};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-async fn start() -> (Gateway, Upstream) {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start().await;
-    (gw, upstream)
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().unwrap_or_else(|| panic!("no id: {v}")).to_string()
-}
-
-fn not_found() -> Value {
-    json!({"message": "Not found"})
-}
-
-/// The sorted member names of a JSON object.
-fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().cloned().collect();
-    k.sort();
-    k
-}
 
 /// The `name`s of a list of groups (or `username`s of consumers), in the order given.
 fn names(list: &Value, field: &str) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Gateway, Options, Upstream};
+use support::{Gateway, Options, Upstream, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,12 +20,6 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-async fn start() -> (Gateway, Upstream) {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start().await;
-    (gw, upstream)
-}
 
 /// A service named `name` whose upstream path is `/<name>`, and one route for it (`strip_path` off
 /// unless the route says otherwise), so the echoed path tells which route matched.

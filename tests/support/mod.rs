@@ -13,6 +13,35 @@ use serde_json::Value;
 
 pub use upstream::Upstream;
 
+/// A gateway on the embedded store and an echo upstream for it.
+pub async fn start() -> (Gateway, Upstream) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start().await;
+    (gw, upstream)
+}
+
+/// An entity's `id`.
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_else(|| panic!("no id: {v}")).to_string()
+}
+
+/// Kong's 404 body.
+pub fn not_found() -> Value {
+    serde_json::json!({"message": "Not found"})
+}
+
+/// The sorted member names of a JSON object.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// Kong's schema-violation body (code 2).
+pub fn schema_violation(message: &str, fields: Value) -> Value {
+    serde_json::json!({"code": 2, "name": "schema violation", "message": message, "fields": fields})
+}
+
 /// An HTTP client, sending `Authorization: Bearer <token>` when given one.
 pub fn client(token: Option<&str>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
