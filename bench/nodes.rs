@@ -97,3 +97,19 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Mints an `org_admin` token in a control plane's store (before it starts) and returns it.
+pub fn admin_token(bin: &Path, prefix: &Path) -> Result<String, String> {
+    let created = Command::new(bin)
+        .args(["tokens", "create", "--name", "bench", "--role", "org_admin"])
+        .env_clear()
+        .env("TOLLGATE_PREFIX", prefix)
+        .env("TOLLGATE_ROLE", "control_plane")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    if token.is_empty() {
+        return Err(format!("tokens create failed: {}", String::from_utf8_lossy(&created.stderr)));
+    }
+    Ok(token)
+}

@@ -6,29 +6,18 @@
 //! write to that data plane answering. Prints p50/p99/max per N.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "nodes.rs"]
 mod nodes;
 
-use nodes::{free_port, percentile, spawn, wait_until};
+use nodes::{admin_token, free_port, percentile, spawn, wait_until};
 use serde_json::{Value, json};
 
 async fn run(bin: &Path, dir: &Path, n: usize, changes: usize) -> Result<Vec<Duration>, String> {
     let cp_prefix = dir.join(format!("cp-{n}"));
     let _ = std::fs::remove_dir_all(&cp_prefix);
-    let created = Command::new(bin)
-        .args(["tokens", "create", "--name", "bench", "--role", "org_admin"])
-        .env_clear()
-        .env("TOLLGATE_PREFIX", &cp_prefix)
-        .env("TOLLGATE_ROLE", "control_plane")
-        .output()
-        .map_err(|e| e.to_string())?;
-    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
-    if token.is_empty() {
-        return Err(format!("tokens create failed: {}", String::from_utf8_lossy(&created.stderr)));
-    }
+    let token = admin_token(bin, &cp_prefix)?;
     let (admin_port, cluster_port) = (free_port(), free_port());
     let _cp = spawn(
         bin,

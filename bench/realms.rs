@@ -23,7 +23,6 @@
 //! Prints one markdown table.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use std::time::{Duration, Instant};
 #[path = "nodes.rs"]
 mod nodes;
 
-use nodes::{Node, cpu_time, free_port, percentile, spawn, wait_until};
+use nodes::{Node, admin_token, cpu_time, free_port, percentile, spawn, wait_until};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Connection, sqlite::SqliteConnectOptions};
@@ -482,17 +481,7 @@ async fn run(
 
     let cp_prefix = dir.join("cp");
     let cp_log = dir.join("cp.log");
-    let created = Command::new(bin)
-        .args(["tokens", "create", "--name", "bench", "--role", "org_admin"])
-        .env_clear()
-        .env("TOLLGATE_PREFIX", &cp_prefix)
-        .env("TOLLGATE_ROLE", "control_plane")
-        .output()
-        .map_err(|e| e.to_string())?;
-    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
-    if token.is_empty() {
-        return Err(format!("tokens create failed: {}", String::from_utf8_lossy(&created.stderr)));
-    }
+    let token = admin_token(bin, &cp_prefix)?;
     let cp = ControlPlane::start(bin, &cp_prefix, &token, &cp_log).await?;
     let plane = cp.post("/v2/control-planes", json!({"name": "bench"})).await?;
     let id = plane["id"].as_str().ok_or("no id")?.to_string();
