@@ -195,3 +195,64 @@ async fn a_lookup_cut_off_by_a_dropped_link_is_refused_and_the_data_plane_recove
         dp.eventually("/billing", &[("apikey", "unseen-key")], Duration::from_secs(20), |r| r.status() == 200).await;
     assert_eq!(r.status(), 200, "recovered after the control plane came back");
 }
+
+#[tokio::test]
+async fn a_burst_of_new_keys_is_answered_key_by_key_in_the_order_of_identity_realms() {
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (billing, token) = control_plane(&cp, "Billing").await;
+    let realm = |name: &str, allowed: Value| {
+        let cp = &cp;
+        let name = name.to_string();
+        async move {
+            let (status, r) = cp.post("/v1/realms", json!({"name": name, "allowed_control_planes": allowed})).await;
+            assert_eq!(status, 201, "{r}");
+            r["id"].as_str().unwrap().to_string()
+        }
+    };
+    let first = realm("first", json!([billing])).await;
+    let second = realm("second", json!(["*"])).await;
+    let elsewhere = realm("elsewhere", json!([])).await;
+    // Each realm: consumers `<realm>-<i>` holding key `<realm>-key-<i>`; `shared-key` is held in
+    // every realm by `<realm>-shared`.
+    for realm_id in [&first, &second, &elsewhere] {
+        let (_, r) = cp.get(&format!("/v1/realms/{realm_id}")).await;
+        let name = r["name"].as_str().unwrap().to_string();
+        for who in (0..10).map(|i| i.to_string()).chain(["shared".to_string()]) {
+            let (_, c) = cp
+                .post(&format!("/v1/realms/{realm_id}/consumers"), json!({"username": format!("{name}-{who}")}))
+                .await;
+            let secret = if who == "shared" { "shared-key".to_string() } else { format!("{name}-key-{who}") };
+            let path = format!("/v1/realms/{realm_id}/consumers/{}/keys", c["id"].as_str().unwrap());
+            let (status, _) = cp.post(&path, json!({"type": "legacy", "secret": secret})).await;
+            assert_eq!(status, 201);
+        }
+    }
+    let order =
+        json!([{"scope": "realm", "id": second}, {"scope": "realm", "id": elsewhere}, {"scope": "realm", "id": first}]);
+    keyed_route(&cp, &billing, &up, "billing", order).await;
+    let dp = data_plane(&cp, &token).await;
+    status_with(&dp, "/billing", "second-key-0", 200).await;
+
+    // All at once, none seen before: the data plane's lookups reach the control plane together.
+    let mut expected: Vec<(String, Option<String>)> = Vec::new();
+    for i in 1..10 {
+        expected.push((format!("first-key-{i}"), Some(format!("first-{i}"))));
+        expected.push((format!("second-key-{i}"), Some(format!("second-{i}"))));
+        expected.push((format!("elsewhere-key-{i}"), None));
+        expected.push((format!("unknown-key-{i}"), None));
+    }
+    expected.push(("shared-key".into(), Some("second-shared".into())));
+    let calls = expected.iter().map(|(key, _)| async { dp.call("/billing", &[("apikey", key.as_str())]).await });
+    let answers = futures_util::future::join_all(calls).await;
+    for ((key, who), r) in expected.iter().zip(answers) {
+        match who {
+            Some(who) => {
+                assert_eq!(r.status(), 200, "{key}");
+                let echo: Value = r.json().await.unwrap();
+                assert_eq!(echo["headers"]["x-consumer-username"], who.as_str(), "{key}");
+            }
+            None => assert_eq!(r.status(), 401, "{key}"),
+        }
+    }
+}

@@ -61,6 +61,8 @@ pub struct DataPlane {
     /// Lookups waiting for their answer, by request number.
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_request: AtomicU64,
+    /// Purges so far: an answer that crossed a purge on its way is used once, not cached.
+    purges: AtomicU64,
     /// Itself, for configurations to resolve realm keys through (set once built).
     this: std::sync::Weak<DataPlane>,
 }
@@ -96,6 +98,7 @@ impl DataPlane {
             outbox: Mutex::new(None),
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
+            purges: AtomicU64::new(0),
             this: this.clone(),
             node_id: node_id(prefix),
             hostname,
@@ -244,7 +247,15 @@ impl DataPlane {
             tokio::select! {
                 _ = ping.tick() => send(tx, &ToControlPlane::Ping { config_hash: self.status().config_hash }).await?,
                 Some(text) = outgoing.recv() => {
-                    tx.send(Message::text(text)).await.map_err(|e| format!("cluster link broken: {e}"))?;
+                    // Lookups queued meanwhile go out in the same write.
+                    let sent = async {
+                        tx.feed(Message::text(text)).await?;
+                        while let Ok(more) = outgoing.try_recv() {
+                            tx.feed(Message::text(more)).await?;
+                        }
+                        tx.flush().await
+                    };
+                    sent.await.map_err(|e| format!("cluster link broken: {e}"))?;
                 }
                 message = rx.next() => match message {
                     None | Some(Ok(Message::Close(_))) => return Err("the control plane closed the link".into()),
@@ -294,8 +305,10 @@ impl DataPlane {
 
     /// Drops every cached realm lookup.
     fn purge_lookups(&self) {
+        self.purges.fetch_add(1, Ordering::Release);
         for scope in self.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
-            scope.cache.invalidate_all();
+            scope.hits.invalidate_all();
+            scope.misses.invalidate_all();
         }
     }
 
@@ -325,12 +338,13 @@ impl RealmResolver for DataPlane {
     fn scope(&self, realms: &[String]) -> Arc<dyn RealmScope> {
         let mut scopes = self.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let scope = scopes.entry(realms.to_vec()).or_insert_with(|| {
+            let cache = || {
+                moka::future::Cache::builder().max_capacity(self.realm_cache_size).expire_after(LookupExpiry).build()
+            };
             Arc::new(LookupScope {
                 realms: realms.to_vec(),
-                cache: moka::future::Cache::builder()
-                    .max_capacity(self.realm_cache_size)
-                    .expire_after(LookupExpiry)
-                    .build(),
+                hits: cache(),
+                misses: cache(),
                 data_plane: self.this.clone(),
             })
         });
@@ -338,11 +352,14 @@ impl RealmResolver for DataPlane {
     }
 }
 
-/// The cached lookups of one list of realms, by key.
+/// The cached lookups of one list of realms, by key. Hits and misses are kept apart, so that a storm
+/// of unknown keys fills (and maintains) only the misses: it neither evicts a known key nor slows
+/// its look-ups.
 #[derive(Debug)]
 pub struct LookupScope {
     realms: Vec<String>,
-    cache: moka::future::Cache<String, Arc<Lookup>>,
+    hits: moka::future::Cache<String, Arc<Lookup>>,
+    misses: moka::future::Cache<String, Arc<Lookup>>,
     data_plane: std::sync::Weak<DataPlane>,
 }
 
@@ -354,12 +371,17 @@ impl RealmScope for LookupScope {
     ) -> Pin<Box<dyn Future<Output = Result<Option<Authenticated>, String>> + Send + 'a>> {
         Box::pin(async move {
             // A cached answer costs one lookup by the key as given: no hashing, no allocation.
-            if let Some(hit) = self.cache.get(key).await {
+            if let Some(hit) = self.hits.get(key).await {
                 return Ok(hit.found.clone());
             }
+            if let Some(miss) = self.misses.get(key).await {
+                return Ok(miss.found.clone());
+            }
             let dp = self.data_plane.upgrade().ok_or("the data plane is stopping")?;
+            let purges = dp.purges.load(Ordering::Acquire);
+            // One lookup in flight per key; its answer goes to the hits or the misses.
             let lookup = self
-                .cache
+                .misses
                 .try_get_with(key.to_string(), async {
                     let (found, negative_ttl) = dp.ask(crate::auth::hash(key), self.realms.clone()).await?;
                     let lookup = match found {
@@ -380,6 +402,14 @@ impl RealmScope for LookupScope {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            if dp.purges.load(Ordering::Acquire) != purges {
+                // It may predate the change that purged: not kept.
+                self.misses.invalidate(key).await;
+            } else if lookup.found.is_some() {
+                // Found: moved to the hits (until then, the misses answer with it).
+                self.hits.insert(key.to_string(), lookup.clone()).await;
+                self.misses.invalidate(key).await;
+            }
             Ok(lookup.found.clone())
         })
     }

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 use super::protocol::{Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export};
 use crate::model::schema::now_secs;
-use crate::store::{Cursor, DataPlaneToken, RealmTable, Store};
+use crate::store::{DataPlaneToken, KeyHolder, Store};
 
 /// A data plane that says nothing for this long is dropped (Kong: 45 s; pings come every 5 s here).
 const SILENCE: Duration = Duration::from_secs(45);
@@ -45,6 +45,66 @@ pub struct Latest {
     pub hash: String,
     pub version: i64,
     pub message: Utf8Bytes,
+}
+
+/// A data plane's lookup: its request number, the key's hash, the realms to try in order.
+#[derive(Debug, Clone)]
+pub struct LookupRequest {
+    pub request: u64,
+    pub key_hash: String,
+    pub realms: Vec<String>,
+}
+
+/// Lookups answered together at most (each is two bound values of one query).
+const MAX_LOOKUP_BATCH: usize = 256;
+
+/// What a lookup needs of a realm.
+#[derive(Debug)]
+struct RealmPolicy {
+    /// It allows the asking data plane's control plane.
+    allowed: bool,
+    ttl: u64,
+    negative_ttl: u64,
+    groups: Vec<String>,
+}
+
+fn group_names(body: &serde_json::Value) -> Vec<String> {
+    body["consumer_groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+impl RealmPolicy {
+    fn new(realm: &serde_json::Value, control_plane_id: &str) -> RealmPolicy {
+        let minutes = |f: &str| realm[f].as_u64().unwrap_or(10) * 60;
+        let allowed = realm["allow_all_control_planes"].as_bool() == Some(true)
+            || realm["allowed_control_planes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c == "*" || c.as_str() == Some(control_plane_id)));
+        RealmPolicy { allowed, ttl: minutes("ttl"), negative_ttl: minutes("negative_ttl"), groups: group_names(realm) }
+    }
+
+    /// The consumer holding a key of this realm; its groups are the realm's, then its own.
+    fn consumer(&self, holder: &KeyHolder) -> Option<RealmConsumer> {
+        let key: serde_json::Value = serde_json::from_str(&holder.key_body).ok()?;
+        let consumer: serde_json::Value = serde_json::from_str(&holder.consumer_body).ok()?;
+        let mut groups = self.groups.clone();
+        for g in group_names(&consumer) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        Some(RealmConsumer {
+            id: consumer["id"].as_str()?.to_string(),
+            username: consumer["username"].as_str().unwrap_or_default().to_string(),
+            custom_id: consumer["custom_id"].as_str().map(str::to_string),
+            realm_id: holder.realm_id.clone(),
+            key_id: key["id"].as_str().unwrap_or_default().to_string(),
+            groups,
+            ttl: self.ttl,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -79,68 +139,59 @@ impl Hub {
         let _ = self.purge.send(());
     }
 
-    /// The realm consumer holding a key (by hash), trying `realms` in order and only those that
-    /// allow `control_plane_id`; with the negative ttl (seconds) to cache a miss for.
-    pub async fn lookup(
-        &self,
-        control_plane_id: &str,
-        key_hash: &str,
-        realms: &[String],
-    ) -> Result<(Option<RealmConsumer>, u64), String> {
-        let mut negative = None;
-        for realm_id in realms {
-            let Some(body) =
-                self.store.realm_get(RealmTable::Realms, realm_id, &[]).await.map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
-            let realm: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let minutes = |f: &str| realm[f].as_u64().unwrap_or(10) * 60;
-            negative.get_or_insert(minutes("negative_ttl"));
-            let allowed = realm["allow_all_control_planes"].as_bool() == Some(true)
-                || realm["allowed_control_planes"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|c| c == "*" || c.as_str() == Some(control_plane_id)));
-            if !allowed {
-                continue;
-            }
-            let scope = [("realm_id", realm_id.clone()), ("secret_hash", key_hash.to_string())];
-            let page =
-                self.store.realm_page(RealmTable::Keys, &scope, &Cursor::First, 1).await.map_err(|e| e.to_string())?;
-            let Some(key) = page.bodies.first().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()) else {
-                continue;
-            };
-            let consumer_id = key["consumer_id"].as_str().unwrap_or_default();
-            let consumer = self
-                .store
-                .realm_get(RealmTable::Consumers, consumer_id, &[("realm_id", realm_id.clone())])
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(consumer) = consumer.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) else {
-                continue;
-            };
-            let names = |v: &serde_json::Value| -> Vec<String> {
-                v["consumer_groups"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default()
-            };
-            let mut groups = names(&realm);
-            groups.extend(names(&consumer).into_iter().filter(|g| !names(&realm).contains(g)));
-            return Ok((
-                Some(RealmConsumer {
-                    id: consumer_id.to_string(),
-                    username: consumer["username"].as_str().unwrap_or_default().to_string(),
-                    custom_id: consumer["custom_id"].as_str().map(str::to_string),
-                    realm_id: realm_id.clone(),
-                    key_id: key["id"].as_str().unwrap_or_default().to_string(),
-                    groups,
-                    ttl: minutes("ttl"),
-                }),
-                minutes("negative_ttl"),
-            ));
+    /// Answers a batch of one data plane's lookups with two queries, whatever its size: the realms
+    /// they name, then every key of the batch held in one of those realms that allow
+    /// `control_plane_id`. Each lookup gets the consumer of the first realm in its list that allows
+    /// the control plane and holds the key, and the negative ttl (seconds) of the first that exists.
+    pub async fn lookup_many(&self, control_plane_id: &str, batch: &[LookupRequest]) -> Result<Vec<Notice>, String> {
+        let mut realm_ids: Vec<&str> = batch.iter().flat_map(|l| l.realms.iter().map(String::as_str)).collect();
+        realm_ids.sort_unstable();
+        realm_ids.dedup();
+        let mut realms = HashMap::new();
+        for (id, body) in self.store.realm_bodies(&realm_ids).await.map_err(|e| e.to_string())? {
+            let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            realms.insert(id, RealmPolicy::new(&body, control_plane_id));
         }
-        Ok((None, negative.unwrap_or(600)))
+        let allowed: Vec<&str> = realms.iter().filter(|(_, p)| p.allowed).map(|(id, _)| id.as_str()).collect();
+        let mut hashes: Vec<&str> = batch.iter().map(|l| l.key_hash.as_str()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let holders = self.store.realm_key_holders(&allowed, &hashes).await.map_err(|e| e.to_string())?;
+        let held: HashMap<(&str, &str), &KeyHolder> =
+            holders.iter().map(|h| ((h.realm_id.as_str(), h.secret_hash.as_str()), h)).collect();
+        let answers = batch.iter().map(|l| {
+            let negative_ttl = l.realms.iter().find_map(|r| realms.get(r)).map_or(600, |p| p.negative_ttl);
+            let found = l.realms.iter().find_map(|r| {
+                let policy = realms.get(r).filter(|p| p.allowed)?;
+                let holder = held.get(&(r.as_str(), l.key_hash.as_str()))?;
+                policy.consumer(holder)
+            });
+            Notice::LookupResult { request: l.request, found, negative_ttl }
+        });
+        Ok(answers.collect())
+    }
+
+    /// Answers a link's lookups as they come, in batches of whatever has queued meanwhile.
+    async fn answer_lookups(
+        self: Arc<Self>,
+        control_plane_id: String,
+        mut lookups: tokio::sync::mpsc::Receiver<LookupRequest>,
+        answers: tokio::sync::mpsc::Sender<Vec<String>>,
+    ) {
+        let mut batch = Vec::with_capacity(MAX_LOOKUP_BATCH);
+        while lookups.recv_many(&mut batch, MAX_LOOKUP_BATCH).await > 0 {
+            match self.lookup_many(&control_plane_id, &batch).await {
+                Ok(notices) => {
+                    let texts = notices.iter().filter_map(|n| serde_json::to_string(n).ok()).collect();
+                    if answers.send(texts).await.is_err() {
+                        return;
+                    }
+                }
+                // Unanswered lookups time out on the data plane: their keys are refused, never let in.
+                Err(e) => tracing::error!(error = %e, keys = batch.len(), "realm lookups failed"),
+            }
+            batch.clear();
+        }
     }
 
     /// The data planes of a control plane, most recently seen first.
@@ -330,8 +381,10 @@ impl Hub {
         tracing::info!(node = %node_id, control_plane = %token.control_plane_id, "data plane connected");
         let mut latest = self.subscribe(&token.control_plane_id);
         let mut purged = self.purge.subscribe();
-        // Answers to lookups, which run beside the link.
-        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<String>(256);
+        // Lookups are answered beside the link, in batches.
+        let (lookup_tx, lookups) = tokio::sync::mpsc::channel::<LookupRequest>(MAX_LOOKUP_BATCH * 4);
+        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<Vec<String>>(16);
+        tokio::spawn(self.clone().answer_lookups(token.control_plane_id.clone(), lookups, answer_tx));
         let (mut tx, mut rx) = ws.split();
         let mut running = params.get("config_hash").cloned().filter(|h| !h.is_empty());
         let result: Result<(), String> = loop {
@@ -354,27 +407,25 @@ impl Hub {
                         Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Ok(()),
                         Ok(Some(Err(e))) => break Err(e.to_string()),
                         Ok(Some(Ok(Message::Text(text)))) => {
-                            if let Some((request, key_hash, realms)) = self.heard(&node_id, &text, &mut running) {
-                                let (hub, answer_tx, cp) = (self.clone(), answer_tx.clone(), token.control_plane_id.clone());
-                                tokio::spawn(async move {
-                                    let answer = match hub.lookup(&cp, &key_hash, &realms).await {
-                                        Ok((found, negative_ttl)) => Notice::LookupResult { request, found, negative_ttl },
-                                        Err(e) => {
-                                            tracing::error!(error = %e, "realm lookup failed");
-                                            return;
-                                        }
-                                    };
-                                    if let Ok(text) = serde_json::to_string(&answer) {
-                                        let _ = answer_tx.send(text).await;
-                                    }
-                                });
+                            if let Some(lookup) = self.heard(&node_id, &text, &mut running) {
+                                // Waiting here holds the data plane back while lookups pile up.
+                                if lookup_tx.send(lookup).await.is_err() {
+                                    break Err("lookups stopped".into());
+                                }
                             }
                         }
                         Ok(Some(Ok(_))) => {}
                     }
                 }
-                Some(answer) = answers.recv() => {
-                    if let Err(e) = tx.send(Message::text(answer)).await {
+                Some(batch) = answers.recv() => {
+                    // One write for the whole batch.
+                    let sent = async {
+                        for answer in batch {
+                            tx.feed(Message::text(answer)).await?;
+                        }
+                        tx.flush().await
+                    };
+                    if let Err(e) = sent.await {
                         break Err(e.to_string());
                     }
                 }
@@ -402,13 +453,13 @@ impl Hub {
     }
 
     /// Records what a data plane said; returns a lookup it asked for.
-    fn heard(&self, node_id: &str, text: &str, running: &mut Option<String>) -> Option<(u64, String, Vec<String>)> {
+    fn heard(&self, node_id: &str, text: &str, running: &mut Option<String>) -> Option<LookupRequest> {
         let Ok(msg) = serde_json::from_str::<ToControlPlane>(text) else {
             tracing::warn!(node = node_id, "unreadable message from a data plane");
             return None;
         };
         if let ToControlPlane::Lookup { request, key_hash, realms } = msg {
-            return Some((request, key_hash, realms));
+            return Some(LookupRequest { request, key_hash, realms });
         }
         let mut nodes = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let node = nodes.get_mut(node_id)?;

@@ -23,7 +23,7 @@ use crate::model::EntityError;
 pub use changes::{Change, ChangeOp, Feed, Touched};
 pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
-pub use realms::{Cursor, RealmPage, RealmRow, RealmTable};
+pub use realms::{Cursor, KeyHolder, RealmPage, RealmRow, RealmTable};
 
 /// The default control plane every root Admin API path addresses.
 pub const DEFAULT_CP: &str = "default";

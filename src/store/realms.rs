@@ -40,6 +40,27 @@ impl RealmTable {
     }
 }
 
+/// A realm key found by its hash, with the body of the consumer holding it.
+#[derive(Debug, Clone)]
+pub struct KeyHolder {
+    pub realm_id: String,
+    pub secret_hash: String,
+    pub key_body: String,
+    pub consumer_body: String,
+}
+
+/// `?, ?, …` for an `IN` list of `n` values.
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
 /// A row to write; `columns` are the constraint columns besides `id`, `body` and `created_at`.
 #[derive(Debug, Clone)]
 pub struct RealmRow<'a> {
@@ -198,6 +219,51 @@ impl Store {
         }
         let row = query.fetch_one(&self.inner.reader).await.map_err(db_error)?;
         row.try_get::<i64, _>(0).map_err(db_error)
+    }
+
+    /// The bodies of the realms among `ids`, by id.
+    pub async fn realm_bodies(&self, ids: &[&str]) -> Result<Vec<(String, String)>, EntityError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(&format!("SELECT id, body FROM realms WHERE id IN ({})", placeholders(ids.len())));
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&self.inner.reader).await.map_err(db_error)?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>().map_err(db_error)
+    }
+
+    /// The keys among `hashes` held in one of `realm_ids`, each with its consumer, in one query (a
+    /// data plane's lookups are answered in batches).
+    pub async fn realm_key_holders(&self, realm_ids: &[&str], hashes: &[&str]) -> Result<Vec<KeyHolder>, EntityError> {
+        if realm_ids.is_empty() || hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(&format!(
+            "SELECT k.realm_id, k.secret_hash, k.body, c.body FROM realm_keys k \
+             JOIN realm_consumers c ON c.id = k.consumer_id AND c.realm_id = k.realm_id \
+             WHERE k.realm_id IN ({}) AND k.secret_hash IN ({})",
+            placeholders(realm_ids.len()),
+            placeholders(hashes.len())
+        ));
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for v in realm_ids.iter().chain(hashes) {
+            query = query.bind(v.to_string());
+        }
+        let rows = query.fetch_all(&self.inner.reader).await.map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyHolder {
+                    realm_id: r.try_get(0)?,
+                    secret_hash: r.try_get(1)?,
+                    key_body: r.try_get(2)?,
+                    consumer_body: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_error)
     }
 
     /// Moves a consumer (and its keys) to another realm.
