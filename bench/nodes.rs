@@ -65,8 +65,21 @@ impl Drop for Node {
 }
 
 pub fn spawn(bin: &Path, env: &[(&str, String)], log: &Path) -> Result<Node, String> {
+    spawn_on(None, bin, env, log)
+}
+
+/// Starts a node, pinned to CPU `cpu` (with `taskset`) when given.
+pub fn spawn_on(cpu: Option<&str>, bin: &Path, env: &[(&str, String)], log: &Path) -> Result<Node, String> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let child = command
         .arg("start")
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -14,9 +14,11 @@
 //!    spread over the whole set; the control plane's VmRSS is read after restarting it from its store
 //!    without and with those rows, and after the lookups;
 //! 4. a lookup storm (skipped with `BENCH_REALM_STORM=0`): on a data plane with `realm_cache_size`
-//!    10,000, a cached realm key is requested every 2 ms (from its own thread and connection) for 5 s,
+//!    10,000, a cached realm key is requested every 2 ms (by a probe process of its own, on one
+//!    connection, at real-time priority when `chrt` allows it) for 5 s,
 //!    then again while 50,000 distinct unknown realm keys are sent through the proxy at 10,000 a second
-//!    (64 in flight, paced per 10 ms slice; each answers 401 after one lookup on the control plane);
+//!    (evenly paced over 32 keep-alive connections; each answers 401 after one lookup on the control
+//!    plane);
 //!    the data plane's VmRSS is read before the storm, right after it, and after a second storm of
 //!    another 50,000 distinct keys.
 //!
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 #[path = "nodes.rs"]
 mod nodes;
 
-use nodes::{Node, admin_token, cpu_time, free_port, percentile, spawn, wait_until};
+use nodes::{Node, admin_token, cpu_time, free_port, percentile, spawn, spawn_on, wait_until};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Connection, sqlite::SqliteConnectOptions};
@@ -40,11 +42,10 @@ const SPREAD_SAMPLES: usize = 1000;
 /// Rows per INSERT statement and per transaction when bulk-loading the store.
 const ROWS_PER_INSERT: usize = 500;
 const ROWS_PER_COMMIT: usize = 50_000;
-/// The lookup storm: unknown keys a second, for how long, requests in flight, pacing slice.
+/// The lookup storm: unknown keys a second, for how long, over how many connections.
 const STORM_RATE: usize = 10_000;
 const STORM_TIME: Duration = Duration::from_secs(5);
-const STORM_IN_FLIGHT: usize = 64;
-const STORM_SLICE: Duration = Duration::from_millis(10);
+const STORM_CONNECTIONS: usize = 32;
 /// The storm's data plane keeps this many realm lookups (so the storm reaches the bound).
 const STORM_CACHE_SIZE: usize = 10_000;
 /// The cached key is requested this often, before and during the storm.
@@ -142,7 +143,10 @@ async fn data_plane(
         ("TOLLGATE_CLUSTER_TOKEN", token.to_string()),
     ];
     env.extend(extra.iter().cloned());
-    let node = spawn(bin, &env, &dir.join(format!("{name}.log")))?;
+    // bench/realm-lookups gives data planes a CPU of their own (`BENCH_DP_CPU`), away from this
+    // bench and the control plane.
+    let cpu = std::env::var("BENCH_DP_CPU").ok().filter(|c| !c.is_empty());
+    let node = spawn_on(cpu.as_deref(), bin, &env, &dir.join(format!("{name}.log")))?;
     let ready = format!("http://127.0.0.1:{status}/status/ready");
     wait_until(Duration::from_secs(30), async || http.get(&ready).send().await.is_ok_and(|r| r.status() == 200))
         .await
@@ -177,30 +181,81 @@ async fn first_requests(http: &reqwest::Client, url: &str, keys: &[String]) -> R
     Ok(samples)
 }
 
-/// Requests `key` (expected to answer 200) every [`PROBE_EVERY`] on its own thread, runtime and
-/// connection (so the storm's client does not delay it) until `stop`; the samples, sorted.
-fn probe(url: String, key: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<Vec<Duration>, String>> {
+/// The cached key's prober: this example run again as `bench-realms probe <url> <key>`, at real-time
+/// priority when `chrt` allows it, so that neither the storm's generator nor the control plane
+/// (which share its CPU here, and would be other machines in production) delays its own side.
+struct Probe {
+    child: std::process::Child,
+}
+
+impl Probe {
+    fn start(url: &str, key: &str, upstream_port: u16) -> Result<Probe, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let realtime =
+            std::process::Command::new("chrt").args(["-f", "10", "true"]).status().is_ok_and(|s| s.success());
+        let mut command = if realtime {
+            let mut c = std::process::Command::new("chrt");
+            c.args(["-f", "10"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        let child = command
+            .args(["probe", url, key, &upstream_port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the probe: {e}"))?;
+        Ok(Probe { child })
+    }
+
+    /// Stops the probe (closing its stdin); its samples, sorted.
+    fn finish(mut self) -> Result<Vec<Duration>, String> {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("the probe failed: {text}"));
+        }
+        let mut samples: Vec<Duration> =
+            text.lines().filter_map(|l| l.trim().parse().ok()).map(Duration::from_nanos).collect();
+        samples.sort();
+        Ok(samples)
+    }
+}
+
+/// The probe process: serves the upstream of `url` on `upstream_port` (at the probe's priority too),
+/// requests `key` (expected to answer 200) every [`PROBE_EVERY`] on one connection until stdin
+/// closes, then prints each latency in nanoseconds.
+async fn run_probe(url: &str, key: &str, upstream_port: &str) -> Result<(), String> {
+    let upstream =
+        tokio::net::TcpListener::bind(format!("127.0.0.1:{upstream_port}")).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = axum::serve(upstream, axum::Router::new().fallback(async || "ok")).await;
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = stop.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let http = reqwest::Client::new();
-            // Opens the connection; not a sample.
-            timed(&http, &url, &key).await?;
-            let mut samples = Vec::new();
-            let mut tick = tokio::time::interval(PROBE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let (status, took) = timed(&http, &url, &key).await?;
-                if status != 200 {
-                    return Err(format!("cached key {key}: {status}, wanted 200"));
-                }
-                samples.push(took);
-            }
-            samples.sort();
-            Ok(samples)
-        })
-    })
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let http = reqwest::Client::new();
+    // Opens the connection; not a sample.
+    timed(&http, url, key).await?;
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let (status, took) = timed(&http, url, key).await?;
+        if status != 200 {
+            return Err(format!("cached key {key}: {status}, wanted 200"));
+        }
+        samples.push(took);
+    }
+    let lines: Vec<String> = samples.iter().map(|d| d.as_nanos().to_string()).collect();
+    println!("{}", lines.join("\n"));
+    Ok(())
 }
 
 /// What one storm did.
@@ -221,44 +276,79 @@ impl Storm {
     }
 }
 
-/// Sends `keys` distinct unknown realm keys (`<tag>-<i>`) through the proxy at [`STORM_RATE`] a second,
-/// [`STORM_RATE`] × [`STORM_SLICE`] per slice, at most [`STORM_IN_FLIGHT`] at once.
-async fn storm(http: &reqwest::Client, url: &str, tag: &str, keys: usize) -> Storm {
-    let per_slice = (STORM_RATE as f64 * STORM_SLICE.as_secs_f64()).round().max(1.0) as usize;
-    let permits = Arc::new(tokio::sync::Semaphore::new(STORM_IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    let (mut not_401, mut failed) = (0, 0);
-    let mut tally = |answer: Result<Option<u16>, tokio::task::JoinError>| match answer {
-        Ok(Some(401)) => {}
-        Ok(Some(_)) => not_401 += 1,
-        _ => failed += 1,
+/// Sends `keys` distinct unknown realm keys (`<tag>-<i>`) to `url` at [`STORM_RATE`] a second, spread
+/// evenly over [`STORM_CONNECTIONS`] keep-alive connections. The requests are written and their
+/// answers read by hand: a general-purpose client would spend more CPU than the data plane under
+/// test, on a machine it shares with it.
+async fn storm(url: &str, tag: &str, keys: usize) -> Storm {
+    let Some((addr, path)) = url.strip_prefix("http://").and_then(|u| u.split_once('/')) else {
+        return Storm { keys, took: Duration::ZERO, not_401: 0, failed: keys, cpu: [Duration::ZERO; 3] };
     };
+    let (addr, path) = (addr.to_string(), format!("/{path}"));
+    let period = Duration::from_secs_f64(STORM_CONNECTIONS as f64 / STORM_RATE as f64);
     let started = tokio::time::Instant::now();
-    for (slice, first) in (0..keys).step_by(per_slice).enumerate() {
-        tokio::time::sleep_until(started + STORM_SLICE * slice as u32).await;
-        for i in first..(first + per_slice).min(keys) {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let (http, url, key) = (http.clone(), url.to_string(), format!("{tag}-{i}"));
-            tasks.spawn(async move {
-                let answer = match http.get(&url).header("apikey", key).send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        r.bytes().await.map(|_| status).ok()
-                    }
-                    Err(_) => None,
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..STORM_CONNECTIONS {
+        let (addr, path, tag) = (addr.clone(), path.clone(), tag.to_string());
+        // Connection c sends keys c, c + N, c + 2N, …, offset by c/N of a period from the others.
+        let first_at = started + period.mul_f64(c as f64 / STORM_CONNECTIONS as f64);
+        tasks.spawn(async move {
+            let (mut not_401, mut failed) = (0, 0);
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.ok();
+            let mut tick = tokio::time::interval_at(first_at, period);
+            let mut buf = Vec::with_capacity(4096);
+            for i in (c..keys).step_by(STORM_CONNECTIONS) {
+                tick.tick().await;
+                let status = match conn.as_mut() {
+                    Some(stream) => exchange(stream, &mut buf, &path, &format!("{tag}-{i}")).await,
+                    None => None,
                 };
-                drop(permit);
-                answer
-            });
-        }
-        while let Some(answer) = tasks.try_join_next() {
-            tally(answer);
-        }
+                match status {
+                    Some(401) => {}
+                    Some(_) => not_401 += 1,
+                    None => {
+                        failed += 1;
+                        conn = tokio::net::TcpStream::connect(&addr).await.ok();
+                    }
+                }
+            }
+            (not_401, failed)
+        });
     }
-    while let Some(answer) = tasks.join_next().await {
-        tally(answer);
+    let (mut not_401, mut failed) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (n, f) = done.unwrap_or((0, keys / STORM_CONNECTIONS));
+        not_401 += n;
+        failed += f;
     }
     Storm { keys, took: started.elapsed(), not_401, failed, cpu: [Duration::ZERO; 3] }
+}
+
+/// One `GET path` with `apikey: key` on a keep-alive connection; the answer's status once its body
+/// (`Content-Length`) has been read, or None if the connection failed.
+async fn exchange(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, path: &str, key: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\napikey: {key}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+        let status = head.get(9..12)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse().ok())?;
+        if buf.len() >= head_end + 4 + length {
+            return Some(status);
+        }
+    }
 }
 
 /// Writes `n` realm consumers with one legacy key each (secret `bulk-<i>`) into the stopped control
@@ -323,49 +413,58 @@ async fn bulk_load(db: &Path, realm: &str, n: usize) -> Result<(), String> {
     conn.close().await.map_err(|e| e.to_string())
 }
 
+/// What the parts share: the control plane, its data plane token, the realm consumer's keys path,
+/// the control plane's core-entities path, and the key-auth `identity_realms` of route `/r`.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    cp: &'a ControlPlane,
+    dp_token: &'a str,
+    keys_path: &'a str,
+    core: &'a str,
+    identity: &'a Value,
+}
+
 /// Part 4: a cached key's latency before and during a storm of unknown realm keys, and the data
 /// plane's VmRSS across two storms.
-async fn lookup_storm(
-    bin: &Path,
-    dir: &Path,
-    cp: &ControlPlane,
-    dp_token: &str,
-    keys_path: &str,
-    http: &reqwest::Client,
-) -> Result<Vec<Row>, String> {
+async fn lookup_storm(bin: &Path, dir: &Path, setup: &Setup<'_>, http: &reqwest::Client) -> Result<Vec<Row>, String> {
+    let Setup { cp, dp_token, keys_path, core, identity } = *setup;
     let storm_keys = STORM_RATE * STORM_TIME.as_secs() as usize;
-    // Created before the data plane starts (every realm write purges the caches).
+    // Created before the data plane starts (every realm write purges the caches): the cached key,
+    // and a route `/storm` like `/r` whose upstream the probe process serves.
     let cached = "storm-cached".to_string();
     cp.post(keys_path, json!({"type": "legacy", "secret": cached})).await?;
+    let probe_upstream = free_port();
+    cp.post(&format!("{core}/services"), json!({"name": "storm", "url": format!("http://127.0.0.1:{probe_upstream}")}))
+        .await?;
+    cp.post(&format!("{core}/services/storm/routes"), json!({"name": "storm", "paths": ["/storm"]})).await?;
+    let config = json!({"identity_realms": identity});
+    cp.post(&format!("{core}/routes/storm/plugins"), json!({"name": "key-auth", "config": config})).await?;
     let cache_size = [("TOLLGATE_REALM_CACHE_SIZE", STORM_CACHE_SIZE.to_string())];
-    let (dp, url) = data_plane(bin, dir, "dp-storm", &cp.cluster, dp_token, http, &cache_size).await?;
-    let (status, _) = timed(http, &url, &cached).await?;
-    if status != 200 {
-        return Err(format!("key {cached}: {status}, wanted 200"));
-    }
+    let (dp, r_url) = data_plane(bin, dir, "dp-storm", &cp.cluster, dp_token, http, &cache_size).await?;
+    let url = format!("{}storm", r_url.trim_end_matches('r'));
+    wait_until(Duration::from_secs(30), async || timed(http, &url, "none").await.is_ok_and(|(s, _)| s == 401))
+        .await
+        .map_err(|_| "the data plane never served /storm".to_string())?;
     // Before: the cached key alone.
-    let stop = Arc::new(AtomicBool::new(false));
-    let probing = probe(url.clone(), cached.clone(), stop.clone());
+    let probing = Probe::start(&url, &cached, probe_upstream)?;
     tokio::time::sleep(STORM_TIME).await;
-    stop.store(true, Ordering::Relaxed);
-    let before = probing.join().map_err(|_| "the probe panicked")??;
+    let before = probing.finish()?;
     let rss_before = dp.rss();
     // During: the same, while the storm runs.
     eprintln!("bench: lookup storm, {} unknown keys at {}/s", grouped(storm_keys), grouped(STORM_RATE));
     let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let probing = probe(url.clone(), cached.clone(), stop.clone());
+    let probing = Probe::start(&url, &cached, probe_upstream)?;
     let cpu = [dp.cpu(), cp.node.cpu(), cpu_time("self")];
-    let mut first = storm(http, &url, &format!("storm1-{nonce}"), storm_keys).await;
+    let mut first = storm(&url, &format!("storm1-{nonce}"), storm_keys).await;
     first.cpu = [dp.cpu() - cpu[0], cp.node.cpu() - cpu[1], cpu_time("self") - cpu[2]];
-    stop.store(true, Ordering::Relaxed);
-    let during = probing.join().map_err(|_| "the probe panicked")??;
+    let during = probing.finish()?;
     let rss_first = dp.rss();
     let cpu = [dp.cpu(), cp.node.cpu(), cpu_time("self")];
-    let mut second = storm(http, &url, &format!("storm2-{nonce}"), storm_keys).await;
+    let mut second = storm(&url, &format!("storm2-{nonce}"), storm_keys).await;
     second.cpu = [dp.cpu() - cpu[0], cp.node.cpu() - cpu[1], cpu_time("self") - cpu[2]];
     let rss_second = dp.rss();
-    let (status, _) = timed(http, &url, &cached).await?;
+    // `/storm`'s upstream left with the probe; `/r` tries the same realms.
+    let (status, _) = timed(http, &r_url, &cached).await?;
     if status != 200 {
         return Err(format!("key {cached} after the storms: {status}, wanted 200"));
     }
@@ -412,8 +511,7 @@ async fn lookup_storm(
     };
     let mut row = Row {
         what: format!(
-            "storm: unknown keys sent through the proxy, {STORM_IN_FLIGHT} in flight, paced per {} ms (first; second)",
-            STORM_SLICE.as_millis()
+            "storm: unknown keys sent through the proxy, evenly paced over {STORM_CONNECTIONS} keep-alive connections (first; second)"
         ),
         samples: format!("{} + {}", grouped(first.keys), grouped(second.keys)),
         result: format!("{}; {}", describe(&first), describe(&second)),
@@ -551,7 +649,15 @@ async fn run(
 
     // 4. Lookup storm on a data plane with a bounded realm cache.
     if with_storm {
-        rows.extend(lookup_storm(bin, dir, &cp, &dp_token, &keys_path, &http).await?);
+        rows.extend(
+            lookup_storm(
+                bin,
+                dir,
+                &Setup { cp: &cp, dp_token: &dp_token, keys_path: &keys_path, core: &core, identity: &identity },
+                &http,
+            )
+            .await?,
+        );
     }
 
     // 3. A control plane with `consumers` realm consumers: restarted from its store without them, stopped,
@@ -614,6 +720,11 @@ async fn run(
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
+    if let (Some("probe"), Some(url), Some(key), Some(port)) =
+        (args.get(1).map(String::as_str), args.get(2), args.get(3), args.get(4))
+    {
+        return run_probe(url, key, port).await;
+    }
     let bin = PathBuf::from(args.get(1).ok_or("usage: bench-realms <tollgate binary> [keys] [revocations]")?);
     let keys: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(200);
     let revocations: usize = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(50);
