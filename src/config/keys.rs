@@ -43,7 +43,7 @@ pub const KEYS: &[KeyDef] = &[
     key(
         "realm_cache_size",
         "100000",
-        "Realm key lookups a data plane keeps cached (hits for the realm's `ttl`, misses for its `negative_ttl`).",
+        "Realm key lookups a data plane keeps cached, hits and misses each (hits for the realm's `ttl`, misses for its `negative_ttl`).",
     ),
     key("status_listen", "127.0.0.1:8100", "The status API (`GET /status`, `GET /status/ready`), or `off`."),
     key(
