@@ -1377,3 +1377,257 @@ async fn sequential_requests_reuse_one_keep_alive_connection_to_the_upstream() {
     // Workers each keep their own pool, so at most one connection per worker.
     assert!(peers.len() <= 2, "{peers:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The upstream client: framing and keep-alive against scripted upstreams
+// ---------------------------------------------------------------------------------------------
+
+/// What a scripted upstream does with one request: write these pieces (pausing between them so they
+/// arrive in separate reads), then keep the connection open or close it. No pieces: close at once.
+struct Answer {
+    pieces: Vec<Vec<u8>>,
+    close: bool,
+}
+
+impl Answer {
+    fn keep(pieces: &[&[u8]]) -> Answer {
+        Answer { pieces: pieces.iter().map(|p| p.to_vec()).collect(), close: false }
+    }
+
+    fn close(pieces: &[&[u8]]) -> Answer {
+        Answer { pieces: pieces.iter().map(|p| p.to_vec()).collect(), close: true }
+    }
+}
+
+/// Reads one request (head, and a Content-Length or chunked body) from `socket`; returns its head,
+/// or `None` when the connection closed first.
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    buf.drain(..head_end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let chunked = head.contains("transfer-encoding: chunked");
+    loop {
+        let complete = if chunked { buf.windows(5).any(|w| w == b"0\r\n\r\n") } else { buf.len() >= length };
+        if complete {
+            break;
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    match buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+        Some(end) if chunked => drop(buf.drain(..end + 5)),
+        _ => drop(buf.drain(..length.min(buf.len()))),
+    }
+    Some(head)
+}
+
+/// A raw HTTP/1.1 upstream that answers each request with what `answer` says for (connection number,
+/// request number on that connection, request head), both from 0. Counts connections.
+async fn scripted_upstream<F>(answer: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(usize, usize, &str) -> Answer + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let conn = counter.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for request in 0.. {
+                    let Some(head) = read_request(&mut socket, &mut buf).await else { return };
+                    let Answer { pieces, close } = answer(conn, request, &head);
+                    for (i, piece) in pieces.iter().enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if socket.write_all(piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    if close || pieces.is_empty() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A gateway with a route `/s` to `addr` (no retries: the client's own recovery is under test) and a
+/// keep-alive client, so that successive requests reach the same worker and its pool.
+async fn gateway_to(addr: std::net::SocketAddr) -> (Gateway, reqwest::Client) {
+    let gw = Gateway::start().await;
+    gw.create("/services", json!({"name": "scripted", "url": format!("http://{addr}"), "retries": 0})).await;
+    gw.create("/services/scripted/routes", json!({"paths": ["/s"]})).await;
+    sync(&gw).await;
+    (gw, reqwest::Client::new())
+}
+
+async fn get_text(client: &reqwest::Client, gw: &Gateway) -> (u16, String) {
+    let r = client.get(gw.proxy_url("/s")).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn a_chunked_upstream_response_is_decoded_and_its_connection_reused() {
+    let (addr, connections) = scripted_upstream(|_, _, _| {
+        Answer::keep(&[
+            b"HTTP/1.1 200 OK\r\nTransfer-Enc",
+            b"oding: chunked\r\nContent-Type: text/plain\r\n\r\n5;ext=\"1\"\r\nhel",
+            b"lo\r\n7\r\n, world\r\n",
+            b"0\r\nx-trailer: t\r\n\r\n",
+        ])
+    })
+    .await;
+    let (gw, client) = gateway_to(addr).await;
+    for _ in 0..3 {
+        let r = client.get(gw.proxy_url("/s")).send().await.expect("request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-type"), Some("text/plain"));
+        assert!(header(&r, "content-length").is_none());
+        assert_eq!(r.text().await.expect("body"), "hello, world");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one kept-alive upstream connection");
+}
+
+#[tokio::test]
+async fn a_close_delimited_upstream_response_is_read_to_the_end() {
+    let (addr, connections) = scripted_upstream(|_, request, _| match request {
+        0 => Answer::close(&[b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ", b"part two"]),
+        _ => Answer::close(&[b"HTTP/1.0 200 OK\r\n\r\nold ", b"style"]),
+    })
+    .await;
+    let (gw, client) = gateway_to(addr).await;
+    assert_eq!(get_text(&client, &gw).await, (200, "part one, part two".to_string()));
+    assert_eq!(get_text(&client, &gw).await, (200, "part one, part two".to_string()));
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "such a connection is never reused");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_an_idle_keep_alive_connection_does_not_fail_the_next_request() {
+    let (addr, connections) =
+        scripted_upstream(|_, _, _| Answer::keep(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])).await;
+    // The upstream's idle timeout: 100 ms, then it closes.
+    let idle_closing = raw_upstream(move |mut client| async move {
+        let Ok(mut server) = TcpStream::connect(addr).await else { return };
+        let mut buf = [0u8; 8192];
+        loop {
+            let read = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { return };
+            if n == 0 || server.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            let Ok(n) = server.read(&mut buf).await else { return };
+            if client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (gw, client) = gateway_to(idle_closing).await;
+    assert_eq!(get_text(&client, &gw).await, (200, "ok".to_string()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get_text(&client, &gw).await, (200, "ok".to_string()));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_as_the_request_arrives_is_replaced_by_a_fresh_one() {
+    // Each connection answers its first request and closes on the second without answering: what a
+    // request meets when the upstream's idle timeout strikes while it is on its way.
+    let (addr, connections) = scripted_upstream(|_, request, _| match request {
+        0 => Answer::keep(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]),
+        _ => Answer::close(&[]),
+    })
+    .await;
+    let (gw, client) = gateway_to(addr).await;
+    for i in 0..3 {
+        assert_eq!(get_text(&client, &gw).await, (200, "ok".to_string()), "request {i}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_and_204_responses_have_no_body_and_keep_the_connection() {
+    let (addr, connections) = scripted_upstream(|_, _, head| {
+        if head.starts_with("head ") {
+            Answer::keep(&[b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"])
+        } else if head.starts_with("delete ") {
+            Answer::keep(&[b"HTTP/1.1 204 No Content\r\nX-Deleted: yes\r\n\r\n"])
+        } else {
+            Answer::keep(&[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"])
+        }
+    })
+    .await;
+    let (gw, client) = gateway_to(addr).await;
+    let r = client.head(gw.proxy_url("/s")).send().await.expect("head");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), Some("1234"));
+    assert_eq!(r.bytes().await.expect("body").len(), 0);
+    let r = client.delete(gw.proxy_url("/s")).send().await.expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "x-deleted"), Some("yes"));
+    assert_eq!(r.bytes().await.expect("body").len(), 0);
+    assert_eq!(get_text(&client, &gw).await, (200, "body".to_string()));
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "no body was waited for: the connection was reused");
+}
+
+#[tokio::test]
+async fn an_invalid_upstream_response_answers_502() {
+    // Each answer closes its connection: connection `n` carries request `n`.
+    let (addr, _) = scripted_upstream(|conn, _, _| match conn % 3 {
+        0 => Answer::close(&[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"]),
+        1 => Answer::close(&[b"not http at all\r\n\r\n"]),
+        _ => Answer::close(&[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"]),
+    })
+    .await;
+    let (gw, _) = gateway_to(addr).await;
+    for _ in 0..3 {
+        let r = gw.call("/s", &[]).await;
+        assert_eq!(message(r).await, (502, "An invalid response was received from the upstream server".to_string()));
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_as_the_client_sent_them() {
+    let (gw, up) = start().await;
+    gw.service_and_route(&up, "framing", json!({"paths": ["/"]})).await;
+    sync(&gw).await;
+    let body = echo(gw.call("/get", &[]).await).await;
+    assert!(body["headers"].get("content-length").is_none(), "{body}");
+    assert!(body["headers"].get("transfer-encoding").is_none(), "{body}");
+    let r = gw.http.post(gw.proxy_url("/empty")).header("content-length", "0").send().await.expect("post");
+    let body = echo(r).await;
+    assert_eq!(body["headers"]["content-length"], "0");
+    let r = gw.http.post(gw.proxy_url("/sized")).body("hello").send().await.expect("post");
+    let body = echo(r).await;
+    assert_eq!((body["headers"]["content-length"].as_str(), body["body"].as_str()), (Some("5"), Some("hello")));
+    let chunks = futures_util::stream::iter(["one ", "two"].map(|s| Ok::<_, std::io::Error>(bytes::Bytes::from(s))));
+    let r = gw.http.post(gw.proxy_url("/streamed")).body(reqwest::Body::wrap_stream(chunks)).send().await;
+    let body = echo(r.expect("post")).await;
+    assert_eq!(body["headers"]["transfer-encoding"], "chunked");
+    assert_eq!(body["body"], "one two");
+}

@@ -28,6 +28,8 @@ pin_project! {
         // Deadlines of the read and the write that are waiting, if any.
         reading: Option<Instant>,
         writing: Option<Instant>,
+        // Whether reads have a deadline (see `time_reads`).
+        timed_reads: bool,
     }
 }
 
@@ -41,6 +43,19 @@ impl<S> DeadlineStream<S> {
             write_timeout,
             reading: None,
             writing: None,
+            timed_reads: true,
+        }
+    }
+
+    /// Turns the read timeout on or off. Off while a request is still being written (the response is
+    /// read early only to notice an upstream that answers before the whole body is sent; the read
+    /// timeout counts from the end of the request, as nginx's does) and for an idle connection's
+    /// liveness check.
+    pub fn time_reads(self: Pin<&mut Self>, on: bool) {
+        let this = self.project();
+        *this.timed_reads = on;
+        if !on {
+            *this.reading = None;
         }
     }
 }
@@ -87,6 +102,7 @@ impl<S: AsyncRead> AsyncRead for DeadlineStream<S> {
                 *this.reading = None;
                 Poll::Ready(r)
             }
+            Poll::Pending if !*this.timed_reads => Poll::Pending,
             Poll::Pending => {
                 wait(this.timer, this.armed, this.reading, *this.writing, *this.read_timeout, cx)?;
                 Poll::Pending
@@ -172,6 +188,24 @@ mod tests {
         for _ in 0..10 {
             s.read_exact(&mut buf).await.expect("each byte arrives within the timeout");
         }
+        drop(writer.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_wait_without_a_deadline_while_read_timing_is_off() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut s = Box::pin(DeadlineStream::new(a, Duration::from_millis(100), Duration::from_secs(1)));
+        s.as_mut().time_reads(false);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            b.write_all(b"x").await.expect("write");
+            b
+        });
+        let mut buf = [0u8; 1];
+        s.read_exact(&mut buf).await.expect("no timeout while reads are untimed");
+        s.as_mut().time_reads(true);
+        let err = s.read(&mut buf).await.expect_err("timed again");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(writer.await);
     }
 

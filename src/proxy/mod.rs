@@ -1,10 +1,12 @@
 //! The proxy: a hyper 1 server (HTTP/1.1 and h2c on one port) that matches each request against the
-//! current snapshot, runs the route's plugin chain and forwards to the service through a pooled
-//! keep-alive client, streaming bodies both ways. Gateway errors are answered with Kong's messages.
+//! current snapshot, runs the route's plugin chain and forwards to the service through our own pooled
+//! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways. Gateway errors are
+//! answered with Kong's messages.
 //! Per request: one snapshot load, no lock, no database.
 
 mod deadline;
 pub mod forward;
+mod h1;
 pub mod headers;
 mod reply;
 pub mod stats;
