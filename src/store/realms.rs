@@ -49,6 +49,25 @@ pub struct KeyHolder {
     pub consumer_body: String,
 }
 
+/// Appends ` AND <column> = ?` for each scope column.
+fn push_scope(sql: &mut String, scope: &[(&str, String)]) {
+    for (col, _) in scope {
+        sql.push_str(" AND ");
+        sql.push_str(col);
+        sql.push_str(" = ?");
+    }
+}
+
+/// Binds the scope's values, in the order [`push_scope`] wrote their columns.
+fn bind_scope<'q>(mut query: AnyQuery<'q>, scope: &[(&str, String)]) -> AnyQuery<'q> {
+    for (_, v) in scope {
+        query = query.bind(v.clone());
+    }
+    query
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 /// `?, ?, …` for an `IN` list of `n` values.
 fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 3);
@@ -90,9 +109,7 @@ impl Store {
         size: usize,
     ) -> Result<RealmPage, EntityError> {
         let mut sql = format!("SELECT body, id FROM {} WHERE 1 = 1", table.name());
-        for (col, _) in scope {
-            sql.push_str(&format!(" AND {col} = ?"));
-        }
+        push_scope(&mut sql, scope);
         match cursor {
             Cursor::First => sql.push_str(" ORDER BY id LIMIT ?"),
             Cursor::After(_) => sql.push_str(" AND id > ? ORDER BY id LIMIT ?"),
@@ -100,9 +117,7 @@ impl Store {
         }
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (_, v) in scope {
-            query = query.bind(v.clone());
-        }
+        query = bind_scope(query, scope);
         if let Cursor::After(id) | Cursor::Before(id) = cursor {
             query = query.bind(id.clone());
         }
@@ -130,14 +145,10 @@ impl Store {
         scope: &[(&str, String)],
     ) -> Result<Option<String>, EntityError> {
         let mut sql = format!("SELECT body FROM {} WHERE id = ?", table.name());
-        for (col, _) in scope {
-            sql.push_str(&format!(" AND {col} = ?"));
-        }
+        push_scope(&mut sql, scope);
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(id.to_string());
-        for (_, v) in scope {
-            query = query.bind(v.clone());
-        }
+        query = bind_scope(query, scope);
         let row = query.fetch_optional(&self.inner.reader).await.map_err(db_error)?;
         row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(db_error)
     }
@@ -152,14 +163,10 @@ impl Store {
         scope: &[(&str, String)],
     ) -> Result<bool, EntityError> {
         let mut sql = format!("SELECT 1 FROM {} WHERE {column} = ? AND id <> ?", table.name());
-        for (col, _) in scope {
-            sql.push_str(&format!(" AND {col} = ?"));
-        }
+        push_scope(&mut sql, scope);
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(value.to_string()).bind(except_id.to_string());
-        for (_, v) in scope {
-            query = query.bind(v.clone());
-        }
+        query = bind_scope(query, scope);
         Ok(query.fetch_optional(&self.inner.reader).await.map_err(db_error)?.is_some())
     }
 
@@ -195,28 +202,20 @@ impl Store {
         scope: &[(&str, String)],
     ) -> Result<u64, EntityError> {
         let mut sql = format!("DELETE FROM {} WHERE id = ?", table.name());
-        for (col, _) in scope {
-            sql.push_str(&format!(" AND {col} = ?"));
-        }
+        push_scope(&mut sql, scope);
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(id.to_string());
-        for (_, v) in scope {
-            query = query.bind(v.clone());
-        }
+        query = bind_scope(query, scope);
         Ok(query.execute(&self.inner.writer).await.map_err(db_error)?.rows_affected())
     }
 
     /// How many rows of a table match `scope`.
     pub async fn realm_count(&self, table: RealmTable, scope: &[(&str, String)]) -> Result<i64, EntityError> {
         let mut sql = format!("SELECT COUNT(*) FROM {} WHERE 1 = 1", table.name());
-        for (col, _) in scope {
-            sql.push_str(&format!(" AND {col} = ?"));
-        }
+        push_scope(&mut sql, scope);
         let sql = self.sql(&sql);
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (_, v) in scope {
-            query = query.bind(v.clone());
-        }
+        query = bind_scope(query, scope);
         let row = query.fetch_one(&self.inner.reader).await.map_err(db_error)?;
         row.try_get::<i64, _>(0).map_err(db_error)
     }
