@@ -3,10 +3,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod headers;
 pub mod model;
 pub mod node;
+pub mod paths;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::problem::{InvalidParameter, Problem, json_object, unknown_properties};
+use crate::clock::now_secs;
 use crate::model::calendar::iso8601;
-use crate::model::schema::now_secs;
 use crate::store::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken};
 
 const CLUSTER_TYPES: &[&str] = &[

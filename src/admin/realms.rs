@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::problem::{InvalidParameter, Problem, json_object, unknown_properties};
+use crate::clock::now_secs;
 use crate::model::calendar::iso8601;
-use crate::model::schema::{is_uuid, now_secs};
+use crate::model::schema::is_uuid;
 use crate::store::{Cursor, RealmRow, RealmTable};
 
 const CONSUMER_TYPES: &[&str] = &["proxy", "developer", "admin", "application"];

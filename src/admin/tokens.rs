@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::AdminState;
 use super::problem::{InvalidParameter, Problem, json_object, unknown_properties};
 use crate::auth::{self, Role};
+use crate::clock::now_secs;
 use crate::model::calendar::iso8601;
-use crate::model::schema::now_secs;
 use crate::store::StoredToken;
 
 fn view(t: &StoredToken) -> Value {

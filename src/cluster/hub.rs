@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 use super::protocol::{Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export};
-use crate::model::schema::now_secs;
+use crate::clock::now_secs;
 use crate::store::{DataPlaneToken, KeyHolder, Store};
 
 /// A data plane that says nothing for this long is dropped (Kong: 45 s; pings come every 5 s here).

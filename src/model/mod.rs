@@ -10,9 +10,10 @@ pub mod typedefs;
 
 use serde_json::Value;
 
+use crate::clock::now_secs;
 pub use entities::{ForeignKey, Kind, OnDelete};
 pub use errors::{EntityError, ErrorCode};
-use schema::{Obj, Violation, Violations, now_secs};
+use schema::{Obj, Violation, Violations};
 
 /// How the input relates to what is stored.
 #[derive(Debug, Clone)]

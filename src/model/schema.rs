@@ -535,7 +535,7 @@ fn default_for(field: &Field) -> Value {
     match field.auto {
         Auto::No => field.default.clone(),
         Auto::Uuid => Value::String(uuid::Uuid::new_v4().to_string()),
-        Auto::Timestamp => Value::from(now_secs()),
+        Auto::Timestamp => Value::from(crate::clock::now_secs()),
         Auto::Key => Value::String(random_key()),
     }
 }
@@ -738,10 +738,6 @@ pub fn coerce_value(ty: &Type, value: &mut Value) {
 
 pub fn is_uuid(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
-}
-
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A fresh credential key: 32 characters from `[A-Za-z0-9]`, like Kong 3.x.

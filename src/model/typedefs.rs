@@ -215,7 +215,7 @@ pub fn check_router_path(v: &Value) -> Result<(), String> {
     {
         return Err(e);
     }
-    let normalized = crate::router::normalize_path(s);
+    let normalized = crate::paths::normalize_path(s);
     if normalized != s {
         return Err(format!("non-normalized path, consider use '{normalized}' instead"));
     }

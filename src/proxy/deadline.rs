@@ -71,7 +71,7 @@ fn wait(
     cx: &mut Context<'_>,
 ) -> io::Result<()> {
     let now = Instant::now();
-    let deadline = *own.get_or_insert(now + timeout);
+    let deadline = *own.get_or_insert(crate::clock::deadline(now.into_std(), timeout).into());
     if deadline <= now {
         *own = None;
         return Err(io::ErrorKind::TimedOut.into());

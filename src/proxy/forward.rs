@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
-use super::headers as h;
+use crate::headers as h;
 
 pub const VIA_1_1: HeaderValue = HeaderValue::from_static(concat!("1.1 tollgate/", env!("CARGO_PKG_VERSION")));
 pub const VIA_2: HeaderValue = HeaderValue::from_static(concat!("2 tollgate/", env!("CARGO_PKG_VERSION")));

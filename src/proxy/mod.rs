@@ -7,7 +7,6 @@
 mod deadline;
 pub mod forward;
 mod h1;
-pub mod headers;
 mod reply;
 pub mod stats;
 mod tls;
@@ -28,10 +27,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::IpNet;
+use crate::headers as h;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{RouteTarget, SnapshotHolder};
-use headers as h;
 use reply::GatewayError;
 use stats::Stats;
 use upstream::{ProxyBody, UpstreamBody};

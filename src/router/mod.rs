@@ -7,14 +7,13 @@
 //! order with an index: candidates come from a host hash bucket and from a prefix table probed only at
 //! the prefix lengths that exist, so 10,000 routes cost a handful of hash lookups, not a scan.
 
-mod path;
-
 use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
-pub use path::normalize_path;
+use crate::paths::split_port;
+pub use crate::paths::{normalize_path, request_host, route_host};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -402,40 +401,6 @@ fn find_or_push<'a>(list: &'a mut Vec<(Box<str>, Bucket)>, key: &str) -> &'a mut
         }
     };
     &mut list[pos].1
-}
-
-/// Splits `host:port`; IPv6 literals are bracketed.
-fn split_port(h: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = h.strip_prefix('[') {
-        if let Some((ip, port)) = rest.split_once("]:") {
-            return (ip, port.parse().ok());
-        }
-        return (rest.trim_end_matches(']'), None);
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(p) => (host, Some(p)),
-            Err(_) => (h, None),
-        },
-        _ => (h, None),
-    }
-}
-
-/// The request host as routes match it: the port dropped, the case kept (Kong compares hosts
-/// case-sensitively).
-pub fn route_host(authority: &str) -> &str {
-    split_port(authority).0
-}
-
-/// Lower-cases the request host and drops its port, borrowing when already lower-case (nginx's
-/// `$host`, for `X-Forwarded-Host`).
-pub fn request_host(authority: &str) -> std::borrow::Cow<'_, str> {
-    let host = split_port(authority).0;
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
 }
 
 #[cfg(test)]

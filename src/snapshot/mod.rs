@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, StatusCode};
 use uuid::Uuid;
 
-use crate::model::schema::now_secs;
+use crate::clock::now_secs;
 use crate::plugins::PluginChain;
 use crate::router::Router;
 

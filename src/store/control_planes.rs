@@ -5,8 +5,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{DEFAULT_CP, Store, db_error};
+use crate::clock::now_secs;
 use crate::model::EntityError;
-use crate::model::schema::now_secs;
 
 /// The default control plane's id (fixed, so every node of a store agrees on it).
 pub const DEFAULT_CP_ID: &str = "00000000-0000-4000-8000-000000000001";

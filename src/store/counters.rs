@@ -4,8 +4,8 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, db_error};
+use crate::clock::now_secs;
 use crate::model::EntityError;
-use crate::model::schema::now_secs;
 
 impl Store {
     /// Adds `(key, hits, ttl seconds)` to each counter in one transaction; returns the totals.

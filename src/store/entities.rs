@@ -11,7 +11,8 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::changes::{ChangeOp, Touched};
 use super::{Backend, Store, db_error};
-use crate::model::schema::{Obj, is_uuid, now_secs};
+use crate::clock::now_secs;
+use crate::model::schema::{Obj, is_uuid};
 use crate::model::{EntityError, Kind, OnDelete};
 
 /// How a write treats an existing row with the same id.

@@ -8,8 +8,8 @@ use http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
 use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use crate::headers as h;
 use crate::model::schema::{EntityCheck, Field, Obj, Schema, Type, Violation, is_nonempty};
-use crate::proxy::headers as h;
 use crate::snapshot::Consumer;
 
 pub const DEF: PluginDef = PluginDef {

@@ -12,8 +12,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::request::{self, Found};
 use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply};
+use crate::headers as h;
 use crate::model::schema::Obj;
-use crate::proxy::headers as h;
 use crate::snapshot::Consumer;
 
 pub const DEF: PluginDef = PluginDef {

@@ -23,8 +23,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use crate::headers as h;
 use crate::model::schema::Obj;
-use crate::proxy::headers as h;
 use crate::store::Store;
 pub use advanced::ADVANCED;
 pub use local::LocalCounters;
@@ -335,7 +335,7 @@ impl Limiter {
 
     /// Decides synchronously (local and batched stores).
     fn decide_now(&self, ctx: &mut AccessCtx<'_>) -> Flow {
-        let now_ms = now_millis();
+        let now_ms = crate::clock::now_millis();
         let (windows, n) = self.windows_at(now_ms);
         let windows = &windows[..n];
         let ident = self.identify(ctx);
@@ -352,7 +352,7 @@ impl Limiter {
 
     async fn decide_redis(&self, ctx: &mut AccessCtx<'_>) -> Flow {
         let CounterStore::Redis(target) = &self.store else { return self.decide_now(ctx) };
-        let now_ms = now_millis();
+        let now_ms = crate::clock::now_millis();
         let (windows, n) = self.windows_at(now_ms);
         let windows = &windows[..n];
         let keys = self.remote_keys(self.identify(ctx), windows);
@@ -430,10 +430,6 @@ impl Limiter {
     fn is_async(&self) -> bool {
         matches!(self.store, CounterStore::Redis(_))
     }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A limit or remaining count as a header value (integers without a decimal point).

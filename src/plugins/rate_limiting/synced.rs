@@ -112,7 +112,7 @@ async fn flush_loop(counters: Weak<SyncedCounters>, store: Arc<dyn RemoteStore>,
     loop {
         tick.tick().await;
         let Some(counters) = counters.upgrade() else { return };
-        let batch = counters.take(crate::model::schema::now_secs());
+        let batch = counters.take(crate::clock::now_secs());
         if batch.is_empty() {
             continue;
         }

@@ -1,6 +1,8 @@
-//! Request path normalization before matching (Kong's `normalize(path, true)`): percent-escapes of
-//! unreserved characters decoded, other escapes upper-cased, repeated slashes merged, `.` and `..`
-//! segments resolved. Borrowed (no allocation) when the path is already normal.
+//! Request paths and hosts as the gateway compares them: path normalization before matching (Kong's
+//! `normalize(path, true)`: percent-escapes of unreserved characters decoded, other escapes
+//! upper-cased, repeated slashes merged, `.` and `..` segments resolved; borrowed, no allocation,
+//! when the path is already normal), and the host of an authority with its port split off. A leaf:
+//! it knows nothing of routes or entities.
 
 use std::borrow::Cow;
 
@@ -57,6 +59,40 @@ fn decode_unreserved(path: &str) -> String {
         i += ch.len_utf8();
     }
     out
+}
+
+/// Splits `host:port`; IPv6 literals are bracketed.
+pub fn split_port(h: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        if let Some((ip, port)) = rest.split_once("]:") {
+            return (ip, port.parse().ok());
+        }
+        return (rest.trim_end_matches(']'), None);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (h, None),
+        },
+        _ => (h, None),
+    }
+}
+
+/// The request host as routes match it: the port dropped, the case kept (Kong compares hosts
+/// case-sensitively).
+pub fn route_host(authority: &str) -> &str {
+    split_port(authority).0
+}
+
+/// Lower-cases the request host and drops its port, borrowing when already lower-case (nginx's
+/// `$host`, for `X-Forwarded-Host`).
+pub fn request_host(authority: &str) -> std::borrow::Cow<'_, str> {
+    let host = split_port(authority).0;
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
