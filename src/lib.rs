@@ -7,6 +7,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod headers;
+pub mod identity;
 pub mod model;
 pub mod node;
 pub mod paths;

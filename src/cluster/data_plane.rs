@@ -23,10 +23,11 @@ use super::protocol::{
     ConfigRows, Notice, OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
 };
 use crate::config::Settings;
+use crate::identity::{Authenticated, Consumer, Directory};
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{RealmResolver, RealmScope};
+use crate::snapshot::SnapshotHolder;
 use crate::snapshot::builder::ConfigState;
-use crate::snapshot::{Authenticated, Consumer, Snapshot, SnapshotHolder};
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -73,7 +74,7 @@ type Answer = (Option<RealmConsumer>, u64);
 /// A cached realm lookup.
 #[derive(Debug)]
 pub struct Lookup {
-    found: Option<crate::snapshot::Authenticated>,
+    found: Option<Authenticated>,
     ttl: Duration,
 }
 
@@ -367,7 +368,7 @@ impl RealmScope for LookupScope {
     fn resolve<'a>(
         &'a self,
         key: &'a str,
-        snapshot: &'a Snapshot,
+        identity: &'a Directory,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Authenticated>, String>> + Send + 'a>> {
         Box::pin(async move {
             // A cached answer costs one lookup by the key as given: no hashing, no allocation.
@@ -389,7 +390,7 @@ impl RealmScope for LookupScope {
                             let id = uuid::Uuid::parse_str(&rc.id).map_err(|e| e.to_string())?;
                             let mut consumer =
                                 Consumer::new(id, Some(rc.username.into()), rc.custom_id.map(Into::into));
-                            consumer.groups = snapshot.group_set(&rc.groups);
+                            consumer.groups = identity.group_set(&rc.groups);
                             let key_id = uuid::Uuid::parse_str(&rc.key_id).unwrap_or(id);
                             Lookup {
                                 found: Some(Authenticated { id: key_id, consumer: Arc::new(consumer) }),

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{AccessCtx, BuildEnv, Flow, Plugin, find};
+use crate::identity::Consumer;
 use crate::model::schema::Obj;
-use crate::snapshot::Consumer;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -254,7 +254,7 @@ fn rank(s: Scope) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ConsumerIndex, GroupEntry, GroupSet};
+    use crate::identity::{ConsumerIndex, GroupEntry, GroupSet};
     use serde_json::json;
 
     fn row(route: Option<Uuid>, service: Option<Uuid>, consumer: Option<Uuid>, realm: &str) -> PluginInstanceRow {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::identity::{Authenticated, Consumer, ConsumerIndex, Directory};
 use crate::model::schema::{Obj, Schema};
-use crate::snapshot::{Consumer, ConsumerIndex, Snapshot};
 
 pub use chain::{PluginChain, PluginInstanceRow};
 
@@ -50,7 +50,8 @@ pub fn message_body(message: &str) -> Bytes {
 
 /// Per-request state the plugins read and write during the access phase.
 pub struct AccessCtx<'r> {
-    pub snapshot: &'r Snapshot,
+    /// Who requests can be, in the configuration that routed this one.
+    pub identity: &'r Directory,
     pub parts: &'r mut http::request::Parts,
     /// The buffered request body, present only when the chain asked for it.
     pub body: Option<Bytes>,
@@ -66,14 +67,14 @@ pub struct AccessCtx<'r> {
 
 impl<'r> AccessCtx<'r> {
     pub fn new(
-        snapshot: &'r Snapshot,
+        identity: &'r Directory,
         parts: &'r mut http::request::Parts,
         body: Option<Bytes>,
         client_ip: IpAddr,
         service_id: Option<uuid::Uuid>,
     ) -> AccessCtx<'r> {
         AccessCtx {
-            snapshot,
+            identity,
             parts,
             body,
             client_ip,
@@ -133,8 +134,8 @@ pub trait RealmScope: Send + Sync + std::fmt::Debug {
     fn resolve<'a>(
         &'a self,
         key: &'a str,
-        snapshot: &'a Snapshot,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<crate::snapshot::Authenticated>, String>> + Send + 'a>>;
+        identity: &'a Directory,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Authenticated>, String>> + Send + 'a>>;
 }
 
 /// What a plugin may look at while it is being built from its configuration.

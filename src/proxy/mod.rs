@@ -126,8 +126,10 @@ impl Proxy {
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
+        // The one snapshot load of this request: routing, the plugins and forwarding all read this
+        // configuration, even if a newer one is swapped in meanwhile.
+        let snapshot = self.holder.load_full();
         let (route, matched_len) = {
-            let snapshot = self.holder.load();
             let authority = parts
                 .headers
                 .get(header::HOST)
@@ -145,7 +147,7 @@ impl Proxy {
             let Some(m) = snapshot.router.find(&view) else {
                 return Err(GatewayError::NoRoute);
             };
-            (m.target.clone(), m.matched_len)
+            (&**m.target, m.matched_len)
         };
         if !route.http_allowed {
             return Err(GatewayError::HttpsRequired(route.https_redirect_status, https_location(&parts)));
@@ -163,18 +165,13 @@ impl Proxy {
             (None, buffered, Vec::new())
         } else {
             let service_id = route.service.as_ref().map(|s| s.id);
-            let outcome = if route.chain.is_async() {
-                // A chain that waits on I/O holds its own reference to the snapshot across the wait.
-                let snapshot = self.holder.load_full();
-                let mut ctx = AccessCtx::new(&snapshot, &mut parts, buffered, conn.peer.ip(), service_id);
-                let flow = route.chain.access_async(&mut ctx).await;
-                access_outcome(ctx, flow)
+            let mut ctx = AccessCtx::new(&snapshot.identity, &mut parts, buffered, conn.peer.ip(), service_id);
+            let flow = if route.chain.is_async() {
+                route.chain.access_async(&mut ctx).await
             } else {
-                let snapshot = self.holder.load();
-                let mut ctx = AccessCtx::new(&snapshot, &mut parts, buffered, conn.peer.ip(), service_id);
-                let flow = route.chain.access(&mut ctx);
-                access_outcome(ctx, flow)
+                route.chain.access(&mut ctx)
             };
+            let outcome = access_outcome(ctx, flow);
             match outcome {
                 Ok(passed) => passed,
                 Err(reply) => return Ok(reply_response(reply, started)),
@@ -191,7 +188,7 @@ impl Proxy {
             (None, None) => UpstreamBody::empty(),
         };
         let mut response =
-            self.forward(&parts, upstream_body, &route, matched_len, conn, consumer.as_deref(), started).await;
+            self.forward(&parts, upstream_body, route, matched_len, conn, consumer.as_deref(), started).await;
         if let Ok(resp) = &mut response {
             for (name, value) in added {
                 resp.headers_mut().insert(name, value);
@@ -208,7 +205,7 @@ impl Proxy {
         route: &RouteTarget,
         matched_len: usize,
         conn: &ConnInfo,
-        consumer: Option<&crate::snapshot::Consumer>,
+        consumer: Option<&crate::identity::Consumer>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
@@ -287,7 +284,7 @@ impl Proxy {
 fn access_outcome(
     mut ctx: AccessCtx<'_>,
     flow: Flow,
-) -> Result<(Option<Arc<crate::snapshot::Consumer>>, Option<Bytes>, Vec<(http::HeaderName, HeaderValue)>), Reply> {
+) -> Result<(Option<Arc<crate::identity::Consumer>>, Option<Bytes>, Vec<(http::HeaderName, HeaderValue)>), Reply> {
     match flow {
         Flow::Continue => Ok((ctx.consumer.take(), ctx.body.take(), ctx.response_headers)),
         Flow::Respond(mut reply) => {

@@ -12,10 +12,8 @@ use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{
-    Consumer, ConsumerIndex, CredentialIndex, GroupEntry, GroupSet, KeyCredential, RouteTarget, ServiceTarget,
-    Snapshot, SnapshotHolder,
-};
+use super::{RouteTarget, ServiceTarget, Snapshot, SnapshotHolder};
+use crate::identity::{Consumer, ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet, KeyCredential};
 use crate::model::schema::Obj;
 use crate::model::{EntityError, Kind};
 use crate::plugins::chain::ChainBuilder;
@@ -438,9 +436,11 @@ impl ConfigState {
         Ok(Snapshot {
             version: self.version,
             router,
-            consumers: self.consumers.clone(),
-            credentials: self.credentials.clone(),
-            groups_by_name: Arc::new(self.groups.iter().map(|(id, name)| (Box::from(&**name), *id)).collect()),
+            identity: Directory {
+                consumers: self.consumers.clone(),
+                credentials: self.credentials.clone(),
+                groups_by_name: Arc::new(self.groups.iter().map(|(id, name)| (Box::from(&**name), *id)).collect()),
+            },
         })
     }
 

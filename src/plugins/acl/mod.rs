@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply};
 use crate::headers as h;
+use crate::identity::Consumer;
 use crate::model::schema::{EntityCheck, Field, Obj, Schema, Type, Violation, is_nonempty};
-use crate::snapshot::Consumer;
 
 pub const DEF: PluginDef = PluginDef {
     name: "acl",

@@ -1,5 +1,5 @@
-//! key-auth: finds an API key in a header, the query string or the body, looks it up in the snapshot's
-//! credential index (one hash lookup) and attaches the consumer. Kong 3.x messages, statuses and
+//! key-auth: finds an API key in a header, the query string or the body, looks it up in the identity
+//! directory's credential index (one hash lookup) and attaches the consumer. Kong 3.x messages, statuses and
 //! `WWW-Authenticate`. Everything derivable from the configuration is computed when the plugin is built.
 
 mod schema;
@@ -13,8 +13,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::request::{self, Found};
 use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply};
 use crate::headers as h;
+use crate::identity::{Authenticated, Consumer};
 use crate::model::schema::Obj;
-use crate::snapshot::Consumer;
 
 pub const DEF: PluginDef = PluginDef {
     name: "key-auth",
@@ -216,7 +216,7 @@ impl KeyAuth {
                 // Realms need a lookup: only the control plane's own consumers are tried here.
                 Err(&self.invalid)
             } else {
-                ctx.snapshot.authenticate(&key).ok_or(&self.invalid)
+                ctx.identity.authenticate(&key).ok_or(&self.invalid)
             };
             (found, key_name)
         };
@@ -240,12 +240,12 @@ impl KeyAuth {
         if key.is_empty() {
             return Err(self.no_key.clone());
         }
-        let snapshot = ctx.snapshot;
+        let identity = ctx.identity;
         for step in &self.identity {
             let found = match step {
-                Identity::ControlPlane => snapshot.authenticate(&key),
+                Identity::ControlPlane => identity.authenticate(&key),
                 Identity::Realms(_, scope) => match scope {
-                    Some(scope) => match scope.resolve(&key, snapshot).await {
+                    Some(scope) => match scope.resolve(&key, identity).await {
                         Ok(found) => found,
                         Err(e) => {
                             tracing::warn!(error = %e, "realm key lookup failed; key refused");
@@ -286,7 +286,7 @@ impl KeyAuth {
     }
 }
 
-fn attach(ctx: &mut AccessCtx<'_>, auth: crate::snapshot::Authenticated) {
+fn attach(ctx: &mut AccessCtx<'_>, auth: Authenticated) {
     set_consumer(ctx, &auth.consumer, Some(auth.id));
     ctx.consumer = Some(auth.consumer);
     ctx.credential_id = Some(auth.id);

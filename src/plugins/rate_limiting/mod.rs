@@ -498,7 +498,7 @@ fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ConsumerIndex, Snapshot};
+    use crate::identity::{ConsumerIndex, Directory};
 
     #[test]
     fn the_cluster_policy_without_a_database_still_limits_per_node() {
@@ -508,10 +508,10 @@ mod tests {
             _ => Obj::new(),
         };
         let plugin = build_rate_limiting(&config, &BuildEnv::new(&consumers)).expect("a data plane builds it");
-        let snapshot = Snapshot::empty();
+        let identity = Directory::default();
         let (mut parts, ()) = http::Request::new(()).into_parts();
         let ip: IpAddr = "10.9.8.7".parse().expect("ip");
-        let mut ctx = AccessCtx::new(&snapshot, &mut parts, None, ip, None);
+        let mut ctx = AccessCtx::new(&identity, &mut parts, None, ip, None);
         assert!(matches!(plugin.access(&mut ctx), Flow::Continue));
         match plugin.access(&mut ctx) {
             Flow::Respond(reply) => assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS),
