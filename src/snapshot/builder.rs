@@ -214,8 +214,11 @@ impl ConfigState {
     pub async fn load(store: &Store, cp: &str) -> Result<ConfigState, EntityError> {
         // The version is read first: changes committed during the load are replayed afterwards.
         let version = store.version().await?;
-        let mut state =
-            ConfigState { version, counters: Arc::new(Counters::new(Some(store.clone()))), ..ConfigState::default() };
+        let mut state = ConfigState {
+            version,
+            counters: Arc::new(Counters::new(Some(Arc::new(store.clone())))),
+            ..ConfigState::default()
+        };
         for kind in LOAD_ORDER {
             store
                 .for_each_body(cp, kind, |body, expires_at| {

@@ -1,11 +1,25 @@
 //! Rate-limiting counters of the `cluster` policy: one row per counter key and window, incremented
 //! by batches from every node and read back as totals. Rows expire with their window.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, db_error};
 use crate::clock::now_secs;
 use crate::model::EntityError;
+use crate::plugins::rate_limiting::{Increment, RemoteStore};
+
+/// The `cluster` policy's counters live here.
+impl RemoteStore for Store {
+    fn add<'a>(
+        &'a self,
+        batch: &'a [Increment],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, String>> + Send + 'a>> {
+        Box::pin(async move { self.add_counters(batch).await.map_err(|e| e.to_string()) })
+    }
+}
 
 impl Store {
     /// Adds `(key, hits, ttl seconds)` to each counter in one transaction; returns the totals.

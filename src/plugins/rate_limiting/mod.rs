@@ -25,11 +25,11 @@ use uuid::Uuid;
 use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, Reply};
 use crate::headers as h;
 use crate::model::schema::Obj;
-use crate::store::Store;
 pub use advanced::ADVANCED;
 pub use local::LocalCounters;
 use redis::{RedisTarget, RedisTotals};
-use synced::{Increment, RemoteStore, SyncedCounters};
+use synced::SyncedCounters;
+pub use synced::{Increment, RemoteStore};
 use windows::{Decision, MAX_WINDOWS, Period, WindowNow, WindowSpec};
 
 pub const DEF: PluginDef = PluginDef {
@@ -42,13 +42,18 @@ pub const DEF: PluginDef = PluginDef {
 };
 
 /// Where counters live, shared by every snapshot so that rebuilding the configuration keeps them.
+/// The database behind the `cluster` policy is handed in (the store implements [`RemoteStore`]),
+/// so rate limiting knows nothing of storage.
 #[derive(Debug)]
 pub struct Counters {
     local: Arc<LocalCounters>,
-    /// The database, for `cluster`.
-    store: Option<Store>,
+    /// The database, for `cluster` (none on a data plane).
+    database: Option<Arc<dyn RemoteStore>>,
     /// Batched counters by (remote store, interval).
     synced: Mutex<HashMap<(String, Duration), Arc<SyncedCounters>>>,
+    /// Whether batched counters start their flush task. Off for the compile that checks a write
+    /// before it is stored: checking must have no effects.
+    live: bool,
 }
 
 impl Default for Counters {
@@ -58,8 +63,14 @@ impl Default for Counters {
 }
 
 impl Counters {
-    pub fn new(store: Option<Store>) -> Counters {
-        Counters { local: Arc::default(), store, synced: Mutex::default() }
+    pub fn new(database: Option<Arc<dyn RemoteStore>>) -> Counters {
+        Counters { local: Arc::default(), database, synced: Mutex::default(), live: true }
+    }
+
+    /// Counters for compiling a configuration only to check it: nothing is started or connected.
+    pub fn dry_run() -> &'static Counters {
+        static DRY: OnceLock<Counters> = OnceLock::new();
+        DRY.get_or_init(|| Counters { live: false, ..Counters::new(None) })
     }
 
     /// Node-local counters only (plugin unit tests).
@@ -75,6 +86,9 @@ impl Counters {
         every: Duration,
         remote: impl FnOnce() -> Arc<dyn RemoteStore>,
     ) -> Result<Arc<SyncedCounters>, String> {
+        if !self.live {
+            return Ok(SyncedCounters::detached());
+        }
         let mut synced = self.synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = synced.get(&(id.clone(), every)) {
             return Ok(s.clone());
@@ -87,17 +101,6 @@ impl Counters {
         Ok(s)
     }
 }
-
-impl RemoteStore for Store {
-    fn add<'a>(
-        &'a self,
-        batch: &'a [Increment],
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u64>, String>> + Send + 'a>> {
-        Box::pin(async move { self.add_counters(batch).await.map_err(|e| e.to_string()) })
-    }
-}
-
-use std::future::Future;
 
 /// What the counters are keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,11 +237,11 @@ impl Limiter {
                 )
             }
             ("redis", _) => CounterStore::Redis(redis_target()?),
-            ("cluster", rate) => match env.counters.store.clone() {
+            ("cluster", rate) => match env.counters.database.clone() {
                 Some(store) => {
                     // Batched by `sync_rate`; without one, as often as Kong allows (every 20 ms).
                     let every = Duration::from_secs_f64(rate.filter(|r| *r > 0.0).unwrap_or(0.02).max(0.02));
-                    CounterStore::Synced(env.counters.synced("database".into(), every, || Arc::new(store))?)
+                    CounterStore::Synced(env.counters.synced("database".into(), every, || store)?)
                 }
                 // A data plane has no database: it still enforces the limit, per node.
                 None => {

@@ -35,9 +35,14 @@ pub struct SyncedCounters {
 }
 
 impl SyncedCounters {
+    /// Counters without a flush task (a configuration compiled only to be checked).
+    pub fn detached() -> Arc<SyncedCounters> {
+        Arc::new(SyncedCounters { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() })
+    }
+
     /// Starts the flush task on the current runtime; it ends when the counters are dropped.
     pub fn start(store: Arc<dyn RemoteStore>, every: Duration) -> Arc<SyncedCounters> {
-        let counters = Arc::new(SyncedCounters { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() });
+        let counters = SyncedCounters::detached();
         let weak = Arc::downgrade(&counters);
         tokio::spawn(flush_loop(weak, store, every));
         counters
