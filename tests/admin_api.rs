@@ -1522,3 +1522,40 @@ async fn plugin_discovery_lists_key_auth_and_its_schema() {
     let (status, _) = gw.get("/plugins/schema/no-such-plugin").await;
     assert_eq!(status, 404);
 }
+
+/// `GET /endpoints` lists what the node serves, nested paths and 0.x paths included, in Kong's
+/// template form; every listed collection answers.
+#[tokio::test]
+async fn endpoints_list_every_path_the_node_serves() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw.get("/endpoints").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["next"], Value::Null);
+    let list: Vec<&str> = body["data"].as_array().expect("data").iter().filter_map(Value::as_str).collect();
+    for expected in [
+        "/",
+        "/endpoints",
+        "/consumers/{consumers}",
+        "/consumers/{consumers}/key-auth/{keyauth_credentials}",
+        "/consumers/{consumers}/acls/{acls}",
+        "/consumers/{consumers}/consumer_groups/{consumer_groups}",
+        "/consumer_groups/{consumer_groups}/consumers",
+        "/consumer_groups/{consumer_groups}/plugins/{plugins}",
+        "/services/{services}/routes/{routes}",
+        "/routes/{routes}/service",
+        "/key-auths/{keyauth_credentials}",
+        "/plugins/schema/{name}",
+        "/schemas/{db_entity_name}/validate",
+        "/apis/{apis}/plugins",
+        "/keyauth_credentials",
+    ] {
+        assert!(list.contains(&expected), "{expected} missing from {list:?}");
+    }
+    let mut sorted_list = list.clone();
+    sorted_list.sort_unstable();
+    assert_eq!(list, sorted_list, "sorted");
+    for collection in list.iter().filter(|p| !p.contains('{') && !p.contains("validate")) {
+        let (status, body) = gw.get(collection).await;
+        assert_eq!(status, 200, "GET {collection}: {body}");
+    }
+}

@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::body::AdminBody;
-use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
 use super::pagination;
 use crate::model::schema::Obj;
@@ -216,6 +215,3 @@ impl AdminState {
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 }
-
-/// The parent of `/consumer_groups/{g}/plugins`.
-pub const GROUP_PARENT: Parent = Parent { kind: Kind::ConsumerGroup, field: "consumer_group" };

@@ -4,31 +4,34 @@
 //! Answers use the 0.x shapes (timestamps in milliseconds) with today's status codes.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
-use super::AdminState;
 use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
 use super::pagination;
+use super::{AdminState, Routes};
 use crate::model::schema::{Obj, is_uuid};
 use crate::model::{self, EntityError, Kind, Mode};
 use crate::store::{ListQuery, WriteOp};
 
-pub fn router() -> Router<AdminState> {
-    Router::new()
-        .route("/apis", get(list_apis).post(create_api))
-        .route("/apis/{api}", get(read_api).patch(patch_api).delete(delete_api))
-        .route("/apis/{api}/plugins", get(list_api_plugins).post(create_api_plugin))
-        .route("/apis/{api}/plugins/{plugin}", get(read_api_plugin).delete(delete_api_plugin))
-        .route("/plugins_configurations", get(list_plugin_configurations).post(create_plugin_configuration))
-        .route("/plugins_configurations/{plugin}", get(read_plugin_configuration).delete(delete_plugin_configuration))
-        .route("/keyauth_credentials", get(list_keyauth_credentials).post(create_keyauth_credential))
-        .route("/keyauth_credentials/{cred}", get(read_keyauth_credential).delete(delete_keyauth_credential))
+/// Adds the 0.x paths to the Admin API's routes.
+pub(super) fn routes(routes: Routes) -> Routes {
+    routes
+        .add("/apis", get(list_apis).post(create_api))
+        .add("/apis/{apis}", get(read_api).patch(patch_api).delete(delete_api))
+        .add("/apis/{apis}/plugins", get(list_api_plugins).post(create_api_plugin))
+        .add("/apis/{apis}/plugins/{plugins}", get(read_api_plugin).delete(delete_api_plugin))
+        .add("/plugins_configurations", get(list_plugin_configurations).post(create_plugin_configuration))
+        .add("/plugins_configurations/{plugins}", get(read_plugin_configuration).delete(delete_plugin_configuration))
+        .add("/keyauth_credentials", get(list_keyauth_credentials).post(create_keyauth_credential))
+        .add(
+            "/keyauth_credentials/{keyauth_credentials}",
+            get(read_keyauth_credential).delete(delete_keyauth_credential),
+        )
 }
 
 fn s(v: &Obj, k: &str) -> Value {

@@ -25,10 +25,11 @@ use axum::http::{Method, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::model::Kind;
+use crate::model::{Handlers, Kind};
 use crate::proxy::stats::Stats;
 use crate::snapshot::SnapshotHolder;
 use crate::store::{DEFAULT_CP, Store};
@@ -121,57 +122,86 @@ fn item_writes(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
         })
 }
 
+/// The Kong Admin API's routes, each registered under its Kong template (`/consumers/{consumers}`),
+/// which is both the axum path and what `GET /endpoints` lists: the list cannot drift from what is
+/// served.
+struct Routes {
+    router: Router<AdminState>,
+    templates: Vec<String>,
+}
+
+impl Routes {
+    fn add(mut self, template: &str, handler: MethodRouter<AdminState>) -> Routes {
+        self.router = self.router.route(template, handler);
+        self.templates.push(template.to_string());
+        self
+    }
+
+    /// Every entity's collections and items, top-level and nested, from the descriptors.
+    fn entities(mut self) -> Routes {
+        for kind in Kind::ALL {
+            let def = kind.def();
+            if def.handlers != Handlers::Standard {
+                continue;
+            }
+            if let Some(path) = def.path {
+                let item_handler = if kind == Kind::ConsumerGroup {
+                    // Kong Enterprise answers a group with its members.
+                    consumer_groups::group_item(item_writes(kind, None))
+                } else {
+                    item(kind, None)
+                };
+                self = self
+                    .add(&format!("/{path}"), collection(kind, None))
+                    .add(&format!("/{path}/{{{}}}", def.table), item_handler);
+            }
+            for &(parent_kind, segment) in def.nested {
+                let (Some(parent_path), Some(field)) = (parent_kind.def().path, kind.field_towards(parent_kind)) else {
+                    continue;
+                };
+                let parent = Some(Parent { kind: parent_kind, field });
+                let base = format!("/{parent_path}/{{{}}}/{segment}", parent_kind.table());
+                self = self
+                    .add(&base, collection(kind, parent))
+                    .add(&format!("{base}/{{{}}}", def.table), item(kind, parent));
+            }
+        }
+        // Memberships answer with both sides (Kong Enterprise's shapes).
+        for &(side, segment) in Kind::GroupMembership.def().nested {
+            let other = if side == Kind::Consumer { Kind::ConsumerGroup } else { Kind::Consumer };
+            let (Some(side_path), consumer_side) = (side.def().path, side == Kind::Consumer) else { continue };
+            let base = format!("/{side_path}/{{{}}}/{segment}", side.table());
+            self = self
+                .add(&base, consumer_groups::memberships(consumer_side))
+                .add(&format!("{base}/{{{}}}", other.table()), consumer_groups::membership(consumer_side));
+        }
+        self
+    }
+
+    /// Adds `GET /endpoints` (listing every template, itself included) and hands back the router.
+    fn finish(mut self) -> Router<AdminState> {
+        self.templates.push("/endpoints".into());
+        self.templates.sort();
+        let list: Arc<Vec<String>> = Arc::new(self.templates);
+        self.router.route("/endpoints", get(move || info::endpoints(list.clone())))
+    }
+}
+
 /// The whole Admin API.
 pub fn router(state: AdminState) -> Router {
-    let consumer = Some(Parent { kind: Kind::Consumer, field: "consumer" });
-    let service = Some(Parent { kind: Kind::Service, field: "service" });
-    let route = Some(Parent { kind: Kind::Route, field: "route" });
-    let group = Some(consumer_groups::GROUP_PARENT);
-    let entities = Router::new()
-        .route("/", get(info::root))
-        .route("/status", get(info::status))
-        .route("/endpoints", get(info::endpoints))
-        .route("/plugins/enabled", get(info::enabled_plugins))
-        .route("/plugins/schema/{name}", get(info::plugin_schema))
-        .route("/schemas/plugins/{name}", get(info::plugin_schema))
-        .route("/schemas/plugins/validate", axum::routing::post(info::validate_plugin))
-        .route("/schemas/{entity}", get(info::entity_schema))
-        .route("/schemas/{entity}/validate", axum::routing::post(info::validate_entity))
-        .route("/consumers", collection(Kind::Consumer, None))
-        .route("/consumers/{c}", item(Kind::Consumer, None))
-        .route("/consumers/{c}/plugins", collection(Kind::Plugin, consumer))
-        .route("/consumers/{c}/plugins/{p}", item(Kind::Plugin, consumer))
-        .route("/consumers/{c}/key-auth", collection(Kind::KeyAuth, consumer))
-        .route("/consumers/{c}/key-auth/{k}", item(Kind::KeyAuth, consumer))
-        .route("/consumers/{c}/keyauth", collection(Kind::KeyAuth, consumer))
-        .route("/consumers/{c}/keyauth/{k}", item(Kind::KeyAuth, consumer))
-        .route("/consumers/{c}/acls", collection(Kind::Acl, consumer))
-        .route("/consumers/{c}/acls/{a}", item(Kind::Acl, consumer))
-        .route("/consumers/{c}/consumer_groups", consumer_groups::memberships(true))
-        .route("/consumers/{c}/consumer_groups/{g}", consumer_groups::membership(true))
-        .route("/acls", collection(Kind::Acl, None))
-        .route("/acls/{a}", item(Kind::Acl, None))
-        .route("/consumer_groups", collection(Kind::ConsumerGroup, None))
-        .route("/consumer_groups/{g}", consumer_groups::group_item(item_writes(Kind::ConsumerGroup, None)))
-        .route("/consumer_groups/{g}/consumers", consumer_groups::memberships(false))
-        .route("/consumer_groups/{g}/consumers/{c}", consumer_groups::membership(false))
-        .route("/consumer_groups/{g}/plugins", collection(Kind::Plugin, group))
-        .route("/consumer_groups/{g}/plugins/{p}", item(Kind::Plugin, group))
-        .route("/key-auths", collection(Kind::KeyAuth, None))
-        .route("/key-auths/{k}", item(Kind::KeyAuth, None))
-        .route("/services", collection(Kind::Service, None))
-        .route("/services/{s}", item(Kind::Service, None))
-        .route("/services/{s}/routes", collection(Kind::Route, service))
-        .route("/services/{s}/routes/{r}", item(Kind::Route, service))
-        .route("/services/{s}/plugins", collection(Kind::Plugin, service))
-        .route("/services/{s}/plugins/{p}", item(Kind::Plugin, service))
-        .route("/routes", collection(Kind::Route, None))
-        .route("/routes/{r}", item(Kind::Route, None))
-        .route("/routes/{r}/service", info::route_service())
-        .route("/routes/{r}/plugins", collection(Kind::Plugin, route))
-        .route("/routes/{r}/plugins/{p}", item(Kind::Plugin, route))
-        .route("/plugins", collection(Kind::Plugin, None))
-        .route("/plugins/{p}", item(Kind::Plugin, None))
+    let kong = Routes { router: Router::new(), templates: Vec::new() }
+        .add("/", get(info::root))
+        .add("/status", get(info::status))
+        .add("/plugins/enabled", get(info::enabled_plugins))
+        .add("/plugins/schema/{name}", get(info::plugin_schema))
+        .add("/schemas/plugins/{name}", get(info::plugin_schema))
+        .add("/schemas/plugins/validate", axum::routing::post(info::validate_plugin))
+        .add("/schemas/{db_entity_name}", get(info::entity_schema))
+        .add("/schemas/{db_entity_name}/validate", axum::routing::post(info::validate_entity))
+        .entities()
+        .add("/routes/{routes}/service", info::route_service());
+    let kong = legacy::routes(kong).finish();
+    let entities = kong
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::delete))
         .route("/v2/control-planes", get(control_planes::list).post(control_planes::create))
@@ -199,7 +229,6 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/realms/{realm}/consumers/{consumer}/keys", get(realms::list_keys).post(realms::create_key))
         .route("/v1/realms/{realm}/consumers/{consumer}/keys/{key}", get(realms::read_key).delete(realms::delete_key))
         .route("/v2/control-planes/{id}/expected-config-hash", get(control_planes::expected_config_hash))
-        .merge(legacy::router())
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))

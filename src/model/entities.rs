@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use super::schema::{Auto, Check, EntityCheck, Field, Obj, Schema, Type, Violation, is_nonempty};
 use super::typedefs::{self as td, ALL_PROTOCOLS};
 
-/// Every entity kind, in dependency order (a kind only references kinds before it).
+/// Every entity kind, in dependency order (a kind only references kinds before it). What each kind
+/// is lives in its [`EntityDef`]; the methods below only read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Consumer,
@@ -37,6 +38,193 @@ pub struct ForeignKey {
     pub on_delete: OnDelete,
 }
 
+/// How the Admin API serves a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handlers {
+    /// The generic collection and item handlers (list, create, read, PATCH, PUT, DELETE).
+    Standard,
+    /// Handlers of its own, at the paths the descriptor names (memberships answer with both sides).
+    Own,
+}
+
+/// One entity kind, described once. The store derives its columns, constraints and cascades from
+/// it; the Admin API its routes (top-level and nested) and `/endpoints`; `/schemas` its schema. A new
+/// entity is a descriptor here, a table in `migrations/` (a test checks they agree) and its behaviour.
+#[derive(Debug)]
+pub struct EntityDef {
+    pub kind: Kind,
+    /// Table and schema name (`keyauth_credentials`), also its placeholder in `/endpoints`.
+    pub table: &'static str,
+    /// The Admin API collection at the root (`key-auths`), if any.
+    pub path: Option<&'static str>,
+    /// Collections under a parent's item: (parent kind, segment), e.g. `/consumers/{c}/key-auth`.
+    pub nested: &'static [(Kind, &'static str)],
+    pub handlers: Handlers,
+    /// The field a path segment addresses when it is not a UUID.
+    pub endpoint_key: &'static str,
+    /// The column holding the endpoint key (`group` is an SQL keyword).
+    pub key_column: &'static str,
+    /// The endpoint key is unique only under the parent (a consumer's ACL group): a lookup by key
+    /// then needs the parent.
+    pub key_scoped_to_parent: bool,
+    /// Fields with a unique constraint, each in a column of its own.
+    pub unique: &'static [&'static str],
+    pub foreign_keys: &'static [ForeignKey],
+    /// Kong's `cache_key`: fields unique together (a foreign key counts by its id), kept in the
+    /// `cache_key` column. One plugin per name and scope, one membership per consumer and group,
+    /// one ACL group per consumer.
+    pub cache_key: &'static [&'static str],
+    /// A `ttl` option may be given on write (the entity then expires).
+    pub ttl: bool,
+    pub schema: fn() -> &'static Schema,
+}
+
+const fn fk(field: &'static str, kind: Kind, on_delete: OnDelete) -> ForeignKey {
+    ForeignKey { field, kind, on_delete }
+}
+
+const CONSUMER: EntityDef = EntityDef {
+    kind: Kind::Consumer,
+    table: "consumers",
+    path: Some("consumers"),
+    nested: &[],
+    handlers: Handlers::Standard,
+    endpoint_key: "username",
+    key_column: "username",
+    key_scoped_to_parent: false,
+    unique: &["username", "custom_id"],
+    foreign_keys: &[],
+    cache_key: &[],
+    ttl: false,
+    schema: consumers,
+};
+
+const CONSUMER_GROUP: EntityDef = EntityDef {
+    kind: Kind::ConsumerGroup,
+    table: "consumer_groups",
+    path: Some("consumer_groups"),
+    nested: &[],
+    handlers: Handlers::Standard,
+    endpoint_key: "name",
+    key_column: "name",
+    key_scoped_to_parent: false,
+    unique: &["name"],
+    foreign_keys: &[],
+    cache_key: &[],
+    ttl: false,
+    schema: consumer_groups,
+};
+
+const SERVICE: EntityDef = EntityDef {
+    kind: Kind::Service,
+    table: "services",
+    path: Some("services"),
+    nested: &[],
+    handlers: Handlers::Standard,
+    endpoint_key: "name",
+    key_column: "name",
+    key_scoped_to_parent: false,
+    unique: &["name"],
+    foreign_keys: &[],
+    cache_key: &[],
+    ttl: false,
+    schema: services,
+};
+
+const ROUTE: EntityDef = EntityDef {
+    kind: Kind::Route,
+    table: "routes",
+    path: Some("routes"),
+    nested: &[(Kind::Service, "routes")],
+    handlers: Handlers::Standard,
+    endpoint_key: "name",
+    key_column: "name",
+    key_scoped_to_parent: false,
+    unique: &["name"],
+    foreign_keys: &[fk("service", Kind::Service, OnDelete::Restrict)],
+    cache_key: &[],
+    ttl: false,
+    schema: routes,
+};
+
+const PLUGIN: EntityDef = EntityDef {
+    kind: Kind::Plugin,
+    table: "plugins",
+    path: Some("plugins"),
+    nested: &[
+        (Kind::Consumer, "plugins"),
+        (Kind::Service, "plugins"),
+        (Kind::Route, "plugins"),
+        (Kind::ConsumerGroup, "plugins"),
+    ],
+    handlers: Handlers::Standard,
+    endpoint_key: "instance_name",
+    key_column: "instance_name",
+    key_scoped_to_parent: false,
+    unique: &["instance_name"],
+    foreign_keys: &[
+        fk("route", Kind::Route, OnDelete::Cascade),
+        fk("service", Kind::Service, OnDelete::Cascade),
+        fk("consumer", Kind::Consumer, OnDelete::Cascade),
+        fk("consumer_group", Kind::ConsumerGroup, OnDelete::Cascade),
+    ],
+    cache_key: &["name", "route", "service", "consumer", "consumer_group"],
+    ttl: false,
+    schema: plugins,
+};
+
+const KEY_AUTH: EntityDef = EntityDef {
+    kind: Kind::KeyAuth,
+    table: "keyauth_credentials",
+    path: Some("key-auths"),
+    // `keyauth` is the 0.x spelling old scripts still use.
+    nested: &[(Kind::Consumer, "key-auth"), (Kind::Consumer, "keyauth")],
+    handlers: Handlers::Standard,
+    endpoint_key: "key",
+    key_column: "key",
+    key_scoped_to_parent: false,
+    unique: &["key"],
+    foreign_keys: &[fk("consumer", Kind::Consumer, OnDelete::Cascade)],
+    cache_key: &[],
+    ttl: true,
+    schema: keyauth_credentials,
+};
+
+const ACL: EntityDef = EntityDef {
+    kind: Kind::Acl,
+    table: "acls",
+    path: Some("acls"),
+    nested: &[(Kind::Consumer, "acls")],
+    handlers: Handlers::Standard,
+    endpoint_key: "group",
+    key_column: "group_name",
+    key_scoped_to_parent: true,
+    unique: &[],
+    foreign_keys: &[fk("consumer", Kind::Consumer, OnDelete::Cascade)],
+    cache_key: &["consumer", "group"],
+    ttl: false,
+    schema: acls,
+};
+
+const GROUP_MEMBERSHIP: EntityDef = EntityDef {
+    kind: Kind::GroupMembership,
+    table: "consumer_group_consumers",
+    path: None,
+    nested: &[(Kind::Consumer, "consumer_groups"), (Kind::ConsumerGroup, "consumers")],
+    handlers: Handlers::Own,
+    endpoint_key: "id",
+    key_column: "id",
+    key_scoped_to_parent: false,
+    unique: &[],
+    foreign_keys: &[
+        fk("consumer_group", Kind::ConsumerGroup, OnDelete::Cascade),
+        fk("consumer", Kind::Consumer, OnDelete::Cascade),
+    ],
+    cache_key: &["consumer_group", "consumer"],
+    ttl: false,
+    schema: group_memberships,
+};
+
 impl Kind {
     pub const ALL: [Kind; 8] = [
         Kind::Consumer,
@@ -49,131 +237,79 @@ impl Kind {
         Kind::GroupMembership,
     ];
 
-    /// Table and schema name (`keyauth_credentials`).
-    pub fn table(self) -> &'static str {
+    /// This kind's descriptor.
+    pub fn def(self) -> &'static EntityDef {
         match self {
-            Kind::Consumer => "consumers",
-            Kind::Service => "services",
-            Kind::Route => "routes",
-            Kind::Plugin => "plugins",
-            Kind::KeyAuth => "keyauth_credentials",
-            Kind::ConsumerGroup => "consumer_groups",
-            Kind::Acl => "acls",
-            Kind::GroupMembership => "consumer_group_consumers",
+            Kind::Consumer => &CONSUMER,
+            Kind::ConsumerGroup => &CONSUMER_GROUP,
+            Kind::Service => &SERVICE,
+            Kind::Route => &ROUTE,
+            Kind::Plugin => &PLUGIN,
+            Kind::KeyAuth => &KEY_AUTH,
+            Kind::Acl => &ACL,
+            Kind::GroupMembership => &GROUP_MEMBERSHIP,
         }
+    }
+
+    pub fn table(self) -> &'static str {
+        self.def().table
     }
 
     pub fn from_table(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.table() == name)
     }
 
-    /// The field a path segment addresses when it is not a UUID.
     pub fn endpoint_key(self) -> &'static str {
-        match self {
-            Kind::Consumer => "username",
-            Kind::Service | Kind::Route | Kind::ConsumerGroup => "name",
-            Kind::Plugin => "instance_name",
-            Kind::KeyAuth => "key",
-            Kind::Acl => "group",
-            Kind::GroupMembership => "id",
-        }
+        self.def().endpoint_key
     }
 
-    /// The column holding the endpoint key (`group` is an SQL keyword).
     pub fn key_column(self) -> &'static str {
-        match self {
-            Kind::Acl => "group_name",
-            other => other.endpoint_key(),
-        }
+        self.def().key_column
     }
 
-    /// Whether the endpoint key is unique only under the parent (an ACL group per consumer): a
-    /// lookup by key then needs the parent.
     pub fn key_scoped_to_parent(self) -> bool {
-        matches!(self, Kind::Acl)
+        self.def().key_scoped_to_parent
     }
 
-    /// Fields with a unique constraint (each has its own column).
     pub fn unique_fields(self) -> &'static [&'static str] {
-        match self {
-            Kind::Consumer => &["username", "custom_id"],
-            Kind::Service | Kind::Route | Kind::ConsumerGroup => &["name"],
-            Kind::Plugin => &["instance_name"],
-            Kind::KeyAuth => &["key"],
-            Kind::Acl | Kind::GroupMembership => &[],
-        }
+        self.def().unique
     }
 
     pub fn foreign_keys(self) -> &'static [ForeignKey] {
-        const ROUTE: &[ForeignKey] =
-            &[ForeignKey { field: "service", kind: Kind::Service, on_delete: OnDelete::Restrict }];
-        const PLUGIN: &[ForeignKey] = &[
-            ForeignKey { field: "route", kind: Kind::Route, on_delete: OnDelete::Cascade },
-            ForeignKey { field: "service", kind: Kind::Service, on_delete: OnDelete::Cascade },
-            ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade },
-            ForeignKey { field: "consumer_group", kind: Kind::ConsumerGroup, on_delete: OnDelete::Cascade },
-        ];
-        const CREDENTIAL: &[ForeignKey] =
-            &[ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade }];
-        const MEMBERSHIP: &[ForeignKey] = &[
-            ForeignKey { field: "consumer_group", kind: Kind::ConsumerGroup, on_delete: OnDelete::Cascade },
-            ForeignKey { field: "consumer", kind: Kind::Consumer, on_delete: OnDelete::Cascade },
-        ];
-        match self {
-            Kind::Route => ROUTE,
-            Kind::Plugin => PLUGIN,
-            Kind::KeyAuth | Kind::Acl => CREDENTIAL,
-            Kind::GroupMembership => MEMBERSHIP,
-            Kind::Consumer | Kind::Service | Kind::ConsumerGroup => &[],
-        }
+        self.def().foreign_keys
     }
 
-    /// A composite uniqueness key kept in the `cache_key` column, as Kong's `cache_key` fields:
-    /// one plugin per name and scope, one membership per consumer and group, one ACL group per
-    /// consumer.
+    /// The foreign-key field that points at `parent` (how a nested path names its parent).
+    pub fn field_towards(self, parent: Kind) -> Option<&'static str> {
+        self.foreign_keys().iter().find(|fk| fk.kind == parent).map(|fk| fk.field)
+    }
+
+    /// The value of the `cache_key` column: the descriptor's fields joined with `|`.
     pub fn cache_key(self, record: &Obj) -> Option<String> {
-        let s = |f: &str| record.get(f).and_then(Value::as_str).unwrap_or_default();
-        let fk = |f: &str| record.get(f).and_then(|v| v.get("id")).and_then(Value::as_str).unwrap_or_default();
-        match self {
-            Kind::Plugin => Some(format!(
-                "{}|{}|{}|{}|{}",
-                s("name"),
-                fk("route"),
-                fk("service"),
-                fk("consumer"),
-                fk("consumer_group")
-            )),
-            Kind::GroupMembership => Some(format!("{}|{}", fk("consumer_group"), fk("consumer"))),
-            Kind::Acl => Some(format!("{}|{}", fk("consumer"), s("group"))),
-            _ => None,
+        let fields = self.def().cache_key;
+        if fields.is_empty() {
+            return None;
         }
+        let part = |f: &str| match record.get(f) {
+            Some(Value::String(s)) => s.as_str(),
+            Some(Value::Object(m)) => m.get("id").and_then(Value::as_str).unwrap_or_default(),
+            _ => "",
+        };
+        Some(fields.iter().map(|f| part(f)).collect::<Vec<_>>().join("|"))
     }
 
-    /// Whether a `ttl` option may be given on write (the entity then expires).
     pub fn has_ttl(self) -> bool {
-        matches!(self, Kind::KeyAuth)
+        self.def().ttl
     }
 
     pub fn schema(self) -> &'static Schema {
-        static SCHEMAS: OnceLock<[Schema; 8]> = OnceLock::new();
-        let all = SCHEMAS.get_or_init(|| {
-            [
-                consumers(),
-                consumer_groups(),
-                services(),
-                routes(),
-                plugins(),
-                keyauth_credentials(),
-                acls(),
-                group_memberships(),
-            ]
-        });
-        &all[self as usize]
+        (self.def().schema)()
     }
 }
 
-fn consumers() -> Schema {
-    Schema {
+fn consumers() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             td::created_at(),
@@ -183,11 +319,12 @@ fn consumers() -> Schema {
             td::tags(),
         ],
         checks: vec![EntityCheck::AtLeastOneOf(&["custom_id", "username"])],
-    }
+    })
 }
 
-fn services() -> Schema {
-    Schema {
+fn services() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             td::created_at(),
@@ -209,7 +346,7 @@ fn services() -> Schema {
             Field::new("enabled", Type::Boolean).required().default(json!(true)),
         ],
         checks: vec![EntityCheck::Custom(service_checks)],
-    }
+    })
 }
 
 fn service_checks(rec: &Obj) -> Vec<Violation> {
@@ -326,59 +463,62 @@ impl<'a> UrlParts<'a> {
     }
 }
 
-fn routes() -> Schema {
-    let method = Field::new("method", Type::String).check(Check::Custom(td::check_method));
-    let host = Field::new("host", Type::String).check(Check::Custom(td::check_route_host));
-    let path = Field::new("path", Type::String).check(Check::Custom(td::check_router_path));
-    let endpoint = || {
-        Field::new(
-            "endpoint",
-            Type::Record(vec![
-                Field::new("ip", Type::String).check(Check::Custom(td::check_ip_or_cidr)),
-                td::port("port"),
-            ]),
-        )
-    };
-    let header_values = Field::new("values", Type::Array(Box::new(Field::new("value", Type::String))));
-    let header_key = td::header_name("header").check(Check::Custom(|v| {
-        if v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("host")) {
-            Err("cannot contain 'host' header, which must be specified in the 'hosts' attribute".into())
-        } else {
-            Ok(())
-        }
-    }));
-    Schema {
-        fields: vec![
-            td::id(),
-            td::created_at(),
-            td::updated_at(),
-            td::utf8_name("name"),
-            td::protocols(&["http", "https"], ALL_PROTOCOLS),
-            Field::new("https_redirect_status_code", Type::Integer)
-                .required()
-                .default(json!(426))
-                .check(Check::OneOfInt(&[426, 301, 302, 307, 308])),
-            Field::new("strip_path", Type::Boolean).required().default(json!(true)),
-            Field::new("preserve_host", Type::Boolean).required().default(json!(false)),
-            Field::new("request_buffering", Type::Boolean).required().default(json!(true)),
-            Field::new("response_buffering", Type::Boolean).required().default(json!(true)),
-            td::tags(),
-            td::foreign("service", "services"),
+fn routes() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let method = Field::new("method", Type::String).check(Check::Custom(td::check_method));
+        let host = Field::new("host", Type::String).check(Check::Custom(td::check_route_host));
+        let path = Field::new("path", Type::String).check(Check::Custom(td::check_router_path));
+        let endpoint = || {
             Field::new(
-                "snis",
-                Type::Set(Box::new(Field::new("sni", Type::String).check(Check::Custom(td::check_route_host)))),
-            ),
-            Field::new("sources", Type::Set(Box::new(endpoint()))),
-            Field::new("destinations", Type::Set(Box::new(endpoint()))),
-            Field::new("methods", Type::Set(Box::new(method))),
-            Field::new("hosts", Type::Array(Box::new(host))),
-            Field::new("paths", Type::Array(Box::new(path))),
-            Field::new("headers", Type::Map(Box::new(header_key), Box::new(header_values))),
-            Field::new("regex_priority", Type::Integer).default(json!(0)),
-            Field::new("path_handling", Type::String).default(json!("v0")).check(Check::OneOf(&["v0", "v1"])),
-        ],
-        checks: vec![EntityCheck::Custom(route_checks), EntityCheck::Presence(route_match_attributes)],
-    }
+                "endpoint",
+                Type::Record(vec![
+                    Field::new("ip", Type::String).check(Check::Custom(td::check_ip_or_cidr)),
+                    td::port("port"),
+                ]),
+            )
+        };
+        let header_values = Field::new("values", Type::Array(Box::new(Field::new("value", Type::String))));
+        let header_key = td::header_name("header").check(Check::Custom(|v| {
+            if v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("host")) {
+                Err("cannot contain 'host' header, which must be specified in the 'hosts' attribute".into())
+            } else {
+                Ok(())
+            }
+        }));
+        Schema {
+            fields: vec![
+                td::id(),
+                td::created_at(),
+                td::updated_at(),
+                td::utf8_name("name"),
+                td::protocols(&["http", "https"], ALL_PROTOCOLS),
+                Field::new("https_redirect_status_code", Type::Integer)
+                    .required()
+                    .default(json!(426))
+                    .check(Check::OneOfInt(&[426, 301, 302, 307, 308])),
+                Field::new("strip_path", Type::Boolean).required().default(json!(true)),
+                Field::new("preserve_host", Type::Boolean).required().default(json!(false)),
+                Field::new("request_buffering", Type::Boolean).required().default(json!(true)),
+                Field::new("response_buffering", Type::Boolean).required().default(json!(true)),
+                td::tags(),
+                td::foreign("service", "services"),
+                Field::new(
+                    "snis",
+                    Type::Set(Box::new(Field::new("sni", Type::String).check(Check::Custom(td::check_route_host)))),
+                ),
+                Field::new("sources", Type::Set(Box::new(endpoint()))),
+                Field::new("destinations", Type::Set(Box::new(endpoint()))),
+                Field::new("methods", Type::Set(Box::new(method))),
+                Field::new("hosts", Type::Array(Box::new(host))),
+                Field::new("paths", Type::Array(Box::new(path))),
+                Field::new("headers", Type::Map(Box::new(header_key), Box::new(header_values))),
+                Field::new("regex_priority", Type::Integer).default(json!(0)),
+                Field::new("path_handling", Type::String).default(json!("v0")).check(Check::OneOf(&["v0", "v1"])),
+            ],
+            checks: vec![EntityCheck::Custom(route_checks), EntityCheck::Presence(route_match_attributes)],
+        }
+    })
 }
 
 fn route_checks(rec: &Obj) -> Vec<Violation> {
@@ -451,8 +591,9 @@ fn route_match_attributes(rec: &Obj) -> Vec<Violation> {
     vec![Violation::entity(format!("must set one of {} when 'protocols' is '{proto}'", list.join(", ")))]
 }
 
-fn plugins() -> Schema {
-    Schema {
+fn plugins() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             Field::new("name", Type::String).required().immutable(),
@@ -472,11 +613,12 @@ fn plugins() -> Schema {
             td::tags(),
         ],
         checks: vec![],
-    }
+    })
 }
 
-fn keyauth_credentials() -> Schema {
-    Schema {
+fn keyauth_credentials() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             td::created_at(),
@@ -485,18 +627,20 @@ fn keyauth_credentials() -> Schema {
             td::tags(),
         ],
         checks: vec![],
-    }
+    })
 }
 
-fn consumer_groups() -> Schema {
-    Schema {
+fn consumer_groups() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![td::id(), td::created_at(), td::updated_at(), td::utf8_name("name").required(), td::tags()],
         checks: vec![],
-    }
+    })
 }
 
-fn acls() -> Schema {
-    Schema {
+fn acls() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             td::created_at(),
@@ -505,11 +649,12 @@ fn acls() -> Schema {
             td::tags(),
         ],
         checks: vec![],
-    }
+    })
 }
 
-fn group_memberships() -> Schema {
-    Schema {
+fn group_memberships() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
             td::created_at(),
@@ -517,7 +662,7 @@ fn group_memberships() -> Schema {
             td::foreign("consumer", "consumers").required(),
         ],
         checks: vec![],
-    }
+    })
 }
 
 #[cfg(test)]

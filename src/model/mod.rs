@@ -11,7 +11,7 @@ pub mod typedefs;
 use serde_json::Value;
 
 use crate::clock::now_secs;
-pub use entities::{ForeignKey, Kind, OnDelete};
+pub use entities::{EntityDef, ForeignKey, Handlers, Kind, OnDelete};
 pub use errors::{EntityError, ErrorCode};
 use schema::{Obj, Violation, Violations};
 

@@ -461,13 +461,8 @@ impl Store {
 /// Kong reports a second plugin in the same scope (or a second membership, or ACL group) by its
 /// cache key fields.
 fn scope_clash(kind: Kind, record: &Obj) -> EntityError {
-    let fields: &[&str] = match kind {
-        Kind::Plugin => &["consumer", "consumer_group", "name", "route", "service"],
-        Kind::Acl => &["consumer", "group"],
-        _ => &["consumer", "consumer_group"],
-    };
     let mut m = Map::new();
-    for &f in fields {
+    for &f in kind.def().cache_key {
         m.insert(f.into(), record.get(f).cloned().unwrap_or(Value::Null));
     }
     EntityError::Unique(m)

@@ -1,5 +1,5 @@
-//! Persistence: SQLite (embedded, WAL) or PostgreSQL through one sqlx `Any` pool pair, migrations per
-//! backend, entity reads and writes with Kong's unique / foreign-key / cascade rules, and the change
+//! Persistence: SQLite (embedded, WAL) or PostgreSQL through one sqlx `Any` pool pair, one set of
+//! migrations for both (`migrations/`, SQL both dialects accept), entity reads and writes with Kong's unique / foreign-key / cascade rules, and the change
 //! feed (`changes` table + config version) that every node replays to update its snapshot. Writes are
 //! serialized (one SQLite writer connection; a row lock on the version in PostgreSQL) so versions commit
 //! in order. Nothing here validates schemas: callers hand in records that `model` already accepted.
@@ -109,7 +109,7 @@ impl Store {
                 )
                 .await
                 .map_err(|source| StoreError::Connect { what: url.clone(), source })?;
-                sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+                sqlx::migrate!().run(&writer).await?;
                 let reader = connect(4, "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -512;")
                     .await
                     .map_err(|source| StoreError::Connect { what: url.clone(), source })?;
@@ -128,7 +128,7 @@ impl Store {
                     .await
                     .map_err(|source| StoreError::Connect { what: shown, source })?;
                 // Several nodes may start together; the migrator takes an advisory lock.
-                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                sqlx::migrate!().run(&pool).await?;
                 Ok(Store::from_pools(Backend::Postgres, pool.clone(), pool, Some(url)))
             }
         }
@@ -218,3 +218,41 @@ pub(crate) fn db_error(e: sqlx::Error) -> EntityError {
 
 /// How long a PostgreSQL LISTEN connection waits before retrying after a failure.
 pub(crate) const LISTEN_RETRY: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+    use sqlx::{AssertSqlSafe, Row};
+
+    /// Every column the store derives from an entity's descriptor exists in its table, so a
+    /// descriptor and the migrations cannot drift apart unnoticed.
+    #[tokio::test]
+    async fn every_descriptor_matches_its_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = crate::config::load(None).expect("default settings");
+        settings.prefix = dir.path().to_path_buf();
+        settings.database = Database::Sqlite;
+        let store = Store::open(&settings).await.expect("open");
+        for kind in Kind::ALL {
+            let def = kind.def();
+            let q = format!("SELECT name FROM pragma_table_info('{}')", def.table);
+            let rows = sqlx::query(AssertSqlSafe(q)).fetch_all(&store.inner.reader).await.expect("table info");
+            let columns: Vec<String> = rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect();
+            let mut needed: Vec<String> = ["id", "cp", "created_at", "body", "tags"].map(String::from).to_vec();
+            needed.extend(def.unique.iter().map(|f| (*f).to_string()));
+            needed.extend(def.foreign_keys.iter().map(|fk| format!("{}_id", fk.field)));
+            needed.push(def.key_column.to_string());
+            if !def.cache_key.is_empty() {
+                needed.push("cache_key".into());
+            }
+            if def.ttl {
+                needed.push("expires_at".into());
+            }
+            for column in needed {
+                assert!(columns.contains(&column), "{}: no column {column} (has {columns:?})", def.table);
+            }
+        }
+        store.close().await;
+    }
+}
