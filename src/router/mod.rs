@@ -8,6 +8,7 @@
 //! the prefix lengths that exist, so 10,000 routes cost a handful of hash lookups, not a scan.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
@@ -63,29 +64,155 @@ struct Priority {
     prefix_len: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum PathMatch {
     Any,
     Prefix(Box<str>),
     Regex(Regex),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum HeaderValueMatch {
     /// Lower-cased exact values.
     Exact(Vec<String>),
     Regex(Regex),
 }
 
-/// One (route, path) pair with everything a request is checked against besides host and path bucket.
+/// A route's matching attributes, compiled once (methods parsed, regexes built) and kept between
+/// router builds: compiling is where a route can fail, so it happens when a route is written or
+/// loaded, and assembling a router from compiled routes cannot fail.
+#[derive(Debug)]
+pub struct RouteMatcher {
+    methods: Option<Vec<Method>>,
+    headers: Vec<(HeaderName, HeaderValueMatch)>,
+    /// One per route path (`Any` for a path-less route), each with its own priority.
+    paths: Vec<(PathMatch, Priority)>,
+    /// Host patterns and the port each demands (`None`: any host).
+    hosts: Vec<(HostPattern, Option<u16>)>,
+}
+
+#[derive(Debug, Clone)]
+enum HostPattern {
+    Any,
+    Exact(Box<str>),
+    /// `*.example.com` → `.example.com`
+    Suffix(Box<str>),
+    /// `example.*` → `example.`
+    Prefix(Box<str>),
+}
+
+/// Why a route's attributes cannot be compiled, and which field is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RouteError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Longest prefix length kept in a priority (longer prefixes rank alike).
+const MAX_PREFIX_RANK: usize = 0x7FFFF;
+
+impl RouteMatcher {
+    /// Compiles the matching attributes of one route.
+    pub fn compile<T>(spec: &RouteSpec<T>) -> Result<RouteMatcher, RouteError> {
+        let fail = |field: &'static str| move |message: String| RouteError { field, message };
+        let methods = if spec.methods.is_empty() {
+            None
+        } else {
+            Some(
+                spec.methods
+                    .iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| fail("methods")(e.to_string())))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
+        let mut headers = Vec::with_capacity(spec.headers.len());
+        for (name, values) in &spec.headers {
+            let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|e| fail("headers")(e.to_string()))?;
+            let matcher = match values.iter().find_map(|v| v.strip_prefix("~*")) {
+                Some(re) => HeaderValueMatch::Regex(
+                    regex::RegexBuilder::new(re)
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| fail("headers")(regex_message(re, &e)))?,
+                ),
+                None => HeaderValueMatch::Exact(values.iter().map(|v| v.to_ascii_lowercase()).collect()),
+            };
+            headers.push((name, matcher));
+        }
+        let weight = [
+            !spec.methods.is_empty(),
+            !spec.hosts.is_empty(),
+            !spec.headers.is_empty(),
+            spec.snis > 0,
+            !spec.paths.is_empty(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count() as u8;
+        let base = Priority {
+            weight,
+            plain_hosts: !spec.hosts.is_empty() && spec.hosts.iter().all(|h| !h.contains('*')),
+            headers: u8::try_from(spec.headers.len()).unwrap_or(u8::MAX),
+            regex: false,
+            regex_priority: 0,
+            prefix_len: 0,
+        };
+        let paths = if spec.paths.is_empty() {
+            vec![(PathMatch::Any, base)]
+        } else {
+            spec.paths
+                .iter()
+                .map(|p| match p.strip_prefix('~') {
+                    Some(re) => Regex::new(&format!("^(?:{re})"))
+                        .map(|r| {
+                            (PathMatch::Regex(r), Priority { regex: true, regex_priority: spec.regex_priority, ..base })
+                        })
+                        .map_err(|e| fail("paths")(regex_message(re, &e))),
+                    None => {
+                        let rank = u32::try_from(p.len().min(MAX_PREFIX_RANK)).unwrap_or(u32::MAX);
+                        Ok((PathMatch::Prefix(p.as_str().into()), Priority { prefix_len: rank, ..base }))
+                    }
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let hosts = if spec.hosts.is_empty() {
+            vec![(HostPattern::Any, None)]
+        } else {
+            spec.hosts
+                .iter()
+                .map(|h| {
+                    let (host, port) = split_port(h);
+                    let pattern = if let Some(suffix) = host.strip_prefix('*') {
+                        HostPattern::Suffix(suffix.into())
+                    } else if let Some(prefix) = host.strip_suffix('*') {
+                        HostPattern::Prefix(prefix.into())
+                    } else {
+                        HostPattern::Exact(host.into())
+                    };
+                    (pattern, port)
+                })
+                .collect()
+        };
+        Ok(RouteMatcher { methods, headers, paths, hosts })
+    }
+}
+
+/// Kong's wording for a regex that does not compile.
+fn regex_message(re: &str, e: &regex::Error) -> String {
+    let detail = e.to_string();
+    let line = detail.lines().rev().find(|l| l.starts_with("error:")).or_else(|| detail.lines().next()).unwrap_or("");
+    format!("invalid regex: '{re}' (PCRE returned: {line})")
+}
+
+/// One (route, path) pair: where a request's path is checked, with that path's priority.
 #[derive(Debug)]
 struct Entry {
     route: usize,
     priority: Priority,
     /// Creation order, for ties.
     order: usize,
-    methods: Option<Vec<Method>>,
-    headers: Vec<(HeaderName, HeaderValueMatch)>,
     path: PathMatch,
 }
 
@@ -111,6 +238,7 @@ struct Bucket {
 #[derive(Debug)]
 pub struct Router<T> {
     targets: Vec<T>,
+    matchers: Vec<Arc<RouteMatcher>>,
     entries: Vec<Entry>,
     exact: HashMap<Box<str>, Bucket, Hasher>,
     /// `*.example.com` → `.example.com`
@@ -120,19 +248,12 @@ pub struct Router<T> {
     any_host: Bucket,
 }
 
-/// A route that could not be compiled (only regexes can fail; they are validated on write).
-#[derive(Debug, thiserror::Error)]
-#[error("route {index}: {message}")]
-pub struct RouterError {
-    pub index: usize,
-    pub message: String,
-}
-
 impl<T> Router<T> {
     /// A router without routes.
     pub fn empty() -> Router<T> {
         Router {
             targets: Vec::new(),
+            matchers: Vec::new(),
             entries: Vec::new(),
             exact: HashMap::default(),
             suffixes: Vec::new(),
@@ -141,12 +262,25 @@ impl<T> Router<T> {
         }
     }
 
-    /// Compiles routes; among routes of equal priority the one given first wins.
-    pub fn build(routes: Vec<RouteSpec<T>>) -> Result<Router<T>, RouterError> {
+    /// Compiles and assembles routes; among routes of equal priority the one given first wins.
+    pub fn build(routes: Vec<RouteSpec<T>>) -> Result<Router<T>, RouteError> {
+        let compiled = routes
+            .into_iter()
+            .map(|spec| Ok((Arc::new(RouteMatcher::compile(&spec)?), spec.target)))
+            .collect::<Result<Vec<_>, RouteError>>()?;
+        Ok(Router::assemble(compiled))
+    }
+
+    /// Assembles compiled routes (cannot fail); among routes of equal priority the one given first
+    /// wins.
+    pub fn assemble(routes: Vec<(Arc<RouteMatcher>, T)>) -> Router<T> {
         let mut router = Router::empty();
         router.targets.reserve(routes.len());
-        for (index, spec) in routes.into_iter().enumerate() {
-            router.add(index, spec)?;
+        router.matchers.reserve(routes.len());
+        for (index, (matcher, target)) in routes.into_iter().enumerate() {
+            router.add(index, &matcher);
+            router.matchers.push(matcher);
+            router.targets.push(target);
         }
         let entries = &router.entries;
         let sort = |b: &mut Bucket| b.finish(entries);
@@ -157,7 +291,7 @@ impl<T> Router<T> {
         // Longer wildcard patterns are more specific; try them first.
         router.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router.prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        Ok(router)
+        router
     }
 
     pub fn len(&self) -> usize {
@@ -168,120 +302,27 @@ impl<T> Router<T> {
         self.targets.is_empty()
     }
 
-    fn add(&mut self, index: usize, spec: RouteSpec<T>) -> Result<(), RouterError> {
-        let fail = |message: String| RouterError { index, message };
-        let methods = if spec.methods.is_empty() {
-            None
-        } else {
-            Some(
-                spec.methods
-                    .iter()
-                    .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| fail(e.to_string())))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        };
-        let mut headers = Vec::new();
-        for (name, values) in &spec.headers {
-            let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|e| fail(e.to_string()))?;
-            let matcher = match values.iter().find_map(|v| v.strip_prefix("~*")) {
-                Some(re) => HeaderValueMatch::Regex(
-                    regex::RegexBuilder::new(re).case_insensitive(true).build().map_err(|e| fail(e.to_string()))?,
-                ),
-                None => HeaderValueMatch::Exact(values.iter().map(|v| v.to_ascii_lowercase()).collect()),
-            };
-            headers.push((name, matcher));
+    fn add(&mut self, index: usize, matcher: &RouteMatcher) {
+        let first = self.entries.len();
+        for (path, priority) in &matcher.paths {
+            self.entries.push(Entry { route: index, priority: *priority, order: index, path: path.clone() });
         }
-        let weight = [
-            !spec.methods.is_empty(),
-            !spec.hosts.is_empty(),
-            !spec.headers.is_empty(),
-            spec.snis > 0,
-            !spec.paths.is_empty(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count() as u8;
-        let plain_hosts = !spec.hosts.is_empty() && spec.hosts.iter().all(|h| !h.contains('*'));
-        let base = Priority {
-            weight,
-            plain_hosts,
-            headers: spec.headers.len().min(255) as u8,
-            regex: false,
-            regex_priority: 0,
-            prefix_len: 0,
-        };
-        let paths: Vec<PathMatch> = if spec.paths.is_empty() {
-            vec![PathMatch::Any]
-        } else {
-            spec.paths
-                .iter()
-                .map(|p| match p.strip_prefix('~') {
-                    Some(re) => {
-                        Regex::new(&format!("^(?:{re})")).map(PathMatch::Regex).map_err(|e| fail(e.to_string()))
-                    }
-                    None => Ok(PathMatch::Prefix(p.as_str().into())),
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let mut entry_ids = Vec::new();
-        for path in paths {
-            let mut priority = base;
-            match &path {
-                PathMatch::Regex(_) => {
-                    priority.regex = true;
-                    priority.regex_priority = spec.regex_priority;
-                }
-                PathMatch::Prefix(p) => priority.prefix_len = p.len().min(0x7FFFF) as u32,
-                PathMatch::Any => {}
-            }
-            entry_ids.push(self.entries.len() as u32);
-            self.entries.push(Entry {
-                route: index,
-                priority,
-                order: index,
-                methods: methods.clone(),
-                headers: headers
-                    .iter()
-                    .map(|(n, m)| {
-                        (
-                            n.clone(),
-                            match m {
-                                HeaderValueMatch::Exact(v) => HeaderValueMatch::Exact(v.clone()),
-                                HeaderValueMatch::Regex(r) => HeaderValueMatch::Regex(r.clone()),
-                            },
-                        )
-                    })
-                    .collect(),
-                path,
-            });
-        }
-        let host_patterns: Vec<Option<&str>> =
-            if spec.hosts.is_empty() { vec![None] } else { spec.hosts.iter().map(|h| Some(h.as_str())).collect() };
-        for pattern in host_patterns {
-            let (bucket, port) = match pattern {
-                None => (&mut self.any_host, None),
-                Some(h) => {
-                    let (host, port) = split_port(h);
-                    let bucket = if let Some(suffix) = host.strip_prefix('*') {
-                        find_or_push(&mut self.suffixes, suffix)
-                    } else if let Some(prefix) = host.strip_suffix('*') {
-                        find_or_push(&mut self.prefixes, prefix)
-                    } else {
-                        self.exact.entry(host.into()).or_default()
-                    };
-                    (bucket, port)
-                }
+        let ids = first..self.entries.len();
+        for (pattern, port) in &matcher.hosts {
+            let bucket = match pattern {
+                HostPattern::Any => &mut self.any_host,
+                HostPattern::Suffix(s) => find_or_push(&mut self.suffixes, s),
+                HostPattern::Prefix(p) => find_or_push(&mut self.prefixes, p),
+                HostPattern::Exact(h) => self.exact.entry(h.clone()).or_default(),
             };
-            for &id in &entry_ids {
-                let slot = Slot { entry: id, port };
-                match &self.entries[id as usize].path {
+            for id in ids.clone() {
+                let slot = Slot { entry: u32::try_from(id).unwrap_or(u32::MAX), port: *port };
+                match &self.entries[id].path {
                     PathMatch::Prefix(p) => bucket.prefixes.entry(p.clone()).or_default().push(slot),
                     _ => bucket.others.push(slot),
                 }
             }
         }
-        self.targets.push(spec.target);
-        Ok(())
     }
 
     /// Finds the highest-priority route matching the request.
@@ -335,7 +376,7 @@ impl<T> Router<T> {
             if slot.port.is_some_and(|p| p != req.port) {
                 continue;
             }
-            if let Some(len) = entry.matches(req) {
+            if let Some(len) = entry.matches(&self.matchers[entry.route], req) {
                 *best = Some((entry, len));
                 return;
             }
@@ -366,13 +407,13 @@ impl Bucket {
 
 impl Entry {
     /// Checks everything but the host; returns the matched path length.
-    fn matches(&self, req: &RequestView<'_>) -> Option<usize> {
-        if let Some(methods) = &self.methods
+    fn matches(&self, route: &RouteMatcher, req: &RequestView<'_>) -> Option<usize> {
+        if let Some(methods) = &route.methods
             && !methods.iter().any(|m| m == req.method)
         {
             return None;
         }
-        for (name, matcher) in &self.headers {
+        for (name, matcher) in &route.headers {
             let ok = req.headers.get_all(name).iter().any(|v| {
                 let Ok(v) = v.to_str() else { return false };
                 match matcher {

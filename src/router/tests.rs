@@ -184,3 +184,27 @@ fn hosts_are_case_sensitive_like_kong() {
     assert_eq!(find(&r, "GET", "a.example.com", "/"), None);
     assert_eq!(route_host("API.Example.com:8000"), "API.Example.com");
 }
+
+#[test]
+fn a_route_that_cannot_compile_names_its_field() {
+    let bad_header = with(spec("h"), |s| s.headers = vec![("x-v".into(), vec!["~*(unclosed".into()])]);
+    let err = RouteMatcher::compile(&bad_header).expect_err("unclosed header regex");
+    assert_eq!(err.field, "headers");
+    assert!(err.message.starts_with("invalid regex: '(unclosed'"), "{}", err.message);
+    let bad_path = with(spec("p"), |s| s.paths = vec!["~/a/(b".into()]);
+    assert_eq!(RouteMatcher::compile(&bad_path).expect_err("unclosed path regex").field, "paths");
+    let bad_method = with(spec("m"), |s| s.methods = vec!["G ET".into()]);
+    assert_eq!(RouteMatcher::compile(&bad_method).expect_err("bad method").field, "methods");
+}
+
+#[test]
+fn assembling_compiled_routes_reuses_them() {
+    let matcher = Arc::new(
+        RouteMatcher::compile(&with(spec("a"), |s| s.paths = vec!["~/items/\\d+$".into()])).expect("compiles"),
+    );
+    let first = Router::assemble(vec![(matcher.clone(), "a")]);
+    let second = Router::assemble(vec![(matcher, "b")]);
+    assert_eq!(find(&first, "GET", "x", "/items/7"), Some("a"));
+    assert_eq!(find(&second, "GET", "x", "/items/7"), Some("b"));
+    assert_eq!(find(&second, "GET", "x", "/items/x"), None);
+}
