@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod router;
 pub mod snapshot;
 pub mod store;
+pub mod sync;
 
 /// The version reported by `tollgate version`, `GET /` and `Via`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -19,7 +19,6 @@ use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
 use crate::proxy::upstream::{self, PoolSettings};
 use crate::snapshot::SnapshotHolder;
-use crate::snapshot::builder::{self, ConfigState};
 use crate::store::{DEFAULT_CP, Store, StoreError};
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -149,9 +148,12 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     }
     let store = Store::open(&settings).await?;
     let holder = Arc::new(SnapshotHolder::new());
-    let mut state = ConfigState::load(&store, DEFAULT_CP).await.map_err(|e| NodeError::Load(e.to_string()))?;
-    holder.store(state.build(true).map_err(NodeError::Load)?);
-    tokio::spawn(builder::run(
+    // A node starts whatever it finds in its store: rows that do not compile are left out (closed,
+    // not open) and reported on /status.
+    let mut state = crate::sync::load(&store, DEFAULT_CP).await.map_err(|e| NodeError::Load(e.to_string()))?;
+    let first = crate::sync::build(&mut state, true).ok_or_else(|| NodeError::Load("the first build failed".into()))?;
+    holder.store(first);
+    tokio::spawn(crate::sync::run(
         store.clone(),
         DEFAULT_CP.to_string(),
         holder.clone(),

@@ -15,6 +15,11 @@ use crate::model::schema::Obj;
 /// Largest Admin API body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// Deepest nesting of a body's values (form keys like `a.b.c`, JSON objects and arrays). No entity
+/// nests half this deep; the bound keeps every recursive walk over input (and over the stored
+/// row, and the configuration sent to data planes, which nests a few levels more) shallow.
+pub const MAX_DEPTH: usize = 32;
+
 /// How the body was encoded: form values need schema coercion, JSON values do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -70,7 +75,10 @@ pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminE
     }
     match mime.as_str() {
         "application/json" => match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(fields)) => Ok(AdminBody { fields, encoding: Encoding::Json }),
+            Ok(Value::Object(fields)) if depth(&fields) <= MAX_DEPTH => {
+                Ok(AdminBody { fields, encoding: Encoding::Json })
+            }
+            Ok(Value::Object(_)) => Err(too_deep()),
             Ok(_) | Err(_) => Err(AdminError::BadJson),
         },
         // Kong refuses a body that says nothing about its type.
@@ -78,7 +86,7 @@ pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminE
         "application/x-www-form-urlencoded" => {
             let pairs: Vec<(String, String)> =
                 url::form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-            Ok(AdminBody { fields: nest(pairs), encoding: Encoding::Form })
+            Ok(AdminBody { fields: nest(pairs)?, encoding: Encoding::Form })
         }
         "multipart/form-data" => {
             let boundary = multer::parse_boundary(content_type)
@@ -98,26 +106,48 @@ pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminE
                     Err(_) => return Err(AdminError::BadRequest("Invalid multipart body".into())),
                 }
             }
-            Ok(AdminBody { fields: nest(pairs), encoding: Encoding::Form })
+            Ok(AdminBody { fields: nest(pairs)?, encoding: Encoding::Form })
         }
         _ => Err(AdminError::UnsupportedMediaType),
     }
 }
 
-/// Builds the nested object from form pairs.
-pub fn nest(pairs: Vec<(String, String)>) -> Obj {
+fn too_deep() -> AdminError {
+    AdminError::BadRequest(format!("request body nests deeper than {MAX_DEPTH} levels"))
+}
+
+/// How deep an object's values nest (an object of scalars is 1), without recursing.
+pub fn depth(fields: &Obj) -> usize {
+    let mut deepest = 1;
+    let mut stack: Vec<(&Value, usize)> = fields.values().map(|v| (v, 1)).collect();
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Object(m) => stack.extend(m.values().map(|c| (c, d + 1))),
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Builds the nested object from form pairs; keys nesting deeper than [`MAX_DEPTH`] are refused.
+pub fn nest(pairs: Vec<(String, String)>) -> Result<Obj, AdminError> {
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
         let segments = split_key(&key);
         if segments.is_empty() {
             continue;
         }
+        if segments.len() > MAX_DEPTH {
+            return Err(too_deep());
+        }
         insert(&mut root, &segments, Value::String(value));
     }
-    match root {
+    Ok(match root {
         Value::Object(m) => m,
         _ => Obj::new(),
-    }
+    })
 }
 
 /// `config.redis.host` → [config, redis, host]; `paths[]` → [paths, ""]; `headers[x-a]` → [headers, x-a].
@@ -200,7 +230,7 @@ mod tests {
 
     fn form(s: &str) -> Value {
         let pairs = url::form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-        Value::Object(nest(pairs))
+        Value::Object(nest(pairs).expect("shallow keys"))
     }
 
     #[test]
@@ -230,6 +260,18 @@ mod tests {
         assert!(matches!(parse("text/plain", Bytes::from_static(b"x")).await, Err(AdminError::UnsupportedMediaType)));
         assert_eq!(parse("", Bytes::new()).await.expect("empty").encoding, Encoding::Empty);
         assert!(matches!(parse("application/json", Bytes::new()).await, Err(AdminError::BadJson)));
+    }
+
+    #[tokio::test]
+    async fn bodies_that_nest_too_deep_are_refused() {
+        let deep_form = format!("{}=1", vec!["a"; 50_000].join("."));
+        let err = parse("application/x-www-form-urlencoded", Bytes::from(deep_form)).await.expect_err("too deep");
+        assert!(matches!(err, AdminError::BadRequest(_)), "{err:?}");
+        let deep_json = format!("{}1{}", r#"{"a":"#.repeat(100), "}".repeat(100));
+        let err = parse("application/json", Bytes::from(deep_json)).await.expect_err("too deep");
+        assert!(matches!(err, AdminError::BadRequest(_)), "{err:?}");
+        let ok = format!("{}=1", vec!["a"; MAX_DEPTH].join("."));
+        assert!(parse("application/x-www-form-urlencoded", Bytes::from(ok)).await.is_ok());
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@ use super::body::AdminBody;
 use super::error::{AdminError, AdminResult};
 use super::pagination;
 use crate::model::schema::Obj;
-use crate::model::{self, EntityError, Kind, Mode};
+use crate::model::{EntityError, Kind, Mode};
+use crate::snapshot::compile;
 use crate::store::{ListQuery, WriteOp};
 
 /// One side of a membership: the entity in the path and the one named in the body.
@@ -155,7 +156,7 @@ impl AdminState {
             let mut fields = Map::new();
             fields.insert(side.field.into(), json!({ "id": id(&owner) }));
             fields.insert(side.other_field.into(), json!({ "id": id(other) }));
-            let record = model::prepare(Kind::GroupMembership, fields, Mode::Create)?;
+            let record = compile::prepare(Kind::GroupMembership, fields, Mode::Create)?;
             self.store.write(&self.cp(), Kind::GroupMembership, WriteOp::Insert, record, None).await?;
         }
         let own_key = if side.kind == Kind::Consumer { "consumer" } else { "consumer_group" };

@@ -12,7 +12,8 @@ use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
 use super::pagination;
 use crate::model::schema::{Obj, is_uuid};
-use crate::model::{self, EntityError, Kind, Mode};
+use crate::model::{EntityError, Kind, Mode};
+use crate::snapshot::compile;
 use crate::store::{ListQuery, WriteOp};
 
 /// A parent in a nested path: the child's foreign-key field and the parent's kind.
@@ -100,7 +101,7 @@ impl AdminState {
         let seg = segments(parent, params);
         let parent = self.parent_obj(parent, seg.parent).await?;
         let (fields, ttl) = self.input(kind, body, parent.as_ref(), None)?;
-        let record = model::prepare(kind, fields, Mode::Create)?;
+        let record = compile::prepare(kind, fields, Mode::Create)?;
         let stored = self.store.write(&self.cp(), kind, WriteOp::Insert, record, ttl).await?;
         Ok((StatusCode::CREATED, Json(Value::Object(stored))).into_response())
     }
@@ -133,7 +134,7 @@ impl AdminState {
             }
         };
         let (fields, ttl) = self.input(kind, body, parent.as_ref(), Some(&existing))?;
-        let record = model::prepare(kind, fields, Mode::Patch(existing))?;
+        let record = compile::prepare(kind, fields, Mode::Patch(existing))?;
         let stored = self.store.write(&self.cp(), kind, WriteOp::Update, record, ttl).await?;
         Ok(Json(Value::Object(stored)).into_response())
     }
@@ -155,7 +156,7 @@ impl AdminState {
         } else {
             fields.insert(kind.endpoint_key().into(), Value::String(key.to_string()));
         }
-        let record = model::prepare(kind, fields, Mode::Replace(existing))?;
+        let record = compile::prepare(kind, fields, Mode::Replace(existing))?;
         let stored = self.store.write(&self.cp(), kind, WriteOp::Upsert, record, ttl).await?;
         Ok(Json(Value::Object(stored)).into_response())
     }
@@ -209,7 +210,7 @@ impl AdminState {
             }
         }
         if body.encoding == Encoding::Form {
-            model::coerce_against(kind, &mut fields, stored);
+            compile::coerce(kind, &mut fields, stored);
         }
         if let Some((p, pid)) = parent {
             let mut fk = Map::new();

@@ -11,8 +11,9 @@ use super::AdminState;
 use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
 use crate::config::KEYS;
-use crate::model::{self, Kind, Mode};
+use crate::model::{Kind, Mode};
 use crate::plugins::REGISTRY;
+use crate::snapshot::compile;
 
 /// The Kong release whose Admin API and behaviour Tollgate matches; Kong clients branch on it.
 pub const KONG_COMPAT_VERSION: &str = "3.9.0";
@@ -47,7 +48,9 @@ pub async fn root(State(s): State<AdminState>) -> AdminResult<Response> {
 
 pub async fn status(State(s): State<AdminState>) -> Response {
     let t = s.stats.totals();
+    let snapshot = s.holder.load_full();
     Json(json!({
+        "configuration": {"version": snapshot.version, "rejected": &*snapshot.rejected},
         "server": {
             "total_requests": t.requests,
             "connections_active": t.active,
@@ -117,9 +120,9 @@ pub async fn entity_schema(Path(name): Path<String>) -> AdminResult<Response> {
 fn validated(kind: Kind, body: AdminBody) -> AdminResult<Response> {
     let mut fields = body.fields;
     if body.encoding == Encoding::Form {
-        model::coerce(kind, &mut fields);
+        compile::coerce(kind, &mut fields, None);
     }
-    model::prepare(kind, fields, Mode::Create)?;
+    compile::prepare(kind, fields, Mode::Create)?;
     Ok(Json(json!({"message": "schema validation successful"})).into_response())
 }
 

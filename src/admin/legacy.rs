@@ -15,7 +15,8 @@ use super::error::{AdminError, AdminResult};
 use super::pagination;
 use super::{AdminState, Routes};
 use crate::model::schema::{Obj, is_uuid};
-use crate::model::{self, EntityError, Kind, Mode};
+use crate::model::{EntityError, Kind, Mode};
+use crate::snapshot::compile;
 use crate::store::{ListQuery, WriteOp};
 
 /// Adds the 0.x paths to the Admin API's routes.
@@ -194,10 +195,10 @@ impl AdminState {
                 return self.insert_api(service_in, route_in).await;
             }
         };
-        let service = model::prepare(Kind::Service, service_in, service_mode)?;
+        let service = compile::prepare(Kind::Service, service_in, service_mode)?;
         let mut route_in = route_in;
         route_in.insert("service".into(), json!({"id": service["id"]}));
-        let route = model::prepare(Kind::Route, route_in, route_mode)?;
+        let route = compile::prepare(Kind::Route, route_in, route_mode)?;
         let service = self.store.write(&self.cp(), Kind::Service, op, service, None).await?;
         let route = self.store.write(&self.cp(), Kind::Route, op, route, None).await?;
         Ok(api_json(&service, &route))
@@ -205,8 +206,8 @@ impl AdminState {
 
     async fn insert_api(&self, service_in: Obj, mut route_in: Obj) -> AdminResult<Value> {
         route_in.insert("service".into(), json!({"id": service_in["id"]}));
-        let service = model::prepare(Kind::Service, service_in, Mode::Create);
-        let route = model::prepare(Kind::Route, route_in, Mode::Create);
+        let service = compile::prepare(Kind::Service, service_in, Mode::Create);
+        let route = compile::prepare(Kind::Route, route_in, Mode::Create);
         let (service, route) = match (service, route) {
             (Ok(s), Ok(r)) => (s, r),
             (Err(EntityError::Schema(mut a)), Err(EntityError::Schema(b))) => {
@@ -230,8 +231,8 @@ impl AdminState {
 async fn create_api(State(st): State<AdminState>, body: AdminBody) -> AdminResult<Response> {
     let (mut service, mut route) = api_inputs(&body.fields, None)?;
     if body.encoding == Encoding::Form {
-        model::coerce(Kind::Service, &mut service);
-        model::coerce(Kind::Route, &mut route);
+        compile::coerce(Kind::Service, &mut service, None);
+        compile::coerce(Kind::Route, &mut route, None);
     }
     let api = st.save_api(service, route, None).await?;
     Ok((StatusCode::CREATED, Json(api)).into_response())
@@ -246,8 +247,8 @@ async fn patch_api(State(st): State<AdminState>, Path(api): Path<String>, body: 
     let (service, route) = st.api(&api).await?;
     let (mut service_in, mut route_in) = api_inputs(&body.fields, Some((&service, &route)))?;
     if body.encoding == Encoding::Form {
-        model::coerce(Kind::Service, &mut service_in);
-        model::coerce(Kind::Route, &mut route_in);
+        compile::coerce(Kind::Service, &mut service_in, None);
+        compile::coerce(Kind::Route, &mut route_in, None);
     }
     let api = st.save_api(service_in, route_in, Some((service, route))).await?;
     Ok(Json(api).into_response())
@@ -318,7 +319,7 @@ fn plugin_input(body: AdminBody, api_id: Option<String>) -> Obj {
         fields.insert("consumer".into(), json!({ "id": consumer }));
     }
     if form {
-        model::coerce(Kind::Plugin, &mut fields);
+        compile::coerce(Kind::Plugin, &mut fields, None);
     }
     fields
 }
@@ -329,7 +330,7 @@ async fn create_plugin(st: &AdminState, fields: Obj) -> AdminResult<Response> {
     {
         return Err(AdminError::Legacy(StatusCode::BAD_REQUEST, json!({"api_id": "api_id is not a valid uuid"})));
     }
-    let record = model::prepare(Kind::Plugin, fields, Mode::Create)?;
+    let record = compile::prepare(Kind::Plugin, fields, Mode::Create)?;
     let stored = st.store.write(&st.cp(), Kind::Plugin, WriteOp::Insert, record, None).await?;
     Ok((StatusCode::CREATED, Json(plugin_json(&stored))).into_response())
 }
@@ -448,7 +449,7 @@ async fn create_keyauth_credential(State(st): State<AdminState>, body: AdminBody
     let mut input = Obj::new();
     input.insert("key".into(), json!(key));
     input.insert("consumer".into(), json!({"id": owner["id"]}));
-    let record = model::prepare(Kind::KeyAuth, input, Mode::Create)?;
+    let record = compile::prepare(Kind::KeyAuth, input, Mode::Create)?;
     match st.store.write(&st.cp(), Kind::KeyAuth, WriteOp::Insert, record, None).await {
         Ok(stored) => Ok((StatusCode::CREATED, Json(credential_json(&stored))).into_response()),
         Err(EntityError::Unique(_)) => Err(AdminError::Legacy(

@@ -23,11 +23,12 @@ use super::protocol::{
     ConfigRows, Notice, OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
 };
 use crate::config::Settings;
-use crate::identity::{Authenticated, Consumer, Directory};
+use crate::identity::{Authenticated, Directory};
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{RealmResolver, RealmScope};
-use crate::snapshot::SnapshotHolder;
-use crate::snapshot::builder::ConfigState;
+use crate::snapshot::compile;
+use crate::snapshot::state::ConfigState;
+use crate::snapshot::{Rejection, SnapshotHolder};
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -39,6 +40,19 @@ pub struct DataPlaneStatus {
     /// Hash of the configuration being served (None before the first one).
     pub config_hash: Option<String>,
     pub connected: bool,
+    /// Why the last configuration received was refused (`sync_status: config_rejected`), until
+    /// one is applied whole.
+    pub rejected: Option<String>,
+}
+
+/// How a received configuration went in.
+#[derive(Debug)]
+enum Applied {
+    /// Every entity compiled; it is served and cached.
+    Whole(String),
+    /// Some entities did not compile and nothing was being served: it is served as far as it
+    /// compiles (closed where it does not), reported as rejected and not cached.
+    Partly(String, String),
 }
 
 #[derive(Debug)]
@@ -87,6 +101,23 @@ impl moka::Expiry<String, Arc<Lookup>> for LookupExpiry {
     }
 }
 
+/// Entities that do not compile, in one line (`None` when there are none).
+fn describe(rejected: &[Rejection]) -> Option<String> {
+    if rejected.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = rejected.iter().map(|r| format!("{} {}: {}", r.entity, r.id, r.message)).collect();
+    Some(format!("{} entities do not compile: {}", rejected.len(), list.join("; ")))
+}
+
+/// The longest a realm lookup is cached, whatever the control plane says (a day).
+const MAX_LOOKUP_TTL: u64 = 86_400;
+
+/// A ttl in seconds from the control plane, bounded.
+fn lookup_ttl(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.clamp(1, MAX_LOOKUP_TTL))
+}
+
 /// How long a lookup may wait for the control plane before the key is refused.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -125,13 +156,20 @@ impl DataPlane {
     pub fn load_cache(&self) {
         let Ok(text) = std::fs::read_to_string(&self.cache) else { return };
         match self.apply(&text) {
-            Ok(hash) => tracing::info!(hash, "serving the cached configuration until the control plane answers"),
+            Ok(Applied::Whole(hash)) => {
+                tracing::info!(hash, "serving the cached configuration until the control plane answers");
+            }
+            Ok(Applied::Partly(hash, error)) => {
+                tracing::error!(hash, error, "serving the cached configuration where it compiles");
+            }
             Err(e) => tracing::error!(error = %e, path = %self.cache.display(), "cached configuration unusable"),
         }
     }
 
-    /// Compiles a `reconfigure` message and swaps it in; returns its hash.
-    fn apply(&self, text: &str) -> Result<String, String> {
+    /// Compiles a `reconfigure` message and swaps it in. A configuration with entities that do not
+    /// compile is refused whole while another is served (the last good one stays); with nothing
+    /// served yet, it is served as far as it compiles.
+    fn apply(&self, text: &str) -> Result<Applied, String> {
         let ToDataPlane { kind, version, hash, config } =
             serde_json::from_str(text).map_err(|e| format!("unreadable configuration: {e}"))?;
         if kind != super::protocol::RECONFIGURE {
@@ -142,17 +180,27 @@ impl DataPlane {
         }
         let rows: ConfigRows =
             serde_json::from_str(config.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
-        let mut state = ConfigState::from_rows(version, rows_in_load_order(&rows)?)?;
+        let mut state = ConfigState::from_rows(version, rows_in_load_order(&rows)?);
+        let rejected = describe(&state.rejected());
+        if rejected.is_some() && self.status().config_hash.is_some() {
+            return Err(rejected.unwrap_or_default());
+        }
         state.use_counters(self.counters.clone());
         if let Some(this) = self.this.upgrade() {
             state.use_resolver(this);
         }
-        let snapshot = state.build(true)?;
+        let snapshot = crate::sync::build(&mut state, true).ok_or("building the configuration failed")?;
         self.holder.store(snapshot);
         // Cached realm consumers carry group ids of the previous configuration.
         self.purge_lookups();
-        self.set_status(|s| s.config_hash = Some(hash.clone()));
-        Ok(hash)
+        self.set_status(|s| {
+            s.config_hash = Some(hash.clone());
+            s.rejected = rejected.clone();
+        });
+        Ok(match rejected {
+            None => Applied::Whole(hash),
+            Some(error) => Applied::Partly(hash, error),
+        })
     }
 
     /// Writes the configuration next to the cache, flushes it, then renames it over the cache.
@@ -264,19 +312,24 @@ impl DataPlane {
                     Some(Ok(Message::Text(text))) if !text.starts_with(r#"{"type":"reconfigure""#) => self.notice(&text),
                     Some(Ok(Message::Text(text))) => {
                         let reply = match self.apply(&text) {
-                            Ok(hash) => {
+                            Ok(Applied::Whole(hash)) => {
                                 if let Err(e) = self.write_cache(&text) {
                                     tracing::error!(error = %e, "configuration cache not written");
                                 }
                                 tracing::info!(hash, "configuration applied");
                                 ToControlPlane::Applied { hash }
                             }
+                            Ok(Applied::Partly(hash, error)) => {
+                                tracing::error!(hash, error, "configuration served where it compiles");
+                                ToControlPlane::Rejected { hash, error }
+                            }
                             Err(error) => {
                                 tracing::error!(error, "configuration refused; keeping the last good one");
                                 let hash = serde_json::from_str::<serde_json::Value>(&text)
                                     .ok()
-                                    .and_then(|v| v["hash"].as_str().map(str::to_string))
+                                    .and_then(|v| v.get("hash").and_then(|h| h.as_str()).map(str::to_string))
                                     .unwrap_or_default();
+                                self.set_status(|s| s.rejected = Some(error.clone()));
                                 ToControlPlane::Rejected { hash, error }
                             }
                         };
@@ -387,17 +440,18 @@ impl RealmScope for LookupScope {
                     let (found, negative_ttl) = dp.ask(crate::auth::hash(key), self.realms.clone()).await?;
                     let lookup = match found {
                         Some(rc) => {
-                            let id = uuid::Uuid::parse_str(&rc.id).map_err(|e| e.to_string())?;
-                            let mut consumer =
-                                Consumer::new(id, Some(rc.username.into()), rc.custom_id.map(Into::into));
-                            consumer.groups = identity.group_set(&rc.groups);
-                            let key_id = uuid::Uuid::parse_str(&rc.key_id).unwrap_or(id);
-                            Lookup {
-                                found: Some(Authenticated { id: key_id, consumer: Arc::new(consumer) }),
-                                ttl: Duration::from_secs(rc.ttl.max(1)),
-                            }
+                            let found = compile::realm_consumer(
+                                &rc.id,
+                                &rc.username,
+                                rc.custom_id.as_deref(),
+                                &rc.key_id,
+                                &rc.groups,
+                                identity,
+                            )
+                            .map_err(|v| format!("unusable realm consumer: {}", v.message()))?;
+                            Lookup { found: Some(found), ttl: lookup_ttl(rc.ttl) }
                         }
-                        None => Lookup { found: None, ttl: Duration::from_secs(negative_ttl.max(1)) },
+                        None => Lookup { found: None, ttl: lookup_ttl(negative_ttl) },
                     };
                     Ok::<_, String>(Arc::new(lookup))
                 })

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::model::{EntityError, Kind};
-use crate::snapshot::builder::LOAD_ORDER;
+use crate::snapshot::state::{LOAD_ORDER, Row as LoadRow};
 use crate::store::Store;
 
 /// The WebSocket path data planes connect to.
@@ -24,9 +24,6 @@ pub struct Row {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<i64>,
 }
-
-/// One row to load: its kind, body and credential expiry.
-pub type LoadRow<'a> = (Kind, &'a str, Option<i64>);
 
 /// A control plane's configuration: rows by table name.
 pub type ConfigRows = BTreeMap<String, Vec<Row>>;
@@ -146,14 +143,14 @@ pub async fn export(store: &Store, cp: &str) -> Result<Published, EntityError> {
 
 /// The rows of a received configuration, in the order a data plane loads them; unknown tables are
 /// an error (a control plane newer than this data plane).
-pub fn rows_in_load_order(rows: &ConfigRows) -> Result<Vec<LoadRow<'_>>, String> {
+pub fn rows_in_load_order(rows: &ConfigRows) -> Result<Vec<(Kind, LoadRow<'_>)>, String> {
     if let Some(unknown) = rows.keys().find(|t| Kind::from_table(t).is_none()) {
         return Err(format!("unknown entity table '{unknown}'"));
     }
     let mut out = Vec::new();
     for kind in LOAD_ORDER {
         for row in rows.get(kind.table()).map(Vec::as_slice).unwrap_or_default() {
-            out.push((kind, row.b.get(), row.e));
+            out.push((kind, LoadRow { id: None, body: row.b.get(), expires_at: row.e }));
         }
     }
     Ok(out)

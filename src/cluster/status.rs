@@ -39,13 +39,21 @@ pub fn router(source: StatusSource) -> Router {
             get(move || async move {
                 let dp = status.data_plane.as_ref().map(|d| d.status());
                 let hash = dp.as_ref().and_then(|d| d.config_hash.clone()).unwrap_or_else(|| "0".repeat(32));
-                Json(json!({
+                let snapshot = status.holder.load_full();
+                let mut body = json!({
                     "role": status.role.as_str(),
                     "ready": status.ready(),
                     "configuration_hash": hash,
-                    "control_plane_connected": dp.map(|d| d.connected),
+                    "configuration": {"version": snapshot.version, "rejected": &*snapshot.rejected},
+                    "control_plane_connected": dp.as_ref().map(|d| d.connected),
                     "version": crate::VERSION,
-                }))
+                });
+                if let (Some(dp), Some(obj)) = (dp, body.as_object_mut()) {
+                    let sync = if dp.rejected.is_some() { "config_rejected" } else { "normal" };
+                    obj.insert("sync_status".into(), json!(sync));
+                    obj.insert("sync_error".into(), json!(dp.rejected));
+                }
+                Json(body)
             }),
         )
         .route(

@@ -33,6 +33,13 @@ impl Consumer {
     pub fn group_entries(&self) -> &[GroupEntry] {
         self.groups.as_deref().map_or(&[], |g| &g.entries)
     }
+
+    /// Whether some of this consumer's groups could not be loaded (a stored membership or ACL
+    /// that does not compile): such a consumer is not authenticated, since a group it lacks might
+    /// be the one that denies it.
+    pub fn incomplete(&self) -> bool {
+        self.groups.as_ref().is_some_and(|g| g.incomplete) || self.acl_groups.as_ref().is_some_and(|g| g.incomplete)
+    }
 }
 
 /// One named group a consumer belongs to; `id` is the consumer group's id (nil for ACL groups).
@@ -47,19 +54,26 @@ pub struct GroupEntry {
 pub struct GroupSet {
     pub entries: Box<[GroupEntry]>,
     pub header: HeaderValue,
+    /// Some of the consumer's groups could not be loaded (see [`Consumer::incomplete`]).
+    pub incomplete: bool,
 }
 
 impl GroupSet {
     /// `None` for no groups.
-    pub fn new(mut entries: Vec<GroupEntry>) -> Option<Arc<GroupSet>> {
-        if entries.is_empty() {
+    pub fn new(entries: Vec<GroupEntry>) -> Option<Arc<GroupSet>> {
+        GroupSet::with_gaps(entries, false)
+    }
+
+    /// A group set that may be missing groups (`incomplete`), kept even when empty.
+    pub fn with_gaps(mut entries: Vec<GroupEntry>, incomplete: bool) -> Option<Arc<GroupSet>> {
+        if entries.is_empty() && !incomplete {
             return None;
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         entries.dedup_by(|a, b| a.name == b.name && a.id == b.id);
         let joined = entries.iter().map(|e| &*e.name).collect::<Vec<_>>().join(", ");
         let header = HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""));
-        Some(Arc::new(GroupSet { entries: entries.into_boxed_slice(), header }))
+        Some(Arc::new(GroupSet { entries: entries.into_boxed_slice(), header, incomplete }))
     }
 
     pub fn contains_name(&self, name: &str) -> bool {
@@ -182,7 +196,7 @@ impl Directory {
     /// Resolves a key to its credential and consumer (two hash lookups).
     pub fn authenticate(&self, key: &str) -> Option<Authenticated> {
         let cred = self.credentials.get(key)?;
-        let consumer = self.consumers.get(&cred.consumer_id)?;
+        let consumer = self.consumers.get(&cred.consumer_id).filter(|c| !c.incomplete())?;
         Some(Authenticated { id: cred.id, consumer: consumer.clone() })
     }
 

@@ -1,6 +1,8 @@
-//! Entities, their schemas and validation, and Kong's error-code table. [`prepare`] turns Admin API
-//! input into the full record to store (defaults filled, shorthands expanded, PATCH merged, plugin
-//! configs checked against their plugin's schema) or lists every violation. No I/O here.
+//! Entities (one descriptor each), their schemas and validation, and Kong's error-code table.
+//! [`prepare`] turns Admin API input into the full record to store (defaults filled, shorthands
+//! expanded, PATCH merged, plugin configs checked against their plugin's schema) or lists every
+//! violation. No I/O here, and no plugin knowledge: what validation needs of plugins comes through
+//! [`PluginCatalog`].
 
 pub mod calendar;
 pub mod entities;
@@ -26,14 +28,26 @@ pub enum Mode {
     Patch(Obj),
 }
 
-/// Applies form-value coercion using the kind's schema (and the plugin's config schema).
-pub fn coerce(kind: Kind, input: &mut Obj) {
-    coerce_against(kind, input, None);
+/// What validating a plugin entity needs to know about plugins; the plugin registry provides it.
+pub trait PluginCatalog {
+    /// The plugin named `name` (by its current name or an older one), if this build has it.
+    fn plugin(&self, name: &str) -> Option<PluginInfo>;
 }
 
-/// [`coerce`] for input applied to a stored entity (PATCH): a body that does not name the plugin has
-/// its config coerced with the stored plugin's schema, as Kong re-decodes once it knows the name.
-pub fn coerce_against(kind: Kind, input: &mut Obj, stored: Option<&Obj>) {
+/// One plugin as validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginInfo {
+    /// Its current name (`key-auth` for `keyauth`).
+    pub name: &'static str,
+    pub config: &'static schema::Schema,
+    /// Kong's `typedefs.no_consumer`: may not be scoped to a consumer.
+    pub no_consumer: bool,
+}
+
+/// Applies form-value coercion using the kind's schema (and the plugin's config schema). For input
+/// applied to a stored entity (PATCH), a body that does not name the plugin has its config coerced
+/// with the stored plugin's schema, as Kong re-decodes once it knows the name.
+pub fn coerce(kind: Kind, input: &mut Obj, stored: Option<&Obj>, plugins: &dyn PluginCatalog) {
     schema::coerce_form(&kind.schema().fields, input);
     if kind == Kind::Plugin {
         let name = input
@@ -41,16 +55,16 @@ pub fn coerce_against(kind: Kind, input: &mut Obj, stored: Option<&Obj>) {
             .or_else(|| stored.and_then(|s| s.get("name")))
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let (Some(def), Some(Value::Object(config))) =
-            (name.as_deref().and_then(crate::plugins::find), input.get_mut("config"))
+        if let (Some(plugin), Some(Value::Object(config))) =
+            (name.as_deref().and_then(|n| plugins.plugin(n)), input.get_mut("config"))
         {
-            schema::coerce_form(&(def.config)().fields, config);
+            schema::coerce_form(&plugin.config.fields, config);
         }
     }
 }
 
 /// Validates input and returns the complete record to store.
-pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityError> {
+pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatalog) -> Result<Obj, EntityError> {
     let mut early = Vec::new();
     if kind == Kind::Service {
         // Kong expands shorthands before validating; a bad `url` is the only error reported.
@@ -58,8 +72,9 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
     }
     if kind == Kind::Plugin
         && let Some(Value::String(name)) = input.get_mut("name")
+        && let Some(plugin) = plugins.plugin(name)
     {
-        *name = crate::plugins::canonical_name(name).to_string();
+        *name = plugin.name.to_string();
     }
     let fields = &kind.schema().fields;
     let record = match &mode {
@@ -91,7 +106,7 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
         record.insert("updated_at".into(), Value::from(now_secs()));
     }
     if kind == Kind::Plugin {
-        return prepare_plugin(record, early);
+        return prepare_plugin(record, early, plugins);
     }
     match schema::validate(kind.schema(), &record) {
         Ok(out) if early.is_empty() => Ok(out),
@@ -103,9 +118,13 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode) -> Result<Obj, EntityErro
     }
 }
 
-fn prepare_plugin(mut record: Obj, mut violations: Vec<Violation>) -> Result<Obj, EntityError> {
+fn prepare_plugin(
+    mut record: Obj,
+    mut violations: Vec<Violation>,
+    plugins: &dyn PluginCatalog,
+) -> Result<Obj, EntityError> {
     let name = record.get("name").and_then(Value::as_str).map(str::to_string);
-    let def = name.as_deref().and_then(crate::plugins::find);
+    let def = name.as_deref().and_then(|n| plugins.plugin(n));
     if let (Some(n), None) = (&name, def) {
         violations.push(Violation::field(
             "name",
@@ -136,7 +155,7 @@ fn prepare_plugin(mut record: Obj, mut violations: Vec<Violation>) -> Result<Obj
         }
     };
     if let (Some(def), Some(config)) = (def, config_in) {
-        match schema::validate_nested((def.config)(), &config, "config") {
+        match schema::validate_nested(def.config, &config, "config") {
             Ok(config) => {
                 if let Some(out) = out.as_mut() {
                     out.insert("config".into(), Value::Object(config));
@@ -163,52 +182,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn plugin_config_gets_defaults_and_alias() {
-        let p = prepare(Kind::Plugin, obj(json!({"name": "keyauth"})), Mode::Create).expect("valid");
-        assert_eq!(p["name"], json!("key-auth"));
-        assert_eq!(p["config"]["key_names"], json!(["apikey"]));
-        assert_eq!(p["config"]["hide_credentials"], json!(false));
-        assert_eq!(p["protocols"], json!(["grpc", "grpcs", "http", "https"]));
-        assert_eq!(p["enabled"], json!(true));
-    }
+    /// Model tests need no plugin; the plugin paths are tested with the registry in
+    /// `snapshot::compile`.
+    struct NoPlugins;
 
-    #[test]
-    fn unknown_plugin_and_bad_config_are_listed_together() {
-        let err = prepare(Kind::Plugin, obj(json!({"name": "nope"})), Mode::Create).expect_err("invalid");
-        assert_eq!(
-            err.to_string(),
-            "schema violation (name: plugin 'nope' not enabled; add it to the 'plugins' configuration property)"
-        );
-        let err = prepare(
-            Kind::Plugin,
-            obj(json!({"name": "key-auth", "config": {"key_names": ["bad key"], "colour": 1}, "consumer": {"id": "5e4bf2a0-b6a6-4b4e-a4d5-3b1c4dc5b3b0"}})),
-            Mode::Create,
-        )
-        .expect_err("invalid");
-        let msg = err.to_string();
-        assert!(msg.starts_with("3 schema violations"), "{msg}");
-        assert!(msg.contains("config.colour: unknown field"), "{msg}");
-        assert!(msg.contains("config.key_names: {\n  \"bad header name 'bad key'"), "{msg}");
-        assert!(msg.contains("consumer: value must be null"), "{msg}");
-    }
-
-    #[test]
-    fn patch_merges_config_and_keeps_immutables() {
-        let current = prepare(Kind::Plugin, obj(json!({"name": "key-auth"})), Mode::Create).expect("valid");
-        let patched =
-            prepare(Kind::Plugin, obj(json!({"config": {"hide_credentials": true}})), Mode::Patch(current.clone()))
-                .expect("valid");
-        assert_eq!(patched["config"]["hide_credentials"], json!(true));
-        assert_eq!(patched["config"]["key_names"], json!(["apikey"]));
-        assert_eq!(patched["id"], current["id"]);
-        let err = prepare(Kind::Plugin, obj(json!({"name": "other"})), Mode::Patch(current)).expect_err("immutable");
-        assert!(err.to_string().contains("name: immutable field cannot be updated"), "{err}");
+    impl PluginCatalog for NoPlugins {
+        fn plugin(&self, _name: &str) -> Option<PluginInfo> {
+            None
+        }
     }
 
     #[test]
     fn consumer_needs_username_or_custom_id() {
-        let err = prepare(Kind::Consumer, Obj::new(), Mode::Create).expect_err("invalid");
+        let err = prepare(Kind::Consumer, Obj::new(), Mode::Create, &NoPlugins).expect_err("invalid");
         assert_eq!(
             err.to_string(),
             "schema violation (at least one of these fields must be non-empty: 'custom_id', 'username')"
@@ -217,9 +203,10 @@ mod tests {
 
     #[test]
     fn put_keeps_id() {
-        let first = prepare(Kind::Consumer, obj(json!({"username": "a"})), Mode::Create).expect("valid");
+        let first = prepare(Kind::Consumer, obj(json!({"username": "a"})), Mode::Create, &NoPlugins).expect("valid");
         let second =
-            prepare(Kind::Consumer, obj(json!({"username": "b"})), Mode::Replace(Some(first.clone()))).expect("valid");
+            prepare(Kind::Consumer, obj(json!({"username": "b"})), Mode::Replace(Some(first.clone())), &NoPlugins)
+                .expect("valid");
         assert_eq!(second["id"], first["id"]);
         assert_eq!(second["username"], json!("b"));
     }

@@ -41,6 +41,8 @@ pub enum Auto {
 pub enum Check {
     Between(i64, i64),
     GreaterThan(f64),
+    /// An upper bound where Kong has none (documented with the field).
+    AtMost(f64),
     OneOf(&'static [&'static str]),
     OneOfInt(&'static [i64]),
     LenMin(usize),
@@ -181,6 +183,9 @@ fn type_json(f: &Field) -> Value {
             }
             Check::GreaterThan(x) => {
                 m.insert("gt".into(), Value::from(*x));
+            }
+            Check::AtMost(x) => {
+                m.insert("le".into(), Value::from(*x));
             }
             Check::Custom(_) => {}
         }
@@ -550,6 +555,11 @@ fn run_check(check: &Check, v: &Value) -> Result<(), String> {
         Check::GreaterThan(x) => match v.as_f64() {
             Some(n) if n > *x => Ok(()),
             Some(_) => Err(format!("value must be greater than {x}")),
+            None => Ok(()),
+        },
+        Check::AtMost(x) => match v.as_f64() {
+            Some(n) if n <= *x => Ok(()),
+            Some(_) => Err(format!("value must be at most {x}")),
             None => Ok(()),
         },
         Check::OneOf(options) => match v.as_str() {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{AccessCtx, BuildEnv, Flow, Plugin, find};
+use super::{AccessCtx, Broken, BuildEnv, Flow, Plugin, find};
 use crate::identity::Consumer;
-use crate::model::schema::Obj;
+use crate::model::schema::{Obj, Violations};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -31,10 +31,16 @@ pub struct PluginInstanceRow {
     pub enabled: bool,
     /// Applies to plain-HTTP traffic (its `protocols` include `http`).
     pub http: bool,
+    /// Its stored version cannot be built: a stand-in answering 500 runs in its place.
+    pub broken: bool,
+    /// The validated configuration (defaults filled).
     pub config: Obj,
 }
 
 type Ranked = (u8, Arc<dyn Plugin>);
+
+/// The slot of stand-ins for instances of plugins this build does not have.
+const BROKEN_SLOT: &str = "(unavailable plugin)";
 
 #[derive(Debug)]
 struct Slot {
@@ -132,33 +138,39 @@ pub struct ChainBuilder {
 }
 
 impl ChainBuilder {
-    /// Builds every enabled instance once. Instances whose config cannot be built are skipped and
-    /// reported (they were validated on write, so this means a bug or a missing anonymous consumer).
-    pub fn new(rows: &[PluginInstanceRow], env: &BuildEnv<'_>) -> ChainBuilder {
+    /// Builds every enabled instance once. An instance that cannot be built (or is marked broken,
+    /// or names a plugin this build lacks) is replaced by a stand-in answering 500 at its scope,
+    /// never dropped: its routes stay closed. The failures are returned for reporting.
+    pub fn new(rows: &[PluginInstanceRow], env: &BuildEnv<'_>) -> (ChainBuilder, Vec<(Uuid, Violations)>) {
         let mut instances = Vec::new();
         let mut by_name: HashMap<&'static str, Vec<usize>> = HashMap::new();
-        for row in rows.iter().filter(|r| r.enabled && r.http) {
-            let Some(def) = find(&row.name) else {
-                tracing::warn!(plugin = %row.name, id = %row.id, "plugin not available; instance ignored");
-                continue;
-            };
+        let mut failures = Vec::new();
+        for row in rows.iter().filter(|r| r.enabled && (r.http || r.broken)) {
+            let def = find(&row.name);
             let env = BuildEnv { instance: Some(row.id), consumer_group: row.consumer_group, ..*env };
-            match (def.build)(&row.config, &env) {
-                Ok(plugin) => {
-                    by_name.entry(def.name).or_default().push(instances.len());
-                    instances.push((row.clone(), plugin));
-                }
-                Err(e) => tracing::error!(plugin = %row.name, id = %row.id, error = %e, "plugin instance not built"),
-            }
+            let plugin = match def {
+                Some(def) if !row.broken => (def.build)(&row.config, &env).unwrap_or_else(|why| {
+                    failures.push((row.id, why));
+                    Broken::instance()
+                }),
+                _ => Broken::instance(),
+            };
+            // A stand-in for an unknown plugin runs first: nothing else runs on its routes.
+            let name = def.map_or(BROKEN_SLOT, |d| d.name);
+            by_name.entry(name).or_default().push(instances.len());
+            instances.push((row.clone(), plugin));
         }
-        ChainBuilder { instances, by_name }
+        (ChainBuilder { instances, by_name }, failures)
     }
 
     /// The chain for a route of a service.
     pub fn chain_for(&self, route: Uuid, service: Option<Uuid>) -> PluginChain {
         let mut slots = Vec::new();
         for (name, idxs) in &self.by_name {
-            let Some(def) = find(name) else { continue };
+            let (priority, name) = match find(name) {
+                Some(def) => (def.priority, def.name),
+                None => (i32::MAX, BROKEN_SLOT),
+            };
             let mut default: Option<Ranked> = None;
             let mut by_consumer: HashMap<Uuid, Ranked, Hasher> = HashMap::default();
             let mut by_group: HashMap<Uuid, Ranked, Hasher> = HashMap::default();
@@ -201,8 +213,8 @@ impl ChainBuilder {
                 continue;
             }
             slots.push(Slot {
-                priority: def.priority,
-                name: def.name,
+                priority,
+                name,
                 default,
                 by_consumer: (!by_consumer.is_empty()).then_some(by_consumer),
                 by_group: (!by_group.is_empty()).then_some(by_group),
@@ -262,6 +274,8 @@ mod tests {
             serde_json::Value::Object(m) => m,
             _ => Obj::new(),
         };
+        let schema = find("key-auth").map(|d| (d.config)()).expect("key-auth is bundled");
+        let config = crate::model::schema::validate(schema, &config).expect("valid config");
         PluginInstanceRow {
             id: Uuid::new_v4(),
             name: "key-auth".into(),
@@ -271,6 +285,7 @@ mod tests {
             consumer_group: None,
             enabled: true,
             http: true,
+            broken: false,
             config,
         }
     }
@@ -299,7 +314,7 @@ mod tests {
             row(Some(r), None, None, "route"),
         ];
         let consumers = ConsumerIndex::default();
-        let b = ChainBuilder::new(&rows, &BuildEnv::new(&consumers));
+        let (b, _) = ChainBuilder::new(&rows, &BuildEnv::new(&consumers));
         let chain = b.chain_for(r, Some(s));
         assert_eq!(chain.slots.len(), 1);
         assert_eq!(realm_of(&chain, None), "route");
@@ -315,16 +330,16 @@ mod tests {
         let env = BuildEnv::new(&consumers);
         // route (10) and consumer (8): the consumer's instance wins for that consumer.
         let rows = vec![row(Some(r), None, None, "route"), row(None, None, Some(alice.id), "alice")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, Some(s));
         assert_eq!(realm_of(&chain, Some(&alice)), "alice");
         assert_eq!(realm_of(&chain, Some(&bob)), "route");
         assert_eq!(realm_of(&chain, None), "route");
         // route+service (7) beats consumer alone (8), but consumer+route (3) beats both.
         let rows = vec![row(Some(r), Some(s), None, "both"), row(None, None, Some(alice.id), "alice")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, Some(s));
         assert_eq!(realm_of(&chain, Some(&alice)), "both");
         let rows = vec![row(Some(r), Some(s), None, "both"), row(Some(r), None, Some(alice.id), "alice-route")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, Some(s));
         assert_eq!(realm_of(&chain, Some(&alice)), "alice-route");
     }
 
@@ -340,21 +355,21 @@ mod tests {
             group_row(None, None, gold, "gold"),
             group_row(None, None, silver, "silver"),
         ];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, None);
         // Equal ranks: the group whose name sorts first.
         assert_eq!(realm_of(&chain, Some(&member)), "gold");
         assert_eq!(realm_of(&chain, Some(&outsider)), "global");
         // group+route (5) beats group alone (9); the consumer's own instance (8) beats group alone.
         let rows = vec![group_row(None, None, gold, "gold"), group_row(Some(r), None, silver, "silver-route")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, None);
         assert_eq!(realm_of(&chain, Some(&member)), "silver-route");
         let rows = vec![group_row(None, None, gold, "gold"), row(None, None, Some(member.id), "own")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, None);
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, None);
         assert_eq!(realm_of(&chain, Some(&member)), "own");
         // A route+service instance (7) beats group alone (9) and is what non-members get.
         let s = Uuid::new_v4();
         let rows = vec![group_row(None, None, gold, "gold"), row(Some(r), Some(s), None, "both")];
-        let chain = ChainBuilder::new(&rows, &env).chain_for(r, Some(s));
+        let chain = ChainBuilder::new(&rows, &env).0.chain_for(r, Some(s));
         assert_eq!(realm_of(&chain, Some(&member)), "both");
     }
 
@@ -363,7 +378,7 @@ mod tests {
         let mut r = row(None, None, None, "x");
         r.enabled = false;
         let consumers = ConsumerIndex::default();
-        let b = ChainBuilder::new(&[r], &BuildEnv::new(&consumers));
+        let (b, _) = ChainBuilder::new(&[r], &BuildEnv::new(&consumers));
         assert!(b.chain_for(Uuid::new_v4(), None).is_empty());
     }
 

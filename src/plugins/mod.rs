@@ -17,7 +17,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::identity::{Authenticated, Consumer, ConsumerIndex, Directory};
-use crate::model::schema::{Obj, Schema};
+use serde_json::Value;
+
+use crate::model::schema::{Obj, Schema, Violation, Violations};
+use crate::model::{PluginCatalog, PluginInfo};
 
 pub use chain::{PluginChain, PluginInstanceRow};
 
@@ -90,7 +93,29 @@ impl<'r> AccessCtx<'r> {
 /// The future of an access phase that waits on I/O.
 pub type AccessFuture<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
-/// One configured plugin instance, ready to run. Phases default to doing nothing.
+/// One configured plugin instance, ready to run: built from its typed configuration when a snapshot
+/// is built, never per request. Every phase has a default that does nothing. The contract of the
+/// phases, in the order the proxy runs them for one request (`docs/request-lifecycle.md` walks the
+/// code):
+///
+/// 1. **`access`** (or **`access_async`** when [`Plugin::is_async`] says the instance waits on I/O)
+///    runs after routing and before anything is sent upstream, once per request, in descending
+///    plugin priority; for each plugin name the chain picks one instance (the consumer's or its
+///    groups' when one applies, see `chain`). The request body is buffered first when some
+///    instance of the chain returns [`Plugin::needs_body`]. `access` may rewrite the request head
+///    (`ctx.parts`) and the buffered body, attach a consumer (`ctx.consumer`, after which later
+///    slots pick their consumer- and group-scoped instances), and queue response headers in
+///    `ctx.response_headers` (they are added to whatever answers: the upstream or a reply).
+/// 2. **`Flow::Respond(reply)`** from `access` ends the request at once: later plugins' `access`
+///    does not run, nothing reaches the upstream, the client gets `reply` with the queued response
+///    headers before the reply's own, and no `header_filter` runs.
+/// 3. **`header_filter`** runs on the upstream's response head, for the instances whose `access`
+///    ran (the same picks), in the same order, after hop-by-hop headers were removed and before the
+///    gateway adds its own (`Via`, `Server`, latency headers). It sees the upstream's status and
+///    headers, not the body, and never runs for a reply the gateway produced.
+///
+/// A phase must not block the thread (it runs on a proxy worker) nor panic on any input; a panic is
+/// caught and answered 500, but it is a bug.
 pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// Runs before the request goes upstream; may answer instead.
     fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
@@ -119,6 +144,29 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(flow))
     }
 }
+
+/// Stands in for an instance that could not be built (a stored configuration this build cannot
+/// use, a plugin this build does not have): every request it applies to is answered 500, so its
+/// routes never run unprotected.
+#[derive(Debug)]
+pub struct Broken {
+    reply: Reply,
+}
+
+impl Broken {
+    pub fn instance() -> Arc<dyn Plugin> {
+        Arc::new(Broken { reply: Reply::message(StatusCode::INTERNAL_SERVER_ERROR, UNEXPECTED) })
+    }
+}
+
+impl Plugin for Broken {
+    fn access(&self, _ctx: &mut AccessCtx<'_>) -> Flow {
+        Flow::Respond(self.reply.clone())
+    }
+}
+
+/// Kong's message for a failure inside the gateway.
+pub const UNEXPECTED: &str = "An unexpected error occurred";
 
 /// Finds realm consumers by key (a data plane asks its control plane, and caches the answers).
 pub trait RealmResolver: Send + Sync + std::fmt::Debug {
@@ -162,8 +210,11 @@ impl<'a> BuildEnv<'a> {
     }
 }
 
-/// Builds a plugin instance from its validated configuration.
-pub type BuildFn = fn(&Obj, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String>;
+/// Builds a plugin instance from its validated configuration: deserializes it once into the
+/// plugin's typed config (see [`typed`]) and precomputes what requests need. Failures name the
+/// config field at fault (paths relative to `config`). Building has no effects of its own: what
+/// it starts or connects to comes from `env`.
+pub type BuildFn = fn(&Obj, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations>;
 
 /// A bundled plugin: its name, priority, configuration schema and constructor.
 pub struct PluginDef {
@@ -174,6 +225,21 @@ pub struct PluginDef {
     /// Kong's `typedefs.no_consumer`: may not be scoped to a consumer.
     pub no_consumer: bool,
     pub build: BuildFn,
+}
+
+/// A validated configuration as a plugin's typed config. Validation filled every default, so a
+/// failure here means the schema and the type disagree: reported, never panicked on.
+pub fn typed<T: serde::de::DeserializeOwned>(config: &Obj) -> Result<T, Violations> {
+    serde_json::from_value(Value::Object(config.clone()))
+        .map_err(|e| Violations(vec![Violation::entity(format!("invalid configuration: {e}"))]))
+}
+
+/// A bounded number from a config as whole units of `T`, or the violation naming it.
+pub fn whole<T: TryFrom<i64>>(field: &str, value: f64) -> Result<T, Violations> {
+    let fits = value.is_finite() && value.fract() == 0.0 && value.abs() < 9.0e15;
+    fits.then(|| T::try_from(value as i64).ok())
+        .flatten()
+        .ok_or_else(|| Violations::single(field, format!("value {value} is out of range")))
 }
 
 impl std::fmt::Debug for PluginDef {
@@ -196,4 +262,14 @@ pub fn canonical_name(name: &str) -> &str {
 pub fn find(name: &str) -> Option<&'static PluginDef> {
     let name = canonical_name(name);
     REGISTRY.iter().find(|d| d.name == name)
+}
+
+/// The registry as entity validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog;
+
+impl PluginCatalog for Catalog {
+    fn plugin(&self, name: &str) -> Option<PluginInfo> {
+        find(name).map(|d| PluginInfo { name: d.name, config: (d.config)(), no_consumer: d.no_consumer })
+    }
 }

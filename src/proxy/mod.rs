@@ -149,6 +149,10 @@ impl Proxy {
             };
             (&**m.target, m.matched_len)
         };
+        // A route whose stored version (or service's) does not compile is closed, not skipped.
+        if route.broken {
+            return Err(GatewayError::Unexpected);
+        }
         if !route.http_allowed {
             return Err(GatewayError::HttpsRequired(route.https_redirect_status, https_location(&parts)));
         }

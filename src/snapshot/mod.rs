@@ -1,8 +1,11 @@
 //! The immutable, compiled view of one control plane's configuration that the proxy reads: router with
 //! compiled route targets and plugin chains, and the identity directory (consumers, credentials). Held in an
-//! `ArcSwap`; a request does one atomic load and never locks. Built off the hot path by [`builder`].
+//! `ArcSwap`; a request does one atomic load and never locks. Compiled off the hot path: each entity
+//! by [`compile`] (the same code judges Admin API writes), the whole by [`state`], from rows, without
+//! I/O.
 
-pub mod builder;
+pub mod compile;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,8 @@ use crate::router::Router;
 #[derive(Debug)]
 pub struct ServiceTarget {
     pub id: Uuid,
+    /// A disabled service's routes are not routed.
+    pub enabled: bool,
     pub https: bool,
     /// Check the upstream's certificate (`tls_verify`; off unless set, as in Kong).
     pub tls_verify: bool,
@@ -45,8 +50,19 @@ pub struct RouteTarget {
     /// The route accepts plain-HTTP requests.
     pub http_allowed: bool,
     pub https_redirect_status: StatusCode,
+    /// Its stored route or service does not compile: answered 500 rather than routed elsewhere.
+    pub broken: bool,
     pub service: Option<Arc<ServiceTarget>>,
     pub chain: PluginChain,
+}
+
+/// A stored entity that does not compile, as `/status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// Its table (`plugins`).
+    pub entity: &'static str,
+    pub id: String,
+    pub message: String,
 }
 
 /// The whole compiled view.
@@ -56,11 +72,18 @@ pub struct Snapshot {
     pub router: Arc<Router<Arc<RouteTarget>>>,
     /// Consumers, credentials and consumer groups, as plugins look them up.
     pub identity: Directory,
+    /// Stored entities left out because they do not compile.
+    pub rejected: Arc<[Rejection]>,
 }
 
 impl Snapshot {
     pub fn empty() -> Snapshot {
-        Snapshot { version: -1, router: Arc::new(Router::empty()), identity: Directory::default() }
+        Snapshot {
+            version: -1,
+            router: Arc::new(Router::empty()),
+            identity: Directory::default(),
+            rejected: Arc::new([]),
+        }
     }
 }
 

@@ -160,10 +160,10 @@ impl Store {
         Ok(())
     }
 
-    /// Bodies (and expiry) of the given ids of one kind; missing ids are simply absent.
-    pub async fn bodies(&self, kind: Kind, ids: &[String]) -> Result<Vec<(String, Option<i64>)>, EntityError> {
+    /// `(id, body, expiry)` of the given ids of one kind; missing ids are simply absent.
+    pub async fn bodies(&self, kind: Kind, ids: &[String]) -> Result<Vec<(String, String, Option<i64>)>, EntityError> {
         let mut out = Vec::with_capacity(ids.len());
-        let select = if kind.has_ttl() { "body, expires_at" } else { "body, NULL" };
+        let select = if kind.has_ttl() { "id, body, expires_at" } else { "id, body, NULL" };
         for chunk in ids.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let q = self.sql(&format!("SELECT {select} FROM {} WHERE id IN ({marks})", kind.table()));
@@ -172,9 +172,10 @@ impl Store {
                 query = query.bind(id.clone());
             }
             for row in query.fetch_all(&self.inner.reader).await.map_err(db_error)? {
-                let body: String = row.try_get(0).map_err(db_error)?;
-                let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(1).map_err(db_error)? } else { None };
-                out.push((body, expires_at));
+                let id: String = row.try_get(0).map_err(db_error)?;
+                let body: String = row.try_get(1).map_err(db_error)?;
+                let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(2).map_err(db_error)? } else { None };
+                out.push((id, body, expires_at));
             }
         }
         Ok(out)

@@ -7,10 +7,12 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
-use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use serde::Deserialize;
+
+use super::{AccessCtx, BuildEnv, Flow, Plugin, PluginDef, Reply, typed};
 use crate::headers as h;
 use crate::identity::Consumer;
-use crate::model::schema::{EntityCheck, Field, Obj, Schema, Type, Violation, is_nonempty};
+use crate::model::schema::{EntityCheck, Field, Obj, Schema, Type, Violation, Violations, is_nonempty};
 
 pub const DEF: PluginDef = PluginDef {
     name: "acl",
@@ -62,24 +64,28 @@ struct Acl {
     forbidden: Reply,
 }
 
-fn build(config: &Obj, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
-    let list = |name: &str| -> Vec<Box<str>> {
-        config
-            .get(name)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(Into::into).collect())
-            .unwrap_or_default()
+/// acl's configuration, as validated (Kong's `only_one_of` makes exactly one list non-empty).
+/// `always_use_authenticated_groups` is accepted but has no effect: no auth plugin here produces
+/// groups of its own.
+#[derive(Debug, Deserialize)]
+struct Config {
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    hide_groups_header: bool,
+    include_consumer_groups: bool,
+}
+
+fn build(config: &Obj, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
+    let config: Config = typed(config)?;
+    let (allow, groups) = match (config.allow.filter(|a| !a.is_empty()), config.deny) {
+        (Some(allow), _) => (true, allow),
+        (None, deny) => (false, deny.unwrap_or_default()),
     };
-    let (allow, groups) = match (list("allow"), list("deny")) {
-        (allow, _) if !allow.is_empty() => (true, allow),
-        (_, deny) => (false, deny),
-    };
-    let flag = |name: &str| config.get(name).and_then(Value::as_bool).unwrap_or(false);
     Ok(Arc::new(Acl {
         allow,
-        groups: groups.into_boxed_slice(),
-        hide_groups_header: flag("hide_groups_header"),
-        include_consumer_groups: flag("include_consumer_groups"),
+        groups: groups.into_iter().map(Into::into).collect(),
+        hide_groups_header: config.hide_groups_header,
+        include_consumer_groups: config.include_consumer_groups,
         unauthorized: Reply::message(StatusCode::UNAUTHORIZED, "Unauthorized"),
         forbidden: Reply::message(StatusCode::FORBIDDEN, "You cannot consume this service"),
     }))

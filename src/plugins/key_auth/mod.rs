@@ -11,10 +11,12 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::request::{self, Found};
-use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply};
+use serde::Deserialize;
+
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply, typed};
 use crate::headers as h;
 use crate::identity::{Authenticated, Consumer};
-use crate::model::schema::Obj;
+use crate::model::schema::{Obj, Violations};
 
 pub const DEF: PluginDef = PluginDef {
     name: "key-auth",
@@ -67,37 +69,64 @@ pub struct KeyAuth {
     duplicate: Reply,
 }
 
-fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
-    let flag = |name: &str, default: bool| config.get(name).and_then(serde_json::Value::as_bool).unwrap_or(default);
-    let names: Vec<String> = config
-        .get("key_names")
-        .and_then(serde_json::Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_else(|| vec!["apikey".to_string()]);
-    let key_names = names
+/// key-auth's configuration, as validated.
+#[derive(Debug, Deserialize)]
+struct Config {
+    key_names: Vec<String>,
+    hide_credentials: bool,
+    anonymous: Option<String>,
+    key_in_header: bool,
+    key_in_query: bool,
+    key_in_body: bool,
+    run_on_preflight: bool,
+    realm: Option<String>,
+    identity_realms: Vec<IdentityRealm>,
+}
+
+/// One entry of `identity_realms` (`region` is accepted and ignored).
+#[derive(Debug, Deserialize)]
+struct IdentityRealm {
+    scope: RealmScopeKind,
+    id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RealmScopeKind {
+    Cp,
+    Realm,
+}
+
+fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
+    let config: Config = typed(config)?;
+    let key_names = config
+        .key_names
         .into_iter()
         .map(|name| {
             let lower = name.to_ascii_lowercase();
             let mut spellings = vec![lower.clone(), lower.replace('_', "-"), lower.replace('-', "_")];
-            spellings.dedup();
             spellings.sort();
             spellings.dedup();
-            let headers = spellings.iter().filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok()).collect();
-            KeyName { name, headers }
+            let headers = spellings
+                .iter()
+                .map(|s| HeaderName::from_bytes(s.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| Violations::single("key_names", format!("bad header name '{name}'")))?;
+            Ok(KeyName { name, headers })
         })
-        .collect();
-    let realm = config.get("realm").and_then(serde_json::Value::as_str);
-    let www = match realm {
+        .collect::<Result<Vec<_>, Violations>>()?;
+    let www = match &config.realm {
         Some(r) => format!("Key realm=\"{r}\""),
         None => "Key".to_string(),
     };
-    let www = HeaderValue::from_str(&www).map_err(|_| "realm is not a valid header value".to_string())?;
+    let www = HeaderValue::from_str(&www)
+        .map_err(|_| Violations::single("realm", "invalid value: must not contain control characters"))?;
     let unauthorized = |msg: &str| {
         let mut r = Reply::message(StatusCode::UNAUTHORIZED, msg);
         r.headers.push((http::header::WWW_AUTHENTICATE, www.clone()));
         r
     };
-    let anonymous = match config.get("anonymous").and_then(serde_json::Value::as_str) {
+    let anonymous = match &config.anonymous {
         None => Anonymous::Off,
         Some(id) => match env.consumers.find(id) {
             Some(c) => Anonymous::Consumer(c),
@@ -108,16 +137,16 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
         },
     };
     let mut identity: Vec<Identity> = Vec::new();
-    for entry in config.get("identity_realms").and_then(serde_json::Value::as_array).into_iter().flatten() {
-        match (
-            entry.get("scope").and_then(serde_json::Value::as_str),
-            entry.get("id").and_then(serde_json::Value::as_str),
-        ) {
-            (Some("realm"), Some(id)) => match identity.last_mut() {
-                Some(Identity::Realms(list, _)) => list.push(id.to_string()),
-                _ => identity.push(Identity::Realms(vec![id.to_string()], None)),
+    for entry in config.identity_realms {
+        match (entry.scope, entry.id) {
+            (RealmScopeKind::Realm, Some(id)) => match identity.last_mut() {
+                Some(Identity::Realms(list, _)) => list.push(id),
+                _ => identity.push(Identity::Realms(vec![id], None)),
             },
-            _ => identity.push(Identity::ControlPlane),
+            (RealmScopeKind::Realm, None) => {
+                return Err(Violations::single("identity_realms", "a realm entry needs its 'id'"));
+            }
+            (RealmScopeKind::Cp, _) => identity.push(Identity::ControlPlane),
         }
     }
     if identity.is_empty() {
@@ -135,11 +164,11 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
         resolves_realms,
         identity,
         key_names,
-        hide_credentials: flag("hide_credentials", false),
-        key_in_header: flag("key_in_header", true),
-        key_in_query: flag("key_in_query", true),
-        key_in_body: flag("key_in_body", false),
-        run_on_preflight: flag("run_on_preflight", true),
+        hide_credentials: config.hide_credentials,
+        key_in_header: config.key_in_header,
+        key_in_query: config.key_in_query,
+        key_in_body: config.key_in_body,
+        run_on_preflight: config.run_on_preflight,
         anonymous,
         no_key: unauthorized("No API key found in request"),
         invalid: unauthorized("Unauthorized"),

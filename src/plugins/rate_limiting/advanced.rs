@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use http::HeaderName;
-use serde_json::Value;
 
+use super::schema::{AdvancedConfig, MAX_WINDOW_SIZE, WindowType};
 use super::windows::{Period, WindowSpec};
-use super::{Common, Limiter, RateLimit, schema, str_of};
-use crate::model::schema::Obj;
-use crate::plugins::{BuildEnv, Plugin, PluginDef};
+use super::{Common, Limiter, RateLimit, schema};
+use crate::model::schema::{Obj, Violations};
+use crate::plugins::{BuildEnv, Plugin, PluginDef, typed};
 
 pub const ADVANCED: PluginDef = PluginDef {
     name: "rate-limiting-advanced",
@@ -21,24 +21,24 @@ pub const ADVANCED: PluginDef = PluginDef {
     build,
 };
 
-fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
-    let numbers = |key: &str| -> Vec<f64> {
-        config
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default()
-    };
-    let sliding = str_of(config, "window_type") != Some("fixed");
-    let mut pairs: Vec<(f64, f64)> = numbers("limit").into_iter().zip(numbers("window_size")).collect();
+fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
+    let config: AdvancedConfig = typed(config)?;
+    let sliding = config.window_type == WindowType::Sliding;
+    let mut pairs: Vec<(f64, i64)> = config.limit.into_iter().zip(config.window_size).collect();
     // Kong sorts the pairs by limit.
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let windows = pairs
         .into_iter()
         .map(|(limit, size)| {
-            let size = (size as i64).max(1);
+            if !(1..=MAX_WINDOW_SIZE).contains(&size) {
+                return Err(Violations::single(
+                    "window_size",
+                    format!("value should be between 1 and {MAX_WINDOW_SIZE}"),
+                ));
+            }
             let header = |kind: &str| {
-                HeaderName::from_bytes(format!("x-ratelimit-{kind}-{size}").as_bytes()).map_err(|e| e.to_string())
+                HeaderName::from_bytes(format!("x-ratelimit-{kind}-{size}").as_bytes())
+                    .map_err(|e| Violations::single("window_size", e.to_string()))
             };
             Ok(WindowSpec {
                 period: Period::Seconds(size),
@@ -48,20 +48,19 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
                 remaining_header: header("remaining")?,
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    let namespace = match str_of(config, "namespace") {
-        Some(ns) => ns.to_string(),
+        .collect::<Result<Vec<_>, Violations>>()?;
+    let namespace = match config.namespace {
+        Some(ns) => ns,
         None => env.instance.map_or_else(|| "rate-limiting-advanced".to_string(), |id| id.to_string()),
     };
-    let disable_penalty = config.get("disable_penalty").and_then(Value::as_bool).unwrap_or(false);
     let common = Common {
-        config,
+        shared: config.shared,
         namespace,
         windows,
-        limit_by: str_of(config, "identifier").unwrap_or("consumer"),
-        policy: str_of(config, "strategy").unwrap_or("local"),
-        sync_rate: config.get("sync_rate").and_then(Value::as_f64),
-        penalty: sliding && !disable_penalty,
+        limit_by: config.identifier,
+        policy: config.strategy,
+        sync_rate: config.sync_rate,
+        penalty: sliding && !config.disable_penalty,
     };
     Ok(Arc::new(RateLimit(Limiter::build(common, env)?)))
 }

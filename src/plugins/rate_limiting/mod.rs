@@ -19,15 +19,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, Reply};
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, Reply, typed};
 use crate::headers as h;
-use crate::model::schema::Obj;
+use crate::model::schema::{Obj, Violations};
 pub use advanced::ADVANCED;
 pub use local::LocalCounters;
 use redis::{RedisTarget, RedisTotals};
+pub use schema::LimitBy;
+use schema::{MAX_SYNC_RATE, Policy, RateLimitingConfig, SharedConfig};
 use synced::SyncedCounters;
 pub use synced::{Increment, RemoteStore};
 use windows::{Decision, MAX_WINDOWS, Period, WindowNow, WindowSpec};
@@ -99,32 +100,6 @@ impl Counters {
         let s = SyncedCounters::start(remote(), every);
         synced.insert((id, every), s.clone());
         Ok(s)
-    }
-}
-
-/// What the counters are keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitBy {
-    Consumer,
-    Credential,
-    Ip,
-    Service,
-    Header,
-    Path,
-    ConsumerGroup,
-}
-
-impl LimitBy {
-    fn parse(s: &str) -> LimitBy {
-        match s {
-            "credential" => LimitBy::Credential,
-            "ip" => LimitBy::Ip,
-            "service" => LimitBy::Service,
-            "header" => LimitBy::Header,
-            "path" => LimitBy::Path,
-            "consumer-group" => LimitBy::ConsumerGroup,
-            _ => LimitBy::Consumer,
-        }
     }
 }
 
@@ -202,57 +177,69 @@ pub struct Limiter {
     unexpected: Reply,
 }
 
-/// The configuration common to both plugins, already read.
-struct Common<'a> {
-    config: &'a Obj,
+/// What both plugins hand the limiter once their own fields are read.
+struct Common {
+    shared: SharedConfig,
     namespace: String,
     windows: Vec<WindowSpec>,
-    limit_by: &'a str,
-    policy: &'a str,
+    limit_by: LimitBy,
+    policy: Policy,
     sync_rate: Option<f64>,
     penalty: bool,
 }
 
-fn str_of<'a>(config: &'a Obj, key: &str) -> Option<&'a str> {
-    config.get(key).and_then(Value::as_str)
+/// A `sync_rate` in seconds as the interval of a batched store (at least 20 ms, as Kong allows).
+fn sync_interval(rate: f64) -> Result<Duration, Violations> {
+    Duration::try_from_secs_f64(rate.max(0.02))
+        .map_err(|_| Violations::single("sync_rate", format!("must be -1, 0, or between 0.02 and {MAX_SYNC_RATE}")))
 }
 
 impl Limiter {
-    fn build(c: Common<'_>, env: &BuildEnv<'_>) -> Result<Limiter, String> {
-        let config = c.config;
+    fn build(c: Common, env: &BuildEnv<'_>) -> Result<Limiter, Violations> {
+        let shared = c.shared;
         let redis_target = || {
-            config
-                .get("redis")
-                .and_then(Value::as_object)
-                .and_then(RedisTarget::from_config)
-                .ok_or_else(|| "redis policy without redis.host".to_string())
+            RedisTarget::from_config(&shared.redis)
+                .ok_or_else(|| Violations::single("redis", "the redis policy needs redis.host"))
         };
+        let unavailable = |e: String| Violations::single("policy", e);
         let store = match (c.policy, c.sync_rate) {
-            ("redis", Some(rate)) if rate > 0.0 => {
+            (Policy::Redis, Some(rate)) if rate > 0.0 => {
                 let target = redis_target()?;
-                let every = Duration::from_secs_f64(rate.max(0.02));
+                let every = sync_interval(rate)?;
                 CounterStore::Synced(
                     env.counters
-                        .synced(format!("redis:{target:?}"), every, || Arc::new(RedisTotals::new(target.clone())))?,
+                        .synced(format!("redis:{target:?}"), every, || Arc::new(RedisTotals::new(target.clone())))
+                        .map_err(unavailable)?,
                 )
             }
-            ("redis", _) => CounterStore::Redis(redis_target()?),
-            ("cluster", rate) => match env.counters.database.clone() {
+            (Policy::Redis, _) => CounterStore::Redis(redis_target()?),
+            (Policy::Cluster, rate) => match env.counters.database.clone() {
                 Some(store) => {
                     // Batched by `sync_rate`; without one, as often as Kong allows (every 20 ms).
-                    let every = Duration::from_secs_f64(rate.filter(|r| *r > 0.0).unwrap_or(0.02).max(0.02));
-                    CounterStore::Synced(env.counters.synced("database".into(), every, || store)?)
+                    let every = sync_interval(rate.filter(|r| *r > 0.0).unwrap_or(0.02))?;
+                    CounterStore::Synced(env.counters.synced("database".into(), every, || store).map_err(unavailable)?)
                 }
                 // A data plane has no database: it still enforces the limit, per node.
                 None => {
-                    tracing::warn!("the cluster policy needs a database; this node counts its own requests");
+                    if env.counters.live {
+                        tracing::warn!("the cluster policy needs a database; this node counts its own requests");
+                    }
                     CounterStore::Local(env.counters.local.clone())
                 }
             },
-            _ => CounterStore::Local(env.counters.local.clone()),
+            (Policy::Local, _) => CounterStore::Local(env.counters.local.clone()),
         };
-        let error_code = config.get("error_code").and_then(Value::as_f64).unwrap_or(429.0);
-        let message = str_of(config, "error_message").unwrap_or("API rate limit exceeded");
+        let reject_status = super::whole::<u16>("error_code", shared.error_code)
+            .ok()
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| Violations::single("error_code", "value should be between 100 and 599"))?;
+        let header_name = match &shared.header_name {
+            Some(h) => Some(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| Violations::single("header_name", format!("bad header name '{h}'")))?,
+            ),
+            None => None,
+        };
         let mut hasher = foldhash::fast::FixedState::with_seed(0x746f_6c6c_6761_7465).build_hasher();
         hasher.write(c.namespace.as_bytes());
         Ok(Limiter {
@@ -260,17 +247,17 @@ impl Limiter {
             namespace: c.namespace,
             limit_values: c.windows.iter().map(|w| number_header(w.limit)).collect(),
             windows: c.windows,
-            limit_by: LimitBy::parse(c.limit_by),
-            header_name: str_of(config, "header_name").and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            path: str_of(config, "path").map(str::to_string),
+            limit_by: c.limit_by,
+            header_name,
+            path: shared.path,
             scoped_group: env.consumer_group,
             store,
-            fault_tolerant: config.get("fault_tolerant").and_then(Value::as_bool).unwrap_or(true),
-            hide_client_headers: config.get("hide_client_headers").and_then(Value::as_bool).unwrap_or(false),
+            fault_tolerant: shared.fault_tolerant,
+            hide_client_headers: shared.hide_client_headers,
             penalty: c.penalty,
-            reject_status: StatusCode::from_u16(error_code as u16).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-            reject_body: super::message_body(message),
-            unexpected: Reply::message(StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred"),
+            reject_status,
+            reject_body: super::message_body(&shared.error_message),
+            unexpected: Reply::message(StatusCode::INTERNAL_SERVER_ERROR, super::UNEXPECTED),
         })
     }
 
@@ -471,14 +458,16 @@ const PERIODS: [(&str, Period, &str, &str); 6] = [
     ("year", Period::Year, "x-ratelimit-limit-year", "x-ratelimit-remaining-year"),
 ];
 
-fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
+fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
+    let config: RateLimitingConfig = typed(config)?;
+    let limits = [config.second, config.minute, config.hour, config.day, config.month, config.year];
     let windows: Vec<WindowSpec> = PERIODS
         .iter()
-        .filter_map(|(name, period, limit_header, remaining_header)| {
-            let limit = config.get(*name).and_then(Value::as_f64)?;
+        .zip(limits)
+        .filter_map(|((_, period, limit_header, remaining_header), limit)| {
             Some(WindowSpec {
                 period: *period,
-                limit,
+                limit: limit?,
                 sliding: false,
                 limit_header: HeaderName::from_static(limit_header),
                 remaining_header: HeaderName::from_static(remaining_header),
@@ -487,12 +476,12 @@ fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugi
         .collect();
     let namespace = env.instance.map_or_else(|| "rate-limiting".to_string(), |id| id.to_string());
     let common = Common {
-        config,
+        shared: config.shared,
         namespace,
         windows,
-        limit_by: str_of(config, "limit_by").unwrap_or("consumer"),
-        policy: str_of(config, "policy").unwrap_or("local"),
-        sync_rate: config.get("sync_rate").and_then(Value::as_f64),
+        limit_by: config.limit_by,
+        policy: config.policy,
+        sync_rate: Some(config.sync_rate),
         penalty: false,
     };
     Ok(Arc::new(RateLimit(Limiter::build(common, env)?)))
@@ -507,9 +496,10 @@ mod tests {
     fn the_cluster_policy_without_a_database_still_limits_per_node() {
         let consumers = ConsumerIndex::default();
         let config = match serde_json::json!({"day": 1, "policy": "cluster", "limit_by": "ip", "sync_rate": 0.5}) {
-            Value::Object(m) => m,
+            serde_json::Value::Object(m) => m,
             _ => Obj::new(),
         };
+        let config = crate::model::schema::validate(schema::rate_limiting(), &config).expect("valid");
         let plugin = build_rate_limiting(&config, &BuildEnv::new(&consumers)).expect("a data plane builds it");
         let identity = Directory::default();
         let (mut parts, ()) = http::Request::new(()).into_parts();

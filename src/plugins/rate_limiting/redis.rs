@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-use serde_json::Value;
 
+use super::schema::RedisConfig;
 use super::synced::{Increment, RemoteStore};
 use super::windows::{Decision, MAX_WINDOWS, WindowNow};
-use crate::model::schema::Obj;
 
 /// The `redis` record of a plugin's config, as a connection target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,17 +32,17 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
-    pub fn from_config(redis: &Obj) -> Option<RedisTarget> {
-        let s = |k: &str| redis.get(k).and_then(Value::as_str).map(str::to_string);
+    /// The connection a plugin's `redis` record describes; `None` without a host.
+    pub fn from_config(redis: &RedisConfig) -> Option<RedisTarget> {
         Some(RedisTarget {
-            host: s("host")?,
-            port: redis.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).unwrap_or(6379),
-            username: s("username"),
-            password: s("password"),
-            database: redis.get("database").and_then(Value::as_i64).unwrap_or(0),
-            timeout: Duration::from_millis(redis.get("timeout").and_then(Value::as_u64).unwrap_or(2000)),
-            ssl: redis.get("ssl").and_then(Value::as_bool).unwrap_or(false),
-            ssl_verify: redis.get("ssl_verify").and_then(Value::as_bool).unwrap_or(false),
+            host: redis.host.clone()?,
+            port: redis.port.unwrap_or(6379),
+            username: redis.username.clone(),
+            password: redis.password.clone(),
+            database: redis.database.unwrap_or(0),
+            timeout: Duration::from_millis(redis.timeout.unwrap_or(2000)),
+            ssl: redis.ssl,
+            ssl_verify: redis.ssl_verify,
         })
     }
 

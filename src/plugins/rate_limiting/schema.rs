@@ -1,8 +1,15 @@
 //! Configuration schemas of rate-limiting (Kong 3.x `kong/plugins/rate-limiting/schema.lua`) and
-//! rate-limiting-advanced (Kong Enterprise's documented fields), with their cross-field checks.
+//! rate-limiting-advanced (Kong Enterprise's documented fields), with their cross-field checks, and
+//! the typed configurations a validated config deserializes into.
+//!
+//! Bounds Tollgate adds where Kong has none (so that no stored value can overflow a window or a
+//! timer): limits at most 2^53 (exact in a double), `sync_rate` at most 3600 s, window sizes from 1 s
+//! to one year in whole seconds, `retry_after_jitter_max` at most 3600 s, `error_code` an HTTP
+//! status (100–599), `redis.database` up to 2^31-1.
 
 use std::sync::OnceLock;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::windows::MAX_WINDOWS;
@@ -12,25 +19,119 @@ use crate::model::typedefs;
 const LIMIT_BY: &[&str] = &["consumer", "credential", "ip", "service", "header", "path", "consumer-group"];
 const PERIODS: [&str; 6] = ["second", "minute", "hour", "day", "month", "year"];
 
+/// The largest limit: integers are exact in a double up to here.
+pub const MAX_LIMIT: f64 = 9_007_199_254_740_992.0;
+/// The longest `sync_rate`, in seconds.
+pub const MAX_SYNC_RATE: f64 = 3600.0;
+/// The longest rate-limiting-advanced window, in seconds (a 365-day year).
+pub const MAX_WINDOW_SIZE: i64 = 31_536_000;
+/// Kong's bound on Redis timeouts, in milliseconds.
+const MAX_TIMEOUT_MS: i64 = 2_147_483_646;
+
+/// What the counters are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitBy {
+    Consumer,
+    Credential,
+    Ip,
+    Service,
+    Header,
+    Path,
+    ConsumerGroup,
+}
+
+/// Where the counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Local,
+    Cluster,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowType {
+    Sliding,
+    Fixed,
+}
+
+/// The `redis` record, as validated (connection details Tollgate uses; the rest is accepted).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub timeout: Option<u64>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: Option<i64>,
+    pub ssl: bool,
+    pub ssl_verify: bool,
+}
+
+/// The fields both plugins share, as validated.
+#[derive(Debug, Deserialize)]
+pub struct SharedConfig {
+    pub header_name: Option<String>,
+    pub path: Option<String>,
+    pub fault_tolerant: bool,
+    pub redis: RedisConfig,
+    pub hide_client_headers: bool,
+    pub error_code: f64,
+    pub error_message: String,
+}
+
+/// rate-limiting's configuration, as validated.
+#[derive(Debug, Deserialize)]
+pub struct RateLimitingConfig {
+    pub second: Option<f64>,
+    pub minute: Option<f64>,
+    pub hour: Option<f64>,
+    pub day: Option<f64>,
+    pub month: Option<f64>,
+    pub year: Option<f64>,
+    pub limit_by: LimitBy,
+    pub policy: Policy,
+    pub sync_rate: f64,
+    #[serde(flatten)]
+    pub shared: SharedConfig,
+}
+
+/// rate-limiting-advanced's configuration, as validated.
+#[derive(Debug, Deserialize)]
+pub struct AdvancedConfig {
+    pub limit: Vec<f64>,
+    pub window_size: Vec<i64>,
+    pub window_type: WindowType,
+    pub identifier: LimitBy,
+    pub strategy: Policy,
+    pub sync_rate: Option<f64>,
+    pub namespace: Option<String>,
+    pub disable_penalty: bool,
+    #[serde(flatten)]
+    pub shared: SharedConfig,
+}
+
 fn redis_record() -> Field {
     Field::new(
         "redis",
         Type::Record(vec![
             Field::new("host", Type::String),
             typedefs::port("port").default(json!(6379)),
-            Field::new("timeout", Type::Integer).default(json!(2000)).check(Check::Between(0, 2_147_483_646)),
+            Field::new("timeout", Type::Integer).default(json!(2000)).check(Check::Between(0, MAX_TIMEOUT_MS)),
             Field::new("username", Type::String),
             Field::new("password", Type::String),
-            Field::new("database", Type::Integer).default(json!(0)),
+            Field::new("database", Type::Integer).default(json!(0)).check(Check::Between(0, 2_147_483_647)),
             Field::new("ssl", Type::Boolean).required().default(json!(false)),
             Field::new("ssl_verify", Type::Boolean).required().default(json!(false)),
             Field::new("server_name", Type::String),
             // Accepted for compatibility with Kong configurations; Tollgate connects to one server.
-            Field::new("connect_timeout", Type::Integer),
-            Field::new("send_timeout", Type::Integer),
-            Field::new("read_timeout", Type::Integer),
-            Field::new("keepalive_pool_size", Type::Integer),
-            Field::new("keepalive_backlog", Type::Integer),
+            Field::new("connect_timeout", Type::Integer).check(Check::Between(0, MAX_TIMEOUT_MS)),
+            Field::new("send_timeout", Type::Integer).check(Check::Between(0, MAX_TIMEOUT_MS)),
+            Field::new("read_timeout", Type::Integer).check(Check::Between(0, MAX_TIMEOUT_MS)),
+            Field::new("keepalive_pool_size", Type::Integer).check(Check::Between(1, MAX_TIMEOUT_MS)),
+            Field::new("keepalive_backlog", Type::Integer).check(Check::Between(0, MAX_TIMEOUT_MS)),
             Field::new("sentinel_master", Type::Any),
             Field::new("sentinel_role", Type::Any),
             Field::new("sentinel_addresses", Type::Any),
@@ -54,7 +155,7 @@ fn common_fields() -> Vec<Field> {
         Field::new("fault_tolerant", Type::Boolean).required().default(json!(true)),
         redis_record(),
         Field::new("hide_client_headers", Type::Boolean).required().default(json!(false)),
-        Field::new("error_code", Type::Number).default(json!(429)).check(Check::GreaterThan(0.0)),
+        Field::new("error_code", Type::Number).default(json!(429)).check(Check::Between(100, 599)),
         Field::new("error_message", Type::String).default(json!("API rate limit exceeded")),
     ]
 }
@@ -62,8 +163,10 @@ fn common_fields() -> Vec<Field> {
 pub fn rate_limiting() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut fields: Vec<Field> =
-            PERIODS.iter().map(|p| Field::new(p, Type::Number).check(Check::GreaterThan(0.0))).collect();
+        let mut fields: Vec<Field> = PERIODS
+            .iter()
+            .map(|p| Field::new(p, Type::Number).check(Check::GreaterThan(0.0)).check(Check::AtMost(MAX_LIMIT)))
+            .collect();
         fields.push(
             Field::new("limit_by", Type::String).required().default(json!("consumer")).check(Check::OneOf(LIMIT_BY)),
         );
@@ -85,13 +188,13 @@ pub fn rate_limiting() -> &'static Schema {
 pub fn advanced() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let numbers = |name| {
-            Field::new(name, Type::Array(Box::new(Field::new("value", Type::Number).check(Check::GreaterThan(0.0)))))
-                .required()
-        };
+        let numbers = |name, elem: Field| Field::new(name, Type::Array(Box::new(elem))).required();
         let mut fields = vec![
-            numbers("limit"),
-            numbers("window_size"),
+            numbers(
+                "limit",
+                Field::new("value", Type::Number).check(Check::GreaterThan(0.0)).check(Check::AtMost(MAX_LIMIT)),
+            ),
+            numbers("window_size", Field::new("value", Type::Integer).check(Check::Between(1, MAX_WINDOW_SIZE))),
             Field::new("window_type", Type::String)
                 .required()
                 .default(json!("sliding"))
@@ -104,7 +207,10 @@ pub fn advanced() -> &'static Schema {
             Field::new("sync_rate", Type::Number),
             Field::new("namespace", Type::String).auto(Auto::Key),
             Field::new("dictionary_name", Type::String).required().default(json!("kong_rate_limiting_counters")),
-            Field::new("retry_after_jitter_max", Type::Number).required().default(json!(0)),
+            Field::new("retry_after_jitter_max", Type::Number)
+                .required()
+                .default(json!(0))
+                .check(Check::Between(0, 3600)),
             Field::new("disable_penalty", Type::Boolean).required().default(json!(false)),
             Field::new("enforce_consumer_groups", Type::Boolean).required().default(json!(false)),
             Field::new("consumer_groups", Type::Array(Box::new(Field::new("group", Type::String)))),
@@ -156,9 +262,9 @@ fn check_sync_rate(rate: Option<f64>, out: &mut Vec<Violation>) {
     if let Some(r) = rate
         && r != -1.0
         && r != 0.0
-        && r < 0.02
+        && !(0.02..=MAX_SYNC_RATE).contains(&r)
     {
-        out.push(Violation::field("sync_rate", "must be -1, 0, or at least 0.02"));
+        out.push(Violation::field("sync_rate", format!("must be -1, 0, or between 0.02 and {MAX_SYNC_RATE}")));
     }
 }
 

@@ -1,0 +1,649 @@
+//! A compact mirror of one control plane's configuration, fed stored rows (a whole load, or the
+//! rows a batch of changes touched) and turned into [`Snapshot`]s. Pure: rows in, snapshot out, no
+//! I/O (following the store is `sync`'s job, receiving configurations the data plane's).
+//!
+//! Every row is compiled as it comes in (`compile`). A row that does not compile never takes the
+//! node down and never opens a route: the entity keeps its last good version, or, without one, a
+//! plugin becomes an instance answering 500, a service makes its routes answer 500, a route whose
+//! matching attributes compile answers 500, and a consumer's credentials or groups that do not load
+//! keep it from authenticating. Each such row is logged once and listed in the snapshot's
+//! `rejected` until it is fixed or deleted. Consumers and credentials are updated in place
+//! (copy-on-write of the index); router and chains are rebuilt only when services, routes or plugins
+//! changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::compile::{self, AclRow, CompiledRoute, ConsumerRow, GroupRow, KeyAuthRow, MembershipRow, PluginScope};
+use super::{Rejection, RouteTarget, ServiceTarget, Snapshot};
+use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet};
+use crate::model::Kind;
+use crate::model::schema::{Violation, Violations};
+use crate::plugins::chain::ChainBuilder;
+use crate::plugins::rate_limiting::Counters;
+use crate::plugins::{BuildEnv, PluginInstanceRow, RealmResolver};
+use crate::router::Router;
+
+/// The order kinds are read in: a consumer's groups and ACL groups before the consumer.
+pub const LOAD_ORDER: [Kind; 8] = [
+    Kind::ConsumerGroup,
+    Kind::GroupMembership,
+    Kind::Acl,
+    Kind::Consumer,
+    Kind::KeyAuth,
+    Kind::Service,
+    Kind::Route,
+    Kind::Plugin,
+];
+
+/// One stored row: its id when known beforehand, its body and a credential's expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub id: Option<&'a str>,
+    pub body: &'a str,
+    pub expires_at: Option<i64>,
+}
+
+/// What one batch of committed changes did to one kind: rows written (as they are now) and ids
+/// deleted. Only the last operation on an entity counts.
+#[derive(Debug, Default)]
+pub struct KindChanges {
+    pub upserts: Vec<(String, String, Option<i64>)>,
+    pub deletes: Vec<String>,
+}
+
+/// One batch of committed changes, ready to apply.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The configuration version the batch leads to.
+    pub version: i64,
+    pub kinds: BTreeMap<Kind, KindChanges>,
+    /// Keys credentials had before the batch (credential id, key): each is dropped from the index
+    /// unless its credential's new version is rejected (the last good one then stays).
+    pub stale_keys: Vec<(Uuid, String)>,
+}
+
+/// The mirror of one control plane.
+#[derive(Debug, Default)]
+pub struct ConfigState {
+    version: i64,
+    consumers: Arc<ConsumerIndex>,
+    credentials: Arc<CredentialIndex>,
+    /// Consumer group names by id.
+    groups: HashMap<Uuid, Arc<str>>,
+    /// Memberships by id: (consumer, group).
+    memberships: HashMap<Uuid, (Uuid, Uuid)>,
+    /// ACL credentials by id: (consumer, group name).
+    acls: HashMap<Uuid, (Uuid, Arc<str>)>,
+    /// A consumer's memberships and ACL credentials (ids into the two maps above).
+    consumer_links: HashMap<Uuid, ConsumerLinks>,
+    /// Services by id; `None` for one stored without any version that compiles.
+    services: HashMap<Uuid, Option<Arc<ServiceTarget>>>,
+    routes: HashMap<Uuid, Arc<CompiledRoute>>,
+    plugins: HashMap<Uuid, PluginInstanceRow>,
+    /// Compiled router kept between builds when only consumers changed.
+    router: Option<Arc<Router<Arc<RouteTarget>>>>,
+    /// Rate-limiting counters, kept across builds and reloads.
+    counters: Arc<Counters>,
+    /// Realm key resolution (a data plane's).
+    resolver: Option<Arc<dyn RealmResolver>>,
+    /// Rows that do not compile, by kind and id, with why.
+    rejected: BTreeMap<(Kind, String), String>,
+}
+
+/// What hangs off one consumer in the mirror.
+#[derive(Debug, Default)]
+struct ConsumerLinks {
+    memberships: Vec<Uuid>,
+    acls: Vec<Uuid>,
+    /// Membership and ACL rows of this consumer that do not compile and have no good version.
+    unloaded: Vec<Uuid>,
+}
+
+impl ConsumerLinks {
+    fn is_empty(&self) -> bool {
+        self.memberships.is_empty() && self.acls.is_empty() && self.unloaded.is_empty()
+    }
+}
+
+/// How one row came out of compiling.
+enum Outcome<T> {
+    Good(T),
+    Rejected(Violations),
+}
+
+impl<T> Outcome<T> {
+    fn of(result: Result<T, Violations>) -> Outcome<T> {
+        match result {
+            Ok(x) => Outcome::Good(x),
+            Err(e) => Outcome::Rejected(e),
+        }
+    }
+}
+
+/// A parsed row as a typed row.
+fn typed<T: serde::de::DeserializeOwned>(parsed: &Result<Value, Violations>) -> Result<T, Violations> {
+    parsed.clone().and_then(compile::read::<T>)
+}
+
+impl ConfigState {
+    /// An empty mirror at `version`, counting rate limits in `counters`.
+    pub fn new(version: i64, counters: Arc<Counters>) -> ConfigState {
+        ConfigState { version, counters, ..ConfigState::default() }
+    }
+
+    /// A configuration received whole (a data plane's) or loaded from a store, rows in
+    /// [`LOAD_ORDER`]. Rows that do not compile are kept out and listed in [`ConfigState::rejected`].
+    pub fn from_rows<'a>(version: i64, rows: impl IntoIterator<Item = (Kind, Row<'a>)>) -> ConfigState {
+        let mut state = ConfigState { version, ..ConfigState::default() };
+        for (kind, row) in rows {
+            state.ingest(kind, row);
+        }
+        state
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Rows that do not compile, as `(table, id, why)`.
+    pub fn rejected(&self) -> Vec<Rejection> {
+        self.rejected
+            .iter()
+            .map(|((kind, id), message)| Rejection { entity: kind.table(), id: id.clone(), message: message.clone() })
+            .collect()
+    }
+
+    /// Counts rate limits in `counters` (a node keeps its counters across configurations).
+    pub fn use_counters(&mut self, counters: Arc<Counters>) {
+        self.counters = counters;
+    }
+
+    /// Resolves realm keys through `resolver` (a data plane's link to its control plane).
+    pub fn use_resolver(&mut self, resolver: Arc<dyn RealmResolver>) {
+        self.resolver = Some(resolver);
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Records that a row does not compile (logged when it first fails, or fails differently).
+    fn reject(&mut self, kind: Kind, id: &str, why: &Violations) {
+        let message = why.message();
+        let key = (kind, id.to_string());
+        if self.rejected.get(&key) != Some(&message) {
+            tracing::error!(entity = kind.table(), id, error = %message, "stored entity does not compile; kept out");
+            self.rejected.insert(key, message);
+        }
+    }
+
+    /// Clears a row's rejection once it compiles or is deleted.
+    fn accept(&mut self, kind: Kind, id: &str) {
+        if self.rejected.remove(&(kind, id.to_string())).is_some() {
+            tracing::info!(entity = kind.table(), id, "entity compiles again");
+        }
+    }
+
+    /// Adds one stored row (kinds in [`LOAD_ORDER`] when loading a whole configuration); returns
+    /// the consumers whose groups it touched.
+    fn ingest(&mut self, kind: Kind, row: Row<'_>) -> Vec<Uuid> {
+        let parsed: Result<Value, Violations> = serde_json::from_str(row.body)
+            .map_err(|e| Violations(vec![Violation::entity(format!("unreadable row: {e}"))]));
+        let value = parsed.as_ref().map_or(Value::Null, Clone::clone);
+        let id = row
+            .id
+            .map(str::to_string)
+            .or_else(|| value.get("id").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "?".to_string());
+        let uuid = Uuid::parse_str(&id).ok();
+        let mut regroup = Vec::new();
+        match kind {
+            Kind::ConsumerGroup => match Outcome::of(typed::<GroupRow>(&parsed).and_then(compile::group)) {
+                Outcome::Good(g) => {
+                    self.accept(kind, &id);
+                    self.groups.insert(g.id, Arc::from(g.name));
+                    regroup.extend(self.memberships.values().filter(|(_, gid)| *gid == g.id).map(|(c, _)| *c));
+                }
+                Outcome::Rejected(why) => self.reject(kind, &id, &why),
+            },
+            Kind::GroupMembership => match Outcome::of(typed::<MembershipRow>(&parsed)) {
+                Outcome::Good(m) => {
+                    self.accept(kind, &id);
+                    regroup.extend(self.remove_membership(&m.id));
+                    regroup.push(m.consumer.id);
+                    self.memberships.insert(m.id, (m.consumer.id, m.consumer_group.id));
+                    self.consumer_links.entry(m.consumer.id).or_default().memberships.push(m.id);
+                }
+                Outcome::Rejected(why) => {
+                    self.reject(kind, &id, &why);
+                    regroup.extend(self.unloaded_link(kind, uuid, &value));
+                }
+            },
+            Kind::Acl => match Outcome::of(typed::<AclRow>(&parsed).and_then(compile::acl)) {
+                Outcome::Good(a) => {
+                    self.accept(kind, &id);
+                    regroup.extend(self.remove_acl(&a.id));
+                    regroup.push(a.consumer.id);
+                    self.acls.insert(a.id, (a.consumer.id, Arc::from(a.group)));
+                    self.consumer_links.entry(a.consumer.id).or_default().acls.push(a.id);
+                }
+                Outcome::Rejected(why) => {
+                    self.reject(kind, &id, &why);
+                    regroup.extend(self.unloaded_link(kind, uuid, &value));
+                }
+            },
+            Kind::Consumer => match Outcome::of(typed::<ConsumerRow>(&parsed).and_then(compile::consumer)) {
+                Outcome::Good(mut c) => {
+                    self.accept(kind, &id);
+                    (c.groups, c.acl_groups) = self.group_sets(&c.id);
+                    Arc::make_mut(&mut self.consumers).insert(c);
+                }
+                // A consumer without a good version is left out: its keys find no one (401).
+                Outcome::Rejected(why) => self.reject(kind, &id, &why),
+            },
+            Kind::KeyAuth => {
+                match Outcome::of(typed::<KeyAuthRow>(&parsed).and_then(|r| compile::key_credential(r, row.expires_at)))
+                {
+                    Outcome::Good((key, cred)) => {
+                        self.accept(kind, &id);
+                        Arc::make_mut(&mut self.credentials).insert(&key, cred);
+                    }
+                    Outcome::Rejected(why) => self.reject(kind, &id, &why),
+                }
+            }
+            Kind::Service => {
+                match Outcome::of(typed::<compile::ServiceRow>(&parsed).and_then(|s| compile::service(&s))) {
+                    Outcome::Good(s) => {
+                        self.accept(kind, &id);
+                        self.services.insert(s.id, Some(Arc::new(s)));
+                    }
+                    Outcome::Rejected(why) => {
+                        self.reject(kind, &id, &why);
+                        // Without a good version its routes answer 500 rather than vanish.
+                        if let Some(sid) = uuid {
+                            self.services.entry(sid).or_insert(None);
+                        }
+                    }
+                }
+            }
+            Kind::Route => {
+                let route_row = typed::<compile::RouteRow>(&parsed);
+                match Outcome::of(route_row.as_ref().map_err(Clone::clone).and_then(compile::route)) {
+                    Outcome::Good(r) => {
+                        self.accept(kind, &id);
+                        self.routes.insert(r.id, Arc::new(r));
+                    }
+                    Outcome::Rejected(why) => {
+                        self.reject(kind, &id, &why);
+                        // Matched but answered 500 when only its target part is at fault.
+                        if let Ok(r) = &route_row
+                            && !self.routes.contains_key(&r.id)
+                            && let Some(broken) = compile::broken_route(r)
+                        {
+                            self.routes.insert(r.id, Arc::new(broken));
+                        }
+                    }
+                }
+            }
+            Kind::Plugin => {
+                let compiled = typed::<compile::PluginRow>(&parsed).and_then(|p| {
+                    compile::plugin(&p, &ConsumerIndex::default(), Counters::dry_run(), None).map(|(row, _)| row)
+                });
+                match Outcome::of(compiled) {
+                    Outcome::Good(p) => {
+                        self.accept(kind, &id);
+                        self.plugins.insert(p.id, p);
+                    }
+                    Outcome::Rejected(why) => {
+                        self.reject(kind, &id, &why);
+                        let pid = uuid.unwrap_or_else(Uuid::new_v4);
+                        self.plugins.entry(pid).or_insert_with(|| {
+                            // Scope unreadable: it guards everything until fixed.
+                            let scope: PluginScope = serde_json::from_value(value.clone()).unwrap_or_default();
+                            let name = value.get("name").and_then(Value::as_str).unwrap_or("unknown");
+                            scope.broken_instance(pid, name)
+                        });
+                    }
+                }
+            }
+        }
+        regroup
+    }
+
+    /// A membership or ACL row that does not compile: if it had no good version and names its
+    /// consumer, that consumer's groups are incomplete until it is fixed. Returns the consumer.
+    fn unloaded_link(&mut self, kind: Kind, row: Option<Uuid>, body: &Value) -> Option<Uuid> {
+        let row = row?;
+        let loaded = match kind {
+            Kind::Acl => self.acls.contains_key(&row),
+            _ => self.memberships.contains_key(&row),
+        };
+        if loaded {
+            return None;
+        }
+        let consumer = body.get("consumer").and_then(|c| c.get("id")).and_then(Value::as_str)?;
+        let consumer = Uuid::parse_str(consumer).ok()?;
+        let links = self.consumer_links.entry(consumer).or_default();
+        if !links.unloaded.contains(&row) {
+            links.unloaded.push(row);
+        }
+        Some(consumer)
+    }
+
+    /// Forgets an unloaded link row (deleted or now loaded); returns its consumer.
+    fn forget_unloaded(&mut self, row: &Uuid) -> Option<Uuid> {
+        let consumer = self.consumer_links.iter().find(|(_, l)| l.unloaded.contains(row)).map(|(c, _)| *c)?;
+        if let Some(links) = self.consumer_links.get_mut(&consumer) {
+            links.unloaded.retain(|r| r != row);
+        }
+        Some(consumer)
+    }
+
+    fn group_sets(&self, consumer: &Uuid) -> (Option<Arc<GroupSet>>, Option<Arc<GroupSet>>) {
+        let Some(links) = self.consumer_links.get(consumer) else { return (None, None) };
+        let groups = links
+            .memberships
+            .iter()
+            .filter_map(|m| self.memberships.get(m))
+            .filter_map(|(_, g)| self.groups.get(g).map(|name| GroupEntry { id: *g, name: name.clone() }))
+            .collect();
+        let acls = links
+            .acls
+            .iter()
+            .filter_map(|a| self.acls.get(a))
+            .map(|(_, name)| GroupEntry { id: Uuid::nil(), name: name.clone() })
+            .collect();
+        let gaps = !links.unloaded.is_empty();
+        (GroupSet::with_gaps(groups, gaps), GroupSet::with_gaps(acls, gaps))
+    }
+
+    /// Returns the consumer the membership belonged to.
+    fn remove_membership(&mut self, id: &Uuid) -> Option<Uuid> {
+        let (consumer, _) = self.memberships.remove(id)?;
+        if let Some(links) = self.consumer_links.get_mut(&consumer) {
+            links.memberships.retain(|m| m != id);
+        }
+        Some(consumer)
+    }
+
+    fn remove_acl(&mut self, id: &Uuid) -> Option<Uuid> {
+        let (consumer, _) = self.acls.remove(id)?;
+        if let Some(links) = self.consumer_links.get_mut(&consumer) {
+            links.acls.retain(|a| a != id);
+        }
+        Some(consumer)
+    }
+
+    /// Applies a batch of committed changes; returns whether the router must be rebuilt.
+    pub fn apply(&mut self, changes: &Changes) -> bool {
+        let mut routing = false;
+        // Consumers whose group sets may have changed.
+        let mut regroup: Vec<Uuid> = Vec::new();
+        for (&kind, batch) in &changes.kinds {
+            let deleted: Vec<Uuid> = batch.deletes.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            for id in &batch.deletes {
+                self.accept(kind, id);
+            }
+            match kind {
+                Kind::Consumer => {
+                    let index = Arc::make_mut(&mut self.consumers);
+                    deleted.iter().for_each(|id| index.remove(id));
+                    // Plugins resolve `anonymous` consumers when they are built.
+                    routing |= self.has_anonymous();
+                }
+                Kind::KeyAuth => {
+                    // Keys of deleted credentials; those of rewritten ones go with their upsert.
+                    let index = Arc::make_mut(&mut self.credentials);
+                    for (id, key) in changes.stale_keys.iter().filter(|(id, _)| deleted.contains(id)) {
+                        index.remove(key, id);
+                    }
+                }
+                Kind::Service => {
+                    routing = true;
+                    deleted.iter().for_each(|id| drop(self.services.remove(id)));
+                }
+                Kind::Route => {
+                    routing = true;
+                    deleted.iter().for_each(|id| drop(self.routes.remove(id)));
+                }
+                Kind::Plugin => {
+                    routing = true;
+                    deleted.iter().for_each(|id| drop(self.plugins.remove(id)));
+                }
+                Kind::ConsumerGroup => {
+                    for id in &deleted {
+                        self.groups.remove(id);
+                        regroup.extend(self.memberships.values().filter(|(_, g)| g == id).map(|(c, _)| *c));
+                    }
+                }
+                Kind::GroupMembership => {
+                    for id in &deleted {
+                        regroup.extend(self.remove_membership(id));
+                        regroup.extend(self.forget_unloaded(id));
+                    }
+                }
+                Kind::Acl => {
+                    for id in &deleted {
+                        regroup.extend(self.remove_acl(id));
+                        regroup.extend(self.forget_unloaded(id));
+                    }
+                }
+            }
+            for (id, body, expires_at) in &batch.upserts {
+                if kind == Kind::KeyAuth {
+                    self.drop_stale_key(changes, id, body);
+                }
+                if matches!(kind, Kind::GroupMembership | Kind::Acl)
+                    && let Ok(uuid) = Uuid::parse_str(id)
+                {
+                    regroup.extend(self.forget_unloaded(&uuid));
+                }
+                regroup.extend(self.ingest(kind, Row { id: Some(id), body, expires_at: *expires_at }));
+            }
+            if kind == Kind::Consumer && !batch.upserts.is_empty() {
+                routing |= self.has_anonymous();
+            }
+        }
+        regroup.sort_unstable();
+        regroup.dedup();
+        if !regroup.is_empty() {
+            let sets: Vec<_> = regroup.iter().map(|c| (*c, self.group_sets(c))).collect();
+            let index = Arc::make_mut(&mut self.consumers);
+            for (c, (groups, acls)) in sets {
+                index.set_groups(&c, groups, acls);
+            }
+            // The anonymous consumer of a plugin is captured when the plugin is built.
+            routing |= self.has_anonymous();
+            self.consumer_links.retain(|_, l| !l.is_empty());
+        }
+        self.version = changes.version;
+        routing
+    }
+
+    /// Before a credential's new version goes in, its previous keys leave the index, unless the
+    /// new version does not compile (the last good one then stays).
+    fn drop_stale_key(&mut self, changes: &Changes, id: &str, body: &str) {
+        let Ok(uuid) = Uuid::parse_str(id) else { return };
+        let compiles = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| compile::read::<KeyAuthRow>(v).ok())
+            .is_some_and(|r| compile::key_credential(r, None).is_ok());
+        if !compiles {
+            return;
+        }
+        let index = Arc::make_mut(&mut self.credentials);
+        for (cred, key) in changes.stale_keys.iter().filter(|(cred, _)| *cred == uuid) {
+            index.remove(key, cred);
+        }
+    }
+
+    fn has_anonymous(&self) -> bool {
+        self.plugins.values().any(|p| p.config.get("anonymous").is_some_and(|a| !a.is_null()))
+    }
+
+    /// Compiles the snapshot, reusing the previous router unless `routing` says it is stale. Never
+    /// fails: every row was compiled on the way in.
+    pub fn build(&mut self, routing: bool) -> Snapshot {
+        let router = match (&self.router, routing) {
+            (Some(r), false) => r.clone(),
+            _ => {
+                let started = Instant::now();
+                let r = Arc::new(self.assemble_router());
+                tracing::debug!(routes = r.len(), elapsed_us = started.elapsed().as_micros() as u64, "router built");
+                self.router = Some(r.clone());
+                r
+            }
+        };
+        Snapshot {
+            version: self.version,
+            router,
+            identity: Directory {
+                consumers: self.consumers.clone(),
+                credentials: self.credentials.clone(),
+                groups_by_name: Arc::new(self.groups.iter().map(|(id, name)| (Box::from(&**name), *id)).collect()),
+            },
+            rejected: self.rejected().into(),
+        }
+    }
+
+    fn assemble_router(&mut self) -> Router<Arc<RouteTarget>> {
+        let rows: Vec<PluginInstanceRow> = self.plugins.values().cloned().collect();
+        let mut env = BuildEnv::with_counters(&self.consumers, &self.counters);
+        env.realms = self.resolver.as_ref();
+        let (chains, failures) = ChainBuilder::new(&rows, &env);
+        for (id, why) in failures {
+            self.reject(Kind::Plugin, &id.to_string(), &why);
+        }
+        let mut routes: Vec<&Arc<CompiledRoute>> = self.routes.values().collect();
+        // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.id));
+        let mut compiled = Vec::with_capacity(routes.len());
+        for r in routes {
+            let (service, service_broken) = match r.service {
+                Some(sid) => match self.services.get(&sid) {
+                    Some(Some(s)) if s.enabled => (Some(s.clone()), false),
+                    // Routes of a disabled (or deleted) service are not routed.
+                    Some(Some(_)) | None => continue,
+                    Some(None) => (None, true),
+                },
+                None => (None, false),
+            };
+            let target = RouteTarget {
+                id: r.id,
+                strip_path: r.strip_path,
+                preserve_host: r.preserve_host,
+                http_allowed: r.http_allowed,
+                https_redirect_status: r.https_redirect_status,
+                broken: r.broken || service_broken,
+                chain: chains.chain_for(r.id, r.service),
+                service,
+            };
+            compiled.push((r.matcher.clone(), Arc::new(target)));
+        }
+        Router::assemble(compiled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(body: &Value) -> String {
+        body.to_string()
+    }
+
+    fn load(rows: &[(Kind, String)]) -> ConfigState {
+        ConfigState::from_rows(1, rows.iter().map(|(k, b)| (*k, Row { id: None, body: b, expires_at: None })))
+    }
+
+    const SERVICE: &str = "00000000-0000-4000-8000-00000000000a";
+    const ROUTE: &str = "00000000-0000-4000-8000-00000000000b";
+    const PLUGIN: &str = "00000000-0000-4000-8000-00000000000c";
+
+    fn service() -> String {
+        row(&json!({"id": SERVICE, "protocol": "http", "host": "127.0.0.1", "port": 9, "path": null, "retries": 5,
+            "connect_timeout": 60000, "write_timeout": 60000, "read_timeout": 60000, "enabled": true, "tls_verify": null}))
+    }
+
+    fn route(headers: Value) -> String {
+        row(&json!({"id": ROUTE, "protocols": ["http"], "paths": ["/a"], "headers": headers, "strip_path": true,
+            "preserve_host": false, "regex_priority": 0, "https_redirect_status_code": 426, "service": {"id": SERVICE}}))
+    }
+
+    fn plugin(config: Value) -> String {
+        row(&json!({"id": PLUGIN, "name": "rate-limiting", "route": {"id": ROUTE}, "service": null, "consumer": null,
+            "consumer_group": null, "config": config, "protocols": ["http"], "enabled": true}))
+    }
+
+    /// A plugin stored with a configuration that cannot be built guards its route with 500s, and
+    /// is listed as rejected; the rest of the configuration is served.
+    #[test]
+    fn a_plugin_that_does_not_build_closes_its_route() {
+        let mut state = load(&[
+            (Kind::Service, service()),
+            (Kind::Route, route(Value::Null)),
+            (Kind::Plugin, plugin(json!({"minute": 5, "policy": "redis", "redis": {"host": "h"}, "sync_rate": 1e20}))),
+        ]);
+        let rejected = state.rejected();
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].entity, "plugins");
+        assert!(rejected[0].message.contains("config.sync_rate"), "{}", rejected[0].message);
+        let snapshot = state.build(true);
+        assert_eq!(snapshot.router.len(), 1);
+        assert!(format!("{:?}", snapshot.router).contains("Broken"), "the route runs the stand-in");
+    }
+
+    /// A route whose header regex does not compile is rejected alone: the others are routed.
+    #[test]
+    fn a_route_that_does_not_compile_is_kept_out() {
+        let mut state = load(&[(Kind::Service, service()), (Kind::Route, route(json!({"x-v": ["~*(unclosed"]})))]);
+        assert_eq!(state.rejected()[0].entity, "routes");
+        assert_eq!(state.build(true).router.len(), 0);
+    }
+
+    /// A later bad version of an entity keeps its last good one.
+    #[test]
+    fn a_bad_update_keeps_the_last_good_version() {
+        let mut state = load(&[(Kind::Service, service()), (Kind::Route, route(Value::Null))]);
+        let mut changes = Changes { version: 2, ..Changes::default() };
+        changes.kinds.entry(Kind::Route).or_default().upserts.push((
+            ROUTE.into(),
+            route(json!({"x-v": ["~*(unclosed"]})),
+            None,
+        ));
+        state.apply(&changes);
+        assert_eq!(state.rejected().len(), 1);
+        assert_eq!(state.build(true).router.len(), 1, "the last good route is still served");
+        let mut fixed = Changes { version: 3, ..Changes::default() };
+        fixed.kinds.entry(Kind::Route).or_default().deletes.push(ROUTE.into());
+        state.apply(&fixed);
+        assert!(state.rejected().is_empty(), "deleting it clears the report");
+    }
+
+    /// An unreadable membership keeps its consumer from authenticating.
+    #[test]
+    fn a_consumer_with_groups_that_do_not_load_does_not_authenticate() {
+        let consumer = "00000000-0000-4000-8000-0000000000d1";
+        let mut state = load(&[
+            (
+                Kind::GroupMembership,
+                row(
+                    &json!({"id": "00000000-0000-4000-8000-0000000000e1", "consumer": {"id": consumer}, "consumer_group": "oops"}),
+                ),
+            ),
+            (Kind::Consumer, row(&json!({"id": consumer, "username": "u", "custom_id": null}))),
+            (
+                Kind::KeyAuth,
+                row(&json!({"id": "00000000-0000-4000-8000-0000000000f1", "consumer": {"id": consumer}, "key": "k"})),
+            ),
+        ]);
+        assert_eq!(state.rejected().len(), 1);
+        assert!(state.build(false).identity.authenticate("k").is_none());
+    }
+}
