@@ -42,6 +42,7 @@ pub enum NodeError {
 /// Runs a node until it is told to stop.
 pub fn run(settings: Settings) -> Result<(), NodeError> {
     init_logging(&settings);
+    log_panics();
     // TLS to Redis (`redis.ssl`) uses rustls' process-wide provider: the same one as upstream TLS.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     upstream::configure(PoolSettings {
@@ -66,6 +67,21 @@ fn init_logging(settings: &Settings) {
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+}
+
+/// A panic is a bug: it is logged where it happened, and whoever catches it (the request, the Admin
+/// API call, the configuration build) answers 500 or keeps the previous configuration.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %what, at, thread = std::thread::current().name().unwrap_or("?"), "bug: panicked; caught");
+    }));
 }
 
 /// A listening socket, non-blocking, ready to hand to any runtime.

@@ -31,6 +31,9 @@ pub enum AdminError {
     /// A legacy (0.x) endpoint's field → message body with its status.
     #[error("{1}")]
     Legacy(StatusCode, Value),
+    /// A bug caught on the way (a panic): Kong's 500.
+    #[error("An unexpected error occurred")]
+    Unexpected,
 }
 
 impl IntoResponse for AdminError {
@@ -45,6 +48,9 @@ impl IntoResponse for AdminError {
             AdminError::UnsupportedMediaType => return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response(),
             AdminError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, json!({"message": "Request body too large"})),
             AdminError::Legacy(status, body) => (status, body),
+            AdminError::Unexpected => {
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({"message": "An unexpected error occurred"}))
+            }
         };
         (status, Json(body)).into_response()
     }

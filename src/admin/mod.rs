@@ -233,11 +233,23 @@ pub fn router(state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))
         .with_state(state.clone());
-    // Before routing: the token check, then the control-plane prefix.
+    // Before routing: the token check, then the control-plane prefix; around everything, the
+    // catch of a panic.
     Router::new()
         .fallback_service(entities)
         .layer(axum::middleware::from_fn_with_state(state.clone(), core_entities))
         .layer(axum::middleware::from_fn_with_state(state, require_token))
+        .layer(axum::middleware::from_fn(catch_panic))
+}
+
+/// A panic in a handler (a bug) is answered 500 with Kong's body; the node and every other request
+/// go on. The panic hook has logged it.
+async fn catch_panic(req: Request<axum::body::Body>, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => AdminError::Unexpected.into_response(),
+    }
 }
 
 const CORE_ENTITIES: &str = "/core-entities";
@@ -323,4 +335,30 @@ pub fn trim_trailing_slash<B>(mut req: Request<B>) -> Request<B> {
         }
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn buggy() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_the_next_request_is_served() {
+        let app: Router = Router::new()
+            .route("/bug", get(buggy))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(catch_panic));
+        let call = |path: &'static str| {
+            app.clone().oneshot(Request::builder().uri(path).body(axum::body::Body::empty()).expect("request"))
+        };
+        let bug = call("/bug").await.expect("answered");
+        assert_eq!(bug.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(bug.into_body()).await.expect("body").to_bytes();
+        assert_eq!(&body[..], br#"{"message":"An unexpected error occurred"}"#);
+        assert_eq!(call("/fine").await.expect("answered").status(), axum::http::StatusCode::OK);
+    }
 }

@@ -107,6 +107,18 @@ impl PluginChain {
     }
 }
 
+#[cfg(test)]
+impl PluginChain {
+    /// A chain running `plugins` in this order for everyone (tests elsewhere in the crate).
+    pub fn of(plugins: Vec<Arc<dyn Plugin>>) -> PluginChain {
+        let slots = plugins
+            .into_iter()
+            .map(|p| Slot { priority: 0, name: "test", default: Some((12, p)), by_consumer: None, by_group: None })
+            .collect();
+        PluginChain { slots, needs_body: false, is_async: false }
+    }
+}
+
 impl Slot {
     fn pick(&self, consumer: Option<&Consumer>) -> Option<&Arc<dyn Plugin>> {
         let mut best: Option<&Ranked> = self.default.as_ref();

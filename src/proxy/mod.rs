@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -113,9 +114,13 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
-        match self.proxy(req, conn, started).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(started),
+        // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
+        // the panic hook has logged it.
+        let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started)).catch_unwind().await;
+        match proxied {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => e.into_response(started),
+            Err(_) => GatewayError::Unexpected.into_response(started),
         }
     }
 
@@ -323,4 +328,80 @@ pub fn reply_response(reply: Reply, started: Instant) -> Response<ProxyBody> {
 /// A plain gateway answer (`{"message": …}`) used by the error paths.
 pub fn message_response(status: StatusCode, body: Bytes, started: Instant) -> Response<ProxyBody> {
     reply_response(Reply { status, body, headers: Vec::new() }, started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::{Plugin, PluginChain};
+    use crate::router::{RouteMatcher, RouteSpec, Router};
+    use crate::snapshot::Snapshot;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A plugin with a bug: it panics on requests for `/bug`.
+    #[derive(Debug)]
+    struct Buggy;
+
+    impl Plugin for Buggy {
+        fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
+            assert!(ctx.parts.uri.path() != "/bug", "a bug in a plugin");
+            Flow::Continue
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    /// A panic in one request is that request's 500; the connection's worker and every other request
+    /// go on.
+    #[tokio::test]
+    async fn a_panic_is_one_requests_500() {
+        let target = RouteTarget {
+            id: uuid::Uuid::nil(),
+            strip_path: false,
+            preserve_host: false,
+            http_allowed: true,
+            https_redirect_status: StatusCode::UPGRADE_REQUIRED,
+            broken: false,
+            service: None,
+            chain: PluginChain::of(vec![Arc::new(Buggy)]),
+        };
+        let spec = RouteSpec {
+            methods: vec![],
+            hosts: vec![],
+            paths: vec![],
+            headers: vec![],
+            snis: 0,
+            regex_priority: 0,
+            target: (),
+        };
+        let matcher = Arc::new(RouteMatcher::compile(&spec).expect("route"));
+        let holder = Arc::new(SnapshotHolder::new());
+        holder.store(Snapshot {
+            version: 1,
+            router: Arc::new(Router::assemble(vec![(matcher, Arc::new(target))])),
+            ..Snapshot::empty()
+        });
+        let proxy: &'static Proxy =
+            Box::leak(Box::new(Proxy { holder, trusted_ips: Vec::new(), stats: Stats::default() }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            proxy.serve(listener, std::future::pending(), &graceful).await;
+        });
+        let bug = get(addr, "/bug").await;
+        assert!(bug.starts_with("HTTP/1.1 500"), "{bug}");
+        assert!(bug.contains(r#"{"message":"An unexpected error occurred"}"#), "{bug}");
+        // The route has no service: a request that does not hit the bug gets Kong's 503.
+        let fine = get(addr, "/fine").await;
+        assert!(fine.starts_with("HTTP/1.1 503"), "{fine}");
+    }
 }

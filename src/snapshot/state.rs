@@ -494,7 +494,8 @@ impl ConfigState {
             _ => {
                 let started = Instant::now();
                 let r = Arc::new(self.assemble_router());
-                tracing::debug!(routes = r.len(), elapsed_us = started.elapsed().as_micros() as u64, "router built");
+                let elapsed_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
+                tracing::debug!(routes = r.len(), elapsed_ms, "router compiled");
                 self.router = Some(r.clone());
                 r
             }
