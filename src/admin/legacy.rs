@@ -40,7 +40,7 @@ fn s(v: &Obj, k: &str) -> Value {
 }
 
 fn ms(v: &Obj) -> Value {
-    v.get("created_at").and_then(Value::as_i64).map_or(Value::Null, |t| json!(t * 1000))
+    v.get("created_at").and_then(Value::as_i64).map_or(Value::Null, |t| json!(t.saturating_mul(1000)))
 }
 
 fn fk(v: &Obj, field: &str) -> Value {

@@ -24,10 +24,8 @@ pub fn parse(query: Option<&str>) -> Result<ListOptions, EntityError> {
         match k.as_ref() {
             "size" => {
                 let n: f64 = v.parse().map_err(|_| EntityError::InvalidSize("size must be a number"))?;
-                if n.fract() != 0.0 || !(1.0..=1000.0).contains(&n) {
-                    return Err(EntityError::InvalidSize("size must be an integer between 1 and 1000"));
-                }
-                opts.size = n as usize;
+                let whole = (n.fract() == 0.0 && (1.0..=1000.0).contains(&n)).then_some(n as usize);
+                opts.size = whole.ok_or(EntityError::InvalidSize("size must be an integer between 1 and 1000"))?;
                 opts.size_given = true;
             }
             "offset" => opts.offset = Some(v.into_owned()),

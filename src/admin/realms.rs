@@ -19,11 +19,14 @@ use super::problem::{InvalidParameter, Problem, json_object, unknown_properties}
 use crate::clock::now_secs;
 use crate::model::calendar::iso8601;
 use crate::model::schema::is_uuid;
+use crate::snapshot::compile;
 use crate::store::{Cursor, RealmRow, RealmTable};
 
 const CONSUMER_TYPES: &[&str] = &["proxy", "developer", "admin", "application"];
 const DEFAULT_TTL_MINUTES: i64 = 10;
 const MIN_TTL_MINUTES: i64 = 5;
+/// The longest a realm lets data planes cache (a day; Konnect sets no bound, data planes clamp to it).
+const MAX_TTL_MINUTES: i64 = 1440;
 
 type Scope = Vec<(&'static str, String)>;
 
@@ -65,11 +68,18 @@ fn minutes(body: &Map<String, Value>, field: &str, invalid: &mut Vec<InvalidPara
     match body.get(field) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
-            Some(n) if n >= MIN_TTL_MINUTES => Some(n),
-            Some(_) => {
+            Some(n) if (MIN_TTL_MINUTES..=MAX_TTL_MINUTES).contains(&n) => Some(n),
+            Some(n) if n < MIN_TTL_MINUTES => {
                 invalid.push(
                     InvalidParameter::new(field, "min", format!("must be at least {MIN_TTL_MINUTES} (minutes)"))
                         .with("minimum", json!(MIN_TTL_MINUTES)),
+                );
+                None
+            }
+            Some(_) => {
+                invalid.push(
+                    InvalidParameter::new(field, "max", format!("must be at most {MAX_TTL_MINUTES} (minutes)"))
+                        .with("maximum", json!(MAX_TTL_MINUTES)),
                 );
                 None
             }
@@ -202,8 +212,17 @@ fn purge(s: &AdminState) {
     }
 }
 
+/// A stored row as the JSON object it must be; one that is not (a hand-edited database) is an
+/// internal error, never indexed as an object.
 fn stored(body: Option<String>) -> Result<Value, Problem> {
-    body.and_then(|b| serde_json::from_str(&b).ok()).ok_or_else(Problem::not_found)
+    let body = body.ok_or_else(Problem::not_found)?;
+    match serde_json::from_str::<Value>(&body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => {
+            tracing::error!("a stored realm row is not a JSON object");
+            Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred"))
+        }
+    }
 }
 
 impl AdminState {
@@ -266,6 +285,9 @@ async fn apply_realm(
         }
     }
     if let Some(groups) = string_set(body, "consumer_groups", &mut invalid) {
+        if let Err(v) = compile::realm_consumer_fields(None, None, &groups) {
+            invalid.push(InvalidParameter::new("consumer_groups", "pattern", v.message()));
+        }
         realm["consumer_groups"] = json!(groups);
     }
     if !invalid.is_empty() {
@@ -415,6 +437,20 @@ async fn apply_consumer(
     for f in ["tags", "consumer_groups"] {
         if let Some(set) = string_set(body, f, &mut invalid) {
             c[f] = json!(set);
+        }
+    }
+    // What goes upstream in headers is compiled as a data plane will.
+    let groups: Vec<String> = c["consumer_groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    if let Err(v) = compile::realm_consumer_fields(c["username"].as_str(), c["custom_id"].as_str(), &groups) {
+        for violation in v.0 {
+            let field = match violation.path.first() {
+                Some(crate::model::schema::PathSeg::Field(f)) => f.clone(),
+                _ => String::new(),
+            };
+            invalid.push(InvalidParameter::new(field, "pattern", violation.message));
         }
     }
     if !invalid.is_empty() {

@@ -77,7 +77,9 @@ fn group_names(body: &serde_json::Value) -> Vec<String> {
 
 impl RealmPolicy {
     fn new(realm: &serde_json::Value, control_plane_id: &str) -> RealmPolicy {
-        let minutes = |f: &str| realm[f].as_u64().unwrap_or(10) * 60;
+        // Stored minutes as seconds; a stored value too large for that saturates (data planes
+        // clamp what they cache anyway).
+        let minutes = |f: &str| realm[f].as_u64().unwrap_or(10).saturating_mul(60);
         let allowed = realm["allow_all_control_planes"].as_bool() == Some(true)
             || realm["allowed_control_planes"]
                 .as_array()

@@ -249,7 +249,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         check.fail("cluster_control_plane", format!("expected host:port, got '{cluster_control_plane}'"));
     }
     let cluster_token = check.optional("cluster_token");
-    let cluster_max_payload = check.int("cluster_max_payload", 1024, 1 << 31).unwrap_or(16 << 20) as usize;
+    let cluster_max_payload = check.int("cluster_max_payload", 1024, 1 << 31).unwrap_or(16 << 20);
     let realm_cache_size = check.int("realm_cache_size", 1, 100_000_000).unwrap_or(100_000);
     if role == Some(NodeRole::DataPlane) && cluster_token.is_none() {
         let msg = "must be set when role = data_plane (mint one with POST /v2/control-planes/{id}/data-plane-tokens)";
@@ -267,12 +267,12 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     let database = check.one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres)]);
     let pg = PgSettings {
         host: check.string("pg_host"),
-        port: check.int("pg_port", 1, 65535).unwrap_or(5432) as u16,
+        port: check.int("pg_port", 1, 65535).unwrap_or(5432),
         user: check.string("pg_user"),
         password: check.optional("pg_password"),
         database: check.string("pg_database"),
         timeout: Duration::from_millis(check.int("pg_timeout", 1, 600_000).unwrap_or(5000)),
-        max_connections: check.int("pg_max_connections", 1, 1000).unwrap_or(10) as u32,
+        max_connections: check.int("pg_max_connections", 1, 1000).unwrap_or(10),
     };
     let log_level = check.one_of(
         "log_level",
@@ -290,7 +290,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     let worker_threads = check.worker_threads();
     let db_update_frequency = check.seconds("db_update_frequency");
     let trusted_ips = check.trusted_ips();
-    let upstream_keepalive_pool_size = check.int("upstream_keepalive_pool_size", 0, 1_000_000).unwrap_or(512) as usize;
+    let upstream_keepalive_pool_size = check.int("upstream_keepalive_pool_size", 0, 1_000_000).unwrap_or(512);
     let upstream_keepalive_idle_timeout = check.seconds("upstream_keepalive_idle_timeout");
 
     if pg.host.is_empty() && database == Some(Database::Postgres) {
@@ -377,10 +377,10 @@ impl Checker<'_> {
         (!v.is_empty()).then(|| v.to_string())
     }
 
-    fn int(&mut self, key: &'static str, min: u64, max: u64) -> Option<u64> {
+    fn int<T: TryFrom<u64>>(&mut self, key: &'static str, min: u64, max: u64) -> Option<T> {
         let v = self.raw(key).0.to_string();
-        match v.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
+        match v.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).and_then(|n| T::try_from(n).ok()) {
+            Some(n) => Some(n),
             _ => {
                 self.fail(key, format!("expected an integer between {min} and {max}, got '{v}'"));
                 None
@@ -391,7 +391,7 @@ impl Checker<'_> {
     fn seconds(&mut self, key: &'static str) -> Duration {
         let v = self.raw(key).0.to_string();
         match v.parse::<f64>() {
-            Ok(n) if n > 0.0 && n <= 86_400.0 => Duration::from_secs_f64(n),
+            Ok(n) if n > 0.0 && n <= 86_400.0 => Duration::try_from_secs_f64(n).unwrap_or(Duration::from_secs(1)),
             _ => {
                 self.fail(key, format!("expected a number of seconds between 0 and 86400, got '{v}'"));
                 Duration::from_secs(1)

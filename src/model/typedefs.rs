@@ -13,12 +13,16 @@ pub fn id() -> Field {
     Field::new("id", Type::String).auto(Auto::Uuid).immutable().check(Check::Custom(check_uuid))
 }
 
+/// The latest timestamp a record may carry: 9999-12-31T23:59:59Z (Kong sets no bound; this one
+/// keeps every date printable and every conversion to milliseconds in range).
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+
 pub fn created_at() -> Field {
-    Field::new("created_at", Type::Integer).auto(Auto::Timestamp)
+    Field::new("created_at", Type::Integer).auto(Auto::Timestamp).check(Check::Between(0, MAX_TIMESTAMP))
 }
 
 pub fn updated_at() -> Field {
-    Field::new("updated_at", Type::Integer).auto(Auto::Timestamp)
+    Field::new("updated_at", Type::Integer).auto(Auto::Timestamp).check(Check::Between(0, MAX_TIMESTAMP))
 }
 
 pub fn tags() -> Field {
@@ -180,8 +184,8 @@ fn check_rfc3986(s: &str) -> Result<(), String> {
         if bytes[i] == b'%' {
             let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
             if !(hex(i + 1) && hex(i + 2)) {
-                let end = (i + 3).min(s.len());
-                return Err(format!("invalid url-encoded value: '{}'", &s[i..end]));
+                let shown: String = s.get(i..).unwrap_or_default().chars().take(3).collect();
+                return Err(format!("invalid url-encoded value: '{shown}'"));
             }
             i += 3;
         } else {
