@@ -53,11 +53,19 @@ fn uses() -> BTreeMap<String, BTreeSet<String>> {
             // Tests may reach anywhere; only the code itself is layered.
             let code = text.split("#[cfg(test)]").next().unwrap_or_default();
             for part in code.split("crate::").skip(1) {
-                let used: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                // `crate::VERSION` and the like are the crate root's, not a module's.
-                let is_module = used.starts_with(|c: char| c.is_ascii_lowercase());
-                if is_module && used != module {
-                    graph.entry(module.clone()).or_default().insert(used);
+                // `crate::a::…`, or a group `crate::{a::…, b}`.
+                let names: Vec<&str> = match part.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
+                    None => vec![part],
+                };
+                for name in names {
+                    let used: String =
+                        name.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    // `crate::VERSION` and the like are the crate root's, not a module's.
+                    let is_module = used.starts_with(|c: char| c.is_ascii_lowercase());
+                    if is_module && used != module {
+                        graph.entry(module.clone()).or_default().insert(used);
+                    }
                 }
             }
             graph.entry(module).or_default();
