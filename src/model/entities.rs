@@ -513,7 +513,10 @@ fn routes() -> &'static Schema {
                 Field::new("hosts", Type::Array(Box::new(host))),
                 Field::new("paths", Type::Array(Box::new(path))),
                 Field::new("headers", Type::Map(Box::new(header_key), Box::new(header_values))),
-                Field::new("regex_priority", Type::Integer).default(json!(0)),
+                // Kong sets no bound; a 32-bit range is what Kong's own router keeps of it.
+                Field::new("regex_priority", Type::Integer)
+                    .default(json!(0))
+                    .check(Check::Between(-2_147_483_648, 2_147_483_647)),
                 Field::new("path_handling", Type::String).default(json!("v0")).check(Check::OneOf(&["v0", "v1"])),
             ],
             checks: vec![EntityCheck::Custom(route_checks), EntityCheck::Presence(route_match_attributes)],

@@ -509,6 +509,42 @@ mod tests {
         assert_eq!(message(err), "schema violation (username: invalid value: must not contain control characters)");
     }
 
+    /// Every number an entity or a plugin config holds has a bound (Kong's, or one of ours where
+    /// Kong has none), so no stored value can overflow what it is turned into.
+    #[test]
+    fn every_numeric_field_is_bounded() {
+        use crate::model::schema::{Check, Field, Type};
+        // Bounded by an entity check instead (the value's rule depends on other fields).
+        const CHECKED_ELSEWHERE: &[&str] = &["sync_rate"];
+        fn walk(owner: &str, fields: &[Field], unbounded: &mut Vec<String>) {
+            for f in fields {
+                match &f.ty {
+                    Type::Integer | Type::Number => {
+                        let bounded = f
+                            .checks
+                            .iter()
+                            .any(|c| matches!(c, Check::Between(..) | Check::OneOfInt(_) | Check::AtMost(_)));
+                        if !bounded && !CHECKED_ELSEWHERE.contains(&f.name) {
+                            unbounded.push(format!("{owner}.{}", f.name));
+                        }
+                    }
+                    Type::Array(e) | Type::Set(e) => walk(owner, std::slice::from_ref(e), unbounded),
+                    Type::Map(k, v) => walk(owner, &[(**k).clone(), (**v).clone()], unbounded),
+                    Type::Record(sub) => walk(&format!("{owner}.{}", f.name), sub, unbounded),
+                    _ => {}
+                }
+            }
+        }
+        let mut unbounded = Vec::new();
+        for kind in Kind::ALL {
+            walk(kind.table(), &kind.schema().fields, &mut unbounded);
+        }
+        for def in crate::plugins::REGISTRY {
+            walk(def.name, &(def.config)().fields, &mut unbounded);
+        }
+        assert!(unbounded.is_empty(), "numbers without a bound: {unbounded:?}");
+    }
+
     #[test]
     fn a_stored_row_of_the_wrong_shape_names_its_field() {
         let err = read::<ServiceRow>(json!({"id": Uuid::nil(), "protocol": "http", "host": "h", "port": 70000}))
