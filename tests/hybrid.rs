@@ -172,14 +172,10 @@ async fn a_configuration_the_data_plane_cannot_compile_is_refused_and_reported()
     let db = PgDatabase::fresh();
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().to_path_buf();
-    let env = [
-        ("TOLLGATE_PREFIX", prefix.to_str().unwrap()),
-        ("TOLLGATE_ROLE", "control_plane"),
-        ("TOLLGATE_DATABASE", "postgres"),
-        ("TOLLGATE_PG_HOST", "127.0.0.1"),
-        ("TOLLGATE_PG_USER", "postgres"),
-        ("TOLLGATE_PG_DATABASE", db.name.as_str()),
-    ];
+    let mut env =
+        vec![("TOLLGATE_PREFIX", prefix.to_str().unwrap().to_string()), ("TOLLGATE_ROLE", "control_plane".into())];
+    env.extend(db.env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, token, err) =
         support::run_cli(&["tokens", "create", "--name", "ci", "--role", "org_admin"], &env, &prefix);
     assert_eq!(code, 0, "{err}");
