@@ -233,6 +233,31 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until at least `count` log lines contain `needle`: a barrier for what a test can only
+    /// see in the log. Fails the test after `within`.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "{count} log lines with {needle:?} not seen within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The status API's `GET /status`.
+    pub async fn node_status(&self) -> Value {
+        let r = self.http.get(format!("{}/status", self.status)).send().await.expect("status request");
+        r.json().await.expect("status body")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
     }
