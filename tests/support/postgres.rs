@@ -170,8 +170,12 @@ const SETTINGS: &[&str] = &[
 
 /// The directory holding `initdb` and `postgres`.
 fn bin_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("TOLLGATE_TEST_PG_BIN") {
-        return Ok(dir.into());
+    if let Some(dir) = std::env::var_os("TOLLGATE_TEST_PG_BIN").map(PathBuf::from) {
+        return if dir.join("initdb").is_file() {
+            Ok(dir)
+        } else {
+            Err(format!("TOLLGATE_TEST_PG_BIN={} holds no initdb", dir.display()))
+        };
     }
     let newest = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
