@@ -107,8 +107,14 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let ready = gw.eventually("/delay/0", &[], Duration::from_secs(2), |r| r.status() == 200).await;
     assert_eq!(ready.status(), 200);
     let client = reqwest::Client::new();
+    let before = upstream.hits();
     let in_flight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is in flight once the upstream has it (it answers 800 ms later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.hits() == before {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let code = tokio::task::spawn_blocking(move || gw.terminate()).await.expect("join");
     assert_eq!(in_flight.await.expect("join").expect("request completed"), 200);
     assert_eq!(code, Some(0));

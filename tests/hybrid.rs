@@ -52,6 +52,35 @@ fn core(id: &str, path: &str) -> String {
     format!("/v2/control-planes/{id}/core-entities{path}")
 }
 
+/// Control plane `id`'s `/nodes` and `/expected-config-hash`, once every node reports the expected
+/// hash (a data plane reports it just after it starts serving a configuration), or after 5 s.
+async fn nodes_in_sync(cp: &Gateway, id: &str) -> (Value, Value) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, nodes) = cp.get(&format!("/v2/control-planes/{id}/nodes")).await;
+        assert_eq!(status, 200, "{nodes}");
+        let (_, expected) = cp.get(&format!("/v2/control-planes/{id}/expected-config-hash")).await;
+        let items = nodes["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().all(|n| n["config_hash"] == expected["expected_hash"]) || Instant::now() > deadline {
+            return (nodes, expected);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until control plane `id` lists its one data plane as disconnected (fails after 5 s).
+async fn disconnected(cp: &Gateway, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, nodes) = cp.get(&format!("/v2/control-planes/{id}/nodes")).await;
+        if nodes["items"][0]["connected"] == false {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still connected: {nodes}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn each_data_plane_serves_its_own_control_planes_configuration_and_follows_its_changes() {
     let up = Upstream::start().await;
@@ -89,15 +118,18 @@ async fn each_data_plane_serves_its_own_control_planes_configuration_and_follows
     // The root Admin API is the default control plane, which these data planes do not follow.
     cp.create("/services", json!({"name": "elsewhere", "url": up.url("/")})).await;
     cp.create("/services/elsewhere/routes", json!({"paths": ["/elsewhere"]})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A later change to their own control plane reaches them over the same link, after anything
+    // sent for the default one would have.
+    cp.create(&core(&appointments, "/services/appointments/routes"), json!({"paths": ["/later"]})).await;
+    for dp in [&a1, &a2] {
+        serves(dp, "/later", 200, Duration::from_secs(5)).await;
+    }
     assert_eq!(a1.call("/elsewhere", &[]).await.status(), 404);
 
     // Each control plane lists its own data planes, in sync.
-    let (status, nodes) = cp.get(&format!("/v2/control-planes/{appointments}/nodes")).await;
-    assert_eq!(status, 200, "{nodes}");
+    let (nodes, expected) = nodes_in_sync(&cp, &appointments).await;
     let items = nodes["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{nodes}");
-    let (_, expected) = cp.get(&format!("/v2/control-planes/{appointments}/expected-config-hash")).await;
     for n in items {
         assert_eq!(n["config_hash"], expected["expected_hash"], "{nodes}");
         assert_eq!(n["sync_status"], "normal");
@@ -134,7 +166,8 @@ async fn a_wrong_token_is_refused_and_said_once_while_the_data_plane_keeps_retry
     let (cp, _) = Gateway::start_control_plane().await;
     control_plane(&cp, "Dev").await;
     let dp = data_plane(&cp, "tgdp_wrong", None).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The control plane has refused it three times (it retries with a backoff).
+    cp.wait_for_log("handshake refused", 3, Duration::from_secs(15)).await;
     assert_eq!(ready(&dp).await, 503, "no configuration without a valid token");
     assert_eq!(dp.call("/anything", &[]).await.status(), 404);
     let said = dp.logs().matches("the control plane refused the cluster token").count();
@@ -157,11 +190,11 @@ async fn revoking_a_data_plane_token_drops_its_link() {
     serves(&dp, "/b", 200, Duration::from_secs(5)).await;
 
     assert_eq!(cp.delete(&format!("/v2/control-planes/{id}/data-plane-tokens/{token_id}")).await, 204);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, nodes) = cp.get(&format!("/v2/control-planes/{id}/nodes")).await;
-    assert_eq!(nodes["items"][0]["connected"], false, "{nodes}");
+    disconnected(&cp, &id).await;
+    let refused = cp.log_count("handshake refused");
     cp.create(&core(&id, "/services/b/routes"), json!({"paths": ["/after"]})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The data plane has tried to reconnect since, and was refused.
+    cp.wait_for_log("handshake refused", refused + 1, Duration::from_secs(15)).await;
     assert_eq!(dp.call("/after", &[]).await.status(), 404, "no more configurations");
     assert_eq!(dp.call("/b", &[]).await.status(), 200, "but it keeps serving the last one");
 }
@@ -172,14 +205,10 @@ async fn a_configuration_the_data_plane_cannot_compile_is_refused_and_reported()
     let db = PgDatabase::fresh();
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().to_path_buf();
-    let env = [
-        ("TOLLGATE_PREFIX", prefix.to_str().unwrap()),
-        ("TOLLGATE_ROLE", "control_plane"),
-        ("TOLLGATE_DATABASE", "postgres"),
-        ("TOLLGATE_PG_HOST", "127.0.0.1"),
-        ("TOLLGATE_PG_USER", "postgres"),
-        ("TOLLGATE_PG_DATABASE", db.name.as_str()),
-    ];
+    let mut env =
+        vec![("TOLLGATE_PREFIX", prefix.to_str().unwrap().to_string()), ("TOLLGATE_ROLE", "control_plane".into())];
+    env.extend(db.env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, token, err) =
         support::run_cli(&["tokens", "create", "--name", "ci", "--role", "org_admin"], &env, &prefix);
     assert_eq!(code, 0, "{err}");
@@ -258,8 +287,11 @@ async fn a_configuration_over_the_size_limit_is_refused_without_taking_the_data_
     for k in 0..40 {
         cp.create(&core(&id, "/consumers"), json!({"username": format!("consumer-with-a-long-name-{k}")})).await;
     }
+    let links = cp.log_count("data plane connected");
     cp.create(&core(&id, "/services/s/routes"), json!({"paths": ["/big"]})).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A link opened since, which is sent the whole configuration first, has ended.
+    cp.wait_for_log("data plane connected", links + 1, Duration::from_secs(15)).await;
+    disconnected(&cp, &id).await;
     assert_eq!(dp.call("/big", &[]).await.status(), 404, "the oversized configuration was not taken");
     assert_eq!(dp.call("/small", &[]).await.status(), 200, "the data plane still serves the last one");
     assert!(dp.logs().contains("cluster link broken"), "{}", dp.logs());

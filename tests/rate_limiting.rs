@@ -1,6 +1,6 @@
 //! Rate limiting, black-box: the `rate-limiting` and `rate-limiting-advanced` plugins configured
-//! through the Admin API, counting per node, in Redis (the shared one on 127.0.0.1:6379, or a test's
-//! own to stage an outage) and in PostgreSQL, with Kong's headers, 429 and validation errors.
+//! through the Admin API, counting per node, in Redis (a test's own server, stopped to stage an
+//! outage) and in PostgreSQL, with Kong's headers, 429 and validation errors.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Db, Gateway, Options, PgDatabase, RedisServer, Upstream, fit_in_window, redis_ping};
+use support::{Db, Gateway, Options, PgDatabase, RedisServer, Upstream, fit_in_window};
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
@@ -201,14 +201,14 @@ async fn rate_limiting_advanced_reports_per_window_headers() {
 
 #[tokio::test]
 async fn two_nodes_sharing_redis_let_exactly_the_limit_through() {
-    assert!(redis_ping(6379), "Redis must answer on 127.0.0.1:6379");
+    let redis = RedisServer::start().await;
     let db = PgDatabase::fresh();
     let opts = Options { db: Db::Postgres(db.name.clone()), ..Options::default() };
     let (a, b, up) =
         (Gateway::start_with(opts.clone()).await, Gateway::start_with(opts).await, Upstream::start().await);
     let cfg = json!({
         "minute": 100, "limit_by": "header", "header_name": "x-client",
-        "policy": "redis", "redis": {"host": "127.0.0.1", "port": 6379}
+        "policy": "redis", "redis": {"host": "127.0.0.1", "port": redis.port}
     });
     limited(&a, &up, json!({"name": "rate-limiting", "config": cfg})).await;
     let probe = [("x-client", "probe")];
@@ -300,20 +300,15 @@ async fn the_cluster_policy_shares_counts_through_the_database() {
     assert_eq!(rows.trim(), "1", "one counter row for the minute");
 }
 
-fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379"]).args(args).output();
-    String::from_utf8_lossy(&out.expect("redis-cli must be installed").stdout).trim().to_string()
-}
-
 #[tokio::test]
 async fn with_a_sync_rate_redis_counters_are_flushed_in_batches() {
-    assert!(redis_ping(6379), "Redis must answer on 127.0.0.1:6379");
+    let redis = RedisServer::start().await;
     let (gw, up) = (Gateway::start().await, Upstream::start().await);
     let namespace = format!("batched-{}", uuid::Uuid::new_v4().simple());
     let cfg = json!({
         "limit": [1000], "window_size": [3600], "window_type": "fixed", "identifier": "ip",
         "strategy": "redis", "sync_rate": 0.1, "namespace": namespace,
-        "redis": {"host": "127.0.0.1", "port": 6379}
+        "redis": {"host": "127.0.0.1", "port": redis.port}
     });
     limited(&gw, &up, json!({"name": "rate-limiting-advanced", "config": cfg})).await;
     fit_in_window(3600, 5).await;
@@ -323,19 +318,19 @@ async fn with_a_sync_rate_redis_counters_are_flushed_in_batches() {
     let pattern = format!("tollgate:ratelimit:{namespace}:*");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let key = loop {
-        let keys = redis_cli(&["--scan", "--pattern", &pattern]);
+        let keys = redis.cli(&["--scan", "--pattern", &pattern]);
         if let Some(k) = keys.lines().next().filter(|k| !k.is_empty())
-            && redis_cli(&["GET", k]) == "7"
+            && redis.cli(&["GET", k]) == "7"
         {
             break k.to_string();
         }
         assert!(std::time::Instant::now() < deadline, "the node's 7 hits never reached Redis: {keys}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let ttl: i64 = redis_cli(&["TTL", &key]).parse().unwrap();
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
     assert!(ttl > 0 && ttl <= 3601, "the key expires with its window: {ttl}");
     // Another node's hits, added straight to Redis, count here after the next flush.
-    redis_cli(&["INCRBY", &key, "993"]);
+    redis.cli(&["INCRBY", &key, "993"]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(gw.call("/limited", &[]).await.status(), 429, "1000 used in the shared counter");
 }

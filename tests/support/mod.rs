@@ -1,7 +1,11 @@
 //! The one harness for black-box tests: starts the real `tollgate` binary on free ports with its own
-//! prefix, a real echo upstream over TCP, and fresh PostgreSQL databases; speaks HTTP to them.
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! prefix, a real echo upstream over TCP, and PostgreSQL and Redis servers of its own (never the
+//! machine's); speaks HTTP to them. Every process it starts dies with the test process.
+#![allow(dead_code, unused_imports, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod postgres;
+pub mod redis;
+pub mod tied;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -11,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use postgres::{PgDatabase, psql};
+pub use redis::{RedisServer, redis_ping};
 pub use upstream::Upstream;
 
 /// A gateway on the embedded store and an echo upstream for it.
@@ -140,7 +146,7 @@ impl Gateway {
             let (status_port, cluster_port) = (free_port(), free_port());
             let log = prefix.join(format!("gateway-{admin_port}.log"));
             std::fs::create_dir_all(&prefix).expect("prefix");
-            let mut cmd = Command::new(binary());
+            let mut cmd = tied::command(binary(), "KILL", None);
             cmd.arg("start")
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -154,15 +160,12 @@ impl Gateway {
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"));
             if let Db::Postgres(name) = &opts.db {
-                cmd.env("TOLLGATE_DATABASE", "postgres")
-                    .env("TOLLGATE_PG_HOST", "127.0.0.1")
-                    .env("TOLLGATE_PG_USER", "postgres")
-                    .env("TOLLGATE_PG_DATABASE", name);
+                cmd.envs(postgres::env(name));
             }
             for (k, v) in &opts.extra {
                 cmd.env(k, v);
             }
-            let child = cmd.spawn().expect("spawn tollgate");
+            let child = tied::spawn(cmd).expect("spawn tollgate");
             let mut gw = Gateway {
                 child: Some(child),
                 admin: format!("http://127.0.0.1:{admin_port}"),
@@ -228,6 +231,31 @@ impl Gateway {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until at least `count` log lines contain `needle`: a barrier for what a test can only
+    /// see in the log. Fails the test after `within`.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "{count} log lines with {needle:?} not seen within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The status API's `GET /status`.
+    pub async fn node_status(&self) -> Value {
+        let r = self.http.get(format!("{}/status", self.status)).send().await.expect("status request");
+        r.json().await.expect("status body")
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -357,94 +385,6 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A fresh PostgreSQL database for one test, dropped afterwards. Fails (never skips) when the
-/// server at 127.0.0.1:5432 does not answer.
-pub struct PgDatabase {
-    pub name: String,
-}
-
-impl PgDatabase {
-    pub fn fresh() -> PgDatabase {
-        let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
-        psql("test", &format!("CREATE DATABASE {name}"));
-        PgDatabase { name }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .output();
-    }
-}
-
-pub fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-At", "-c", sql])
-        .output()
-        .expect("psql must be installed for the PostgreSQL tests");
-    assert!(out.status.success(), "PostgreSQL at 127.0.0.1:5432 must answer: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A Redis server of a test's own on a free port, so an outage can be staged without touching the
-/// shared one. Needs `redis-server` on the PATH (CI has it).
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        let mut server = RedisServer { port: free_port(), child: None };
-        server.restart().await;
-        server
-    }
-
-    /// Starts (again) on the same port and waits until it answers.
-    pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if redis_ping(self.port) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server on port {} did not answer", self.port);
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Whether a Redis on 127.0.0.1:`port` answers PING.
-pub fn redis_ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 /// Seconds into the current window of `size` seconds (UTC, aligned like the rate limiters).
