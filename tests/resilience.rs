@@ -230,3 +230,55 @@ async fn a_data_plane_refuses_a_configuration_that_does_not_build_and_keeps_the_
     assert_eq!(code, 200);
     assert_eq!(nodes["items"][0]["sync_status"], "config_rejected", "{nodes}");
 }
+
+/// A data plane restarted on a cached configuration that this version cannot build in full (its
+/// control plane away) starts, serves what compiles, keeps the broken plugin's route closed and
+/// says so on its status API.
+#[tokio::test]
+async fn a_data_plane_starting_on_a_cache_that_does_not_build_serves_it_closed_and_reports_it() {
+    use sha2::Digest;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (service, open, guarded, plugin) = (
+        "00000000-0000-4000-8000-0000000000a1",
+        "00000000-0000-4000-8000-0000000000a2",
+        "00000000-0000-4000-8000-0000000000a3",
+        "00000000-0000-4000-8000-0000000000a4",
+    );
+    let route = |id: &str, path: &str| {
+        json!({"b": {"id": id, "protocols": ["http"], "methods": null, "hosts": null, "paths": [path], "headers": null,
+            "snis": null, "strip_path": true, "preserve_host": false, "regex_priority": 0,
+            "https_redirect_status_code": 426, "service": {"id": service}}})
+    };
+    let config = json!({
+        "services": [{"b": {"id": service, "protocol": "http", "host": "127.0.0.1", "port": up.addr.port(),
+            "path": null, "retries": 5, "connect_timeout": 60000, "write_timeout": 60000, "read_timeout": 60000,
+            "enabled": true, "tls_verify": null}}],
+        "routes": [route(open, "/open"), route(guarded, "/guarded")],
+        "plugins": [{"b": {"id": plugin, "name": "rate-limiting", "route": {"id": guarded}, "service": null,
+            "consumer": null, "consumer_group": null, "protocols": ["http"], "enabled": true,
+            "config": {"minute": 5, "window_of_a_future_version": true}}}],
+    })
+    .to_string();
+    let hash: String = sha2::Sha256::digest(config.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let message = format!(r#"{{"type":"reconfigure","version":7,"hash":"{hash}","config":{config}}}"#);
+    std::fs::write(dir.path().join("config.cache"), message).expect("write the cache");
+
+    let dp = Gateway::start_with(Options {
+        prefix: Some(dir.path().to_path_buf()),
+        extra: vec![
+            ("TOLLGATE_ROLE".into(), "data_plane".into()),
+            ("TOLLGATE_CLUSTER_CONTROL_PLANE".into(), format!("127.0.0.1:{}", support::free_port())),
+            ("TOLLGATE_CLUSTER_TOKEN".into(), "tgdp_unused".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let status: Value = dp.http.get(format!("{}/status", dp.status)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["sync_status"], "config_rejected", "{status}");
+    let rejected = status["configuration"]["rejected"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rejected.len(), 1, "{status}");
+    assert_eq!(rejected[0]["entity"], "plugins");
+    assert_eq!(dp.call("/open", &[]).await.status(), 200);
+    assert_eq!(dp.call("/guarded", &[]).await.status(), 500, "the broken plugin's route stays closed");
+}
