@@ -24,15 +24,12 @@ pub async fn load(store: &Store, cp: &str) -> Result<ConfigState, EntityError> {
     // The version is read first: changes committed during the load are replayed afterwards.
     let version = store.version().await?;
     let counters = Arc::new(Counters::new(Some(Arc::new(store.clone()))));
-    let mut rows: Vec<(Kind, String, Option<i64>)> = Vec::new();
+    let mut state = ConfigState::new(version, counters);
     for kind in LOAD_ORDER {
-        store.for_each_body(cp, kind, |body, expires_at| rows.push((kind, body.to_string(), expires_at))).await?;
+        store
+            .for_each_body(cp, kind, |body, expires_at| state.load_row(kind, Row { id: None, body, expires_at }))
+            .await?;
     }
-    let mut state = ConfigState::from_rows(
-        version,
-        rows.iter().map(|(kind, body, expires_at)| (*kind, Row { id: None, body, expires_at: *expires_at })),
-    );
-    state.use_counters(counters);
     Ok(state)
 }
 

@@ -192,20 +192,30 @@ pub fn check(kind: Kind, record: &Obj) -> Result<(), Violations> {
     }
 }
 
-/// A stored body as a typed row; a mismatch names the field.
+/// A record as a typed row; a mismatch names the field.
 pub fn read<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Violations> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
-        let path: Vec<PathSeg> = e
-            .path()
-            .iter()
-            .filter_map(|seg| match seg {
-                serde_path_to_error::Segment::Map { key } => Some(PathSeg::Field(key.clone())),
-                serde_path_to_error::Segment::Seq { index } => Some(PathSeg::Index(index + 1)),
-                _ => None,
-            })
-            .collect();
-        Violations(vec![Violation { path, message: format!("invalid value: {}", e.into_inner()) }])
-    })
+    serde_path_to_error::deserialize(body).map_err(mismatch)
+}
+
+/// A stored body (JSON text) as a typed row, in one pass; a mismatch names the field.
+pub fn read_str<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Violations> {
+    let mut de = serde_json::Deserializer::from_str(body);
+    let row = serde_path_to_error::deserialize(&mut de).map_err(mismatch)?;
+    de.end().map_err(|e| Violations(vec![Violation::entity(format!("invalid value: {e}"))]))?;
+    Ok(row)
+}
+
+fn mismatch(e: serde_path_to_error::Error<serde_json::Error>) -> Violations {
+    let path: Vec<PathSeg> = e
+        .path()
+        .iter()
+        .filter_map(|seg| match seg {
+            serde_path_to_error::Segment::Map { key } => Some(PathSeg::Field(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(PathSeg::Index(index + 1)),
+            _ => None,
+        })
+        .collect();
+    Violations(vec![Violation { path, message: format!("invalid value: {}", e.into_inner()) }])
 }
 
 /// A text that goes upstream in a header (a username, a group name) must be a valid header value.

@@ -22,7 +22,7 @@ use super::compile::{self, AclRow, CompiledRoute, ConsumerRow, GroupRow, KeyAuth
 use super::{Rejection, RouteTarget, ServiceTarget, Snapshot};
 use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet};
 use crate::model::Kind;
-use crate::model::schema::{Violation, Violations};
+use crate::model::schema::Violations;
 use crate::plugins::chain::ChainBuilder;
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, PluginInstanceRow, RealmResolver};
@@ -110,24 +110,9 @@ impl ConsumerLinks {
     }
 }
 
-/// How one row came out of compiling.
-enum Outcome<T> {
-    Good(T),
-    Rejected(Violations),
-}
-
-impl<T> Outcome<T> {
-    fn of(result: Result<T, Violations>) -> Outcome<T> {
-        match result {
-            Ok(x) => Outcome::Good(x),
-            Err(e) => Outcome::Rejected(e),
-        }
-    }
-}
-
-/// A parsed row as a typed row.
-fn typed<T: serde::de::DeserializeOwned>(parsed: &Result<Value, Violations>) -> Result<T, Violations> {
-    parsed.clone().and_then(compile::read::<T>)
+/// A stored body as a typed row, parsed once; a mismatch names the field.
+fn typed<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Violations> {
+    compile::read_str::<T>(body)
 }
 
 impl ConfigState {
@@ -148,6 +133,12 @@ impl ConfigState {
 
     pub fn version(&self) -> i64 {
         self.version
+    }
+
+    /// Adds one row of a whole configuration being loaded, kinds in [`LOAD_ORDER`] (rows stream in
+    /// from the store one at a time, never all held at once).
+    pub fn load_row(&mut self, kind: Kind, row: Row<'_>) {
+        self.ingest(kind, row);
     }
 
     /// Rows that do not compile, as `(table, id, why)`.
@@ -182,137 +173,120 @@ impl ConfigState {
         }
     }
 
-    /// Clears a row's rejection once it compiles or is deleted.
+    /// Clears a row's rejection once it compiles or is deleted (nothing to look up, and nothing
+    /// allocated, while no row is rejected: the usual case, row after row of a large load).
     fn accept(&mut self, kind: Kind, id: &str) {
-        if self.rejected.remove(&(kind, id.to_string())).is_some() {
+        if !self.rejected.is_empty() && self.rejected.remove(&(kind, id.to_string())).is_some() {
             tracing::info!(entity = kind.table(), id, "entity compiles again");
         }
     }
 
     /// Adds one stored row (kinds in [`LOAD_ORDER`] when loading a whole configuration); returns
-    /// the consumers whose groups it touched.
+    /// the consumers whose groups it touched. The row is parsed once, straight into its typed row;
+    /// only a row that does not compile is read again, for what can be salvaged of it.
     fn ingest(&mut self, kind: Kind, row: Row<'_>) -> Vec<Uuid> {
-        let parsed: Result<Value, Violations> = serde_json::from_str(row.body)
-            .map_err(|e| Violations(vec![Violation::entity(format!("unreadable row: {e}"))]));
-        let value = parsed.as_ref().map_or(Value::Null, Clone::clone);
+        let mut regroup = Vec::new();
+        let compiled: Result<Uuid, Violations> = match kind {
+            Kind::ConsumerGroup => typed::<GroupRow>(row.body).and_then(compile::group).map(|g| {
+                regroup.extend(self.memberships.values().filter(|(_, gid)| *gid == g.id).map(|(c, _)| *c));
+                self.groups.insert(g.id, Arc::from(g.name));
+                g.id
+            }),
+            Kind::GroupMembership => typed::<MembershipRow>(row.body).map(|m| {
+                regroup.extend(self.remove_membership(&m.id));
+                regroup.push(m.consumer.id);
+                self.memberships.insert(m.id, (m.consumer.id, m.consumer_group.id));
+                self.consumer_links.entry(m.consumer.id).or_default().memberships.push(m.id);
+                m.id
+            }),
+            Kind::Acl => typed::<AclRow>(row.body).and_then(compile::acl).map(|a| {
+                regroup.extend(self.remove_acl(&a.id));
+                regroup.push(a.consumer.id);
+                self.acls.insert(a.id, (a.consumer.id, Arc::from(a.group)));
+                self.consumer_links.entry(a.consumer.id).or_default().acls.push(a.id);
+                a.id
+            }),
+            Kind::Consumer => typed::<ConsumerRow>(row.body).and_then(compile::consumer).map(|mut c| {
+                let id = c.id;
+                (c.groups, c.acl_groups) = self.group_sets(&id);
+                Arc::make_mut(&mut self.consumers).insert(c);
+                id
+            }),
+            Kind::KeyAuth => typed::<KeyAuthRow>(row.body)
+                .and_then(|r| compile::key_credential(r, row.expires_at))
+                .map(|(key, cred)| {
+                    let id = cred.id;
+                    Arc::make_mut(&mut self.credentials).insert(&key, cred);
+                    id
+                }),
+            Kind::Service => typed::<compile::ServiceRow>(row.body).and_then(|s| compile::service(&s)).map(|s| {
+                let id = s.id;
+                self.services.insert(id, Some(Arc::new(s)));
+                id
+            }),
+            Kind::Route => typed::<compile::RouteRow>(row.body).and_then(|r| compile::route(&r)).map(|r| {
+                let id = r.id;
+                self.routes.insert(id, Arc::new(r));
+                id
+            }),
+            Kind::Plugin => typed::<compile::PluginRow>(row.body)
+                .and_then(|p| compile::plugin(&p, &ConsumerIndex::default(), Counters::dry_run(), None))
+                .map(|(p, _)| {
+                    let id = p.id;
+                    self.plugins.insert(id, p);
+                    id
+                }),
+        };
+        match compiled {
+            Ok(_) if self.rejected.is_empty() => {}
+            Ok(id) => self.accept(kind, &id.to_string()),
+            Err(why) => regroup.extend(self.salvage(kind, row, &why)),
+        }
+        regroup
+    }
+
+    /// A row that does not compile: reported, and kept out closed (see the module's doc). Returns
+    /// the consumer whose groups it leaves incomplete, if any.
+    fn salvage(&mut self, kind: Kind, row: Row<'_>, why: &Violations) -> Option<Uuid> {
+        let value: Value = serde_json::from_str(row.body).unwrap_or(Value::Null);
         let id = row
             .id
             .map(str::to_string)
             .or_else(|| value.get("id").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| "?".to_string());
         let uuid = Uuid::parse_str(&id).ok();
-        let mut regroup = Vec::new();
+        self.reject(kind, &id, why);
         match kind {
-            Kind::ConsumerGroup => match Outcome::of(typed::<GroupRow>(&parsed).and_then(compile::group)) {
-                Outcome::Good(g) => {
-                    self.accept(kind, &id);
-                    self.groups.insert(g.id, Arc::from(g.name));
-                    regroup.extend(self.memberships.values().filter(|(_, gid)| *gid == g.id).map(|(c, _)| *c));
-                }
-                Outcome::Rejected(why) => self.reject(kind, &id, &why),
-            },
-            Kind::GroupMembership => match Outcome::of(typed::<MembershipRow>(&parsed)) {
-                Outcome::Good(m) => {
-                    self.accept(kind, &id);
-                    regroup.extend(self.remove_membership(&m.id));
-                    regroup.push(m.consumer.id);
-                    self.memberships.insert(m.id, (m.consumer.id, m.consumer_group.id));
-                    self.consumer_links.entry(m.consumer.id).or_default().memberships.push(m.id);
-                }
-                Outcome::Rejected(why) => {
-                    self.reject(kind, &id, &why);
-                    regroup.extend(self.unloaded_link(kind, uuid, &value));
-                }
-            },
-            Kind::Acl => match Outcome::of(typed::<AclRow>(&parsed).and_then(compile::acl)) {
-                Outcome::Good(a) => {
-                    self.accept(kind, &id);
-                    regroup.extend(self.remove_acl(&a.id));
-                    regroup.push(a.consumer.id);
-                    self.acls.insert(a.id, (a.consumer.id, Arc::from(a.group)));
-                    self.consumer_links.entry(a.consumer.id).or_default().acls.push(a.id);
-                }
-                Outcome::Rejected(why) => {
-                    self.reject(kind, &id, &why);
-                    regroup.extend(self.unloaded_link(kind, uuid, &value));
-                }
-            },
-            Kind::Consumer => match Outcome::of(typed::<ConsumerRow>(&parsed).and_then(compile::consumer)) {
-                Outcome::Good(mut c) => {
-                    self.accept(kind, &id);
-                    (c.groups, c.acl_groups) = self.group_sets(&c.id);
-                    Arc::make_mut(&mut self.consumers).insert(c);
-                }
-                // A consumer without a good version is left out: its keys find no one (401).
-                Outcome::Rejected(why) => self.reject(kind, &id, &why),
-            },
-            Kind::KeyAuth => {
-                match Outcome::of(typed::<KeyAuthRow>(&parsed).and_then(|r| compile::key_credential(r, row.expires_at)))
-                {
-                    Outcome::Good((key, cred)) => {
-                        self.accept(kind, &id);
-                        Arc::make_mut(&mut self.credentials).insert(&key, cred);
-                    }
-                    Outcome::Rejected(why) => self.reject(kind, &id, &why),
-                }
-            }
+            Kind::GroupMembership | Kind::Acl => return self.unloaded_link(kind, uuid, &value),
+            // Without a good version its routes answer 500 rather than vanish.
             Kind::Service => {
-                match Outcome::of(typed::<compile::ServiceRow>(&parsed).and_then(|s| compile::service(&s))) {
-                    Outcome::Good(s) => {
-                        self.accept(kind, &id);
-                        self.services.insert(s.id, Some(Arc::new(s)));
-                    }
-                    Outcome::Rejected(why) => {
-                        self.reject(kind, &id, &why);
-                        // Without a good version its routes answer 500 rather than vanish.
-                        if let Some(sid) = uuid {
-                            self.services.entry(sid).or_insert(None);
-                        }
-                    }
+                if let Some(sid) = uuid {
+                    self.services.entry(sid).or_insert(None);
                 }
             }
+            // Matched but answered 500 when only its target part is at fault.
             Kind::Route => {
-                let route_row = typed::<compile::RouteRow>(&parsed);
-                match Outcome::of(route_row.as_ref().map_err(Clone::clone).and_then(compile::route)) {
-                    Outcome::Good(r) => {
-                        self.accept(kind, &id);
-                        self.routes.insert(r.id, Arc::new(r));
-                    }
-                    Outcome::Rejected(why) => {
-                        self.reject(kind, &id, &why);
-                        // Matched but answered 500 when only its target part is at fault.
-                        if let Ok(r) = &route_row
-                            && !self.routes.contains_key(&r.id)
-                            && let Some(broken) = compile::broken_route(r)
-                        {
-                            self.routes.insert(r.id, Arc::new(broken));
-                        }
-                    }
+                if let Ok(r) = typed::<compile::RouteRow>(row.body)
+                    && !self.routes.contains_key(&r.id)
+                    && let Some(broken) = compile::broken_route(&r)
+                {
+                    self.routes.insert(r.id, Arc::new(broken));
                 }
             }
             Kind::Plugin => {
-                let compiled = typed::<compile::PluginRow>(&parsed).and_then(|p| {
-                    compile::plugin(&p, &ConsumerIndex::default(), Counters::dry_run(), None).map(|(row, _)| row)
+                let pid = uuid.unwrap_or_else(Uuid::new_v4);
+                self.plugins.entry(pid).or_insert_with(|| {
+                    // Scope unreadable: it guards everything until fixed.
+                    let scope: PluginScope = serde_json::from_value(value.clone()).unwrap_or_default();
+                    let name = value.get("name").and_then(Value::as_str).unwrap_or("unknown");
+                    scope.broken_instance(pid, name)
                 });
-                match Outcome::of(compiled) {
-                    Outcome::Good(p) => {
-                        self.accept(kind, &id);
-                        self.plugins.insert(p.id, p);
-                    }
-                    Outcome::Rejected(why) => {
-                        self.reject(kind, &id, &why);
-                        let pid = uuid.unwrap_or_else(Uuid::new_v4);
-                        self.plugins.entry(pid).or_insert_with(|| {
-                            // Scope unreadable: it guards everything until fixed.
-                            let scope: PluginScope = serde_json::from_value(value.clone()).unwrap_or_default();
-                            let name = value.get("name").and_then(Value::as_str).unwrap_or("unknown");
-                            scope.broken_instance(pid, name)
-                        });
-                    }
-                }
             }
+            // A consumer, a credential or a group without a good version is left out: its keys
+            // find no one (401).
+            Kind::Consumer | Kind::KeyAuth | Kind::ConsumerGroup => {}
         }
-        regroup
+        None
     }
 
     /// A membership or ACL row that does not compile: if it had no good version and names its
