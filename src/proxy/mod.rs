@@ -1,11 +1,12 @@
 //! The proxy: a hyper 1 server (HTTP/1.1 and h2c on one port) that matches each request against the
 //! current snapshot, runs the route's plugin chain and forwards to the service through our own pooled
-//! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways. Gateway errors are
-//! answered with Kong's messages.
+//! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways. Request framing is
+//! judged before hyper parses a request (`framing`). Gateway errors are answered with Kong's messages.
 //! Per request: one snapshot load, no lock, no database.
 
 mod deadline;
 pub mod forward;
+mod framing;
 mod h1;
 pub mod headers;
 mod reply;
@@ -31,6 +32,7 @@ use crate::config::IpNet;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{RouteTarget, SnapshotHolder};
+use framing::FramingGuard;
 use headers as h;
 use reply::GatewayError;
 use stats::Stats;
@@ -99,7 +101,9 @@ impl Proxy {
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            // Every request's framing is judged before hyper parses it.
+            let stream = TokioIo::new(FramingGuard::new(stream));
+            let connection = builder.serve_connection(stream, service).into_owned();
             let connection = graceful.watch(connection);
             self.stats.connection_opened();
             tokio::spawn(async move {
@@ -114,6 +118,11 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
+        // A head the framing guard refused arrives as its stand-in: answered before routing, so
+        // nothing of it can reach an upstream.
+        if let Some(refusal) = framing::refused(&req) {
+            return GatewayError::Refused(refusal).into_response(started);
+        }
         match self.proxy(req, conn, started).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(started),

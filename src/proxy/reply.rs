@@ -1,4 +1,5 @@
-//! Errors the proxy answers itself, with Kong's statuses and messages. Bodies are static bytes.
+//! Errors the proxy answers itself, with Kong's statuses and messages (nginx's, where Kong leaves the
+//! answer to nginx). Bodies are static bytes.
 
 use std::time::Instant;
 
@@ -6,6 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use super::framing::Refusal;
 use super::upstream::ProxyBody;
 
 /// Why the proxy answered instead of the upstream.
@@ -16,6 +18,8 @@ pub enum GatewayError {
     /// The route does not accept plain HTTP: 426, or a redirect to this location.
     HttpsRequired(StatusCode, Option<HeaderValue>),
     BadRequest,
+    /// The framing guard refused the request head; the connection closes after the answer.
+    Refused(Refusal),
     BodyTooLarge,
     /// Connection refused or reset, or an invalid response.
     BadGateway,
@@ -43,7 +47,17 @@ impl GatewayError {
                 (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"no Service found with those values"}"#)
             }
             GatewayError::HttpsRequired(status, _) => (*status, br#"{"message":"Please use HTTPS protocol"}"#),
-            GatewayError::BadRequest => (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#),
+            GatewayError::BadRequest | GatewayError::Refused(Refusal::BadRequest) => {
+                (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#)
+            }
+            GatewayError::Refused(Refusal::NotImplemented) => {
+                (StatusCode::NOT_IMPLEMENTED, br#"{"message":"Not implemented"}"#)
+            }
+            GatewayError::Refused(Refusal::UriTooLong) => (StatusCode::URI_TOO_LONG, br#"{"message":"URI too long"}"#),
+            // Kong's message for nginx's oversized heads (its 494).
+            GatewayError::Refused(Refusal::HeadTooLarge) => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, br#"{"message":"Request header or cookie too large"}"#)
+            }
             GatewayError::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, br#"{"message":"Request size limit exceeded"}"#)
             }
@@ -67,6 +81,10 @@ impl GatewayError {
         let redirect = matches!(&self, GatewayError::HttpsRequired(s, _) if *s != StatusCode::UPGRADE_REQUIRED);
         let body = if redirect { Bytes::new() } else { Bytes::from_static(body) };
         let mut resp = super::message_response(status, body, started);
+        if let GatewayError::Refused(_) = self {
+            // What follows a refused head on the connection cannot be trusted to be a request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let GatewayError::HttpsRequired(status, location) = self {
             let headers = resp.headers_mut();
             if status == StatusCode::UPGRADE_REQUIRED {
