@@ -17,7 +17,10 @@
 //! connection's first head always does: the HTTP/2 preface check reads 24 bytes) is held in a buffer
 //! of the guard's until it is whole. HTTP/2 with prior knowledge passes through untouched. A
 //! connection upgraded by a 101 answer would need the guard to step aside; the proxy answers none.
+//!
+//! Also here: what an error reading a client's request body means ([`BodyFault`]).
 
+use std::error::Error as _;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -105,6 +108,34 @@ pub fn refused(request: &http::Request<Incoming>) -> Option<Refusal> {
     }
     let stand_in = STAND_INS.iter().find(|s| s.coding == coding);
     Some(stand_in.map_or(Refusal::NotImplemented, |s| s.refusal))
+}
+
+/// What went wrong reading a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Its framing is invalid (a broken chunk): 400.
+    Framing,
+    /// The client closed or reset the connection before the body was whole: nginx's 499, logged,
+    /// never answered.
+    ClientLeft,
+}
+
+impl BodyFault {
+    /// Reads hyper's body error: a decoding error (or the guard's) is the body's framing; anything
+    /// else (the end of the stream too early, a reset) is the client going away.
+    pub fn of(error: &hyper::Error) -> BodyFault {
+        let mut source = error.source();
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                return match io.kind() {
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => BodyFault::Framing,
+                    _ => BodyFault::ClientLeft,
+                };
+            }
+            source = e.source();
+        }
+        BodyFault::ClientLeft
+    }
 }
 
 /// Where the guard is in a connection's byte stream.

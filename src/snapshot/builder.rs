@@ -94,7 +94,14 @@ struct RouteRow {
     preserve_host: bool,
     regex_priority: i64,
     https_redirect_status_code: u16,
+    #[serde(default = "buffered")]
+    request_buffering: bool,
     service: Option<Ref>,
+}
+
+/// Kong's default for `request_buffering`.
+fn buffered() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -485,6 +492,7 @@ impl ConfigState {
                 http_allowed: r.protocols.iter().any(|p| p == "http"),
                 https_redirect_status: StatusCode::from_u16(r.https_redirect_status_code)
                     .unwrap_or(StatusCode::UPGRADE_REQUIRED),
+                request_buffering: r.request_buffering,
                 chain: chains.chain_for(r.id, service.as_ref().map(|s| s.id)),
                 service,
             };

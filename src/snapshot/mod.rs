@@ -205,6 +205,8 @@ pub struct RouteTarget {
     /// The route accepts plain-HTTP requests.
     pub http_allowed: bool,
     pub https_redirect_status: StatusCode,
+    /// Kong's `request_buffering`: read the request body before anything goes upstream.
+    pub request_buffering: bool,
     pub service: Option<Arc<ServiceTarget>>,
     pub chain: PluginChain,
 }
