@@ -4,6 +4,9 @@
 //! it the rest of the body streams, as with buffering off (where nginx would spill to a temporary
 //! file; the proxy stays off the disk). The same reader serves plugins that need the whole body.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -26,8 +29,13 @@ pub enum Read {
 
 /// Reads `body` until it ends or more than `limit` bytes are in memory. A body that comes in one
 /// frame (a small one sent with its head) is kept as hyper handed it, without a copy. Trailers are
-/// dropped (they are not sent upstream).
-pub async fn read(mut body: Incoming, limit: usize) -> Result<Read, BodyFault> {
+/// dropped (they are not sent upstream). Boxed: the reading state stays out of every request's
+/// future, which requests without a body (most of them) would otherwise carry and copy.
+pub fn read(body: Incoming, limit: usize) -> Pin<Box<dyn Future<Output = Result<Read, BodyFault>> + Send>> {
+    Box::pin(read_into_memory(body, limit))
+}
+
+async fn read_into_memory(mut body: Incoming, limit: usize) -> Result<Read, BodyFault> {
     let mut single: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;

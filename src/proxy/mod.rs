@@ -202,7 +202,7 @@ impl Proxy {
             (Some(b), _) if route.request_buffering && !b.is_end_stream() => {
                 match buffering::read(b, buffering::REQUEST_BUFFER).await {
                     Ok(buffering::Read::Whole(b)) => whole_body(&mut parts.headers, b),
-                    Ok(buffering::Read::Partial(read, rest)) => UpstreamBody::Partial(Some(read), rest),
+                    Ok(buffering::Read::Partial(read, rest)) => UpstreamBody::Partial(Box::new((Some(read), rest))),
                     Err(fault) => return Err(body_failed(fault, &parts, conn)),
                 }
             }

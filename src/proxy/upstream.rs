@@ -39,12 +39,12 @@ type Hasher = foldhash::fast::RandomState;
 
 /// The request body sent upstream: the client's stream as is, a buffer (the whole body, read by
 /// request buffering or for a plugin), or the first part of a body request buffering read up to its
-/// limit followed by the rest of the stream.
+/// limit followed by the rest of the stream (boxed: rare, and it keeps every request's body small).
 #[derive(Debug)]
 pub enum UpstreamBody {
     Streaming(Incoming),
     Buffered(Option<Bytes>),
-    Partial(Option<Bytes>, Incoming),
+    Partial(Box<(Option<Bytes>, Incoming)>),
 }
 
 impl UpstreamBody {
@@ -70,9 +70,9 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Buffered(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBody::Partial(read, rest) => match read.take() {
+            UpstreamBody::Partial(partial) => match partial.0.take() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => Pin::new(&mut partial.1).poll_frame(cx),
             },
         }
     }
@@ -81,7 +81,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Streaming(b) => b.is_end_stream(),
             UpstreamBody::Buffered(b) => b.is_none(),
-            UpstreamBody::Partial(read, rest) => read.is_none() && rest.is_end_stream(),
+            UpstreamBody::Partial(partial) => partial.0.is_none() && partial.1.is_end_stream(),
         }
     }
 
@@ -90,9 +90,9 @@ impl Body for UpstreamBody {
             UpstreamBody::Streaming(b) => b.size_hint(),
             UpstreamBody::Buffered(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Buffered(None) => SizeHint::with_exact(0),
-            UpstreamBody::Partial(read, rest) => {
-                let read = read.as_ref().map_or(0, |b| b.len() as u64);
-                let rest = rest.size_hint();
+            UpstreamBody::Partial(partial) => {
+                let read = partial.0.as_ref().map_or(0, |b| b.len() as u64);
+                let rest = partial.1.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower().saturating_add(read));
                 if let Some(upper) = rest.upper() {
