@@ -42,6 +42,8 @@ use super::h1::Chunked;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in a request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
+/// Room made at a time for a head held in pieces: one allocation for most.
+const HOLD: usize = 4096;
 /// What an HTTP/2 connection with prior knowledge starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -409,7 +411,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             if !this.held.is_empty() {
                 // A head in pieces: read the rest of it beside them.
                 let before = this.held.len();
-                this.held.reserve(4096);
+                if this.held.capacity() - before < HOLD / 4 {
+                    this.held.reserve(HOLD);
+                }
                 let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.held))?;
                 if n == 0 {
                     // The client left mid-head: hyper sees a connection that closed between requests.
@@ -461,6 +465,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
             let pass = this.judged(scan, read);
             if pass < read {
                 if matches!(this.end, End::Open) {
+                    this.held.reserve(HOLD);
                     this.held.extend_from_slice(&buf.filled()[start + pass..]);
                 }
                 buf.set_filled(start + pass);
