@@ -1,11 +1,11 @@
 //! Request framing, judged before anything reaches an upstream.
 //!
 //! Every client connection passes through a [`FramingGuard`] on its way to hyper's HTTP/1 parser. The
-//! guard reads each request head whole with httparse, the parser hyper uses (so both see the same
-//! boundaries), and refuses what request smuggling is made of, some of which hyper would pass on or
-//! repair silently: `Content-Length` together with `Transfer-Encoding` (hyper drops the length and
-//! reads chunks), differing lengths, a transfer coding other than `chunked`, `Transfer-Encoding` in
-//! HTTP/1.0, folded header lines. It then follows the body's framing to know where the next head
+//! guard reads each request head whole, ending it where httparse (hyper's parser) ends it, so both
+//! see the same boundaries, and refuses what request smuggling is made of, some of which hyper would
+//! pass on or repair silently: `Content-Length` together with `Transfer-Encoding` (hyper drops the
+//! length and reads chunks), differing lengths, a transfer coding other than `chunked`,
+//! `Transfer-Encoding` in HTTP/1.0, folded header lines. It then follows the body's framing to know where the next head
 //! starts, and stops at a chunk that breaks it (hyper's decoder, reading the same bytes, fails there
 //! too, and the proxy answers 400). A refused head never reaches hyper: in its place hyper is handed
 //! a stand-in request, which the proxy answers with the refusal (nginx's status, Kong's body) and
@@ -14,11 +14,11 @@
 //!
 //! Cost: a read that holds whole heads and bodies goes straight into hyper's buffer and is scanned
 //! once in place; nothing is copied or allocated. The common head (CRLF lines, neither framing
-//! header, no folded line) is judged by finding its line ends alone; any other goes through
-//! httparse (see [`plain_head`]). Only a head that arrives in pieces (a new
-//! connection's first head always does: the HTTP/2 preface check reads 24 bytes) is held in a buffer
-//! of the guard's until it is whole. HTTP/2 with prior knowledge passes through untouched. A
-//! connection upgraded by a 101 answer would need the guard to step aside; the proxy answers none.
+//! header, no folded line) is judged by finding its line ends alone; any other is parsed with
+//! httparse (see [`plain_head`]). Only a head that arrives in pieces (a new connection's first head
+//! always does: the HTTP/2 preface check reads 24 bytes) is held in a buffer of the guard's until it
+//! is whole. HTTP/2 with prior knowledge passes through untouched. A connection upgraded by a 101
+//! answer would need the guard to step aside; the proxy answers none.
 //!
 //! Also here: what an error reading a client's request body means ([`BodyFault`]).
 
