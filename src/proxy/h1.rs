@@ -1,7 +1,8 @@
 //! The HTTP/1.1 wire format of the upstream client: encoding a request head, parsing a response head
 //! (with `httparse`) and decoding a response body's framing (RFC 9112 §6.3: none, `Content-Length`,
 //! chunked, or until the connection closes). Pure functions over buffers, no I/O: `upstream` drives
-//! the socket.
+//! the socket. The chunked state machine also walks client request bodies for the framing guard
+//! (`framing`).
 //!
 //! Written here rather than taken from hyper's client because of where the work happens: hyper runs
 //! each client connection in a task of its own, so a proxied request crossed tasks several times
@@ -399,6 +400,38 @@ impl Chunked {
         }
     }
 
+    /// Walks the bytes of a chunked body in `buf` without taking them, stopping at the body's end:
+    /// how many bytes belong to the body (on an error, up to and including the offending byte).
+    /// The framing guard uses it to find where a chunked request body ends.
+    pub fn walk(&mut self, buf: &[u8]) -> (usize, Result<(), Error>) {
+        let mut at = 0;
+        while let Some(&byte) = buf.get(at) {
+            match self.state {
+                ChunkState::Done => break,
+                ChunkState::Data => {
+                    let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(buf.len() - at);
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    at += n;
+                }
+                _ => {
+                    at += 1;
+                    if let Err(e) = self.step(byte) {
+                        return (at, Err(e));
+                    }
+                }
+            }
+        }
+        (at, Ok(()))
+    }
+
+    /// The last chunk and the trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
     /// One framing byte.
     fn step(&mut self, byte: u8) -> Result<(), Error> {
         use ChunkState as S;
@@ -674,6 +707,27 @@ mod tests {
         let mut buf = BytesMut::from(&b"5\r\nhel"[..]);
         assert!(matches!(d.decode(&mut buf), Ok(Decoded::Data(_))));
         assert!(matches!(d.eof(), Err(Error::Incomplete)));
+    }
+
+    #[test]
+    fn walking_a_chunked_body_stops_at_its_end_or_at_the_byte_that_breaks_it() {
+        let wire = b"5;ext\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1";
+        for step in 1..=wire.len() {
+            let mut c = Chunked::default();
+            let mut at = 0;
+            for piece in wire.chunks(step) {
+                let (n, walked) = c.walk(piece);
+                walked.expect("valid");
+                at += n;
+                if c.is_done() {
+                    break;
+                }
+            }
+            assert_eq!(&wire[at..], b"GET / HTTP/1.1", "step {step}");
+        }
+        let (n, walked) = Chunked::default().walk(b"5\r\nhelloXX");
+        assert!(matches!(walked, Err(Error::ChunkEnd)));
+        assert_eq!(n, 9, "up to and including the offending byte");
     }
 
     #[test]

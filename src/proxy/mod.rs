@@ -1,11 +1,14 @@
 //! The proxy: a hyper 1 server (HTTP/1.1 and h2c on one port) that matches each request against the
 //! current snapshot, runs the route's plugin chain and forwards to the service through our own pooled
-//! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways. Gateway errors are
-//! answered with Kong's messages.
+//! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways, or reading a request
+//! body first where the route buffers requests (`buffering`). Request framing is judged before hyper
+//! parses a request (`framing`). Gateway errors are answered with Kong's messages.
 //! Per request: one snapshot load, no lock, no database.
 
+mod buffering;
 mod deadline;
 pub mod forward;
+mod framing;
 mod h1;
 mod reply;
 pub mod stats;
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,6 +35,7 @@ use crate::headers as h;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{RouteTarget, SnapshotHolder};
+use framing::{BodyFault, FramingGuard};
 use reply::GatewayError;
 use stats::Stats;
 use upstream::{ProxyBody, UpstreamBody};
@@ -99,7 +103,9 @@ impl Proxy {
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            // Every request's framing is judged before hyper parses it.
+            let stream = TokioIo::new(FramingGuard::new(stream));
+            let connection = builder.serve_connection(stream, service).into_owned();
             let connection = graceful.watch(connection);
             self.stats.connection_opened();
             tokio::spawn(async move {
@@ -114,6 +120,11 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
+        // A head the framing guard refused arrives as its stand-in: answered before routing, so
+        // nothing of it can reach an upstream.
+        if let Some(refusal) = framing::refused(&req) {
+            return GatewayError::Refused(refusal).into_response(started);
+        }
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
         let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started)).catch_unwind().await;
@@ -166,8 +177,11 @@ impl Proxy {
         let mut body = Some(body);
         if route.chain.needs_body() {
             let incoming = body.take().ok_or(GatewayError::Unexpected)?;
-            let limited = http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY);
-            buffered = Some(limited.collect().await.map_err(|_| GatewayError::BodyTooLarge)?.to_bytes());
+            buffered = match buffering::read(incoming, MAX_BUFFERED_BODY).await {
+                Ok(buffering::Read::Whole(b)) => Some(b),
+                Ok(buffering::Read::Partial(..)) => return Err(GatewayError::BodyTooLarge),
+                Err(fault) => return Err(body_failed(fault, &parts, conn)),
+            };
         }
 
         let (consumer, buffered, added) = if route.chain.is_empty() {
@@ -188,12 +202,17 @@ impl Proxy {
         };
 
         let upstream_body = match (body, buffered) {
-            (Some(b), _) => UpstreamBody::Streaming(b),
-            (None, Some(b)) => {
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                parts.headers.remove(header::TRANSFER_ENCODING);
-                UpstreamBody::Buffered(Some(b))
+            // Request buffering comes after the access phase, as nginx's proxy module reads the body
+            // after Kong's access handlers: a request a plugin refuses does not wait for its upload.
+            (Some(b), _) if route.request_buffering && !b.is_end_stream() => {
+                match buffering::read(b, buffering::REQUEST_BUFFER).await {
+                    Ok(buffering::Read::Whole(b)) => whole_body(&mut parts.headers, b),
+                    Ok(buffering::Read::Partial(read, rest)) => UpstreamBody::Partial(Box::new((Some(read), rest))),
+                    Err(fault) => return Err(body_failed(fault, &parts, conn)),
+                }
             }
+            (Some(b), _) => UpstreamBody::Streaming(b),
+            (None, Some(b)) => whole_body(&mut parts.headers, b),
             (None, None) => UpstreamBody::empty(),
         };
         let mut response =
@@ -258,6 +277,10 @@ impl Proxy {
             let (error, retry) = match upstream::send(target, request).await {
                 Ok(resp) => break resp,
                 Err(e) => {
+                    // The client's body failed, not the upstream: no retry, no 5xx.
+                    if let Some(fault) = e.client_fault() {
+                        return Err(body_failed(fault, parts, conn));
+                    }
                     tracing::debug!(error = %e, attempt, "upstream request failed");
                     let retry = e.before_sending() || (idempotent && !matches!(e, upstream::UpstreamError::Resolve(_)));
                     (GatewayError::from_upstream(&e), retry)
@@ -303,6 +326,28 @@ fn access_outcome(
             Err(reply)
         }
     }
+}
+
+/// A body read whole goes upstream with its length (a chunked one too, as nginx sends a buffered body).
+fn whole_body(headers: &mut http::HeaderMap, body: Bytes) -> UpstreamBody {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.remove(header::TRANSFER_ENCODING);
+    UpstreamBody::Buffered(Some(body))
+}
+
+/// The error for a client body that could not be read; a client that left is logged as nginx logs
+/// it (status 499), since there is no one to answer.
+fn body_failed(fault: BodyFault, parts: &http::request::Parts, conn: &ConnInfo) -> GatewayError {
+    if fault == BodyFault::ClientLeft {
+        tracing::info!(
+            status = 499,
+            method = %parts.method,
+            path = parts.uri.path(),
+            client = %conn.peer,
+            "client closed the connection before its request body was complete"
+        );
+    }
+    GatewayError::from_body(fault)
 }
 
 fn https_location(parts: &http::request::Parts) -> Option<HeaderValue> {
@@ -369,6 +414,7 @@ mod tests {
             preserve_host: false,
             http_allowed: true,
             https_redirect_status: StatusCode::UPGRADE_REQUIRED,
+            request_buffering: true,
             broken: false,
             service: None,
             chain: PluginChain::of(vec![Arc::new(Buggy)]),

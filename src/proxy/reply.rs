@@ -1,4 +1,5 @@
-//! Errors the proxy answers itself, with Kong's statuses and messages. Bodies are static bytes.
+//! Errors the proxy answers itself, with Kong's statuses and messages (nginx's, where Kong leaves the
+//! answer to nginx). Bodies are static bytes.
 
 use std::time::Instant;
 
@@ -6,7 +7,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use super::framing::{BodyFault, Refusal};
 use super::upstream::ProxyBody;
+
+/// nginx's status for a request whose client left before it could be answered; never sent.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug)]
@@ -16,6 +24,10 @@ pub enum GatewayError {
     /// The route does not accept plain HTTP: 426, or a redirect to this location.
     HttpsRequired(StatusCode, Option<HeaderValue>),
     BadRequest,
+    /// The request body's framing is broken; the connection closes after the answer.
+    BadBody,
+    /// The framing guard refused the request head; the connection closes after the answer.
+    Refused(Refusal),
     BodyTooLarge,
     /// Connection refused or reset, or an invalid response.
     BadGateway,
@@ -23,6 +35,8 @@ pub enum GatewayError {
     NameResolution,
     Timeout,
     Unexpected,
+    /// The client left before its request was whole: logged as nginx's 499, never answered.
+    ClientClosed,
 }
 
 impl GatewayError {
@@ -31,8 +45,18 @@ impl GatewayError {
         use super::upstream::UpstreamError;
         match e {
             UpstreamError::Resolve(_) => GatewayError::NameResolution,
+            UpstreamError::ClientBody(e) => GatewayError::from_body(BodyFault::of(e)),
+            UpstreamError::BodyMismatch(_) => GatewayError::Unexpected,
             e if e.timed_out() => GatewayError::Timeout,
             _ => GatewayError::BadGateway,
+        }
+    }
+
+    /// A client body that could not be read: the client's fault, never the upstream's.
+    pub fn from_body(fault: BodyFault) -> GatewayError {
+        match fault {
+            BodyFault::Framing => GatewayError::BadBody,
+            BodyFault::ClientLeft => GatewayError::ClientClosed,
         }
     }
 
@@ -43,7 +67,17 @@ impl GatewayError {
                 (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"no Service found with those values"}"#)
             }
             GatewayError::HttpsRequired(status, _) => (*status, br#"{"message":"Please use HTTPS protocol"}"#),
-            GatewayError::BadRequest => (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#),
+            GatewayError::BadRequest | GatewayError::BadBody | GatewayError::Refused(Refusal::BadRequest) => {
+                (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#)
+            }
+            GatewayError::Refused(Refusal::NotImplemented) => {
+                (StatusCode::NOT_IMPLEMENTED, br#"{"message":"Not implemented"}"#)
+            }
+            GatewayError::Refused(Refusal::UriTooLong) => (StatusCode::URI_TOO_LONG, br#"{"message":"URI too long"}"#),
+            // Kong's message for nginx's oversized heads (its 494).
+            GatewayError::Refused(Refusal::HeadTooLarge) => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, br#"{"message":"Request header or cookie too large"}"#)
+            }
             GatewayError::BodyTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, br#"{"message":"Request size limit exceeded"}"#)
             }
@@ -59,14 +93,24 @@ impl GatewayError {
             GatewayError::Unexpected => {
                 (StatusCode::INTERNAL_SERVER_ERROR, br#"{"message":"An unexpected error occurred"}"#)
             }
+            GatewayError::ClientClosed => (CLIENT_CLOSED_REQUEST, b""),
         }
     }
 
     pub fn into_response(self, started: Instant) -> Response<ProxyBody> {
+        if let GatewayError::ClientClosed = self {
+            let mut resp = Response::new(ProxyBody::Abandoned);
+            *resp.status_mut() = CLIENT_CLOSED_REQUEST;
+            return resp;
+        }
         let (status, body) = self.parts();
         let redirect = matches!(&self, GatewayError::HttpsRequired(s, _) if *s != StatusCode::UPGRADE_REQUIRED);
         let body = if redirect { Bytes::new() } else { Bytes::from_static(body) };
         let mut resp = super::message_response(status, body, started);
+        if let GatewayError::Refused(_) | GatewayError::BadBody = self {
+            // What follows a broken request on the connection cannot be trusted to be a request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let GatewayError::HttpsRequired(status, location) = self {
             let headers = resp.headers_mut();
             if status == StatusCode::UPGRADE_REQUIRED {

@@ -9,8 +9,10 @@
 //! checking a connection out or back in takes no lock and no atomic operation. A connection goes back
 //! to the pool the moment its response body has been read to the end; one that an upstream closed
 //! while idle is noticed at checkout, and a request that a pooled connection could not carry (closed
-//! just as it was sent) goes once more on a fresh connection. Written here rather than taken from
-//! `hyper_util`'s pooled client, whose pool is one mutex shared by every connection of the process.
+//! just as it was sent) goes once more on a fresh connection. A connection whose request body fails
+//! on the client's side (a broken chunk, a client that left) is closed, never pooled: its upstream is
+//! left mid-request. Written here rather than taken from `hyper_util`'s pooled client, whose pool is
+//! one mutex shared by every connection of the process.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,16 +32,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::deadline::DeadlineStream;
+use super::framing::BodyFault;
 use super::h1::{self, Decoded, Decoder, RequestFraming};
 
 type Hasher = foldhash::fast::RandomState;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request body sent upstream: the client's stream as is, or a buffer a plugin produced.
+/// The request body sent upstream: the client's stream as is, a buffer (the whole body, read by
+/// request buffering or for a plugin), or the first part of a body request buffering read up to its
+/// limit followed by the rest of the stream (boxed: rare, and it keeps every request's body small).
 #[derive(Debug)]
 pub enum UpstreamBody {
     Streaming(Incoming),
     Buffered(Option<Bytes>),
+    Partial(Box<(Option<Bytes>, Incoming)>),
 }
 
 impl UpstreamBody {
@@ -52,7 +57,7 @@ impl UpstreamBody {
         match self {
             UpstreamBody::Buffered(b) => Some(UpstreamBody::Buffered(b.clone())),
             UpstreamBody::Streaming(b) if b.is_end_stream() => Some(UpstreamBody::empty()),
-            UpstreamBody::Streaming(_) => None,
+            UpstreamBody::Streaming(_) | UpstreamBody::Partial(..) => None,
         }
     }
 }
@@ -65,6 +70,10 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Buffered(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBody::Partial(partial) => match partial.0.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(&mut partial.1).poll_frame(cx),
+            },
         }
     }
 
@@ -72,6 +81,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Streaming(b) => b.is_end_stream(),
             UpstreamBody::Buffered(b) => b.is_none(),
+            UpstreamBody::Partial(partial) => partial.0.is_none() && partial.1.is_end_stream(),
         }
     }
 
@@ -80,6 +90,16 @@ impl Body for UpstreamBody {
             UpstreamBody::Streaming(b) => b.size_hint(),
             UpstreamBody::Buffered(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Buffered(None) => SizeHint::with_exact(0),
+            UpstreamBody::Partial(partial) => {
+                let read = partial.0.as_ref().map_or(0, |b| b.len() as u64);
+                let rest = partial.1.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(read));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(read));
+                }
+                hint
+            }
         }
     }
 }
@@ -90,6 +110,9 @@ impl Body for UpstreamBody {
 pub enum ProxyBody {
     Upstream(UpstreamResponse),
     Full(Option<Bytes>),
+    /// No answer at all, for a client that left before its request was whole: the body fails when
+    /// polled, and hyper drops the connection without writing the head it holds.
+    Abandoned,
 }
 
 impl ProxyBody {
@@ -129,6 +152,9 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Abandoned => {
+                Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client left"))))
+            }
         }
     }
 
@@ -136,6 +162,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Abandoned => false,
         }
     }
 
@@ -144,6 +171,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.decoder.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Abandoned => SizeHint::default(),
         }
     }
 }
@@ -422,15 +450,28 @@ pub enum UpstreamError {
     Exchange(io::Error),
     #[error("invalid upstream response: {0}")]
     Invalid(h1::Error),
-    /// The client's request body failed while it was being sent.
-    #[error("request body failed: {0}")]
-    RequestBody(BoxError),
+    /// The client's request body failed while it was being sent: the client's doing, not the
+    /// upstream's (see `framing::BodyFault`).
+    #[error("client request body failed: {0}")]
+    ClientBody(hyper::Error),
+    /// The request body did not match the framing announced for it: a gateway bug.
+    #[error("request body does not match its framing: {0}")]
+    BodyMismatch(&'static str),
 }
 
 impl UpstreamError {
     /// Whether the request certainly never reached the upstream.
     pub fn before_sending(&self) -> bool {
         matches!(self, UpstreamError::ConnectTimeout | UpstreamError::Connect(_) | UpstreamError::Tls(_))
+    }
+
+    /// What the failure means when the client's body caused it: not the upstream's fault, and never
+    /// worth a retry.
+    pub fn client_fault(&self) -> Option<BodyFault> {
+        match self {
+            UpstreamError::ClientBody(e) => Some(BodyFault::of(e)),
+            _ => None,
+        }
     }
 
     /// Whether a read or write on the upstream connection waited longer than its timeout.
@@ -660,7 +701,7 @@ impl<'a> Exchange<'a> {
                         }
                         continue;
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(UpstreamError::RequestBody(e.into()))),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(UpstreamError::ClientBody(e))),
                     Poll::Ready(None) => {
                         self.body = None;
                         self.end_body()?;
@@ -753,7 +794,7 @@ impl<'a> Exchange<'a> {
 }
 
 fn body_error(message: &'static str) -> UpstreamError {
-    UpstreamError::RequestBody(message.into())
+    UpstreamError::BodyMismatch(message)
 }
 
 #[cfg(test)]

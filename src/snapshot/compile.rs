@@ -94,7 +94,15 @@ pub struct RouteRow {
     pub preserve_host: bool,
     pub regex_priority: i64,
     pub https_redirect_status_code: u16,
+    /// Rows stored before the field existed read as Kong's default.
+    #[serde(default = "buffered")]
+    pub request_buffering: bool,
     pub service: Option<Ref>,
+}
+
+/// Kong's default for `request_buffering`.
+fn buffered() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +159,8 @@ pub struct CompiledRoute {
     /// The route accepts plain-HTTP requests.
     pub http_allowed: bool,
     pub https_redirect_status: StatusCode,
+    /// Read the request body before anything goes upstream (Kong's `request_buffering`).
+    pub request_buffering: bool,
 }
 
 /// Validates Admin API input and compiles the result as the proxy would: what comes back can be
@@ -370,6 +380,7 @@ pub fn route(r: &RouteRow) -> Result<CompiledRoute, Violations> {
         preserve_host: r.preserve_host,
         http_allowed: r.protocols.iter().any(|p| p == "http"),
         https_redirect_status,
+        request_buffering: r.request_buffering,
     })
 }
 
@@ -385,6 +396,7 @@ pub fn broken_route(r: &RouteRow) -> Option<CompiledRoute> {
         preserve_host: r.preserve_host,
         http_allowed: true,
         https_redirect_status: StatusCode::UPGRADE_REQUIRED,
+        request_buffering: r.request_buffering,
     })
 }
 

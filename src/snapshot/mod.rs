@@ -50,6 +50,8 @@ pub struct RouteTarget {
     /// The route accepts plain-HTTP requests.
     pub http_allowed: bool,
     pub https_redirect_status: StatusCode,
+    /// Kong's `request_buffering`: read the request body before anything goes upstream.
+    pub request_buffering: bool,
     /// Its stored route or service does not compile: answered 500 rather than routed elsewhere.
     pub broken: bool,
     pub service: Option<Arc<ServiceTarget>>,

@@ -514,6 +514,7 @@ impl ConfigState {
                 preserve_host: r.preserve_host,
                 http_allowed: r.http_allowed,
                 https_redirect_status: r.https_redirect_status,
+                request_buffering: r.request_buffering,
                 broken: r.broken || service_broken,
                 chain: chains.chain_for(r.id, r.service),
                 service,

@@ -1,6 +1,7 @@
 //! A real HTTP upstream on a free loopback port that echoes what it received as JSON, plus a few
 //! behaviours the proxy tests need: `/delay/{ms}`, `/status/{code}`, `/bytes/{n}` (streamed),
-//! `/upload` (counts a streamed body without keeping it).
+//! `/upload` (counts a streamed body without keeping it). And a raw recording upstream, for tests that
+//! must know every byte the gateway sent (or that it sent none).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -189,4 +190,206 @@ fn json_response(status: u16, v: Value) -> Response<Body> {
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     r.headers_mut().insert("content-type", "application/json".parse().expect("header"));
     r
+}
+
+/// A raw HTTP/1.1 upstream that records every byte it receives, connection by connection, and
+/// answers each complete request (a `Content-Length` or chunked body) with `200 OK`, kept alive, whose
+/// body names the connection and the request on it: `conn 0 request 1`. What it cannot read as a
+/// request it only records. A request whose path has a `/hang-up/` segment is answered, the first
+/// time its request line is seen, by closing the connection. Runs on its own runtime thread; stops
+/// when dropped.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    record: Arc<Record>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Record {
+    connections: std::sync::Mutex<Vec<Recorded>>,
+    /// Request lines hung up on once.
+    hung_up: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// What one upstream connection received.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub bytes: Vec<u8>,
+    /// The gateway closed the connection.
+    pub closed: bool,
+}
+
+impl Recorded {
+    /// The request line of each whole request received, and how many bytes follow the last of them.
+    pub fn requests(&self) -> (Vec<String>, usize) {
+        let mut lines = Vec::new();
+        let mut at = 0;
+        while let Some(used) = whole_request(&self.bytes[at..]) {
+            let line = self.bytes[at..].split(|b| *b == b'\r').next().unwrap_or_default();
+            lines.push(String::from_utf8_lossy(line).into_owned());
+            at += used;
+        }
+        (lines, self.bytes.len() - at)
+    }
+}
+
+impl RecordingUpstream {
+    pub fn start() -> RecordingUpstream {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let record = Arc::new(Record::default());
+        let (notify, changed) = tokio::sync::watch::channel(0u64);
+        let notify = Arc::new(notify);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shared = record.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let serve = async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let index = {
+                            let mut connections = shared.connections.lock().expect("record");
+                            connections.push(Recorded::default());
+                            connections.len() - 1
+                        };
+                        notify.send_modify(|v| *v += 1);
+                        tokio::spawn(record_connection(stream, index, shared.clone(), notify.clone()));
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        RecordingUpstream { addr, record, changed, stop: Some(stop) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every connection so far, in the order they were accepted.
+    pub fn connections(&self) -> Vec<Recorded> {
+        self.record.connections.lock().expect("record").clone()
+    }
+
+    /// Every byte received so far, all connections one after the other.
+    pub fn received(&self) -> Vec<u8> {
+        self.connections().into_iter().flat_map(|c| c.bytes).collect()
+    }
+
+    /// Waits until `done` holds for what was recorded; panics after `within`.
+    pub async fn wait_until<F>(&self, within: Duration, done: F)
+    where
+        F: Fn(&[Recorded]) -> bool,
+    {
+        let mut changed = self.changed.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            changed.mark_unchanged();
+            if done(&self.connections()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                let seen: Vec<String> =
+                    self.connections().iter().map(|c| String::from_utf8_lossy(&c.bytes).into_owned()).collect();
+                panic!("the upstream did not record what was awaited within {within:?}; it has {seen:#?}");
+            }
+        }
+    }
+
+    /// Waits until a request for `path` has been received whole (the barrier tests use: a marker
+    /// request sent after the one under test).
+    pub async fn wait_for_request(&self, path: &str) {
+        let line = format!(" {path} HTTP/1.1\r\n");
+        self.wait_until(Duration::from_secs(10), |conns| {
+            conns.iter().any(|c| c.bytes.windows(line.len()).any(|w| w == line.as_bytes()))
+        })
+        .await;
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn record_connection(
+    mut stream: tokio::net::TcpStream,
+    index: usize,
+    record: Arc<Record>,
+    notify: Arc<tokio::sync::watch::Sender<u64>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending = Vec::new();
+    let mut answered = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        {
+            let mut connections = record.connections.lock().expect("record");
+            if n == 0 {
+                connections[index].closed = true;
+            } else {
+                connections[index].bytes.extend_from_slice(&chunk[..n]);
+            }
+        }
+        notify.send_modify(|v| *v += 1);
+        if n == 0 {
+            return;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(used) = whole_request(&pending) {
+            let line = pending.split(|b| *b == b'\r').next().map(|l| String::from_utf8_lossy(l).into_owned());
+            pending.drain(..used);
+            if let Some(line) = line.filter(|l| l.contains("/hang-up/"))
+                && record.hung_up.lock().expect("record").insert(line)
+            {
+                record.connections.lock().expect("record")[index].closed = true;
+                notify.send_modify(|v| *v += 1);
+                return;
+            }
+            let body = format!("conn {index} request {answered}");
+            answered += 1;
+            let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The length of the request at the start of `buf` when it is complete (head and body).
+fn whole_request(buf: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = request.parse(buf).ok()? else { return None };
+    let header = |name: &str| {
+        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut at = head;
+        loop {
+            let line_end = buf.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+            let size = std::str::from_utf8(&buf[at..line_end]).ok()?.split(';').next()?.trim();
+            let size = usize::from_str_radix(size, 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                // No trailers are sent by the gateway: the empty line ends the body.
+                return (buf.get(at..at + 2)? == b"\r\n").then_some(at + 2);
+            }
+            at += size + 2;
+            buf.get(..at)?;
+        }
+    }
+    let length: usize = header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (buf.len() >= head + length).then_some(head + length)
 }
