@@ -68,7 +68,10 @@ struct Priority {
 enum PathMatch {
     Any,
     Prefix(Box<str>),
-    Regex(Regex),
+    /// A regex and, when every path it can match starts with one of a few literals (`/orders/`
+    /// for `~/orders/\d+$`), those literals: the router looks it up by them instead of trying it
+    /// on every request.
+    Regex(Regex, Option<Box<[Box<str>]>>),
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +170,8 @@ impl RouteMatcher {
                 .map(|p| match p.strip_prefix('~') {
                     Some(re) => Regex::new(&format!("^(?:{re})"))
                         .map(|r| {
-                            (PathMatch::Regex(r), Priority { regex: true, regex_priority: spec.regex_priority, ..base })
+                            let priority = Priority { regex: true, regex_priority: spec.regex_priority, ..base };
+                            (PathMatch::Regex(r, literal_prefixes(re)), priority)
                         })
                         .map_err(|e| fail("paths")(regex_message(re, &e))),
                     None => {
@@ -197,6 +201,24 @@ impl RouteMatcher {
         };
         Ok(RouteMatcher { methods, headers, paths, hosts })
     }
+}
+
+/// Most literals a regex is indexed under; one with more alternatives is tried on every request.
+const MAX_REGEX_LITERALS: usize = 16;
+
+/// The literals every match of `re` (anchored at the start of the path) begins with, when there are
+/// few and none is empty: `/orders/` for `/orders/\d+$`, `/a` and `/b` for `/a|/b`.
+fn literal_prefixes(re: &str) -> Option<Box<[Box<str>]>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = regex_syntax::parse(&format!("^(?:{re})")).ok()?;
+    let mut extractor = Extractor::new();
+    extractor.kind(ExtractKind::Prefix).limit_total(MAX_REGEX_LITERALS * 8);
+    let seq = extractor.extract(&hir);
+    let literals = seq.literals()?;
+    if literals.is_empty() || literals.len() > MAX_REGEX_LITERALS {
+        return None;
+    }
+    literals.iter().map(|l| std::str::from_utf8(l.as_bytes()).ok().filter(|s| !s.is_empty()).map(Box::from)).collect()
 }
 
 /// Kong's wording for a regex that does not compile.
@@ -230,7 +252,11 @@ struct Bucket {
     prefixes: HashMap<Box<str>, Vec<Slot>, Hasher>,
     /// Distinct prefix lengths present, longest first.
     prefix_lens: Vec<usize>,
-    /// Regex and path-less slots, best first.
+    /// Regexes indexed by the literals their matches begin with → slots, best first.
+    regexes: HashMap<Box<str>, Vec<Slot>, Hasher>,
+    /// Distinct lengths of those literals, longest first.
+    regex_lens: Vec<usize>,
+    /// Other regex and path-less slots, best first.
     others: Vec<Slot>,
 }
 
@@ -319,6 +345,11 @@ impl<T> Router<T> {
                 let slot = Slot { entry: u32::try_from(id).unwrap_or(u32::MAX), port: *port };
                 match &self.entries[id].path {
                     PathMatch::Prefix(p) => bucket.prefixes.entry(p.clone()).or_default().push(slot),
+                    PathMatch::Regex(_, Some(literals)) => {
+                        for l in literals.iter() {
+                            bucket.regexes.entry(l.clone()).or_default().push(slot);
+                        }
+                    }
                     _ => bucket.others.push(slot),
                 }
             }
@@ -353,12 +384,14 @@ impl<T> Router<T> {
     }
 
     fn search<'s>(&'s self, bucket: &'s Bucket, req: &RequestView<'_>, best: &mut Option<(&'s Entry, usize)>) {
-        for &len in &bucket.prefix_lens {
-            if len > req.path.len() || !req.path.is_char_boundary(len) {
-                continue;
-            }
-            if let Some(slots) = bucket.prefixes.get(&req.path[..len]) {
-                self.scan(slots, req, best);
+        for (table, lens) in [(&bucket.prefixes, &bucket.prefix_lens), (&bucket.regexes, &bucket.regex_lens)] {
+            for &len in lens {
+                if len > req.path.len() || !req.path.is_char_boundary(len) {
+                    continue;
+                }
+                if let Some(slots) = table.get(&req.path[..len]) {
+                    self.scan(slots, req, best);
+                }
             }
         }
         self.scan(&bucket.others, req, best);
@@ -394,14 +427,18 @@ impl Bucket {
             let e = &entries[s.entry as usize];
             (std::cmp::Reverse(e.priority), e.order)
         };
-        for slots in self.prefixes.values_mut() {
+        for slots in self.prefixes.values_mut().chain(self.regexes.values_mut()) {
             slots.sort_by_key(key);
         }
         self.others.sort_by_key(key);
-        let mut lens: Vec<usize> = self.prefixes.keys().map(|k| k.len()).collect();
-        lens.sort_unstable_by(|a, b| b.cmp(a));
-        lens.dedup();
-        self.prefix_lens = lens;
+        let lens = |table: &HashMap<Box<str>, Vec<Slot>, Hasher>| {
+            let mut lens: Vec<usize> = table.keys().map(|k| k.len()).collect();
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+            lens
+        };
+        self.prefix_lens = lens(&self.prefixes);
+        self.regex_lens = lens(&self.regexes);
     }
 }
 
@@ -428,7 +465,7 @@ impl Entry {
         match &self.path {
             PathMatch::Any => Some(0),
             PathMatch::Prefix(p) => req.path.starts_with(&**p).then_some(p.len()),
-            PathMatch::Regex(re) => re.find(req.path).map(|m| m.end()),
+            PathMatch::Regex(re, _) => re.find(req.path).map(|m| m.end()),
         }
     }
 }

@@ -208,3 +208,60 @@ fn assembling_compiled_routes_reuses_them() {
     assert_eq!(find(&second, "GET", "x", "/items/7"), Some("b"));
     assert_eq!(find(&second, "GET", "x", "/items/x"), None);
 }
+
+#[test]
+fn regexes_are_found_by_the_literals_their_matches_begin_with() {
+    assert_eq!(literal_prefixes(r"/orders/\d+$").as_deref(), Some(&[Box::from("/orders/")][..]));
+    let both = literal_prefixes(r"/a|/b").expect("two literals");
+    assert_eq!(both.len(), 2);
+    assert_eq!(literal_prefixes(r".*/x"), None, "no literal every match begins with");
+    assert_eq!(literal_prefixes(r"\d+/x"), None);
+    let r = Router::build(vec![
+        with(spec("orders"), |s| s.paths = vec![r"~/orders/\d+$".into()]),
+        with(spec("either"), |s| s.paths = vec![r"~/(?:alpha|beta)/x".into()]),
+        with(spec("anywhere"), |s| s.paths = vec![r"~/[a-z]+/\d+/y".into()]),
+        with(spec("caseless"), |s| s.paths = vec![r"~(?i)/CASE/\d".into()]),
+        with(spec("prefix"), |s| s.paths = vec!["/orders".into()]),
+    ])
+    .expect("build");
+    assert_eq!(find(&r, "GET", "x", "/orders/12"), Some("orders"), "the regex still beats the prefix");
+    assert_eq!(find(&r, "GET", "x", "/orders/x"), Some("prefix"));
+    assert_eq!(find(&r, "GET", "x", "/beta/x"), Some("either"));
+    assert_eq!(find(&r, "GET", "x", "/abc/7/y"), Some("anywhere"));
+    assert_eq!(find(&r, "GET", "x", "/case/1"), Some("caseless"));
+    assert_eq!(find(&r, "GET", "x", "/CaSe/1"), Some("caseless"));
+}
+
+/// Many regex routes cost a few hash lookups, not a walk over all of them: every one of 10,000
+/// mixed routes (prefixes, hosts, wildcard hosts, regexes) is found.
+#[test]
+fn ten_thousand_mixed_routes_resolve() {
+    let routes: Vec<RouteSpec<usize>> = (0..10_000)
+        .map(|i| RouteSpec {
+            methods: vec![],
+            hosts: match i % 4 {
+                1 => vec![format!("h{i}.example.test")],
+                3 => vec![format!("*.w{i}.example.test")],
+                _ => vec![],
+            },
+            paths: if i % 4 == 2 { vec![format!(r"~/r{i}/\d+$")] } else { vec![format!("/r{i}/")] },
+            headers: vec![],
+            snis: 0,
+            regex_priority: 0,
+            target: i,
+        })
+        .collect();
+    let r = Router::build(routes).expect("build");
+    let headers = HeaderMap::new();
+    let method = Method::GET;
+    for i in [0usize, 1, 2, 3, 4242, 5001, 7778, 9_999] {
+        let (host, path) = match i % 4 {
+            1 => (format!("h{i}.example.test"), format!("/r{i}/x")),
+            2 => ("x".to_string(), format!("/r{i}/123")),
+            3 => (format!("a.w{i}.example.test"), format!("/r{i}/x")),
+            _ => ("x".to_string(), format!("/r{i}/x")),
+        };
+        let view = RequestView { method: &method, host: &host, port: 80, path: &path, headers: &headers };
+        assert_eq!(r.find(&view).map(|m| *m.target), Some(i), "{host}{path}");
+    }
+}
