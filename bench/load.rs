@@ -1,7 +1,10 @@
 //! Fills a running Tollgate through its Admin API, many requests in flight at once:
 //!
 //! `bench-load <admin-url> consumers <from> <to>`: consumers `bench-<i>` with key `key-<i>`;
-//! `bench-load <admin-url> routes <from> <to>`: routes with path `/r<i>/` on service `bench`.
+//! `bench-load <admin-url> routes <from> <to>`: routes on service `bench`, a quarter of each kind
+//! users write (route `i` by `i % 4`): path prefix `/r<i>/`; host `h<i>.example.test` and that
+//! prefix; regex path `~/r<i>/\d+$`; wildcard host `*.w<i>.example.test` and the prefix.
+//! `bench/spread-routes.lua` asks for them the same way.
 
 use std::time::Instant;
 
@@ -16,6 +19,17 @@ async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) -> R
         Ok(())
     } else {
         Err(format!("{url}: {} {}", r.status(), r.text().await.unwrap_or_default()))
+    }
+}
+
+/// Route `i` of the mix (see the module's doc).
+fn route(i: usize) -> serde_json::Value {
+    let prefix = format!("/r{i}/");
+    match i % 4 {
+        1 => json!({"paths": [prefix], "hosts": [format!("h{i}.example.test")]}),
+        2 => json!({"paths": [format!("~/r{i}/\\d+$")]}),
+        3 => json!({"paths": [prefix], "hosts": [format!("*.w{i}.example.test")]}),
+        _ => json!({"paths": [prefix]}),
     }
 }
 
@@ -41,10 +55,7 @@ async fn main() -> Result<(), String> {
                         post(&http, format!("{admin}/consumers/bench-{i}/key-auth"), json!({"key": format!("key-{i}")}))
                             .await
                     }
-                    "routes" => {
-                        post(&http, format!("{admin}/services/bench/routes"), json!({"paths": [format!("/r{i}/")]}))
-                            .await
-                    }
+                    "routes" => post(&http, format!("{admin}/services/bench/routes"), route(i)).await,
                     other => Err(format!("unknown kind {other}")),
                 }
             }
