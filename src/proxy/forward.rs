@@ -1,9 +1,11 @@
 //! Rewriting a client request for its upstream and the upstream's response for the client: Kong's
 //! upstream path rules (`path_handling = v0`), forwarding headers, hop-by-hop removal, `Via`.
 
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version};
 
+use super::h1::{self, RequestFraming};
+use super::upstream::Outgoing;
 use crate::headers as h;
 
 pub const VIA_1_1: HeaderValue = HeaderValue::from_static(concat!("1.1 tollgate/", env!("CARGO_PKG_VERSION")));
@@ -60,13 +62,14 @@ fn sanitize_postfix(p: &str) -> &str {
     }
 }
 
-/// The origin-form URI (`/path?query`) sent upstream.
-pub fn origin_form(mut path: String, query: Option<&str>) -> Option<Uri> {
+/// The origin-form request target (`/path?query`) sent upstream, if it is a valid one.
+pub fn origin_form(mut path: String, query: Option<&str>) -> Option<String> {
     if let Some(q) = query {
         path.push('?');
         path.push_str(q);
     }
-    Uri::try_from(path).ok()
+    http::uri::PathAndQuery::try_from(path.as_str()).ok()?;
+    Some(path)
 }
 
 /// Whether a header never crosses a hop (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection`).
@@ -115,11 +118,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Everything the upstream request head is built from; built once, turned into a request per
-/// attempt, so a retry needs no copy of a request already sent.
+/// Everything the upstream request head is built from; built once and written straight into the
+/// connection's buffer on each attempt (no header map in between), so a retry needs no copy.
 #[derive(Debug)]
 pub struct UpstreamHead<'a> {
     pub client: &'a http::request::Parts,
+    /// The origin-form request target (`/path?query`) sent upstream.
+    pub target: &'a str,
     pub conn_ip: &'a HeaderValue,
     pub conn_port: &'a HeaderValue,
     /// The client is in `trusted_ips`: its X-Forwarded-* values are passed on.
@@ -133,10 +138,22 @@ pub struct UpstreamHead<'a> {
 const FORWARDED: [HeaderName; 5] =
     [h::X_FORWARDED_PROTO, h::X_FORWARDED_HOST, h::X_FORWARDED_PORT, h::X_FORWARDED_PATH, h::X_FORWARDED_PREFIX];
 
-impl UpstreamHead<'_> {
-    pub fn request<B>(&self, uri: Uri, body: B) -> http::Request<B> {
+impl Outgoing for UpstreamHead<'_> {
+    fn method(&self) -> &http::Method {
+        &self.client.method
+    }
+
+    fn content_length(&self) -> (Option<u64>, bool) {
+        let headers = &self.client.headers;
+        (h1::content_length(headers), headers.contains_key(header::CONTENT_LENGTH))
+    }
+
+    /// The client's headers but those that are hop-by-hop or the gateway's to set, then the
+    /// gateway's: `Host`, `X-Forwarded-*`, `X-Real-IP`, `Via`, and the framing.
+    fn encode(&self, framing: RequestFraming, out: &mut Vec<u8>) {
         let client = &self.client.headers;
-        let mut out = HeaderMap::with_capacity(client.len() + 10);
+        out.reserve(256 + self.target.len() + client.len() * 32);
+        h1::encode_request_line(&self.client.method, self.target, out);
         let listed = if client.contains_key(header::CONNECTION) { connection_listed(client) } else { Vec::new() };
         for (name, value) in client {
             let ours = name == header::HOST
@@ -144,75 +161,57 @@ impl UpstreamHead<'_> {
                 || name == h::X_REAL_IP
                 || name == header::VIA
                 || (!self.trusted && FORWARDED.contains(name));
-            if ours || is_hop_by_hop(name, value) || listed.contains(name) {
+            if ours || is_hop_by_hop(name, value) || listed.contains(name) || h1::framing_header(name, framing) {
                 continue;
             }
-            out.append(name.clone(), value.clone());
+            h1::encode_header(name.as_str().as_bytes(), value.as_bytes(), out);
         }
-        let client_host = client
+        let client_host: Option<&[u8]> = client
             .get(header::HOST)
-            .cloned()
-            .or_else(|| self.client.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        if let Some(host) = self.host.cloned().or_else(|| client_host.clone()) {
-            out.insert(header::HOST, host);
+            .map(HeaderValue::as_bytes)
+            .or_else(|| self.client.uri.authority().map(|a| a.as_str().as_bytes()));
+        if let Some(host) = self.host.map(HeaderValue::as_bytes).or(client_host) {
+            h1::encode_header(b"host", host, out);
         }
-        let xff = joined(client, &h::X_FORWARDED_FOR).and_then(|prev| {
-            HeaderValue::from_str(&format!("{prev}, {}", self.conn_ip.to_str().unwrap_or_default())).ok()
-        });
-        out.insert(h::X_FORWARDED_FOR, xff.unwrap_or_else(|| self.conn_ip.clone()));
-        out.insert(h::X_REAL_IP, self.conn_ip.clone());
+        encode_appended(b"x-forwarded-for", client, &h::X_FORWARDED_FOR, self.conn_ip.as_bytes(), out);
+        h1::encode_header(b"x-real-ip", self.conn_ip.as_bytes(), out);
         let missing = |name: &HeaderName| !self.trusted || !client.contains_key(name);
         if missing(&h::X_FORWARDED_PROTO) {
-            out.insert(h::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h1::encode_header(b"x-forwarded-proto", b"http", out);
         }
-        if missing(&h::X_FORWARDED_HOST) {
-            // nginx's `$host`: lower case, no port. Usually the client's value already is.
-            let value = client_host.as_ref().and_then(|v| {
-                let text = v.to_str().ok()?;
-                match crate::router::request_host(text) {
-                    std::borrow::Cow::Borrowed(h) if h.len() == text.len() => Some(v.clone()),
-                    host => HeaderValue::from_str(&host).ok(),
-                }
-            });
-            if let Some(v) = value {
-                out.insert(h::X_FORWARDED_HOST, v);
-            }
+        if missing(&h::X_FORWARDED_HOST)
+            && let Some(host) = client_host.and_then(|h| std::str::from_utf8(h).ok())
+        {
+            // nginx's `$host`: lower case, no port.
+            h1::encode_header(b"x-forwarded-host", crate::router::request_host(host).as_bytes(), out);
         }
         if missing(&h::X_FORWARDED_PORT) {
-            out.insert(h::X_FORWARDED_PORT, self.conn_port.clone());
+            h1::encode_header(b"x-forwarded-port", self.conn_port.as_bytes(), out);
         }
-        if missing(&h::X_FORWARDED_PATH)
-            && let Ok(v) = HeaderValue::from_str(self.client.uri.path())
-        {
-            out.insert(h::X_FORWARDED_PATH, v);
+        if missing(&h::X_FORWARDED_PATH) {
+            h1::encode_header(b"x-forwarded-path", self.client.uri.path().as_bytes(), out);
         }
         if missing(&h::X_FORWARDED_PREFIX)
-            && let Some(v) = self.prefix.and_then(|p| HeaderValue::from_str(p).ok())
+            && let Some(prefix) = self.prefix
         {
-            out.insert(h::X_FORWARDED_PREFIX, v);
+            h1::encode_header(b"x-forwarded-prefix", prefix.as_bytes(), out);
         }
         let ours = if self.client.version == Version::HTTP_2 { VIA_2 } else { VIA_1_1 };
-        let via = joined(client, &header::VIA)
-            .and_then(|prev| HeaderValue::from_str(&format!("{prev}, {}", ours.to_str().unwrap_or_default())).ok());
-        out.insert(header::VIA, via.unwrap_or(ours));
-
-        let mut req = http::Request::new(body);
-        *req.method_mut() = self.client.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = out;
-        req
+        encode_appended(b"via", client, &header::VIA, ours.as_bytes(), out);
+        h1::encode_framing(framing, out);
     }
 }
 
-/// All values of a header joined with `, `, when there is any.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let mut s = values.next()?.to_string();
-    for v in values {
-        s.push_str(", ");
-        s.push_str(v);
+/// `name: <the client's values, ", "-joined>, <ours>`, or just ours when the client sent none.
+fn encode_appended(name: &[u8], client: &HeaderMap, from: &HeaderName, ours: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for value in client.get_all(from) {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b", ");
     }
-    Some(s)
+    out.extend_from_slice(ours);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A latency in whole milliseconds as a header value; small values come from a static table.

@@ -70,27 +70,46 @@ pub enum RequestFraming {
 /// so is its `Content-Length` when the framing writes its own.
 pub fn encode_head(method: &Method, uri: &Uri, headers: &HeaderMap, framing: RequestFraming, out: &mut Vec<u8>) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let own_length = matches!(framing, RequestFraming::Length { add: true, .. } | RequestFraming::Chunked);
     out.reserve(64 + target.len() + headers.len() * 32);
+    encode_request_line(method, target, out);
+    for (name, value) in headers {
+        if framing_header(name, framing) {
+            continue;
+        }
+        encode_header(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    encode_framing(framing, out);
+}
+
+/// `METHOD target HTTP/1.1` and its line end.
+pub fn encode_request_line(method: &Method, target: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+}
+
+/// Whether a header of the request is the framing's to write: `Transfer-Encoding` always, and
+/// `Content-Length` when the framing writes its own.
+pub fn framing_header(name: &HeaderName, framing: RequestFraming) -> bool {
+    let own_length = matches!(framing, RequestFraming::Length { add: true, .. } | RequestFraming::Chunked);
+    name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH)
+}
+
+/// `name: value` and its line end.
+pub fn encode_header(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The framing header, if the framing has one, and the blank line that ends the head.
+pub fn encode_framing(framing: RequestFraming, out: &mut Vec<u8>) {
     match framing {
         RequestFraming::Empty | RequestFraming::Length { add: false, .. } => {}
         RequestFraming::Length { len, add: true } => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            encode_header(b"content-length", itoa::Buffer::new().format(len).as_bytes(), out);
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

@@ -244,9 +244,10 @@ impl Proxy {
         // Kong strips what the route's path matched, or just the leading `/` of a path-less route.
         let strip = route.strip_path.then(|| matched.unwrap_or("/"));
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
-        let uri = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
+        let upstream_target = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
         let head = forward::UpstreamHead {
             client: parts,
+            target: &upstream_target,
             conn_ip: &conn.client_ip,
             conn_port: &conn.port,
             trusted: conn.trusted,
@@ -272,9 +273,8 @@ impl Proxy {
         let response = loop {
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
-            let request = head.request(uri.clone(), this_body);
             // Read and write timeouts are enforced on the connection itself (see `upstream::Target`).
-            let (error, retry) = match upstream::send(target, request).await {
+            let (error, retry) = match upstream::send(target, &head, this_body).await {
                 Ok(resp) => break resp,
                 Err(e) => {
                     // The client's body failed, not the upstream: no retry, no 5xx.

@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response, header, request};
+use http::{Method, Response, header, request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -513,18 +513,48 @@ async fn connect(target: Target<'_>) -> Result<Conn, UpstreamError> {
     Err(last)
 }
 
-/// Sends a request (origin-form URI, `Host` set, no hop-by-hop headers) on a pooled or new connection
-/// to `target`, and returns the response once its head has arrived.
-pub async fn send(target: Target<'_>, request: Request<UpstreamBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-    let (parts, mut body) = request.into_parts();
+/// A request head as the client writes it to an upstream: the proxy's is encoded straight from the
+/// client's request and what the gateway adds (`forward::UpstreamHead`), with no header map in
+/// between; `request::Parts` (origin-form URI, `Host` set, no hop-by-hop headers) serves the rest.
+pub trait Outgoing: Sync {
+    fn method(&self) -> &Method;
+    /// The `Content-Length` the request carries, and whether it carries one at all (a body of
+    /// known length is framed by it).
+    fn content_length(&self) -> (Option<u64>, bool);
+    /// Appends the head: request line, headers, then the framing header.
+    fn encode(&self, framing: RequestFraming, out: &mut Vec<u8>);
+}
+
+impl Outgoing for request::Parts {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn content_length(&self) -> (Option<u64>, bool) {
+        (h1::content_length(&self.headers), self.headers.contains_key(header::CONTENT_LENGTH))
+    }
+
+    fn encode(&self, framing: RequestFraming, out: &mut Vec<u8>) {
+        h1::encode_head(&self.method, &self.uri, &self.headers, framing, out);
+    }
+}
+
+/// Sends a request on a pooled or new connection to `target`, and returns the response once its
+/// head has arrived.
+pub async fn send<O: Outgoing>(
+    target: Target<'_>,
+    request: &O,
+    mut body: UpstreamBody,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let parts = request;
     if let Some(conn) = checkout(target.key) {
         let replay = body.replayable();
-        match exchange(conn, &parts, body).await {
+        match exchange(conn, parts, body).await {
             Ok(response) => return Ok(response),
             // Closed by the upstream as the request went out, with no answer: it goes once more on a
             // fresh connection if it can be sent again, and either was not sent whole or may be
             // repeated (an idempotent method).
-            Err(failed) if failed.stale && (failed.unsent || parts.method.is_idempotent()) => match replay {
+            Err(failed) if failed.stale && (failed.unsent || parts.method().is_idempotent()) => match replay {
                 Some(replay) => body = replay,
                 None => return Err(failed.error),
             },
@@ -532,7 +562,7 @@ pub async fn send(target: Target<'_>, request: Request<UpstreamBody>) -> Result<
         }
     }
     let conn = connect(target).await?;
-    exchange(conn, &parts, body).await.map_err(|failed| failed.error)
+    exchange(conn, parts, body).await.map_err(|failed| failed.error)
 }
 
 /// Why an exchange failed.
@@ -546,7 +576,7 @@ struct Failed {
 }
 
 /// Writes the request on `conn` and reads the response head, then hands the connection to the body.
-async fn exchange(conn: Conn, parts: &request::Parts, body: UpstreamBody) -> Result<Response<ProxyBody>, Failed> {
+async fn exchange<O: Outgoing>(conn: Conn, parts: &O, body: UpstreamBody) -> Result<Response<ProxyBody>, Failed> {
     let mut ex = Exchange::new(conn, parts, body);
     let head = match poll_fn(|cx| ex.poll(cx)).await {
         Ok(head) => head,
@@ -569,9 +599,9 @@ async fn exchange(conn: Conn, parts: &request::Parts, body: UpstreamBody) -> Res
 /// One request on one connection, up to the response head: writes the head and the body frame by
 /// frame while watching for the response, so an upstream answering before the whole body is sent
 /// (and then reading no more of it) is heard.
-struct Exchange<'a> {
+struct Exchange<'a, O> {
     conn: Conn,
-    parts: &'a request::Parts,
+    parts: &'a O,
     /// The rest of the request body; `None` once its end is written.
     body: Option<UpstreamBody>,
     /// `None` until the first frame of a body of unknown length shows whether there is one.
@@ -593,11 +623,10 @@ struct Exchange<'a> {
     received: bool,
 }
 
-impl<'a> Exchange<'a> {
-    fn new(mut conn: Conn, parts: &'a request::Parts, body: UpstreamBody) -> Exchange<'a> {
+impl<'a, O: Outgoing> Exchange<'a, O> {
+    fn new(mut conn: Conn, parts: &'a O, body: UpstreamBody) -> Exchange<'a, O> {
         conn.write.clear();
-        let length = h1::content_length(&parts.headers);
-        let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let (length, has_length) = parts.content_length();
         let framing = if body.is_end_stream() {
             match length {
                 Some(0) => Some(RequestFraming::Length { len: 0, add: false }),
@@ -634,8 +663,7 @@ impl<'a> Exchange<'a> {
     }
 
     fn encode_head(&mut self, framing: RequestFraming) {
-        let p = self.parts;
-        h1::encode_head(&p.method, &p.uri, &p.headers, framing, &mut self.conn.write);
+        self.parts.encode(framing, &mut self.conn.write);
         self.framing = Some(framing);
         if let RequestFraming::Length { len, .. } = framing {
             self.remaining = len;
@@ -675,7 +703,7 @@ impl<'a> Exchange<'a> {
                 return Poll::Ready(Err(UpstreamError::Exchange(io::Error::new(io::ErrorKind::UnexpectedEof, what))));
             }
             self.received = true;
-            match h1::parse_head(&mut self.conn.read, &self.parts.method) {
+            match h1::parse_head(&mut self.conn.read, self.parts.method()) {
                 Ok(Some(head)) => {
                     self.conn.io.as_mut().time_reads(true);
                     return Poll::Ready(Ok(head));
@@ -800,7 +828,7 @@ fn body_error(message: &'static str) -> UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Method;
+    use http::{Method, Request};
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -860,6 +888,15 @@ mod tests {
         }
     }
 
+    /// Sends a test request.
+    async fn send_request(
+        target: Target<'_>,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        send(target, &parts, body).await
+    }
+
     fn request(method: Method, body: Option<Bytes>) -> Request<UpstreamBody> {
         let length = body.as_ref().map(Bytes::len);
         let mut req = Request::new(UpstreamBody::Buffered(body));
@@ -889,7 +926,7 @@ mod tests {
         .await;
         let key: Arc<str> = Arc::from(format!("pool-{addr}"));
         for _ in 0..3 {
-            let response = send(target(&key, addr.port()), request(Method::GET, None)).await.expect("response");
+            let response = send_request(target(&key, addr.port()), request(Method::GET, None)).await.expect("response");
             assert_eq!(response.status(), 200);
             assert_eq!(idle(&key), 0, "lent out with its body");
             let body = response.into_body().collect().await.expect("body").to_bytes();
@@ -913,7 +950,8 @@ mod tests {
         let key: Arc<str> = Arc::from(format!("early-{addr}"));
         let body = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
         let started = Instant::now();
-        let response = send(target(&key, addr.port()), request(Method::POST, Some(body))).await.expect("response");
+        let response =
+            send_request(target(&key, addr.port()), request(Method::POST, Some(body))).await.expect("response");
         assert_eq!(response.status(), 413);
         let body = response.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"big!");
@@ -934,12 +972,13 @@ mod tests {
         .await;
         let key: Arc<str> = Arc::from(format!("stale-{addr}"));
         for _ in 0..2 {
-            let response = send(target(&key, addr.port()), request(Method::GET, None)).await.expect("response");
+            let response = send_request(target(&key, addr.port()), request(Method::GET, None)).await.expect("response");
             assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
         }
         assert_eq!(connections.load(Ordering::SeqCst), 2, "the second GET moved to a fresh connection");
         // A POST was written whole: the upstream may have acted on it, so it is not sent again.
-        let failed = send(target(&key, addr.port()), request(Method::POST, Some(Bytes::from_static(b"order=1")))).await;
+        let failed =
+            send_request(target(&key, addr.port()), request(Method::POST, Some(Bytes::from_static(b"order=1")))).await;
         let error = failed.expect_err("not retried");
         assert!(matches!(&error, UpstreamError::Exchange(e) if e.kind() == io::ErrorKind::UnexpectedEof), "{error}");
         assert!(!error.before_sending() && !error.timed_out());
@@ -957,7 +996,7 @@ mod tests {
         let key: Arc<str> = Arc::from(format!("slow-{addr}"));
         let mut slow = target(&key, addr.port());
         slow.read_timeout = Duration::from_millis(200);
-        let error = send(slow, request(Method::GET, None)).await.expect_err("timed out");
+        let error = send_request(slow, request(Method::GET, None)).await.expect_err("timed out");
         assert!(error.timed_out(), "{error}");
     }
 }
