@@ -302,6 +302,11 @@ impl<T> Router<T> {
         self.targets.is_empty()
     }
 
+    /// Every route's target, in the order given.
+    pub fn targets(&self) -> &[T] {
+        &self.targets
+    }
+
     fn add(&mut self, index: usize, matcher: &RouteMatcher) {
         let first = self.entries.len();
         for (path, priority) in &matcher.paths {
