@@ -6,7 +6,9 @@
 
 mod deadline;
 pub mod forward;
-mod h1;
+// Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod h1;
 mod reply;
 pub mod stats;
 mod tls;
