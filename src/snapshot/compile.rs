@@ -151,6 +151,14 @@ pub struct CompiledRoute {
     /// The route accepts plain-HTTP requests.
     pub http_allowed: bool,
     pub https_redirect_status: StatusCode,
+    /// Its protocols are stream ones only (tcp, tls, udp, tls_passthrough): no HTTP request is
+    /// routed to it, whatever it matches on (Tollgate proxies no streams).
+    pub stream_only: bool,
+}
+
+/// Whether a route's protocols are stream ones only.
+fn stream_only(protocols: &[String]) -> bool {
+    !protocols.iter().any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
 }
 
 /// Validates Admin API input and compiles the result as the proxy would: what comes back can be
@@ -360,6 +368,7 @@ pub fn route(r: &RouteRow) -> Result<CompiledRoute, Violations> {
         preserve_host: r.preserve_host,
         http_allowed: r.protocols.iter().any(|p| p == "http"),
         https_redirect_status,
+        stream_only: stream_only(&r.protocols),
     })
 }
 
@@ -375,6 +384,7 @@ pub fn broken_route(r: &RouteRow) -> Option<CompiledRoute> {
         preserve_host: r.preserve_host,
         http_allowed: true,
         https_redirect_status: StatusCode::UPGRADE_REQUIRED,
+        stream_only: stream_only(&r.protocols),
     })
 }
 
