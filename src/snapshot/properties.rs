@@ -534,9 +534,12 @@ proptest! {
         }
     }
 
-    /// PATCH onto a stored record: the same.
+    /// PATCH or PUT onto a stored record: the same.
     #[test]
-    fn a_patched_entity_that_is_accepted_compiles_and_revalidates((kind, body, form) in any_write()) {
+    fn an_updated_entity_that_is_accepted_compiles_and_revalidates(
+        (kind, body, form) in any_write(),
+        patch in any::<bool>(),
+    ) {
         let stored = existing(kind, &body);
         prop_assert!(!stored.is_empty(), "the {kind:?} fixture is valid");
         let mut input = body;
@@ -544,7 +547,8 @@ proptest! {
             input = object(as_form(Value::Object(input)));
             compile::coerce(kind, &mut input, Some(&stored));
         }
-        if let Ok(record) = compile::prepare(kind, input, Mode::Patch(stored)) {
+        let mode = if patch { Mode::Patch(stored) } else { Mode::Replace(Some(stored)) };
+        if let Ok(record) = compile::prepare(kind, input, mode) {
             check_accepted(kind, &record)?;
         }
     }
