@@ -654,8 +654,9 @@ fn rows_of(records: &[(Kind, String, String)]) -> Vec<(Kind, Row<'_>)> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Records accepted on write, stored together, load with no rejection and build: every route
-    /// is routed (unless its service is disabled), unbroken, and every key authenticates.
+    /// Records accepted on write, stored together, load with no rejection and build: every HTTP
+    /// or gRPC route is routed (unless its service is disabled), unbroken, no stream route is, and
+    /// every key authenticates.
     #[test]
     fn what_is_accepted_on_write_builds(drafts in drafts()) {
         let mut written = Written::default();
