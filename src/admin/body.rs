@@ -15,10 +15,9 @@ use crate::model::schema::Obj;
 /// Largest Admin API body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Deepest nesting of a body's values (form keys like `a.b.c`, JSON objects and arrays). No entity
-/// nests half this deep; the bound keeps every recursive walk over input (and over the stored
-/// row, and the configuration sent to data planes, which nests a few levels more) shallow.
-pub const MAX_DEPTH: usize = 32;
+/// Deepest nesting of a body's values (form keys like `a.b.c`, JSON objects and arrays): the
+/// model's bound, checked here already so that a deep body is refused before it is walked.
+pub use crate::model::schema::{MAX_DEPTH, depth};
 
 /// How the body was encoded: form values need schema coercion, JSON values do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,21 +113,6 @@ pub async fn parse(content_type: &str, bytes: Bytes) -> Result<AdminBody, AdminE
 
 fn too_deep() -> AdminError {
     AdminError::BadRequest(format!("request body nests deeper than {MAX_DEPTH} levels"))
-}
-
-/// How deep an object's values nest (an object of scalars is 1), without recursing.
-pub fn depth(fields: &Obj) -> usize {
-    let mut deepest = 1;
-    let mut stack: Vec<(&Value, usize)> = fields.values().map(|v| (v, 1)).collect();
-    while let Some((v, d)) = stack.pop() {
-        deepest = deepest.max(d);
-        match v {
-            Value::Object(m) => stack.extend(m.values().map(|c| (c, d + 1))),
-            Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// Builds the nested object from form pairs; keys nesting deeper than [`MAX_DEPTH`] are refused.

@@ -552,11 +552,16 @@ fn route_checks(rec: &Obj) -> Vec<Violation> {
         ));
         return out;
     }
-    let is_http = protocols.iter().any(|p| matches!(*p, "http" | "https"));
-    if is_http {
-        for f in ["sources", "destinations"] {
-            if set(f) {
-                out.push(Violation::field(f, format!("cannot set '{f}' when 'protocols' is 'http' or 'https'")));
+    // Kong's protocol subschemas: what each kind of route may not match on.
+    let cannot: &[(&[&str], &[&str], &str)] = &[
+        (&["http", "https"], &["sources", "destinations"], "'http' or 'https'"),
+        (&["tcp", "tls", "udp", "tls_passthrough"], &["methods", "hosts", "paths", "headers"], STREAM_PROTOCOLS),
+        (&["grpc", "grpcs"], &["methods", "sources", "destinations"], "'grpc' or 'grpcs'"),
+    ];
+    for (group, fields, names) in cannot {
+        if protocols.iter().any(|p| group.contains(p)) {
+            for f in fields.iter().filter(|f| set(f)) {
+                out.push(Violation::field(f, format!("cannot set '{f}' when 'protocols' is {names}")));
             }
         }
     }
@@ -569,29 +574,39 @@ fn route_checks(rec: &Obj) -> Vec<Violation> {
     out
 }
 
-/// An http(s) route must match on something (Kong's http subschema `conditional_at_least_one_of`,
-/// reported even beside invalid fields).
+const STREAM_PROTOCOLS: &str = "'tcp', 'tls', 'tls_passthrough' or 'udp'";
+
+/// A route must match on something its protocols can see (Kong's protocol subschemas'
+/// `conditional_at_least_one_of`, reported even beside invalid fields): an HTTP route on the
+/// request, a gRPC one on hosts, headers or paths, a stream one on addresses or SNIs.
 fn route_match_attributes(rec: &Obj) -> Vec<Violation> {
     let protocols: Vec<&str> = rec
         .get("protocols")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    let has = |p: &str| protocols.contains(&p);
+    let only = |group: &[&str]| !protocols.is_empty() && protocols.iter().all(|p| group.contains(p));
     // Kong applies the rules of the first protocol it knows.
-    if !matches!(protocols.iter().find(|p| ALL_PROTOCOLS.contains(p)), Some(&"http" | &"https")) {
-        return Vec::new();
-    }
-    let https = protocols.contains(&"https");
-    let mut needed: Vec<&str> = vec!["methods", "hosts", "headers", "paths"];
-    if https {
-        needed.push("snis");
-    }
+    let (needed, when): (&[&str], &str) = match protocols.iter().find(|p| ALL_PROTOCOLS.contains(p)) {
+        Some(&"http" | &"https") if has("https") => (&["methods", "hosts", "headers", "paths", "snis"], "'https'"),
+        Some(&"http" | &"https") => (&["methods", "hosts", "headers", "paths"], "'http'"),
+        Some(&"grpc" | &"grpcs") if has("grpcs") => (&["hosts", "headers", "paths", "snis"], "'grpcs'"),
+        Some(&"grpc" | &"grpcs") => (&["hosts", "headers", "paths"], "'grpc'"),
+        _ if only(&["tcp", "tls", "udp"]) => (&["sources", "destinations", "snis"], "'tcp', 'tls' or 'udp'"),
+        _ if only(&["tls_passthrough"]) => {
+            if is_nonempty(rec.get("snis")) {
+                return Vec::new();
+            }
+            return vec![Violation::entity("must set snis when 'protocols' is 'tls_passthrough'")];
+        }
+        _ => return Vec::new(),
+    };
     if needed.iter().any(|f| is_nonempty(rec.get(*f))) {
         return Vec::new();
     }
     let list: Vec<String> = needed.iter().map(|f| format!("'{f}'")).collect();
-    let proto = if https { "https" } else { "http" };
-    vec![Violation::entity(format!("must set one of {} when 'protocols' is '{proto}'", list.join(", ")))]
+    vec![Violation::entity(format!("must set one of {} when 'protocols' is {when}", list.join(", ")))]
 }
 
 fn plugins() -> &'static Schema {
@@ -737,6 +752,40 @@ mod tests {
         let err = validate(Kind::Route.schema(), &obj(json!({"protocols": ["http", "tcp"], "paths": ["/"]})))
             .expect_err("invalid");
         assert!(err.message().contains("mutually exclusive"), "{}", err.message());
+    }
+
+    /// Found by `snapshot::properties`: a stream or gRPC route without anything to match on was
+    /// accepted (and, in the HTTP router, took every unmatched request). Kong's subschemas refuse it.
+    #[test]
+    fn stream_and_grpc_routes_need_their_own_attributes() {
+        let message = |body: Value| validate(Kind::Route.schema(), &obj(body)).expect_err("invalid").message();
+        assert_eq!(
+            message(json!({"protocols": ["tcp"]})),
+            "schema violation (must set one of 'sources', 'destinations', 'snis' when 'protocols' is 'tcp', 'tls' or 'udp')"
+        );
+        assert_eq!(
+            message(json!({"protocols": ["tcp"], "paths": ["/a"], "sources": [{"ip": "10.0.0.1"}]})),
+            "schema violation (paths: cannot set 'paths' when 'protocols' is 'tcp', 'tls', 'tls_passthrough' or 'udp')"
+        );
+        assert_eq!(
+            message(json!({"protocols": ["tls_passthrough"]})),
+            "schema violation (must set snis when 'protocols' is 'tls_passthrough')"
+        );
+        assert_eq!(
+            message(json!({"protocols": ["grpc"]})),
+            "schema violation (must set one of 'hosts', 'headers', 'paths' when 'protocols' is 'grpc')"
+        );
+        assert_eq!(
+            message(json!({"protocols": ["grpcs"], "paths": ["/a"], "methods": ["GET"]})),
+            "schema violation (methods: cannot set 'methods' when 'protocols' is 'grpc' or 'grpcs')"
+        );
+        for ok in [
+            json!({"protocols": ["tcp"], "destinations": [{"ip": "10.0.0.1", "port": 80}]}),
+            json!({"protocols": ["tls"], "snis": ["a.test"]}),
+            json!({"protocols": ["grpc", "grpcs"], "hosts": ["a.test"]}),
+        ] {
+            assert!(validate(Kind::Route.schema(), &obj(ok.clone())).is_ok(), "{ok}");
+        }
     }
 
     #[test]

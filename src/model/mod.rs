@@ -102,6 +102,11 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatal
         }
     };
     let mut record = record;
+    // Whatever the transport bounded, a record nesting deeper could not be read back once stored.
+    if schema::depth(&record) > schema::MAX_DEPTH {
+        let message = format!("value nests deeper than {} levels", schema::MAX_DEPTH);
+        return Err(Violations(vec![Violation::entity(message)]).into());
+    }
     if fields.iter().any(|f| f.name == "updated_at") {
         record.insert("updated_at".into(), Value::from(now_secs()));
     }
@@ -199,6 +204,19 @@ mod tests {
             err.to_string(),
             "schema violation (at least one of these fields must be non-empty: 'custom_id', 'username')"
         );
+    }
+
+    /// Found by `snapshot::properties`: a foreign key given by a nested endpoint key was accepted
+    /// however deep, and a row nesting past 128 levels could not be read back once stored.
+    #[test]
+    fn records_nesting_too_deep_are_refused() {
+        let nested = |levels: usize| (0..levels).fold(json!("bob"), |v, _| json!({ "username": v }));
+        let err = prepare(Kind::KeyAuth, obj(json!({"consumer": nested(200)})), Mode::Create, &NoPlugins)
+            .expect_err("too deep");
+        assert_eq!(err.to_string(), "schema violation (value nests deeper than 32 levels)");
+        let ok =
+            prepare(Kind::KeyAuth, obj(json!({"consumer": nested(schema::MAX_DEPTH - 1)})), Mode::Create, &NoPlugins);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -611,6 +611,27 @@ pub fn validate(schema: &Schema, input: &Obj) -> Result<Obj, Violations> {
     if w.errors.is_empty() { Ok(out) } else { Err(Violations(w.errors)) }
 }
 
+/// Deepest nesting of an entity's values (objects and arrays). No schema nests half this deep; the
+/// bound keeps every recursive walk over input, over the stored row and over the configuration sent
+/// to data planes (which nests a few levels more) far below serde_json's limit of 128, so that what
+/// is accepted can always be read back.
+pub const MAX_DEPTH: usize = 32;
+
+/// How deep an object's values nest (an object of scalars is 1), without recursing.
+pub fn depth(fields: &Obj) -> usize {
+    let mut deepest = 1;
+    let mut stack: Vec<(&Value, usize)> = fields.values().map(|v| (v, 1)).collect();
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Object(m) => stack.extend(m.values().map(|c| (c, d + 1))),
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Kong's "non-empty": set, and not `""`, `[]` or `{}`.
 pub fn is_nonempty(v: Option<&Value>) -> bool {
     match v {

@@ -9,7 +9,9 @@ mod buffering;
 mod deadline;
 pub mod forward;
 mod framing;
-mod h1;
+// Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod h1;
 mod reply;
 pub mod stats;
 mod tls;

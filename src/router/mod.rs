@@ -328,6 +328,11 @@ impl<T> Router<T> {
         self.targets.is_empty()
     }
 
+    /// Every route's target, in the order given.
+    pub fn targets(&self) -> &[T] {
+        &self.targets
+    }
+
     fn add(&mut self, index: usize, matcher: &RouteMatcher) {
         let first = self.entries.len();
         for (path, priority) in &matcher.paths {
@@ -373,14 +378,46 @@ impl<T> Router<T> {
             }
         }
         self.search(&self.any_host, req, &mut best);
-        best.map(|(entry, matched_len)| Match {
+        best.map(|best| self.answer(best))
+    }
+
+    /// [`Router::find`] without the index: every path of every route, under every host pattern.
+    /// The oracle the index is checked against (router tests, `fuzz/`), never on the hot path.
+    #[cfg(any(test, fuzzing))]
+    #[doc(hidden)]
+    pub fn find_by_scan(&self, req: &RequestView<'_>) -> Option<Match<'_, T>> {
+        let mut best: Option<(&Entry, usize)> = None;
+        for entry in &self.entries {
+            let route = &self.matchers[entry.route];
+            let host_matches = route.hosts.iter().any(|(pattern, port)| {
+                let host = req.host;
+                port.is_none_or(|p| p == req.port)
+                    && match pattern {
+                        HostPattern::Any => true,
+                        HostPattern::Exact(h) => **h == *host,
+                        HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(&**s),
+                        HostPattern::Prefix(p) => host.len() > p.len() && host.starts_with(&**p),
+                    }
+            });
+            if !host_matches || best.is_some_and(|(b, _)| !beats(entry, b)) {
+                continue;
+            }
+            if let Some(len) = entry.matches(route, req) {
+                best = Some((entry, len));
+            }
+        }
+        best.map(|best| self.answer(best))
+    }
+
+    fn answer<'s>(&'s self, (entry, matched_len): (&'s Entry, usize)) -> Match<'s, T> {
+        Match {
             target: &self.targets[entry.route],
             matched_len,
             prefix: match &entry.path {
                 PathMatch::Prefix(p) => Some(&**p),
                 _ => None,
             },
-        })
+        }
     }
 
     fn search<'s>(&'s self, bucket: &'s Bucket, req: &RequestView<'_>, best: &mut Option<(&'s Entry, usize)>) {

@@ -265,3 +265,85 @@ fn ten_thousand_mixed_routes_resolve() {
         assert_eq!(r.find(&view).map(|m| *m.target), Some(i), "{host}{path}");
     }
 }
+
+/// The index answers what a scan of every route answers, for routes and requests made of a few
+/// overlapping pieces (so that they meet). `PROPTEST_CASES` runs more than the suite's 64.
+mod index_matches_scan {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    const HOST: &[&str] = &["a", "b", ".", "*", "example", ".com", ":8000", ":80", "A", "é", "-", "[::1]"];
+    const PATH: &[&str] =
+        &["/", "a", "b", "/a", "é", ".", "..", "%2F", "%61", "~", "\\d", "+", "$", "(", ")", "|", "[a-z]", "*", "?"];
+    const METHOD: &[&str] = &["GET", "POST", "PUT", "get"];
+    const HEADER: &[&str] = &["x-a", "X-B"];
+    const VALUE: &[&str] = &["v", "V", "~*^v$", "~*v", "w", "é"];
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+    }
+
+    fn joined(pieces: &'static [&'static str], n: std::ops::Range<usize>) -> BoxedStrategy<String> {
+        vec(select(pieces), n).prop_map(|p| p.concat()).boxed()
+    }
+
+    type Headers = Vec<(String, Vec<String>)>;
+
+    fn headers() -> impl Strategy<Value = Headers> {
+        vec((select(HEADER), vec(select(VALUE), 1..3)), 0..3).prop_map(|hs| {
+            hs.into_iter().map(|(n, vs)| (n.to_string(), vs.into_iter().map(str::to_string).collect())).collect()
+        })
+    }
+
+    fn spec() -> impl Strategy<Value = RouteSpec<usize>> {
+        (
+            vec(select(METHOD), 0..3),
+            vec(joined(HOST, 1..4), 0..3),
+            vec(joined(PATH, 1..6), 0..3),
+            headers(),
+            0usize..2,
+            -2i64..3,
+        )
+            .prop_map(|(methods, hosts, paths, headers, snis, regex_priority)| RouteSpec {
+                methods: methods.into_iter().map(str::to_string).collect(),
+                hosts,
+                paths,
+                headers,
+                snis,
+                regex_priority,
+                target: 0,
+            })
+    }
+
+    fn request() -> impl Strategy<Value = (&'static str, String, u16, String, Headers)> {
+        (select(METHOD), joined(HOST, 1..5), select(vec![80u16, 8000]), joined(PATH, 1..8), headers())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_index_finds_what_a_scan_finds(specs in vec(spec(), 0..10), requests in vec(request(), 1..10)) {
+            let specs = specs.into_iter().enumerate().map(|(i, s)| RouteSpec { target: i, ..s }).collect();
+            let Ok(router) = Router::build(specs) else { return Ok(()) };
+            for (method, authority, port, path, headers) in &requests {
+                let Ok(method) = Method::from_bytes(method.as_bytes()) else { continue };
+                let mut map = HeaderMap::new();
+                for (name, values) in headers {
+                    for v in values {
+                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(v)) {
+                            map.append(n, v);
+                        }
+                    }
+                }
+                let path = normalize_path(path);
+                let view = RequestView { method: &method, host: route_host(authority), port: *port, path: &path, headers: &map };
+                let indexed = router.find(&view).map(|m| *m.target);
+                let scanned = router.find_by_scan(&view).map(|m| *m.target);
+                prop_assert_eq!(indexed, scanned, "{} {} {}", method, authority, path);
+            }
+        }
+    }
+}

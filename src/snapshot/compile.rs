@@ -161,6 +161,14 @@ pub struct CompiledRoute {
     pub https_redirect_status: StatusCode,
     /// Read the request body before anything goes upstream (Kong's `request_buffering`).
     pub request_buffering: bool,
+    /// Its protocols are stream ones only (tcp, tls, udp, tls_passthrough): no HTTP request is
+    /// routed to it, whatever it matches on (Tollgate proxies no streams).
+    pub stream_only: bool,
+}
+
+/// Whether a route's protocols are stream ones only.
+fn stream_only(protocols: &[String]) -> bool {
+    !protocols.iter().any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
 }
 
 /// Validates Admin API input and compiles the result as the proxy would: what comes back can be
@@ -381,6 +389,7 @@ pub fn route(r: &RouteRow) -> Result<CompiledRoute, Violations> {
         http_allowed: r.protocols.iter().any(|p| p == "http"),
         https_redirect_status,
         request_buffering: r.request_buffering,
+        stream_only: stream_only(&r.protocols),
     })
 }
 
@@ -397,6 +406,7 @@ pub fn broken_route(r: &RouteRow) -> Option<CompiledRoute> {
         http_allowed: true,
         https_redirect_status: StatusCode::UPGRADE_REQUIRED,
         request_buffering: r.request_buffering,
+        stream_only: stream_only(&r.protocols),
     })
 }
 

@@ -5,6 +5,8 @@
 //! I/O.
 
 pub mod compile;
+#[cfg(test)]
+mod properties;
 pub mod state;
 
 use std::sync::Arc;

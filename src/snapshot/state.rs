@@ -498,7 +498,9 @@ impl ConfigState {
         // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
         routes.sort_by_key(|r| std::cmp::Reverse(r.id));
         let mut compiled = Vec::with_capacity(routes.len());
-        for r in routes {
+        // A stream route (tcp, tls, udp) matches no HTTP attribute: in the HTTP router it would
+        // answer every request no other route takes.
+        for r in routes.into_iter().filter(|r| !r.stream_only) {
             let (service, service_broken) = match r.service {
                 Some(sid) => match self.services.get(&sid) {
                     Some(Some(s)) if s.enabled => (Some(s.clone()), false),
@@ -600,6 +602,21 @@ mod tests {
         fixed.kinds.entry(Kind::Route).or_default().deletes.push(ROUTE.into());
         state.apply(&fixed);
         assert!(state.rejected().is_empty(), "deleting it clears the report");
+    }
+
+    /// Found by `snapshot::properties`: a stream route (here without any attribute, which the
+    /// model accepted) was compiled into the HTTP router, where it took every unmatched request.
+    #[test]
+    fn a_stream_route_is_no_http_route() {
+        let stream = row(&json!({"id": ROUTE, "protocols": ["tcp"], "strip_path": true, "preserve_host": false,
+            "regex_priority": 0, "https_redirect_status_code": 426, "service": {"id": SERVICE}}));
+        let mut state = load(&[(Kind::Service, service()), (Kind::Route, stream)]);
+        assert!(state.rejected().is_empty());
+        assert_eq!(state.build(true).router.len(), 0);
+        let grpc = row(&json!({"id": ROUTE, "protocols": ["grpc"], "paths": ["/a"], "strip_path": false,
+            "preserve_host": false, "regex_priority": 0, "https_redirect_status_code": 426, "service": {"id": SERVICE}}));
+        let mut state = load(&[(Kind::Service, service()), (Kind::Route, grpc)]);
+        assert_eq!(state.build(true).router.len(), 1, "grpc routes are HTTP routes");
     }
 
     /// An unreadable membership keeps its consumer from authenticating.
