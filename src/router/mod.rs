@@ -267,10 +267,14 @@ pub struct Router<T> {
     matchers: Vec<Arc<RouteMatcher>>,
     entries: Vec<Entry>,
     exact: HashMap<Box<str>, Bucket, Hasher>,
-    /// `*.example.com` → `.example.com`
-    suffixes: Vec<(Box<str>, Bucket)>,
-    /// `example.*` → `example.`
-    prefixes: Vec<(Box<str>, Bucket)>,
+    /// `*.example.com` → `.example.com`: looked up by each of the request host's suffixes that
+    /// start at a dot (a host has few dots), so thousands of wildcard hosts cost a few probes.
+    suffixes: HashMap<Box<str>, Bucket, Hasher>,
+    /// `example.*` → `example.`, looked up the same way by the host's prefixes ending at a dot.
+    prefixes: HashMap<Box<str>, Bucket, Hasher>,
+    /// Wildcard patterns of another shape (none the Admin API accepts; a stored row may hold one),
+    /// tried one by one: `(pattern, is a suffix)`.
+    odd_wildcards: Vec<(Box<str>, bool, Bucket)>,
     any_host: Bucket,
 }
 
@@ -282,8 +286,9 @@ impl<T> Router<T> {
             matchers: Vec::new(),
             entries: Vec::new(),
             exact: HashMap::default(),
-            suffixes: Vec::new(),
-            prefixes: Vec::new(),
+            suffixes: HashMap::default(),
+            prefixes: HashMap::default(),
+            odd_wildcards: Vec::new(),
             any_host: Bucket::default(),
         }
     }
@@ -311,12 +316,10 @@ impl<T> Router<T> {
         let entries = &router.entries;
         let sort = |b: &mut Bucket| b.finish(entries);
         router.exact.values_mut().for_each(sort);
-        router.suffixes.iter_mut().for_each(|(_, b)| sort(b));
-        router.prefixes.iter_mut().for_each(|(_, b)| sort(b));
+        router.suffixes.values_mut().for_each(sort);
+        router.prefixes.values_mut().for_each(sort);
+        router.odd_wildcards.iter_mut().for_each(|(_, _, b)| sort(b));
         sort(&mut router.any_host);
-        // Longer wildcard patterns are more specific; try them first.
-        router.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        router.prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router
     }
 
@@ -342,8 +345,10 @@ impl<T> Router<T> {
         for (pattern, port) in &matcher.hosts {
             let bucket = match pattern {
                 HostPattern::Any => &mut self.any_host,
-                HostPattern::Suffix(s) => find_or_push(&mut self.suffixes, s),
-                HostPattern::Prefix(p) => find_or_push(&mut self.prefixes, p),
+                HostPattern::Suffix(s) if s.starts_with('.') => self.suffixes.entry(s.clone()).or_default(),
+                HostPattern::Prefix(p) if p.ends_with('.') => self.prefixes.entry(p.clone()).or_default(),
+                HostPattern::Suffix(s) => odd_wildcard(&mut self.odd_wildcards, s, true),
+                HostPattern::Prefix(p) => odd_wildcard(&mut self.odd_wildcards, p, false),
                 HostPattern::Exact(h) => self.exact.entry(h.clone()).or_default(),
             };
             for id in ids.clone() {
@@ -367,13 +372,27 @@ impl<T> Router<T> {
         if let Some(bucket) = self.exact.get(req.host) {
             self.search(bucket, req, &mut best);
         }
-        for (suffix, bucket) in &self.suffixes {
-            if req.host.len() > suffix.len() && req.host.ends_with(&**suffix) {
-                self.search(bucket, req, &mut best);
+        if !self.suffixes.is_empty() || !self.prefixes.is_empty() {
+            let host = req.host;
+            for (i, _) in host.match_indices('.') {
+                // `.example.com` of `a.example.com` (something before it), `a.` of `a.b` (something after).
+                if i > 0
+                    && let Some(bucket) = self.suffixes.get(&host[i..])
+                {
+                    self.search(bucket, req, &mut best);
+                }
+                if i + 1 < host.len()
+                    && let Some(bucket) = self.prefixes.get(&host[..=i])
+                {
+                    self.search(bucket, req, &mut best);
+                }
             }
         }
-        for (prefix, bucket) in &self.prefixes {
-            if req.host.len() > prefix.len() && req.host.starts_with(&**prefix) {
+        for (pattern, suffix, bucket) in &self.odd_wildcards {
+            let host = req.host;
+            let fits = host.len() > pattern.len()
+                && if *suffix { host.ends_with(&**pattern) } else { host.starts_with(&**pattern) };
+            if fits {
                 self.search(bucket, req, &mut best);
             }
         }
@@ -507,15 +526,15 @@ impl Entry {
     }
 }
 
-fn find_or_push<'a>(list: &'a mut Vec<(Box<str>, Bucket)>, key: &str) -> &'a mut Bucket {
-    let pos = match list.iter().position(|(k, _)| &**k == key) {
+fn odd_wildcard<'a>(list: &'a mut Vec<(Box<str>, bool, Bucket)>, key: &str, suffix: bool) -> &'a mut Bucket {
+    let pos = match list.iter().position(|(k, s, _)| &**k == key && *s == suffix) {
         Some(p) => p,
         None => {
-            list.push((key.into(), Bucket::default()));
+            list.push((key.into(), suffix, Bucket::default()));
             list.len() - 1
         }
     };
-    &mut list[pos].1
+    &mut list[pos].2
 }
 
 #[cfg(test)]
