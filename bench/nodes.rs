@@ -64,6 +64,27 @@ impl Drop for Node {
     }
 }
 
+/// The cluster certificate every hybrid node of a benchmark shares, made once with
+/// `tollgate hybrid gen-cert` in the system's temporary directory: the `TOLLGATE_CLUSTER_CERT` and
+/// `TOLLGATE_CLUSTER_CERT_KEY` a control or data plane needs.
+pub fn cluster_env(bin: &Path) -> Vec<(&'static str, String)> {
+    static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (cert, key) = PAIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let (cert, key) = (dir.join("cluster.crt"), dir.join("cluster.key"));
+        let _ = Command::new(bin).args(["hybrid", "gen-cert"]).arg(&cert).arg(&key).output();
+        (cert.display().to_string(), key.display().to_string())
+    });
+    vec![("TOLLGATE_CLUSTER_CERT", cert.clone()), ("TOLLGATE_CLUSTER_CERT_KEY", key.clone())]
+}
+
+/// Whether the environment starts a control or data plane.
+fn hybrid(env: &[(&str, String)]) -> bool {
+    env.iter().any(|(k, v)| *k == "TOLLGATE_ROLE" && (v == "control_plane" || v == "data_plane"))
+}
+
 pub fn spawn(bin: &Path, env: &[(&str, String)], log: &Path) -> Result<Node, String> {
     spawn_on(None, bin, env, log)
 }
@@ -79,9 +100,11 @@ pub fn spawn_on(cpu: Option<&str>, bin: &Path, env: &[(&str, String)], log: &Pat
         }
         None => Command::new(bin),
     };
+    let cluster = if hybrid(env) { cluster_env(bin) } else { Vec::new() };
     let child = command
         .arg("start")
         .env_clear()
+        .envs(cluster.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("TOLLGATE_LOG_LEVEL", "notice")
         .env("TOLLGATE_WORKER_THREADS", "1")
@@ -118,6 +141,7 @@ pub fn admin_token(bin: &Path, prefix: &Path) -> Result<String, String> {
         .env_clear()
         .env("TOLLGATE_PREFIX", prefix)
         .env("TOLLGATE_ROLE", "control_plane")
+        .envs(cluster_env(bin))
         .output()
         .map_err(|e| e.to_string())?;
     let token = String::from_utf8_lossy(&created.stdout).trim().to_string();

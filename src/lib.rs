@@ -17,6 +17,7 @@ pub mod router;
 pub mod snapshot;
 pub mod store;
 pub mod sync;
+pub mod tls;
 
 /// The version reported by `tollgate version`, `GET /` and `Via`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

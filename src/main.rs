@@ -41,6 +41,26 @@ enum Command {
         #[command(subcommand)]
         action: TokensAction,
     },
+    /// Hybrid mode tools.
+    Hybrid {
+        #[command(subcommand)]
+        action: HybridAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HybridAction {
+    /// Make the cluster certificate and key both planes share (EC P-384, `CN=kong_clustering`).
+    #[command(name = "gen-cert", alias = "gen_cert")]
+    GenCert {
+        /// Where to write the certificate (default `./cluster.crt`).
+        cert: Option<PathBuf>,
+        /// Where to write the key (default `./cluster.key`).
+        key: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(short = 'd', long = "days", default_value_t = 1095, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +84,16 @@ enum TokensAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Hybrid { action: HybridAction::GenCert { cert, key, days } } => match gen_cert(cert, key, days) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Version => {
             println!("Tollgate {}", tollgate::VERSION);
             ExitCode::SUCCESS
@@ -114,6 +144,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `hybrid gen-cert`, with Kong's messages.
+fn gen_cert(cert: Option<PathBuf>, key: Option<PathBuf>, days: u32) -> Result<String, String> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => (PathBuf::from("cluster.crt"), PathBuf::from("cluster.key")),
+        (Some(c), Some(k)) => (c, k),
+        _ => return Err("both cert and key path needs to be provided".into()),
+    };
+    for path in [&cert, &key] {
+        if path.exists() {
+            return Err(format!("{} already exists.\nWill not overwrite it.", path.display()));
+        }
+    }
+    let pair = tollgate::tls::generate::cluster_pair(days).map_err(|e| e.to_string())?;
+    tollgate::tls::generate::write_file(&cert, &pair.cert_pem, 0o644)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    tollgate::tls::generate::write_file(&key, &pair.key_pem, 0o600).map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok(format!(
+        "Successfully generated certificate/key pairs, they have been written to: '{}' and '{}'.",
+        cert.display(),
+        key.display()
+    ))
 }
 
 /// Loads the configuration (printing every error) and applies a `--prefix` override.

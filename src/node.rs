@@ -14,12 +14,13 @@ use crate::admin::{self, AdminInner, AdminState};
 use crate::cluster::data_plane::DataPlane;
 use crate::cluster::hub::Hub;
 use crate::cluster::status::{self, StatusSource};
-use crate::config::{Listen, NodeRole, Settings};
+use crate::config::{Listen, NodeRole, PemPair, Settings};
 use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
 use crate::proxy::upstream::{self, PoolSettings};
 use crate::snapshot::SnapshotHolder;
 use crate::store::{DEFAULT_CP, Store, StoreError};
+use crate::tls::{self, CertPair, CertificateSource, SniResolver};
 
 /// How long in-flight requests get to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,12 +38,17 @@ pub enum NodeError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Runs a node until it is told to stop.
 pub fn run(settings: Settings) -> Result<(), NodeError> {
     init_logging(&settings);
     log_panics();
+    for warning in &settings.tls_warnings {
+        tracing::warn!("{warning}");
+    }
     // TLS to Redis (`redis.ssl`) uses rustls' process-wide provider: the same one as upstream TLS.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     upstream::configure(PoolSettings {
@@ -100,48 +106,109 @@ fn bind(listen: &Listen, reuseport: bool) -> Result<std::net::TcpListener, NodeE
     Ok(socket.into())
 }
 
-/// The proxy sockets of every worker: one shared socket per address, or one per worker with
-/// `reuseport` so the kernel spreads connections.
-fn proxy_sockets(settings: &Settings) -> Result<Vec<Vec<std::net::TcpListener>>, NodeError> {
+/// The proxy sockets of every worker, each with the index of its `proxy_listen` entry: one shared
+/// socket per address, or one per worker with `reuseport` so the kernel spreads connections.
+fn proxy_sockets(settings: &Settings) -> Result<Vec<Vec<(std::net::TcpListener, usize)>>, NodeError> {
     let workers = settings.worker_threads;
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for listen in &settings.proxy_listen {
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, usize)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, listen) in settings.proxy_listen.iter().enumerate() {
         if listen.reuseport {
             for sockets in per_worker.iter_mut() {
-                sockets.push(bind(listen, true)?);
+                sockets.push((bind(listen, true)?, i));
             }
         } else {
             let shared = bind(listen, false)?;
             for sockets in per_worker.iter_mut() {
-                sockets.push(shared.try_clone().map_err(|source| NodeError::Listen { addr: listen.addr, source })?);
+                let socket = shared.try_clone().map_err(|source| NodeError::Listen { addr: listen.addr, source })?;
+                sockets.push((socket, i));
             }
         }
     }
     Ok(per_worker)
 }
 
+/// The pair served when nothing else matches: the first of `pairs` (and the first of the other key
+/// type beside it, as Kong serves an RSA and an ECDSA pair), or the generated default.
+fn default_pair(pairs: &[PemPair], settings: &Settings) -> Result<CertPair, NodeError> {
+    let generated;
+    let pairs: Vec<(&[u8], &[u8])> = if pairs.is_empty() {
+        generated = tls::generate::ensure_default(&settings.prefix).map_err(|e| NodeError::Tls(e.to_string()))?;
+        vec![(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())]
+    } else {
+        pairs.iter().map(|p| (p.cert.as_slice(), p.key.as_slice())).collect()
+    };
+    let mut loaded = Vec::new();
+    for (cert, key) in pairs {
+        let certified = tls::material::certified_key(cert, key).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let kind = certified
+            .end_entity_cert()
+            .ok()
+            .and_then(|der| tls::material::info(der).ok())
+            .map_or(tls::KeyType::Other, |i| i.key_type);
+        loaded.push((certified, kind));
+    }
+    let mut loaded = loaded.into_iter();
+    let (main, main_type) = loaded.next().ok_or_else(|| NodeError::Tls("no certificate".into()))?;
+    let alt = loaded.find(|(_, t)| *t != main_type);
+    Ok(CertPair { id: uuid::Uuid::nil(), main, main_type, alt })
+}
+
+/// The TLS acceptor of each listener entry (`None` for cleartext ones).
+fn acceptors(
+    listens: &[Listen],
+    pairs: &[PemPair],
+    settings: &Settings,
+    source: Option<Arc<dyn CertificateSource>>,
+) -> Result<Vec<Option<tokio_rustls::TlsAcceptor>>, NodeError> {
+    if !listens.iter().any(|l| l.ssl) {
+        return Ok(vec![None; listens.len()]);
+    }
+    let default = default_pair(pairs, settings)?;
+    listens
+        .iter()
+        .map(|l| {
+            if !l.ssl {
+                return Ok(None);
+            }
+            let resolver = Arc::new(SniResolver::new(default.clone(), source.clone()));
+            let config = settings.tls_policy.server_config(resolver, l.http2).map_err(NodeError::Tls)?;
+            Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
+        })
+        .collect()
+}
+
 /// Starts the proxy workers: one thread each, with a single-threaded runtime, its own upstream pool
 /// and its own accept loops. They stop accepting when `stop` flips, then drain.
 fn serve_workers(
     proxy: &'static Proxy,
-    sockets: Vec<Vec<std::net::TcpListener>>,
+    sockets: Vec<Vec<(std::net::TcpListener, usize)>>,
+    settings: &Settings,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, NodeError> {
+    let source: Arc<dyn CertificateSource> = proxy.holder.clone();
+    let acceptors = acceptors(&settings.proxy_listen, &settings.ssl_certs, settings, Some(source))?;
     let mut threads = Vec::new();
     for (i, listeners) in sockets.into_iter().enumerate() {
         let stop = stop.clone();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NodeError::Runtime)?;
+        let listeners: Vec<_> = listeners
+            .into_iter()
+            .map(|(socket, entry)| {
+                (socket, acceptors.get(entry).cloned().flatten(), settings.proxy_listen[entry].proxy_protocol)
+            })
+            .collect();
         let thread = std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {
             runtime.block_on(async move {
                 let graceful = GracefulShutdown::new();
                 let mut serving = Vec::new();
-                for std_listener in listeners {
+                for (std_listener, tls, proxy_protocol) in listeners {
                     match TcpListener::from_std(std_listener) {
-                        Ok(listener) => {
+                        Ok(socket) => {
                             let mut stop = stop.clone();
                             let stopped = async move {
                                 let _ = stop.changed().await;
                             };
+                            let listener = crate::proxy::Listener { socket, tls, proxy_protocol };
                             serving.push(proxy.serve(listener, stopped, &graceful));
                         }
                         Err(e) => tracing::error!(error = %e, "proxy listener unusable"),
@@ -193,13 +260,14 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = serve_workers(proxy, sockets, &stop_rx)?;
+    let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
     let hub = if settings.role == NodeRole::ControlPlane {
         let hub = Hub::new(store.clone());
+        let tls = crate::cluster::tls::server(&settings.cluster_tls).map_err(NodeError::Tls)?;
         let listener = TcpListener::bind(settings.cluster_listen)
             .await
             .map_err(|source| NodeError::Listen { addr: settings.cluster_listen, source })?;
-        tokio::spawn(hub.clone().serve(listener));
+        tokio::spawn(hub.clone().serve(listener, tls));
         tokio::spawn(hub.clone().run_publisher(settings.db_update_frequency));
         Some(hub)
     } else {
@@ -216,18 +284,24 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         holder: proxy.holder.clone(),
         hub,
     });
+    let admin_tls = acceptors(&settings.admin_listen, &settings.admin_ssl_certs, &settings, None)?;
     let mut admin_tasks = Vec::new();
-    for listener in admin_listeners {
+    for (listener, tls) in admin_listeners.into_iter().zip(admin_tls) {
         let app = admin::router(admin_state.clone());
         let app = tower::util::MapRequestLayer::new(admin::trim_trailing_slash).layer(app);
         let mut stop = stop_rx.clone();
         admin_tasks.push(tokio::spawn(async move {
-            let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stopped).await {
-                tracing::error!(error = %e, "Admin API stopped");
+            match tls {
+                Some(acceptor) => serve_tls(listener, acceptor, app, stopped).await,
+                None => {
+                    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+                    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stopped).await {
+                        tracing::error!(error = %e, "Admin API stopped");
+                    }
+                }
             }
         }));
     }
@@ -272,7 +346,7 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     }));
     let sockets = proxy_sockets(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = serve_workers(proxy, sockets, &stop_rx)?;
+    let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
     let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
     serve_status(&settings, source, &stop_rx).await?;
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();
@@ -293,6 +367,60 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves an axum application over TLS (the Admin API's `ssl` listeners) until `stop` resolves, then
+/// lets open connections finish.
+async fn serve_tls<S>(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: S,
+    stop: impl std::future::Future<Output = ()>,
+) where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    tracing::debug!(client = %peer, "Admin API TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+            });
+            let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(error = %e, "Admin API connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some Admin API connections did not finish within the drain timeout");
+    }
 }
 
 /// Serves the status API on `status_listen` until `stop` flips.

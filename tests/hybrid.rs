@@ -217,6 +217,7 @@ async fn a_configuration_the_data_plane_cannot_compile_is_refused_and_reported()
         prefix: Some(prefix),
         extra: vec![("TOLLGATE_ROLE".into(), "control_plane".into())],
         token: Some(token.trim().to_string()),
+        ..Options::default()
     })
     .await;
     let (id, dp_token) = control_plane(&cp, "Dev").await;

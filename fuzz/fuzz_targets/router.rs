@@ -51,7 +51,7 @@ fn spec(u: &mut Unstructured<'_>, target: usize) -> Result<RouteSpec<usize>> {
         hosts: list(u, HOST, 3, 4)?,
         paths: list(u, PATH, 3, 6)?,
         headers: headers(u)?,
-        snis: u.int_in_range(0..=1)?,
+        snis: if u.arbitrary()? { vec!["a.test".to_string()] } else { vec![] },
         regex_priority: u.arbitrary()?,
         target,
     })

@@ -4,6 +4,7 @@
 //! `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
 
 pub mod body;
+mod certificates;
 mod consumer_groups;
 mod control_planes;
 mod entities;
@@ -199,6 +200,8 @@ pub fn router(state: AdminState) -> Router {
         .add("/schemas/{db_entity_name}", get(info::entity_schema))
         .add("/schemas/{db_entity_name}/validate", axum::routing::post(info::validate_entity))
         .entities()
+        .add("/certificates", certificates::collection())
+        .add("/certificates/{certificates}", certificates::item())
         .add("/routes/{routes}/service", info::route_service());
     let kong = legacy::routes(kong).finish();
     let entities = kong

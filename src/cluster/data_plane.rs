@@ -61,6 +61,9 @@ pub struct DataPlane {
     pub hostname: String,
     control_plane: String,
     token: String,
+    /// The cluster link's TLS: client configuration and the server name to expect.
+    tls:
+        Result<(Arc<tokio_rustls::rustls::ClientConfig>, tokio_rustls::rustls::pki_types::ServerName<'static>), String>,
     max_payload: usize,
     cache: PathBuf,
     holder: Arc<SnapshotHolder>,
@@ -136,6 +139,7 @@ impl DataPlane {
             hostname,
             control_plane: settings.cluster_control_plane.clone(),
             token: settings.cluster_token.clone().unwrap_or_default(),
+            tls: super::tls::client(&settings.cluster_tls, &settings.cluster_control_plane),
             max_payload: settings.cluster_max_payload,
             cache: prefix.join("config.cache"),
             holder,
@@ -246,7 +250,7 @@ impl DataPlane {
     async fn session(&self) -> Result<(), String> {
         let hash = self.status().config_hash.unwrap_or_default();
         let url = format!(
-            "ws://{}{OUTLET_PATH}?node_id={}&node_hostname={}&node_version={}&config_hash={}",
+            "wss://{}{OUTLET_PATH}?node_id={}&node_hostname={}&node_version={}&config_hash={}",
             self.control_plane,
             self.node_id,
             url::form_urlencoded::byte_serialize(self.hostname.as_bytes()).collect::<String>(),
@@ -259,7 +263,16 @@ impl DataPlane {
         request.headers_mut().insert(http::header::AUTHORIZATION, bearer);
         let config =
             WebSocketConfig::default().max_message_size(Some(self.max_payload)).max_frame_size(Some(self.max_payload));
-        let (ws, _) = match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+        let (tls_config, server_name) = self.tls.as_ref().map_err(Clone::clone)?;
+        let tcp = tokio::net::TcpStream::connect(&self.control_plane)
+            .await
+            .map_err(|e| format!("cannot reach the control plane: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(tls_config.clone())
+            .connect(server_name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with the control plane failed: {e}"))?;
+        let (ws, _) = match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
             Ok(c) => c,
             Err(WsError::Http(resp)) if resp.status() == http::StatusCode::UNAUTHORIZED => {
                 return Err("the control plane refused the cluster token".into());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -121,6 +121,8 @@ pub struct Hub {
     wake: Notify,
     /// Realm consumers or keys changed: every link tells its data plane to drop cached lookups.
     purge: tokio::sync::broadcast::Sender<()>,
+    /// The last refusal logged per peer address: each is logged once, not once per retry.
+    refused: Mutex<HashMap<std::net::IpAddr, String>>,
 }
 
 impl Hub {
@@ -132,7 +134,21 @@ impl Hub {
             links: Mutex::default(),
             wake: Notify::new(),
             purge: tokio::sync::broadcast::Sender::new(16),
+            refused: Mutex::default(),
         })
+    }
+
+    /// Logs a refused data plane once per peer and reason.
+    fn refuse(&self, peer: std::net::SocketAddr, why: String) {
+        let mut refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.get(&peer.ip()) == Some(&why) {
+            return;
+        }
+        if refused.len() >= 4096 {
+            refused.clear();
+        }
+        tracing::error!(%peer, "[clustering] {why}");
+        refused.insert(peer.ip(), why);
     }
 
     /// Tells every data plane to drop its cached realm lookups (a realm, realm consumer or key
@@ -300,8 +316,15 @@ impl Hub {
         }
     }
 
-    /// Accepts data planes until the process ends.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts data planes until the process ends: TLS first (refused at the handshake without an
+    /// acceptable certificate), then the data plane token.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: (Arc<tokio_rustls::rustls::ServerConfig>, super::tls::ClientCheck),
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
+        let check = Arc::new(tls.1);
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -312,8 +335,19 @@ impl Hub {
                 }
             };
             let hub = self.clone();
+            let acceptor = acceptor.clone();
+            let check = check.clone();
             tokio::spawn(async move {
-                if let Err(e) = hub.link(stream).await {
+                let _ = stream.set_nodelay(true);
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return hub.refuse(peer, format!("data plane failed the TLS handshake: {e}")),
+                    Err(_) => return hub.refuse(peer, "data plane did not finish the TLS handshake".into()),
+                };
+                if let Err(why) = check.check(tls.get_ref().1.peer_certificates().and_then(|c| c.first())) {
+                    return hub.refuse(peer, why.to_string());
+                }
+                if let Err(e) = hub.link(tls).await {
                     tracing::info!(%peer, error = %e, "data plane link ended");
                 }
             });
@@ -321,8 +355,10 @@ impl Hub {
     }
 
     /// One data plane's link, from handshake to close.
-    async fn link(self: Arc<Self>, stream: TcpStream) -> Result<(), String> {
-        let _ = stream.set_nodelay(true);
+    async fn link<S>(self: Arc<Self>, stream: S) -> Result<(), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let tokens = self.store.data_plane_tokens(None).await.map_err(|e| e.to_string())?;
         let mut accepted: Option<DataPlaneToken> = None;
         let mut query = String::new();

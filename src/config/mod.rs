@@ -14,6 +14,42 @@ use std::time::Duration;
 pub use keys::{KEYS, KeyDef};
 pub use listen::Listen;
 
+use crate::tls::{self, TlsPolicy};
+
+/// A certificate chain and its private key, in PEM, checked to belong together. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemPair {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PemPair(<certificate and key>)")
+    }
+}
+
+/// `cluster_mtls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMtls {
+    /// Both ends hold the same certificate.
+    Shared,
+    /// Certificates signed by `cluster_ca_cert`.
+    Pki,
+}
+
+/// The TLS side of the cluster link.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub mtls: ClusterMtls,
+    /// `cluster_cert` and `cluster_cert_key` (required in hybrid mode).
+    pub pair: Option<PemPair>,
+    /// `cluster_ca_cert`, PEM.
+    pub ca: Option<Vec<u8>>,
+    /// `cluster_server_name`.
+    pub server_name: Option<String>,
+}
+
 /// Which store backs the Admin API and the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Database {
@@ -144,6 +180,15 @@ pub struct Settings {
     pub status_listen: Option<std::net::SocketAddr>,
     pub proxy_listen: Vec<Listen>,
     pub admin_listen: Vec<Listen>,
+    /// `ssl_cert`/`ssl_cert_key` (empty: the generated default pair).
+    pub ssl_certs: Vec<PemPair>,
+    /// `admin_ssl_cert`/`admin_ssl_cert_key` (empty: the generated default pair).
+    pub admin_ssl_certs: Vec<PemPair>,
+    /// `ssl_protocols`, `ssl_cipher_suite`, `ssl_ciphers`.
+    pub tls_policy: TlsPolicy,
+    /// Protocols asked for that are not offered, logged at start.
+    pub tls_warnings: Vec<String>,
+    pub cluster_tls: ClusterTls,
     pub database: Database,
     pub pg: PgSettings,
     pub log_level: LogLevel,
@@ -264,6 +309,21 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     let cluster_listen = check.socket_addr("cluster_listen");
     let proxy_listen = check.listens("proxy_listen", false);
     let admin_listen = check.listens("admin_listen", true);
+    let ssl_certs = check.pem_pairs("ssl_cert", "ssl_cert_key");
+    let admin_ssl_certs = check.pem_pairs("admin_ssl_cert", "admin_ssl_cert_key");
+    let (tls_policy, tls_warnings) = match TlsPolicy::parse(
+        check.raw("ssl_protocols").0,
+        check.raw("ssl_cipher_suite").0,
+        check.raw("ssl_ciphers").0,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let key = e.split(':').next().unwrap_or("ssl_protocols").to_string();
+            check.fail(&key, e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string()));
+            (TlsPolicy::default(), Vec::new())
+        }
+    };
+    let cluster_tls = check.cluster_tls(role);
     let database = check.one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres)]);
     let pg = PgSettings {
         host: check.string("pg_host"),
@@ -317,6 +377,11 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         status_listen,
         proxy_listen,
         admin_listen,
+        ssl_certs,
+        admin_ssl_certs,
+        tls_policy,
+        tls_warnings,
+        cluster_tls,
         database,
         pg,
         log_level,
@@ -327,6 +392,16 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         upstream_keepalive_idle_timeout,
         raw: values.into_iter().map(|(k, (v, _))| (k, v)).collect(),
     })
+}
+
+/// A comma list; inline PEM values (which hold no commas) pass whole.
+fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()
+}
+
+/// A setting value as an error may show it: a path or a short value, never a PEM body.
+fn shown(value: &str) -> String {
+    if value.contains("-----BEGIN") || value.len() > 120 { "<inline value>".into() } else { value.to_string() }
 }
 
 /// Drops a `#` comment; `\#` stays as a literal `#` (kong.conf rule).
@@ -428,6 +503,95 @@ impl Checker<'_> {
             self.fail(key, "expected at least one address".into());
         }
         out
+    }
+
+    /// A comma list of certificates and the list of their keys, with Kong's messages.
+    fn pem_pairs(&mut self, cert_key: &'static str, key_key: &'static str) -> Vec<PemPair> {
+        let certs = split_list(self.raw(cert_key).0);
+        let keys = split_list(self.raw(key_key).0);
+        match (certs.is_empty(), keys.is_empty()) {
+            (true, true) => return Vec::new(),
+            (false, true) => {
+                self.fail(key_key, format!("{key_key} must be specified"));
+                return Vec::new();
+            }
+            (true, false) => {
+                self.fail(cert_key, format!("{cert_key} must be specified"));
+                return Vec::new();
+            }
+            _ if certs.len() != keys.len() => {
+                let msg = format!(
+                    "{cert_key} was specified {} times while {key_key} was specified {} times",
+                    certs.len(),
+                    keys.len()
+                );
+                self.fail(cert_key, msg);
+                return Vec::new();
+            }
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for (c, k) in certs.iter().zip(&keys) {
+            match self.pem_pair(cert_key, key_key, c, k) {
+                Some(pair) => out.push(pair),
+                None => continue,
+            }
+        }
+        out
+    }
+
+    fn pem_pair(&mut self, cert_key: &'static str, key_key: &'static str, cert: &str, key: &str) -> Option<PemPair> {
+        let Some(cert_pem) = tls::material::read_setting(cert) else {
+            self.fail(cert_key, format!("failed loading certificate from {}", shown(cert)));
+            return None;
+        };
+        let Some(key_pem) = tls::material::read_setting(key) else {
+            self.fail(key_key, format!("failed loading key from {}", shown(key)));
+            return None;
+        };
+        match tls::material::certified_key(&cert_pem, &key_pem) {
+            Ok(_) => Some(PemPair { cert: cert_pem, key: key_pem }),
+            Err(e @ tls::MaterialError::Key(_)) => {
+                self.fail(key_key, format!("failed loading key from {}: {e}", shown(key)));
+                None
+            }
+            Err(e) => {
+                self.fail(cert_key, format!("failed loading certificate from {}: {e}", shown(cert)));
+                None
+            }
+        }
+    }
+
+    fn cluster_tls(&mut self, role: Option<NodeRole>) -> ClusterTls {
+        let mtls = self.one_of("cluster_mtls", &[("shared", ClusterMtls::Shared), ("pki", ClusterMtls::Pki)]);
+        let hybrid = matches!(role, Some(NodeRole::ControlPlane | NodeRole::DataPlane));
+        let cert = self.raw("cluster_cert").0.trim().to_string();
+        let key = self.raw("cluster_cert_key").0.trim().to_string();
+        let pair = if cert.is_empty() || key.is_empty() {
+            if hybrid {
+                self.fail("cluster_cert", "cluster certificate and key must be provided to use Hybrid mode".into());
+            }
+            None
+        } else {
+            self.pem_pair("cluster_cert", "cluster_cert_key", &cert, &key)
+        };
+        let ca_value = self.raw("cluster_ca_cert").0.trim().to_string();
+        let ca = if ca_value.is_empty() {
+            if hybrid && mtls == Some(ClusterMtls::Pki) && role == Some(NodeRole::ControlPlane) {
+                self.fail("cluster_ca_cert", "cluster_ca_cert must be specified when cluster_mtls = \"pki\"".into());
+            }
+            None
+        } else {
+            match tls::material::read_setting(&ca_value).filter(|pem| tls::material::certificates(pem).is_ok()) {
+                Some(pem) => Some(pem),
+                None => {
+                    self.fail("cluster_ca_cert", format!("failed loading certificate from {}", shown(&ca_value)));
+                    None
+                }
+            }
+        };
+        let server_name = self.optional("cluster_server_name");
+        ClusterTls { mtls: mtls.unwrap_or(ClusterMtls::Shared), pair, ca, server_name }
     }
 
     fn socket_addr(&mut self, key: &'static str) -> Option<std::net::SocketAddr> {

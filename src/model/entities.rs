@@ -14,6 +14,12 @@ use super::typedefs::{self as td, ALL_PROTOCOLS};
 pub enum Kind {
     Consumer,
     ConsumerGroup,
+    /// A TLS certificate and key (with an alternative pair of the other key type).
+    Certificate,
+    /// A server name served with a certificate.
+    Sni,
+    /// A CA trusted for upstream TLS.
+    CaCertificate,
     Service,
     Route,
     Plugin,
@@ -115,6 +121,54 @@ const CONSUMER_GROUP: EntityDef = EntityDef {
     schema: consumer_groups,
 };
 
+const CERTIFICATE: EntityDef = EntityDef {
+    kind: Kind::Certificate,
+    table: "certificates",
+    path: Some("certificates"),
+    nested: &[],
+    handlers: Handlers::Own,
+    endpoint_key: "id",
+    key_column: "id",
+    key_scoped_to_parent: false,
+    unique: &[],
+    foreign_keys: &[],
+    cache_key: &[],
+    ttl: false,
+    schema: certificates,
+};
+
+const SNI: EntityDef = EntityDef {
+    kind: Kind::Sni,
+    table: "snis",
+    path: Some("snis"),
+    nested: &[(Kind::Certificate, "snis")],
+    handlers: Handlers::Standard,
+    endpoint_key: "name",
+    key_column: "name",
+    key_scoped_to_parent: false,
+    unique: &["name"],
+    foreign_keys: &[fk("certificate", Kind::Certificate, OnDelete::Cascade)],
+    cache_key: &[],
+    ttl: false,
+    schema: snis,
+};
+
+const CA_CERTIFICATE: EntityDef = EntityDef {
+    kind: Kind::CaCertificate,
+    table: "ca_certificates",
+    path: Some("ca_certificates"),
+    nested: &[],
+    handlers: Handlers::Standard,
+    endpoint_key: "id",
+    key_column: "id",
+    key_scoped_to_parent: false,
+    unique: &["cert_digest"],
+    foreign_keys: &[],
+    cache_key: &[],
+    ttl: false,
+    schema: ca_certificates,
+};
+
 const SERVICE: EntityDef = EntityDef {
     kind: Kind::Service,
     table: "services",
@@ -125,7 +179,7 @@ const SERVICE: EntityDef = EntityDef {
     key_column: "name",
     key_scoped_to_parent: false,
     unique: &["name"],
-    foreign_keys: &[],
+    foreign_keys: &[fk("client_certificate", Kind::Certificate, OnDelete::Restrict)],
     cache_key: &[],
     ttl: false,
     schema: services,
@@ -226,9 +280,12 @@ const GROUP_MEMBERSHIP: EntityDef = EntityDef {
 };
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Consumer,
         Kind::ConsumerGroup,
+        Kind::Certificate,
+        Kind::Sni,
+        Kind::CaCertificate,
         Kind::Service,
         Kind::Route,
         Kind::Plugin,
@@ -242,6 +299,9 @@ impl Kind {
         match self {
             Kind::Consumer => &CONSUMER,
             Kind::ConsumerGroup => &CONSUMER_GROUP,
+            Kind::Certificate => &CERTIFICATE,
+            Kind::Sni => &SNI,
+            Kind::CaCertificate => &CA_CERTIFICATE,
             Kind::Service => &SERVICE,
             Kind::Route => &ROUTE,
             Kind::Plugin => &PLUGIN,
@@ -646,6 +706,144 @@ fn keyauth_credentials() -> &'static Schema {
         ],
         checks: vec![],
     })
+}
+
+/// The longest PEM a certificate field takes (Kong has no bound; 64 KiB covers long chains).
+const MAX_PEM: usize = 65_536;
+
+fn pem(name: &'static str) -> Field {
+    Field::new(name, Type::String).check(Check::LenMin(1))
+}
+
+fn bounded_pem(v: &Value) -> Result<&[u8], String> {
+    let s = v.as_str().unwrap_or_default();
+    if s.len() > MAX_PEM {
+        return Err(format!("length must be at most {MAX_PEM}"));
+    }
+    Ok(s.as_bytes())
+}
+
+fn certificates() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
+        fields: vec![
+            td::id(),
+            td::created_at(),
+            td::updated_at(),
+            pem("cert").required().check(Check::Custom(check_cert)),
+            pem("key").required().check(Check::Custom(check_key)),
+            pem("cert_alt").check(Check::Custom(check_cert)),
+            pem("key_alt").check(Check::Custom(check_key)),
+            td::tags(),
+            // Transient: stored as `snis` rows, not in the certificate.
+            Field::new(
+                "snis",
+                Type::Array(Box::new(Field::new("sni", Type::String).check(Check::Custom(td::check_wildcard_host)))),
+            ),
+        ],
+        checks: vec![EntityCheck::Custom(certificate_checks)],
+    })
+}
+
+fn check_cert(v: &Value) -> Result<(), String> {
+    crate::tls::material::certificates(bounded_pem(v)?).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn check_key(v: &Value) -> Result<(), String> {
+    crate::tls::material::private_key(bounded_pem(v)?).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Kong's certificate entity checks: the pairs match, both alternative fields or neither, and the
+/// alternative is of the other key type.
+fn certificate_checks(rec: &Obj) -> Vec<Violation> {
+    use crate::tls::material;
+    let text = |f: &str| rec.get(f).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let mut out = Vec::new();
+    let main = match (text("cert"), text("key")) {
+        (Some(c), Some(k)) => match material::certified_key(c.as_bytes(), k.as_bytes()) {
+            Ok(ck) => Some(ck),
+            Err(material::MaterialError::Mismatch) => {
+                out.push(Violation::entity("certificate does not match key"));
+                None
+            }
+            Err(e) => {
+                out.push(Violation::entity(e.to_string()));
+                None
+            }
+        },
+        _ => None,
+    };
+    match (text("cert_alt"), text("key_alt")) {
+        (None, None) => {}
+        (Some(c), Some(k)) => match material::certified_key(c.as_bytes(), k.as_bytes()) {
+            Ok(alt) => {
+                let kind = |ck: &tokio_rustls::rustls::sign::CertifiedKey| {
+                    ck.end_entity_cert().ok().and_then(|d| material::info(d).ok()).map(|i| i.key_type)
+                };
+                if let Some(main) = &main
+                    && kind(main) == kind(&alt)
+                {
+                    out.push(Violation::entity(
+                        "certificate and alternative certificate need to have different type (e.g. RSA and ECDSA), the provided certificates were both of the same type",
+                    ));
+                }
+            }
+            Err(material::MaterialError::Mismatch) => {
+                out.push(Violation::entity("alternative certificate does not match key"));
+            }
+            Err(e) => out.push(Violation::entity(e.to_string())),
+        },
+        _ => out.push(Violation::entity("all or none of these fields must be set: 'cert_alt', 'key_alt'")),
+    }
+    out
+}
+
+fn snis() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
+        fields: vec![
+            td::id(),
+            td::created_at(),
+            td::updated_at(),
+            Field::new("name", Type::String).required().check(Check::Custom(td::check_wildcard_host)),
+            td::tags(),
+            td::foreign("certificate", "certificates").required(),
+        ],
+        checks: vec![],
+    })
+}
+
+fn ca_certificates() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
+        fields: vec![
+            td::id(),
+            td::created_at(),
+            td::updated_at(),
+            pem("cert").required().check(Check::Custom(check_ca_cert)),
+            Field::new("cert_digest", Type::String).check(Check::LenMin(1)),
+            td::tags(),
+        ],
+        checks: vec![],
+    })
+}
+
+/// One certificate, a CA, not expired (Kong's `ca_certificates` checks).
+fn check_ca_cert(v: &Value) -> Result<(), String> {
+    use crate::tls::material;
+    let chain = material::certificates(bounded_pem(v)?).map_err(|e| e.to_string())?;
+    if chain.len() > 1 {
+        return Err("please submit only one certificate at a time".into());
+    }
+    let info = chain.first().map(|c| material::info(c)).transpose().map_err(|e| e.to_string())?;
+    let Some(info) = info else { return Err("invalid certificate: no certificate".into()) };
+    if info.not_after < crate::clock::now_secs() {
+        return Err("certificate expired, \"Not After\" time is in the past".into());
+    }
+    if !info.is_ca {
+        return Err("certificate does not appear to be a CA because it is missing the \"CA\" basic constraint".into());
+    }
+    Ok(())
 }
 
 fn consumer_groups() -> &'static Schema {

@@ -114,12 +114,27 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatal
         return prepare_plugin(record, early, plugins);
     }
     match schema::validate(kind.schema(), &record) {
-        Ok(out) if early.is_empty() => Ok(out),
+        Ok(mut out) if early.is_empty() => {
+            if kind == Kind::CaCertificate {
+                set_cert_digest(&mut out);
+            }
+            Ok(out)
+        }
         Ok(_) => Err(Violations(early).into()),
         Err(mut v) => {
             v.0.extend(early);
             Err(v.into())
         }
+    }
+}
+
+/// Kong's `cert_digest`: the lowercase hex SHA-256 of the CA certificate's DER, set on every write.
+fn set_cert_digest(record: &mut Obj) {
+    let pem = record.get("cert").and_then(Value::as_str).unwrap_or_default();
+    if let Ok(chain) = crate::tls::material::certificates(pem.as_bytes())
+        && let Some(der) = chain.first()
+    {
+        record.insert("cert_digest".into(), Value::String(crate::tls::material::digest(der)));
     }
 }
 

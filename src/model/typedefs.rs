@@ -130,6 +130,29 @@ pub fn check_route_host(v: &Value) -> Result<(), String> {
     }
 }
 
+/// An SNI name (`typedefs.wildcard_host`): a host name with at most one `*`, as its first or last
+/// character (`*` alone is the catch-all); no IP, no port.
+pub fn check_wildcard_host(v: &Value) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if s == "*" {
+        return Ok(());
+    }
+    match s.matches('*').count() {
+        0 | 1 => {}
+        _ => return Err("only one wildcard must be specified".into()),
+    }
+    if s.contains('*') && !(s.starts_with('*') || s.ends_with('*')) {
+        return Err("wildcard must be leftmost or rightmost character".into());
+    }
+    let probe = s.replace('*', "wildcard");
+    match split_host_port(&probe) {
+        Some((_, Some(_))) => Err("must not have a port".into()),
+        Some((host, None)) if host.parse::<std::net::IpAddr>().is_ok() => Err("must not be an IP".into()),
+        Some(_) => Ok(()),
+        None => Err(format!("invalid value: {s}")),
+    }
+}
+
 /// Splits `host[:port]` and checks the host is a name or an IP. `None` when malformed.
 pub fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     if s.is_empty() {

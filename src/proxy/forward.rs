@@ -127,6 +127,8 @@ pub struct UpstreamHead<'a> {
     pub target: &'a str,
     pub conn_ip: &'a HeaderValue,
     pub conn_port: &'a HeaderValue,
+    /// The connection's scheme, `http` or `https`.
+    pub conn_proto: &'static [u8],
     /// The client is in `trusted_ips`: its X-Forwarded-* values are passed on.
     pub trusted: bool,
     /// The matched path prefix for `X-Forwarded-Prefix`.
@@ -177,7 +179,7 @@ impl Outgoing for UpstreamHead<'_> {
         h1::encode_header(b"x-real-ip", self.conn_ip.as_bytes(), out);
         let missing = |name: &HeaderName| !self.trusted || !client.contains_key(name);
         if missing(&h::X_FORWARDED_PROTO) {
-            h1::encode_header(b"x-forwarded-proto", b"http", out);
+            h1::encode_header(b"x-forwarded-proto", self.conn_proto, out);
         }
         if missing(&h::X_FORWARDED_HOST)
             && let Some(host) = client_host.and_then(|h| std::str::from_utf8(h).ok())

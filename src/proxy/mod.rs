@@ -9,6 +9,7 @@ mod buffering;
 mod deadline;
 pub mod forward;
 mod framing;
+mod proxy_protocol;
 // Public only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
 pub mod h1;
@@ -31,6 +32,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::IpNet;
 use crate::headers as h;
@@ -53,41 +55,73 @@ pub struct Proxy {
     pub stats: Stats,
 }
 
+/// One listening socket of a worker with what its entry in `proxy_listen` asks for.
+pub struct Listener {
+    pub socket: TcpListener,
+    /// `ssl`: the TLS configuration (certificates by SNI, ALPN).
+    pub tls: Option<TlsAcceptor>,
+    /// `proxy_protocol`: each connection starts with a PROXY header.
+    pub proxy_protocol: bool,
+}
+
+/// How long a connection may take to send its PROXY header and finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where a connection came from and arrived at, with the header values that follow from it
 /// (computed once per connection, not per request).
 #[derive(Debug)]
 struct ConnInfo {
+    /// The client: the peer, or the PROXY header's source when the peer is trusted.
     peer: SocketAddr,
     local_port: u16,
     client_ip: HeaderValue,
     port: HeaderValue,
     /// The peer is in `trusted_ips`: its X-Forwarded-* headers are passed on.
     trusted: bool,
+    /// TLS: the server name the client asked for (`Some("")` without SNI); `None` in cleartext.
+    sni: Option<Box<str>>,
 }
 
 impl ConnInfo {
-    fn new(peer: SocketAddr, local_port: u16, trusted_ips: &[IpNet]) -> ConnInfo {
+    fn new(peer: SocketAddr, local_port: u16, trusted: bool, sni: Option<Box<str>>) -> ConnInfo {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        let trusted = trusted_ips.iter().any(|n| n.contains(peer.ip()));
-        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port), trusted }
+        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port), trusted, sni }
+    }
+
+    fn https(&self) -> bool {
+        self.sni.is_some()
+    }
+
+    /// Kong's `forwarded_proto`: a trusted client's `X-Forwarded-Proto`, else the connection's scheme.
+    fn forwarded_https(&self, headers: &http::HeaderMap) -> bool {
+        match headers.get(&h::X_FORWARDED_PROTO) {
+            Some(v) if self.trusted => v.as_bytes().eq_ignore_ascii_case(b"https"),
+            _ => self.https(),
+        }
     }
 }
 
 impl Proxy {
+    fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_ips.iter().any(|n| n.contains(ip))
+    }
+
     /// Accepts connections until `stop` resolves, then lets in-flight requests finish. Runs on one
-    /// worker's single-threaded runtime; several workers may share a listening socket.
+    /// worker's single-threaded runtime; several workers may share a listening socket. The PROXY
+    /// header and the TLS handshake happen in each connection's own task, never in the accept loop.
     pub async fn serve(
         &'static self,
-        listener: TcpListener,
+        listener: Listener,
         stop: impl std::future::Future<Output = ()>,
         graceful: &GracefulShutdown,
     ) {
-        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let Listener { socket, tls, proxy_protocol } = listener;
+        let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = socket.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
@@ -100,22 +134,90 @@ impl Proxy {
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);
-            let conn = Arc::new(ConnInfo::new(peer, local_port, &self.trusted_ips));
-            let service = hyper::service::service_fn(move |req| {
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
-            });
-            // Every request's framing is judged before hyper parses it.
-            let stream = TokioIo::new(FramingGuard::new(stream));
-            let connection = builder.serve_connection(stream, service).into_owned();
-            let connection = graceful.watch(connection);
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let tls = tls.clone();
             self.stats.connection_opened();
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
+                self.connection(stream, peer, local_port, proxy_protocol, tls, builder, watcher).await;
                 self.stats.connection_closed();
             });
+        }
+    }
+
+    /// One client connection: its PROXY header, its TLS handshake, then HTTP until it closes.
+    #[allow(clippy::too_many_arguments)]
+    async fn connection(
+        &'static self,
+        mut stream: tokio::net::TcpStream,
+        mut peer: SocketAddr,
+        local_port: u16,
+        proxy_protocol: bool,
+        tls: Option<TlsAcceptor>,
+        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let mut trusted = self.is_trusted(peer.ip());
+        let mut pre = Bytes::new();
+        if proxy_protocol {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read_header(&mut stream)).await {
+                Ok(Ok((source, rest))) => {
+                    if let Some(source) = source.filter(|_| trusted) {
+                        peer = source;
+                        trusted = self.is_trusted(peer.ip());
+                    }
+                    pre = rest;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(client = %peer, error = %e, "connection refused: bad PROXY protocol header");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let stream = proxy_protocol::Rewind::new(pre, stream);
+        match tls {
+            None => {
+                let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, None));
+                self.http(stream, conn, builder, watcher).await;
+            }
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let sni: Box<str> = tls.get_ref().1.server_name().unwrap_or("").to_ascii_lowercase().into();
+                let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, Some(sni)));
+                self.http(tls, conn, builder, watcher).await;
+            }
+        }
+    }
+
+    async fn http<S>(
+        &'static self,
+        stream: S,
+        conn: Arc<ConnInfo>,
+        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
+        });
+        // Every request's framing is judged before hyper parses it.
+        let stream = TokioIo::new(FramingGuard::new(stream));
+        let connection = builder.serve_connection(stream, service);
+        if let Err(e) = watcher.watch(connection.into_owned()).await {
+            tracing::debug!(error = %e, "client connection ended with an error");
         }
     }
 
@@ -159,6 +261,7 @@ impl Proxy {
                 method: &parts.method,
                 host: route_host(authority),
                 port: conn.local_port,
+                sni: conn.sni.as_deref(),
                 path: &path,
                 headers: &parts.headers,
             };
@@ -171,7 +274,7 @@ impl Proxy {
         if route.broken {
             return Err(GatewayError::Unexpected);
         }
-        if !route.http_allowed {
+        if !route.http_allowed && !conn.forwarded_https(&parts.headers) {
             return Err(GatewayError::HttpsRequired(route.https_redirect_status, https_location(&parts)));
         }
 
@@ -252,18 +355,34 @@ impl Proxy {
             target: &upstream_target,
             conn_ip: &conn.client_ip,
             conn_port: &conn.port,
+            conn_proto: if conn.https() { b"https" } else { b"http" },
             trusted: conn.trusted,
             prefix: if route.strip_path { matched.filter(|m| *m != "/") } else { None },
             host: if route.preserve_host { None } else { Some(&service.host_header) },
         };
+        // Kong's upstream SNI is the Host sent upstream: the service's, or the client's with
+        // `preserve_host` (whose connections are then pooled per name).
+        let sni_key: Arc<str>;
+        let client_host = if service.tls.is_some() && route.preserve_host {
+            parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(request_host)
+        } else {
+            None
+        };
+        let (server_name, pool_key) = match client_host.as_deref() {
+            Some(name) => {
+                sni_key = Arc::from(format!("{}|{name}", service.pool_key));
+                (name, &sni_key)
+            }
+            None => (&*service.host, &service.pool_key),
+        };
         let target = upstream::Target {
             host: &service.host,
             port: service.port,
-            key: &service.pool_key,
+            key: pool_key,
             connect_timeout: service.connect_timeout,
             read_timeout: service.read_timeout,
             write_timeout: service.write_timeout,
-            tls: service.https.then_some(service.tls_verify),
+            tls: service.tls.as_ref().map(|c| (c, server_name)),
         };
 
         let sent = Instant::now();
@@ -283,7 +402,11 @@ impl Proxy {
                     if let Some(fault) = e.client_fault() {
                         return Err(body_failed(fault, parts, conn));
                     }
-                    tracing::debug!(error = %e, attempt, "upstream request failed");
+                    if let upstream::UpstreamError::Tls(tls) = &e {
+                        tracing::error!(service = %service.id, error = %tls, "upstream TLS handshake failed (certificate verify error or no shared protocol)");
+                    } else {
+                        tracing::debug!(error = %e, attempt, "upstream request failed");
+                    }
                     let retry = e.before_sending() || (idempotent && !matches!(e, upstream::UpstreamError::Resolve(_)));
                     (GatewayError::from_upstream(&e), retry)
                 }
@@ -426,7 +549,7 @@ mod tests {
             hosts: vec![],
             paths: vec![],
             headers: vec![],
-            snis: 0,
+            snis: vec![],
             regex_priority: 0,
             target: (),
         };
@@ -443,6 +566,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
+            let listener = Listener { socket: listener, tls: None, proxy_protocol: false };
             proxy.serve(listener, std::future::pending(), &graceful).await;
         });
         let bug = get(addr, "/bug").await;

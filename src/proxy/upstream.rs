@@ -430,8 +430,8 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
-    /// `Some(verify)` for an `https` service: speak TLS, checking the certificate when `verify`.
-    pub tls: Option<bool>,
+    /// For an `https` service: its TLS client configuration and the server name to send.
+    pub tls: Option<(&'a Arc<tokio_rustls::rustls::ClientConfig>, &'a str)>,
 }
 
 /// Which side of the upstream exchange failed.
@@ -497,9 +497,11 @@ async fn connect(target: Target<'_>) -> Result<Conn, UpstreamError> {
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let Some(verify) = target.tls else { return Ok(Conn::new(Io::Plain(stream), target)) };
+                let Some((config, server_name)) = target.tls else {
+                    return Ok(Conn::new(Io::Plain(stream), target));
+                };
                 let tls =
-                    tokio::time::timeout(target.connect_timeout, super::tls::connect(stream, target.host, verify));
+                    tokio::time::timeout(target.connect_timeout, super::tls::connect(stream, server_name, config));
                 return match tls.await {
                     Ok(Ok(stream)) => Ok(Conn::new(Io::Tls(Box::new(stream)), target)),
                     Ok(Err(e)) => Err(UpstreamError::Tls(e)),

@@ -25,7 +25,8 @@ pub struct RouteSpec<T> {
     pub hosts: Vec<String>,
     pub paths: Vec<String>,
     pub headers: Vec<(String, Vec<String>)>,
-    pub snis: usize,
+    /// Server names a TLS request must have asked for (ignored in cleartext, as in Kong).
+    pub snis: Vec<String>,
     pub regex_priority: i64,
     pub target: T,
 }
@@ -38,6 +39,8 @@ pub struct RequestView<'a> {
     pub host: &'a str,
     /// The port the request arrived on.
     pub port: u16,
+    /// TLS: the server name asked for (`""` without SNI); `None` in cleartext.
+    pub sni: Option<&'a str>,
     /// Normalized path (see [`normalize_path`]).
     pub path: &'a str,
     pub headers: &'a HeaderMap,
@@ -92,6 +95,8 @@ pub struct RouteMatcher {
     paths: Vec<(PathMatch, Priority)>,
     /// Host patterns and the port each demands (`None`: any host).
     hosts: Vec<(HostPattern, Option<u16>)>,
+    /// Lower-cased server names; a TLS request must have asked for one of them.
+    snis: Box<[Box<str>]>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +153,7 @@ impl RouteMatcher {
             !spec.methods.is_empty(),
             !spec.hosts.is_empty(),
             !spec.headers.is_empty(),
-            spec.snis > 0,
+            !spec.snis.is_empty(),
             !spec.paths.is_empty(),
         ]
         .iter()
@@ -199,7 +204,8 @@ impl RouteMatcher {
                 })
                 .collect()
         };
-        Ok(RouteMatcher { methods, headers, paths, hosts })
+        let snis = spec.snis.iter().map(|s| s.to_ascii_lowercase().into_boxed_str()).collect();
+        Ok(RouteMatcher { methods, headers, paths, hosts, snis })
     }
 }
 
@@ -503,6 +509,12 @@ impl Entry {
     fn matches(&self, route: &RouteMatcher, req: &RequestView<'_>) -> Option<usize> {
         if let Some(methods) = &route.methods
             && !methods.iter().any(|m| m == req.method)
+        {
+            return None;
+        }
+        if !route.snis.is_empty()
+            && let Some(sni) = req.sni
+            && !route.snis.iter().any(|s| **s == *sni)
         {
             return None;
         }

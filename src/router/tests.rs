@@ -6,7 +6,7 @@ fn spec(name: &'static str) -> RouteSpec<&'static str> {
         hosts: vec![],
         paths: vec![],
         headers: vec![],
-        snis: 0,
+        snis: vec![],
         regex_priority: 0,
         target: name,
     }
@@ -29,7 +29,7 @@ fn find_h<'a>(
     headers: &HeaderMap,
 ) -> Option<&'a str> {
     let method = Method::from_bytes(method.as_bytes()).expect("method");
-    let view = RequestView { method: &method, host, port: 8000, path, headers };
+    let view = RequestView { method: &method, host, port: 8000, sni: None, path, headers };
     r.find(&view).map(|m| *m.target)
 }
 
@@ -111,7 +111,7 @@ fn regex_is_anchored_at_start_and_reports_match_length() {
     assert_eq!(find(&r, "GET", "x", "/x/v1"), None);
     let method = Method::GET;
     let headers = HeaderMap::new();
-    let view = RequestView { method: &method, host: "x", port: 80, path: "/v2/items", headers: &headers };
+    let view = RequestView { method: &method, host: "x", port: 80, sni: None, path: "/v2/items", headers: &headers };
     assert_eq!(r.find(&view).map(|m| m.matched_len), Some(3));
 }
 
@@ -149,7 +149,7 @@ fn ten_thousand_routes_resolve_by_index() {
             hosts: vec![],
             paths: vec![format!("/r{i}/")],
             headers: vec![],
-            snis: 0,
+            snis: vec![],
             regex_priority: 0,
             target: i,
         })
@@ -159,7 +159,7 @@ fn ten_thousand_routes_resolve_by_index() {
     let method = Method::GET;
     for i in [0usize, 42, 9_999] {
         let path = format!("/r{i}/x");
-        let view = RequestView { method: &method, host: "h", port: 80, path: &path, headers: &headers };
+        let view = RequestView { method: &method, host: "h", port: 80, sni: None, path: &path, headers: &headers };
         assert_eq!(r.find(&view).map(|m| *m.target), Some(i));
     }
 }
@@ -246,7 +246,7 @@ fn ten_thousand_mixed_routes_resolve() {
             },
             paths: if i % 4 == 2 { vec![format!(r"~/r{i}/\d+$")] } else { vec![format!("/r{i}/")] },
             headers: vec![],
-            snis: 0,
+            snis: vec![],
             regex_priority: 0,
             target: i,
         })
@@ -261,7 +261,7 @@ fn ten_thousand_mixed_routes_resolve() {
             3 => (format!("a.w{i}.example.test"), format!("/r{i}/x")),
             _ => ("x".to_string(), format!("/r{i}/x")),
         };
-        let view = RequestView { method: &method, host: &host, port: 80, path: &path, headers: &headers };
+        let view = RequestView { method: &method, host: &host, port: 80, sni: None, path: &path, headers: &headers };
         assert_eq!(r.find(&view).map(|m| *m.target), Some(i), "{host}{path}");
     }
 }
@@ -311,7 +311,7 @@ mod index_matches_scan {
                 hosts,
                 paths,
                 headers,
-                snis,
+                snis: (0..snis).map(|_| "a.test".to_string()).collect(),
                 regex_priority,
                 target: 0,
             })
@@ -339,7 +339,7 @@ mod index_matches_scan {
                     }
                 }
                 let path = normalize_path(path);
-                let view = RequestView { method: &method, host: route_host(authority), port: *port, path: &path, headers: &map };
+                let view = RequestView { method: &method, host: route_host(authority), port: *port, sni: None, path: &path, headers: &map };
                 let indexed = router.find(&view).map(|m| *m.target);
                 let scanned = router.find_by_scan(&view).map(|m| *m.target);
                 prop_assert_eq!(indexed, scanned, "{} {} {}", method, authority, path);

@@ -20,6 +20,7 @@ use crate::model::{self, EntityError, Kind, Mode};
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, Catalog, Plugin, PluginInstanceRow, find};
 use crate::router::{RouteMatcher, RouteSpec};
+use crate::tls::{self, CertPair, KeyType};
 
 /// Kong's bounds on service timeouts, in milliseconds.
 const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=2_147_483_646;
@@ -79,6 +80,29 @@ pub struct ServiceRow {
     pub read_timeout: u64,
     pub enabled: bool,
     pub tls_verify: Option<bool>,
+    pub tls_verify_depth: Option<u8>,
+    pub client_certificate: Option<Ref>,
+    pub ca_certificates: Option<Vec<Uuid>>,
+}
+
+impl ServiceRow {
+    /// Whether the service's TLS depends on certificate or CA entities (recompiled when they change).
+    pub fn uses_tls_entities(&self) -> bool {
+        self.client_certificate.is_some() || self.ca_certificates.as_ref().is_some_and(|c| !c.is_empty())
+    }
+}
+
+/// The certificates and CAs a service's upstream TLS may refer to.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsEntities<'a> {
+    pub certificates: Option<&'a std::collections::HashMap<Uuid, Arc<CertPair>>>,
+    pub ca_certificates:
+        Option<&'a std::collections::HashMap<Uuid, tokio_rustls::rustls::pki_types::CertificateDer<'static>>>,
+}
+
+impl TlsEntities<'_> {
+    /// None loaded (an Admin API write is checked without them).
+    pub const NONE: TlsEntities<'static> = TlsEntities { certificates: None, ca_certificates: None };
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,7 +225,10 @@ pub fn check(kind: Kind, record: &Obj) -> Result<(), Violations> {
     match kind {
         Kind::Consumer => consumer(read(body)?).map(drop),
         Kind::ConsumerGroup => group(read(body)?).map(drop),
-        Kind::Service => service(&read(body)?).map(drop),
+        Kind::Certificate => certificate(&read(body)?).map(drop),
+        Kind::Sni => read::<SniRow>(body).map(drop),
+        Kind::CaCertificate => ca_certificate(&read(body)?).map(drop),
+        Kind::Service => service(&read(body)?, TlsEntities::NONE).map(drop),
         Kind::Route => route(&read(body)?).map(drop),
         Kind::Plugin => plugin(&read(body)?, &ConsumerIndex::default(), Counters::dry_run(), None).map(drop),
         Kind::KeyAuth => key_credential(read(body)?, None).map(drop),
@@ -305,7 +332,7 @@ pub fn key_credential(row: KeyAuthRow, expires_at: Option<i64>) -> Result<(Strin
     Ok((row.key, cred))
 }
 
-pub fn service(s: &ServiceRow) -> Result<ServiceTarget, Violations> {
+pub fn service(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<ServiceTarget, Violations> {
     let mut errors = Vec::new();
     let mut timeout = |field: &str, ms: u64| {
         if !TIMEOUT_MS.contains(&ms) {
@@ -335,6 +362,8 @@ pub fn service(s: &ServiceRow) -> Result<ServiceTarget, Violations> {
     let (Ok(host_header), true) = (host_header, errors.is_empty()) else {
         return Err(Violations(errors));
     };
+    let tls =
+        if https { Some(upstream_tls(s, entities).map_err(|e| Violations::single("tls_verify", e))?) } else { None };
     Ok(ServiceTarget {
         id: s.id,
         enabled: s.enabled,
@@ -342,21 +371,104 @@ pub fn service(s: &ServiceRow) -> Result<ServiceTarget, Violations> {
         host: s.host.clone().into(),
         port: s.port,
         host_header,
+        // Kong's keep-alive key for https adds verification, depth, CAs and client certificate.
         pool_key: Arc::from(format!(
-            "{}://{host}:{}/{}/{}/{}",
+            "{}://{host}:{}/{}/{}/{}|{}|{}|{}",
             if https { "https" } else { "http" },
             s.port,
             s.read_timeout,
             s.write_timeout,
-            s.tls_verify.unwrap_or(false)
+            s.tls_verify.unwrap_or(false),
+            s.tls_verify_depth.map_or(String::new(), |d| d.to_string()),
+            s.ca_certificates.as_ref().map_or(String::new(), |c| c
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",")),
+            s.client_certificate.map_or(String::new(), |c| c.id.to_string()),
         )),
-        tls_verify: s.tls_verify.unwrap_or(false),
+        tls,
         path: s.path.clone().map(Into::into),
         retries: s.retries,
         read_timeout,
         write_timeout,
         connect_timeout,
     })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CertificateRow {
+    pub id: Uuid,
+    pub cert: String,
+    pub key: String,
+    pub cert_alt: Option<String>,
+    pub key_alt: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SniRow {
+    pub id: Uuid,
+    pub name: String,
+    pub certificate: Ref,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CaCertificateRow {
+    pub id: Uuid,
+    pub cert: String,
+}
+
+/// A certificate entity ready to serve: both pairs parsed and checked against their keys.
+pub fn certificate(c: &CertificateRow) -> Result<Arc<CertPair>, Violations> {
+    let pair = |cert: &str, key: &str, field: &str| {
+        let ck = tls::material::certified_key(cert.as_bytes(), key.as_bytes())
+            .map_err(|e| Violations::single(field, e.to_string()))?;
+        let kind =
+            ck.end_entity_cert().ok().and_then(|d| tls::material::info(d).ok()).map_or(KeyType::Other, |i| i.key_type);
+        Ok::<_, Violations>((ck, kind))
+    };
+    let (main, main_type) = pair(&c.cert, &c.key, "cert")?;
+    let alt = match (&c.cert_alt, &c.key_alt) {
+        (Some(cert), Some(key)) => Some(pair(cert, key, "cert_alt")?),
+        _ => None,
+    };
+    Ok(Arc::new(CertPair { id: c.id, main, main_type, alt }))
+}
+
+/// A CA certificate as upstream TLS trusts it (DER).
+pub fn ca_certificate(
+    c: &CaCertificateRow,
+) -> Result<tokio_rustls::rustls::pki_types::CertificateDer<'static>, Violations> {
+    let chain =
+        tls::material::certificates(c.cert.as_bytes()).map_err(|e| Violations::single("cert", e.to_string()))?;
+    chain.into_iter().next().ok_or_else(|| Violations::single("cert", "invalid certificate: no certificate"))
+}
+
+/// A service's upstream TLS configuration. A certificate or CA it names that is not loaded is
+/// logged and left out, as Kong does (`CA Certificate '<id>' does not exist`).
+fn upstream_tls(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    let client = s.client_certificate.and_then(|c| {
+        let found = entities.certificates.and_then(|m| m.get(&c.id)).map(|p| p.main.clone());
+        if found.is_none() && entities.certificates.is_some() {
+            tracing::error!(service = %s.id, certificate = %c.id, "client certificate does not exist; sent without one");
+        }
+        found
+    });
+    let roots = s.ca_certificates.as_ref().filter(|ids| !ids.is_empty()).map(|ids| {
+        let mut ids = ids.clone();
+        ids.sort();
+        ids.iter()
+            .filter_map(|id| {
+                let found = entities.ca_certificates.and_then(|m| m.get(id)).cloned();
+                if found.is_none() && entities.ca_certificates.is_some() {
+                    tracing::error!(service = %s.id, "CA Certificate '{id}' does not exist");
+                }
+                found
+            })
+            .collect()
+    });
+    tls::client::UpstreamTls { verify: s.tls_verify.unwrap_or(false), depth: s.tls_verify_depth, roots, client }
+        .config()
 }
 
 /// What the router matches a route on.
@@ -366,7 +478,7 @@ fn route_spec(r: &RouteRow) -> RouteSpec<()> {
         hosts: r.hosts.clone().unwrap_or_default(),
         paths: r.paths.clone().unwrap_or_default(),
         headers: r.headers.clone().unwrap_or_default().into_iter().collect(),
-        snis: r.snis.as_ref().map_or(0, Vec::len),
+        snis: r.snis.clone().unwrap_or_default(),
         regex_priority: r.regex_priority,
         target: (),
     }

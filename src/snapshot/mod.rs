@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::identity::Directory;
 use crate::plugins::PluginChain;
 use crate::router::Router;
+use crate::tls::{CertPair, CertificateSource, CertificateTable};
 
 /// Where a matched route sends traffic.
 #[derive(Debug)]
@@ -27,8 +28,8 @@ pub struct ServiceTarget {
     /// A disabled service's routes are not routed.
     pub enabled: bool,
     pub https: bool,
-    /// Check the upstream's certificate (`tls_verify`; off unless set, as in Kong).
-    pub tls_verify: bool,
+    /// For an `https` service: its TLS client configuration (verification, CAs, client certificate).
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     pub host: Box<str>,
     pub port: u16,
     /// `Host` header when `preserve_host` is off: host, plus `:port` unless it is the default.
@@ -76,6 +77,8 @@ pub struct Snapshot {
     pub router: Arc<Router<Arc<RouteTarget>>>,
     /// Consumers, credentials and consumer groups, as plugins look them up.
     pub identity: Directory,
+    /// Certificates by SNI, for the TLS listeners.
+    pub certificates: Arc<CertificateTable>,
     /// Stored entities left out because they do not compile.
     pub rejected: Arc<[Rejection]>,
 }
@@ -86,6 +89,7 @@ impl Snapshot {
             version: -1,
             router: Arc::new(Router::empty()),
             identity: Directory::default(),
+            certificates: Arc::new(CertificateTable::default()),
             rejected: Arc::new([]),
         }
     }
@@ -134,6 +138,18 @@ impl SnapshotHolder {
             }
             newer
         });
+    }
+}
+
+/// A TLS handshake picks its certificate from the configuration current at that moment: a change
+/// applies to the next handshake, and open connections keep theirs.
+impl CertificateSource for SnapshotHolder {
+    fn select(&self, server_name: &str) -> Option<Arc<CertPair>> {
+        let snapshot = self.current.load();
+        if snapshot.certificates.is_empty() {
+            return None;
+        }
+        snapshot.certificates.select(server_name).cloned()
     }
 }
 

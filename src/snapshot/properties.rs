@@ -277,6 +277,15 @@ fn valid_text(field: &'static Field) -> BoxedStrategy<String> {
         "value" => pick(&["v1", "V2", "~*^v\\d+$", "a b", "application/json"]),
         "ip" => pick(&["10.0.0.1", "10.0.0.0/8", "::1", "fe80::/10", "192.168.1.1/32"]),
         "tag" => pick(&["prod", "team a", "é", "v1.2"]),
+        // A certificate (or a CA: certificates and CA certificates share the field) and its key.
+        "cert" | "cert_alt" => {
+            let ((cert, _), ca) = pem_fixtures();
+            select(vec![cert.clone(), ca.clone()]).boxed()
+        }
+        "key" | "key_alt" => {
+            let ((_, key), _) = pem_fixtures();
+            prop_oneof![Just(key.clone()), "[A-Za-z0-9._~-]{1,12}"].boxed()
+        }
         _ => "[A-Za-z0-9._~-]{1,12}".boxed(),
     }
 }
@@ -514,8 +523,31 @@ fn existing(kind: Kind, patch: &Obj) -> Obj {
         Kind::KeyAuth => json!({ "consumer": { "id": CONSUMER }, "key": "fixture-key" }),
         Kind::Acl => json!({ "consumer": { "id": CONSUMER }, "group": "g" }),
         Kind::GroupMembership => json!({ "consumer": { "id": CONSUMER }, "consumer_group": { "id": GROUP } }),
+        Kind::Certificate => {
+            let (cert, key) = pem_fixtures().0.clone();
+            json!({ "cert": cert, "key": key })
+        }
+        Kind::Sni => json!({ "name": "fixture.test", "certificate": { "id": SERVICE } }),
+        Kind::CaCertificate => json!({ "cert": pem_fixtures().1.clone() }),
     };
     compile::prepare(kind, object(body), Mode::Create).unwrap_or_default()
+}
+
+/// A certificate with its key, and a CA certificate, made once.
+fn pem_fixtures() -> &'static ((String, String), String) {
+    static PEMS: std::sync::OnceLock<((String, String), String)> = std::sync::OnceLock::new();
+    PEMS.get_or_init(|| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["fixture.test".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        ((cert.pem(), key.serialize_pem()), ca.pem())
+    })
 }
 
 proptest! {

@@ -27,9 +27,14 @@ use crate::plugins::chain::ChainBuilder;
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, PluginInstanceRow, RealmResolver};
 use crate::router::Router;
+use crate::tls::{CertPair, CertificateTable};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// The order kinds are read in: a consumer's groups and ACL groups before the consumer.
-pub const LOAD_ORDER: [Kind; 8] = [
+pub const LOAD_ORDER: [Kind; 11] = [
+    Kind::Certificate,
+    Kind::Sni,
+    Kind::CaCertificate,
     Kind::ConsumerGroup,
     Kind::GroupMembership,
     Kind::Acl,
@@ -85,6 +90,16 @@ pub struct ConfigState {
     services: HashMap<Uuid, Option<Arc<ServiceTarget>>>,
     routes: HashMap<Uuid, Arc<CompiledRoute>>,
     plugins: HashMap<Uuid, PluginInstanceRow>,
+    /// Certificates by id, ready to serve.
+    certificates: HashMap<Uuid, Arc<CertPair>>,
+    /// SNI names by id: (lower-cased name, certificate).
+    snis: HashMap<Uuid, (Box<str>, Uuid)>,
+    /// CA certificates by id (DER), for upstream TLS.
+    ca_certificates: HashMap<Uuid, CertificateDer<'static>>,
+    /// Services whose upstream TLS names certificates or CAs, kept to recompile when those change.
+    tls_services: HashMap<Uuid, compile::ServiceRow>,
+    /// The SNI table, kept between builds until a certificate or SNI changes.
+    certificate_table: Option<Arc<CertificateTable>>,
     /// Compiled router kept between builds when only consumers changed.
     router: Option<Arc<Router<Arc<RouteTarget>>>>,
     /// Rate-limiting counters, kept across builds and reloads.
@@ -187,6 +202,24 @@ impl ConfigState {
     fn ingest(&mut self, kind: Kind, row: Row<'_>) -> Vec<Uuid> {
         let mut regroup = Vec::new();
         let compiled: Result<Uuid, Violations> = match kind {
+            Kind::Certificate => {
+                typed::<compile::CertificateRow>(row.body).and_then(|c| compile::certificate(&c)).map(|pair| {
+                    let id = pair.id;
+                    self.certificates.insert(id, pair);
+                    self.certificate_table = None;
+                    id
+                })
+            }
+            Kind::Sni => typed::<compile::SniRow>(row.body).map(|sni| {
+                self.snis.insert(sni.id, (sni.name.to_ascii_lowercase().into(), sni.certificate.id));
+                self.certificate_table = None;
+                sni.id
+            }),
+            Kind::CaCertificate => typed::<compile::CaCertificateRow>(row.body).and_then(|c| {
+                let der = compile::ca_certificate(&c)?;
+                self.ca_certificates.insert(c.id, der);
+                Ok(c.id)
+            }),
             Kind::ConsumerGroup => typed::<GroupRow>(row.body).and_then(compile::group).map(|g| {
                 regroup.extend(self.memberships.values().filter(|(_, gid)| *gid == g.id).map(|(c, _)| *c));
                 self.groups.insert(g.id, Arc::from(g.name));
@@ -219,10 +252,20 @@ impl ConfigState {
                     Arc::make_mut(&mut self.credentials).insert(&key, cred);
                     id
                 }),
-            Kind::Service => typed::<compile::ServiceRow>(row.body).and_then(|s| compile::service(&s)).map(|s| {
-                let id = s.id;
-                self.services.insert(id, Some(Arc::new(s)));
-                id
+            Kind::Service => typed::<compile::ServiceRow>(row.body).and_then(|row| {
+                let entities = compile::TlsEntities {
+                    certificates: Some(&self.certificates),
+                    ca_certificates: Some(&self.ca_certificates),
+                };
+                let target = compile::service(&row, entities)?;
+                let id = target.id;
+                self.services.insert(id, Some(Arc::new(target)));
+                if row.uses_tls_entities() {
+                    self.tls_services.insert(id, row);
+                } else {
+                    self.tls_services.remove(&id);
+                }
+                Ok(id)
             }),
             Kind::Route => typed::<compile::RouteRow>(row.body).and_then(|r| compile::route(&r)).map(|r| {
                 let id = r.id;
@@ -285,6 +328,8 @@ impl ConfigState {
             // A consumer, a credential or a group without a good version is left out: its keys
             // find no one (401).
             Kind::Consumer | Kind::KeyAuth | Kind::ConsumerGroup => {}
+            // A certificate without a good version is not served: its names get the default one.
+            Kind::Certificate | Kind::Sni | Kind::CaCertificate => {}
         }
         None
     }
@@ -364,6 +409,19 @@ impl ConfigState {
                 self.accept(kind, id);
             }
             match kind {
+                Kind::Certificate => {
+                    routing = true;
+                    deleted.iter().for_each(|id| drop(self.certificates.remove(id)));
+                    self.certificate_table = None;
+                }
+                Kind::Sni => {
+                    deleted.iter().for_each(|id| drop(self.snis.remove(id)));
+                    self.certificate_table = None;
+                }
+                Kind::CaCertificate => {
+                    routing = true;
+                    deleted.iter().for_each(|id| drop(self.ca_certificates.remove(id)));
+                }
                 Kind::Consumer => {
                     let index = Arc::make_mut(&mut self.consumers);
                     deleted.iter().for_each(|id| index.remove(id));
@@ -379,7 +437,10 @@ impl ConfigState {
                 }
                 Kind::Service => {
                     routing = true;
-                    deleted.iter().for_each(|id| drop(self.services.remove(id)));
+                    for id in &deleted {
+                        self.services.remove(id);
+                        self.tls_services.remove(id);
+                    }
                 }
                 Kind::Route => {
                     routing = true;
@@ -421,6 +482,10 @@ impl ConfigState {
             }
             if kind == Kind::Consumer && !batch.upserts.is_empty() {
                 routing |= self.has_anonymous();
+            }
+            if matches!(kind, Kind::Certificate | Kind::CaCertificate) {
+                routing = true;
+                self.recompile_tls_services();
             }
         }
         regroup.sort_unstable();
@@ -482,8 +547,39 @@ impl ConfigState {
                 credentials: self.credentials.clone(),
                 groups_by_name: Arc::new(self.groups.iter().map(|(id, name)| (Box::from(&**name), *id)).collect()),
             },
+            certificates: self.certificate_table(),
             rejected: self.rejected().into(),
         }
+    }
+
+    /// Services whose upstream TLS names certificates or CAs, compiled again after those changed.
+    fn recompile_tls_services(&mut self) {
+        let entities = compile::TlsEntities {
+            certificates: Some(&self.certificates),
+            ca_certificates: Some(&self.ca_certificates),
+        };
+        for (id, row) in &self.tls_services {
+            if let Ok(target) = compile::service(row, entities) {
+                self.services.insert(*id, Some(Arc::new(target)));
+            }
+        }
+    }
+
+    /// The SNI table: each SNI row's name to its certificate (an SNI whose certificate is not
+    /// loaded gets the default).
+    fn certificate_table(&mut self) -> Arc<CertificateTable> {
+        if let Some(t) = &self.certificate_table {
+            return t.clone();
+        }
+        let mut table = CertificateTable::default();
+        for (name, cert) in self.snis.values() {
+            if let Some(pair) = self.certificates.get(cert) {
+                table.insert(name, pair.clone());
+            }
+        }
+        let table = Arc::new(table);
+        self.certificate_table = Some(table.clone());
+        table
     }
 
     fn assemble_router(&mut self) -> Router<Arc<RouteTarget>> {

@@ -175,17 +175,130 @@ impl Store {
         cp: &str,
         kind: Kind,
         op: WriteOp,
-        mut record: Obj,
+        record: Obj,
         ttl: Option<i64>,
     ) -> Result<Obj, EntityError> {
-        let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
         let mut tx = self.begin_write().await?;
         let version = self.bump_version(&mut tx).await?;
-        self.resolve_foreign_keys(&mut tx, cp, kind, &mut record).await?;
-        self.check_unique(&mut tx, cp, kind, &id, &record).await?;
-        let current = self.current_key(&mut tx, kind, &id).await?;
+        let (mut record, change) = self.write_row(&mut tx, cp, kind, op, record, ttl).await?;
+        self.record_changes(&mut tx, version, cp, &[change]).await?;
+        self.commit(tx, version).await?;
+        if let Some(t) = ttl {
+            record.insert("ttl".into(), Value::from(t));
+        }
+        Ok(record)
+    }
+
+    /// A certificate and its SNI names (Kong's `snis` shorthand) in one transaction: names it no
+    /// longer lists are deleted, new ones created; a name another certificate holds is refused.
+    /// `snis: None` (a PATCH without them) leaves the names as they are. Returns the stored
+    /// certificate and its names, sorted.
+    pub async fn write_certificate(
+        &self,
+        cp: &str,
+        op: WriteOp,
+        record: Obj,
+        snis: Option<Vec<String>>,
+    ) -> Result<(Obj, Vec<String>), EntityError> {
+        let mut tx = self.begin_write().await?;
+        let version = self.bump_version(&mut tx).await?;
+        let (record, change) = self.write_row(&mut tx, cp, Kind::Certificate, op, record, None).await?;
+        let cert_id = change.id.clone();
+        let mut changes = vec![change];
+        let held = self.snis_of_in(&mut tx, &cert_id).await?;
+        if let Some(wanted) = &snis {
+            for (id, name) in held.iter().filter(|(_, n)| !wanted.contains(n)) {
+                let q = self.sql("DELETE FROM snis WHERE id = ?");
+                sqlx::query(AssertSqlSafe(q.as_str())).bind(id.clone()).execute(&mut *tx).await.map_err(db_error)?;
+                changes.push(Touched {
+                    kind: Kind::Sni,
+                    id: id.clone(),
+                    op: ChangeOp::Delete,
+                    previous_key: Some(name.clone()),
+                });
+            }
+            for name in wanted.iter().filter(|n| !held.iter().any(|(_, h)| h == *n)) {
+                let q = self.sql("SELECT certificate_id FROM snis WHERE cp = ? AND name = ?");
+                let owner = sqlx::query(AssertSqlSafe(q.as_str()))
+                    .bind(cp.to_string())
+                    .bind(name.clone())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                if let Some(owner) = owner {
+                    let owner: String = owner.try_get(0).map_err(db_error)?;
+                    let msg = format!("{name} already associated with existing certificate '{owner}'");
+                    return Err(EntityError::schema("snis", &msg));
+                }
+                let now = now_secs();
+                let mut sni = Map::new();
+                sni.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+                sni.insert("name".into(), Value::String(name.clone()));
+                let mut cert = Map::new();
+                cert.insert("id".into(), Value::String(cert_id.clone()));
+                sni.insert("certificate".into(), Value::Object(cert));
+                sni.insert("created_at".into(), Value::from(now));
+                sni.insert("updated_at".into(), Value::from(now));
+                sni.insert("tags".into(), Value::Null);
+                let (_, touched) = self.write_row(&mut tx, cp, Kind::Sni, WriteOp::Insert, sni, None).await?;
+                changes.push(touched);
+            }
+        }
+        self.record_changes(&mut tx, version, cp, &changes).await?;
+        self.commit(tx, version).await?;
+        let mut names: Vec<String> = match snis {
+            Some(wanted) => wanted,
+            None => held.into_iter().map(|(_, n)| n).collect(),
+        };
+        names.sort();
+        names.dedup();
+        Ok((record, names))
+    }
+
+    /// The SNI names of one certificate, sorted.
+    pub async fn snis_of(&self, certificate_id: &str) -> Result<Vec<String>, EntityError> {
+        let q = self.sql("SELECT name FROM snis WHERE certificate_id = ? ORDER BY name");
+        let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(certificate_id.to_string())
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(db_error)).collect()
+    }
+
+    async fn snis_of_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        certificate_id: &str,
+    ) -> Result<Vec<(String, String)>, EntityError> {
+        let q = self.sql("SELECT id, name FROM snis WHERE certificate_id = ?");
+        let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(certificate_id.to_string())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0).map_err(db_error)?, r.try_get::<String, _>(1).map_err(db_error)?)))
+            .collect()
+    }
+
+    /// One row's write inside a transaction: foreign keys resolved, unique values checked, the
+    /// row inserted or replaced. Returns the record as stored and the change to record.
+    async fn write_row(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cp: &str,
+        kind: Kind,
+        op: WriteOp,
+        mut record: Obj,
+        ttl: Option<i64>,
+    ) -> Result<(Obj, Touched), EntityError> {
+        let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.resolve_foreign_keys(tx, cp, kind, &mut record).await?;
+        self.check_unique(tx, cp, kind, &id, &record).await?;
+        let current = self.current_key(tx, kind, &id).await?;
         let exists = current.is_some();
-        let in_other_cp = exists && !self.exists_in(&mut tx, cp, kind, &id).await?;
+        let in_other_cp = exists && !self.exists_in(tx, cp, kind, &id).await?;
         match (op, exists) {
             (WriteOp::Insert, true) => return Err(EntityError::PrimaryKey(id)),
             (WriteOp::Update, false) => return Err(EntityError::not_found("id", Value::String(id))),
@@ -223,14 +336,9 @@ impl Store {
             query = query.bind(cp.to_string());
         }
         query = query.bind(id.clone());
-        query.execute(&mut *tx).await.map_err(|e| self.constraint_error(e, kind, &record))?;
+        query.execute(&mut **tx).await.map_err(|e| self.constraint_error(e, kind, &record))?;
         let change = Touched { kind, id, op: ChangeOp::Upsert, previous_key: current.flatten() };
-        self.record_changes(&mut tx, version, cp, &[change]).await?;
-        self.commit(tx, version).await?;
-        if let Some(t) = ttl {
-            record.insert("ttl".into(), Value::from(t));
-        }
-        Ok(record)
+        Ok((record, change))
     }
 
     /// Deletes one entity and everything that cascades from it. Deleting what does not exist is not

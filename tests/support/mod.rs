@@ -6,6 +6,7 @@
 pub mod postgres;
 pub mod redis;
 pub mod tied;
+pub mod tls;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -54,7 +55,12 @@ pub fn client(token: Option<&str>) -> reqwest::Client {
     if let Some(t) = token {
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {t}").parse().expect("header"));
     }
-    reqwest::Client::builder().pool_max_idle_per_host(0).default_headers(headers).build().expect("client")
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 /// A free TCP port on loopback (bound then released).
@@ -64,6 +70,31 @@ pub fn free_port() -> u16 {
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// The cluster certificate every hybrid node of this test process shares (`cluster_mtls = shared`),
+/// made once by `tollgate hybrid gen-cert`: `TOLLGATE_CLUSTER_CERT` and `TOLLGATE_CLUSTER_CERT_KEY`.
+pub fn cluster_env() -> [(&'static str, String); 2] {
+    static PAIR: std::sync::OnceLock<(tempfile::TempDir, String, String)> = std::sync::OnceLock::new();
+    let (_, cert, key) = PAIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cluster.crt"), dir.path().join("cluster.key"));
+        let out = Command::new(binary()).args(["hybrid", "gen-cert"]).arg(&cert).arg(&key).output().expect("gen-cert");
+        assert!(out.status.success(), "gen-cert: {}", String::from_utf8_lossy(&out.stderr));
+        (dir, cert.display().to_string(), key.display().to_string())
+    });
+    [("TOLLGATE_CLUSTER_CERT", cert.clone()), ("TOLLGATE_CLUSTER_CERT_KEY", key.clone())]
+}
+
+/// Whether settings make a control or data plane that was given no cluster certificate.
+fn needs_cluster_pair<'a>(mut env: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    let mut hybrid = false;
+    let mut given = false;
+    for (k, v) in env.by_ref() {
+        hybrid |= k == "TOLLGATE_ROLE" && (v == "control_plane" || v == "data_plane");
+        given |= k == "TOLLGATE_CLUSTER_CERT";
+    }
+    hybrid && !given
 }
 
 /// Which store a gateway node uses.
@@ -83,6 +114,9 @@ pub struct Gateway {
     pub status: String,
     pub cluster: String,
     pub data_plane: bool,
+    /// The TLS proxy and Admin API listeners, with [`Options::tls`].
+    pub proxy_tls: Option<std::net::SocketAddr>,
+    pub admin_tls: Option<std::net::SocketAddr>,
     pub prefix: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub log: PathBuf,
@@ -97,11 +131,13 @@ pub struct Options {
     pub extra: Vec<(String, String)>,
     /// Sent as `Authorization: Bearer` on every request of the harness's client.
     pub token: Option<String>,
+    /// Also listen with TLS (`ssl http2`) beside the cleartext proxy and Admin API listeners.
+    pub tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { db: Db::Sqlite, prefix: None, extra: Vec::new(), token: None }
+        Options { db: Db::Sqlite, prefix: None, extra: Vec::new(), token: None, tls: false }
     }
 }
 
@@ -144,6 +180,15 @@ impl Gateway {
             let proxy_port = free_port();
             let admin_port = free_port();
             let (status_port, cluster_port) = (free_port(), free_port());
+            let (proxy_tls_port, admin_tls_port) = (free_port(), free_port());
+            let (proxy_listen, admin_listen) = if opts.tls {
+                (
+                    format!("127.0.0.1:{proxy_port}, 127.0.0.1:{proxy_tls_port} http2 ssl"),
+                    format!("127.0.0.1:{admin_port}, 127.0.0.1:{admin_tls_port} http2 ssl"),
+                )
+            } else {
+                (format!("127.0.0.1:{proxy_port}"), format!("127.0.0.1:{admin_port}"))
+            };
             let log = prefix.join(format!("gateway-{admin_port}.log"));
             std::fs::create_dir_all(&prefix).expect("prefix");
             let mut cmd = tied::command(binary(), "KILL", None);
@@ -151,8 +196,8 @@ impl Gateway {
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .env("TOLLGATE_PREFIX", &prefix)
-                .env("TOLLGATE_PROXY_LISTEN", format!("127.0.0.1:{proxy_port}"))
-                .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+                .env("TOLLGATE_PROXY_LISTEN", &proxy_listen)
+                .env("TOLLGATE_ADMIN_LISTEN", &admin_listen)
                 .env("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status_port}"))
                 .env("TOLLGATE_CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
                 .env("TOLLGATE_LOG_LEVEL", "info")
@@ -161,6 +206,9 @@ impl Gateway {
                 .stderr(std::fs::File::create(&log).expect("log file"));
             if let Db::Postgres(name) = &opts.db {
                 cmd.envs(postgres::env(name));
+            }
+            if needs_cluster_pair(opts.extra.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+                cmd.envs(cluster_env());
             }
             for (k, v) in &opts.extra {
                 cmd.env(k, v);
@@ -174,6 +222,8 @@ impl Gateway {
                 status: format!("http://127.0.0.1:{status_port}"),
                 cluster: format!("127.0.0.1:{cluster_port}"),
                 data_plane: opts.extra.iter().any(|(k, v)| k == "TOLLGATE_ROLE" && v == "data_plane"),
+                proxy_tls: opts.tls.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proxy_tls_port))),
+                admin_tls: opts.tls.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], admin_tls_port))),
                 prefix: prefix.clone(),
                 _dir: None,
                 log: log.clone(),
@@ -373,9 +423,11 @@ fn wait_exit(mut child: Child, within: Duration) -> Option<i32> {
 
 /// Runs `tollgate <args>` to completion with only the given environment.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String, String) {
+    let cluster = if needs_cluster_pair(env.iter().copied()) { cluster_env().to_vec() } else { Vec::new() };
     let out = Command::new(binary())
         .args(args)
         .env_clear()
+        .envs(cluster)
         .envs(env.iter().copied())
         .current_dir(cwd)
         .output()

@@ -43,17 +43,37 @@ fn self_signed() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+/// A TLS acceptor serving a certificate for `localhost` and `127.0.0.1` signed by `ca`.
+fn signed_by(ca: &super::tls::TestCa) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::ServerConfig;
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der()], leaf.key())
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 impl Upstream {
     pub async fn start() -> Upstream {
-        Upstream::serve(false)
+        Upstream::serve(None)
     }
 
     /// The same upstream behind HTTPS with a self-signed certificate.
     pub async fn start_tls() -> Upstream {
-        Upstream::serve(true)
+        Upstream::serve(Some(self_signed()))
     }
 
-    fn serve(tls: bool) -> Upstream {
+    /// The same upstream behind HTTPS with a certificate signed by `ca`.
+    pub async fn start_tls_signed(ca: &super::tls::TestCa) -> Upstream {
+        Upstream::serve(Some(signed_by(ca)))
+    }
+
+    fn serve(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let tls = acceptor.is_some();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
@@ -65,7 +85,7 @@ impl Upstream {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let acceptor = tls.then(self_signed);
+                let acceptor = acceptor;
                 let serve = async move {
                     loop {
                         let Ok((stream, peer)) = listener.accept().await else { continue };

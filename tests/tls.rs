@@ -1,0 +1,437 @@
+//! HTTPS at the edge, as a Kong team uses it: TLS listeners on the proxy and the Admin API with the
+//! node's generated default certificate or the one in `ssl_cert`, HTTP/2 by ALPN, `https`-only
+//! routes and their redirects, route `snis`, `X-Forwarded-Proto: https`, the PROXY protocol, and
+//! clients that send garbage instead of a ClientHello.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::tls::{self, Connect, TestCert};
+use support::{Gateway, Options, Upstream, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tls_gateway(extra: Vec<(String, String)>) -> Gateway {
+    Gateway::start_with(Options { tls: true, extra, ..Options::default() }).await
+}
+
+fn echoed(answer: &tls::Answer) -> Value {
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("not the echo ({e}): {answer:?}"))
+}
+
+#[tokio::test]
+async fn https_is_served_on_the_generated_default_certificate_and_forwarded_as_https() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let addr = gw.proxy_tls.expect("tls listener");
+
+    let mut conn = tls::connect(addr, "localhost", &Connect::default()).await.expect("handshake");
+    let default = std::fs::read_to_string(gw.prefix.join("ssl/tollgate-default-ecdsa.crt")).expect("made on start");
+    let default = TestCert { cert_pem: default, key_pem: String::new() };
+    assert_eq!(tls::peer_leaf(&conn), default.der(), "the generated pair is the one served");
+    let answer = tls::request(&mut conn, "localhost", "/web/x", &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let headers = &echoed(&answer)["headers"];
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["x-forwarded-port"], addr.port().to_string());
+
+    // Cleartext on the other listener still says http.
+    let r = gw.call("/web/x", &[]).await;
+    let v: Value = r.json().await.expect("echo");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn http2_is_offered_by_alpn_on_an_http2_listener() {
+    let gw = tls_gateway(vec![]).await;
+    let addr = gw.proxy_tls.expect("tls listener");
+    let both = Connect { alpn: vec!["h2", "http/1.1"], ..Connect::default() };
+    let conn = tls::connect(addr, "localhost", &both).await.expect("handshake");
+    assert_eq!(tls::alpn(&conn).as_deref(), Some("h2"));
+    let h1 = Connect { alpn: vec!["http/1.1"], ..Connect::default() };
+    let conn = tls::connect(addr, "localhost", &h1).await.expect("handshake");
+    assert_eq!(tls::alpn(&conn).as_deref(), Some("http/1.1"));
+}
+
+#[tokio::test]
+async fn https_only_routes_send_cleartext_clients_to_https_as_configured() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.create("/services", json!({"name": "s", "url": upstream.url("")})).await;
+    gw.create("/services/s/routes", json!({"name": "upgrade", "paths": ["/up"], "protocols": ["https"]})).await;
+    gw.create(
+        "/services/s/routes",
+        json!({"name": "moved", "paths": ["/moved"], "protocols": ["https"], "https_redirect_status_code": 301}),
+    )
+    .await;
+
+    let r = gw.call("/up", &[]).await;
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
+    assert_eq!(r.json::<Value>().await.expect("body"), json!({"message": "Please use HTTPS protocol"}));
+    let r = gw.call("/moved/a?b=1", &[("host", "shop.test")]).await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "https://shop.test/moved/a?b=1");
+    // An untrusted client cannot claim https.
+    assert_eq!(gw.call("/up", &[("x-forwarded-proto", "https")]).await.status(), 426);
+
+    let addr = gw.proxy_tls.expect("tls listener");
+    assert_eq!(tls::get(addr, "localhost", "localhost", "/up", &[]).await.status, 200);
+    assert_eq!(tls::get(addr, "localhost", "localhost", "/moved", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_trusted_load_balancer_that_terminated_tls_satisfies_https_only_routes() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![("TOLLGATE_TRUSTED_IPS".into(), "127.0.0.1".into())]).await;
+    gw.create("/services", json!({"name": "s", "url": upstream.url("")})).await;
+    gw.create("/services/s/routes", json!({"paths": ["/secure"], "protocols": ["https"]})).await;
+    assert_eq!(gw.call("/secure", &[]).await.status(), 426);
+    let r = gw.call("/secure", &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("echo");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn route_snis_pick_routes_on_tls_connections_only() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.create("/services", json!({"name": "s", "url": upstream.url("")})).await;
+    gw.create(
+        "/services/s/routes",
+        json!({"name": "a", "paths": ["/app"], "protocols": ["http", "https"], "snis": ["a.test"]}),
+    )
+    .await;
+    let addr = gw.proxy_tls.expect("tls listener");
+    assert_eq!(tls::get(addr, "a.test", "a.test", "/app", &[]).await.status, 200);
+    let other = tls::get(addr, "b.test", "b.test", "/app", &[]).await;
+    assert_eq!(other.status, 404, "{other:?}");
+    assert_eq!(echoed_message(&other), "no Route matched with those values");
+    // Cleartext requests have no SNI and are matched without it, as in Kong.
+    assert_eq!(gw.call("/app", &[]).await.status(), 200);
+}
+
+fn echoed_message(a: &tls::Answer) -> String {
+    serde_json::from_str::<Value>(&a.body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_certificate_in_ssl_cert_is_served_and_bad_settings_are_named() {
+    let cert = TestCert::ecdsa(&["proxy.test"]);
+    let gw = tls_gateway(vec![
+        ("TOLLGATE_SSL_CERT".into(), cert.cert_pem.clone()),
+        ("TOLLGATE_SSL_CERT_KEY".into(), cert.key_pem.clone()),
+    ])
+    .await;
+    let conn = tls::connect(gw.proxy_tls.expect("tls"), "proxy.test", &Connect::default()).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), cert.der());
+    // A client that trusts it verifies it by name.
+    let strict = Connect { roots: vec![cert.der()], ..Connect::default() };
+    tls::connect(gw.proxy_tls.expect("tls"), "proxy.test", &strict).await.expect("verified");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let other = TestCert::ecdsa(&["x.test"]);
+    let (code, _, err) = support::run_cli(
+        &["check"],
+        &[("TOLLGATE_SSL_CERT", &cert.cert_pem), ("TOLLGATE_SSL_CERT_KEY", &other.key_pem)],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("ssl_cert") && err.contains("certificate does not match key"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "no key material in errors: {err}");
+    let (code, _, err) = support::run_cli(&["check"], &[("TOLLGATE_SSL_CERT", "/nowhere.crt")], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("ssl_cert_key must be specified"), "{err}");
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_over_tls() {
+    let gw = tls_gateway(vec![]).await;
+    let answer = tls::get(gw.admin_tls.expect("admin tls"), "localhost", "localhost", "/status", &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.body.contains("\"database\""), "{answer:?}");
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_client_hello_closes_that_connection_only() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let addr = gw.proxy_tls.expect("tls listener");
+    let hellos: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // An SSLv3 ClientHello record header with a truncated body.
+        &[0x16, 0x03, 0x00, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x00],
+        &[0xff; 4096],
+    ];
+    for hello in hellos {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(hello).await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the connection is closed, not left hanging");
+        assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    }
+    assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_takes_the_client_address_from_a_trusted_balancer() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let gw = Gateway::start_with(Options {
+        extra: vec![
+            ("TOLLGATE_PROXY_LISTEN".into(), format!("127.0.0.1:{port} proxy_protocol")),
+            ("TOLLGATE_TRUSTED_IPS".into(), "127.0.0.1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#""x-real-ip":"203.0.113.7""#), "{out}");
+
+    // No header where one is required: refused, the upstream sees nothing.
+    let hits = upstream.hits();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(b"GET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(upstream.hits(), hits);
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_choose_its_address_with_a_proxy_header() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let gw = Gateway::start_with(Options {
+        extra: vec![("TOLLGATE_PROXY_LISTEN".into(), format!("127.0.0.1:{port} proxy_protocol"))],
+        ..Options::default()
+    })
+    .await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(r#""x-real-ip":"127.0.0.1""#), "{out}");
+}
+
+async fn certificate(gw: &Gateway, cert: &TestCert, snis: &[&str]) -> Value {
+    gw.create("/certificates", json!({"cert": cert.cert_pem, "key": cert.key_pem, "snis": snis})).await
+}
+
+async fn served(gw: &Gateway, sni: &str) -> Vec<u8> {
+    let conn = tls::connect(gw.proxy_tls.expect("tls"), sni, &Connect::default()).await.expect("handshake");
+    tls::peer_leaf(&conn).to_vec()
+}
+
+#[tokio::test]
+async fn certificates_are_picked_by_sni_as_kong_picks_them_and_change_without_a_restart() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let default = served(&gw, "nothing.test").await;
+    let shop = TestCert::ecdsa(&["shop.test"]);
+    let wild = TestCert::ecdsa(&["*.wild.test"]);
+    let any = TestCert::ecdsa(&["catch.all"]);
+
+    let created = certificate(&gw, &shop, &["shop.test", "SHOP2.test"]).await;
+    assert_eq!(created["snis"], json!(["shop.test", "shop2.test"]), "sorted, lower-cased names");
+    assert_eq!(created["key"], json!(shop.key_pem), "stored as given and returned, as Kong does");
+    // A connection opened now keeps its certificate while the configuration changes.
+    let mut open = tls::connect(gw.proxy_tls.expect("tls"), "shop.test", &Connect::default()).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&open).to_vec(), shop.der().to_vec());
+
+    certificate(&gw, &wild, &["*.wild.test"]).await;
+    assert_eq!(served(&gw, "shop.test").await, shop.der().to_vec());
+    assert_eq!(served(&gw, "shop2.test").await, shop.der().to_vec());
+    assert_eq!(served(&gw, "a.wild.test").await, wild.der().to_vec());
+    assert_eq!(served(&gw, "a.b.wild.test").await, default, "one label only");
+    assert_eq!(served(&gw, "other.test").await, default);
+    let catch_all = certificate(&gw, &any, &["*"]).await;
+    assert_eq!(served(&gw, "other.test").await, any.der().to_vec());
+
+    assert_eq!(gw.delete(&format!("/certificates/{}", support::id(&catch_all))).await, 204);
+    assert_eq!(served(&gw, "other.test").await, default);
+    let answer = tls::request(&mut open, "shop.test", "/web", &[]).await;
+    assert_eq!(answer.status, 200, "the open connection was not dropped: {answer:?}");
+}
+
+#[tokio::test]
+async fn certificates_are_addressed_by_sni_name_and_snis_are_entities_of_their_own() {
+    let gw = tls_gateway(vec![]).await;
+    let shop = TestCert::ecdsa(&["shop.test"]);
+    let created = certificate(&gw, &shop, &["shop.test"]).await;
+    let id = support::id(&created);
+
+    let (status, by_name) = gw.get("/certificates/shop.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(by_name["id"], json!(id));
+    assert_eq!(gw.get("/certificates/nobody.test").await, (404, json!({"message": "SNI not found"})));
+    let (status, snis) = gw.get(&format!("/certificates/{id}/snis")).await;
+    assert_eq!(status, 200);
+    assert_eq!(snis["data"][0]["name"], "shop.test");
+    assert_eq!(snis["data"][0]["certificate"], json!({"id": id}));
+
+    // A name added as an SNI entity shows in the certificate's list, and serves it.
+    gw.create("/snis", json!({"name": "extra.test", "certificate": {"id": id}})).await;
+    assert_eq!(gw.get(&format!("/certificates/{id}")).await.1["snis"], json!(["extra.test", "shop.test"]));
+    assert_eq!(served(&gw, "extra.test").await, shop.der().to_vec());
+
+    // PATCH with `snis` replaces the names; PUT on a new name creates a certificate holding it.
+    let (status, patched) = gw.patch(&format!("/certificates/{id}"), json!({"snis": ["only.test"]})).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["snis"], json!(["only.test"]));
+    assert_eq!(gw.get("/snis/shop.test").await.0, 404);
+    let other = TestCert::ecdsa(&["new.test"]);
+    let (status, put) = gw.put("/certificates/new.test", json!({"cert": other.cert_pem, "key": other.key_pem})).await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["snis"], json!(["new.test"]));
+    assert_eq!(served(&gw, "new.test").await, other.der().to_vec());
+
+    // Deleting a certificate deletes its names.
+    assert_eq!(gw.delete(&format!("/certificates/{id}")).await, 204);
+    assert_eq!(gw.get("/snis/only.test").await.0, 404);
+}
+
+#[tokio::test]
+async fn bad_certificates_are_refused_with_kong_messages_and_no_key_in_the_answer() {
+    let gw = tls_gateway(vec![]).await;
+    let a = TestCert::ecdsa(&["a.test"]);
+    let b = TestCert::ecdsa(&["b.test"]);
+
+    let (status, body) = gw.post("/certificates", json!({"cert": a.cert_pem, "key": b.key_pem})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["fields"]["@entity"], json!(["certificate does not match key"]), "{body}");
+    let (status, body) = gw
+        .post(
+            "/certificates",
+            json!({"cert": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----", "key": a.key_pem}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body["fields"]["cert"].as_str().unwrap_or_default().starts_with("invalid certificate: "), "{body}");
+    let (status, body) = gw.post("/certificates", json!({"cert": a.cert_pem, "key": "garbage"})).await;
+    assert_eq!(status, 400);
+    assert!(body["fields"]["key"].as_str().unwrap_or_default().starts_with("invalid key: "), "{body}");
+    let (status, body) =
+        gw.post("/certificates", json!({"cert": a.cert_pem, "key": a.key_pem, "cert_alt": b.cert_pem})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["fields"]["@entity"], json!(["all or none of these fields must be set: 'cert_alt', 'key_alt'"]));
+    let (status, body) = gw
+        .post(
+            "/certificates",
+            json!({"cert": a.cert_pem, "key": a.key_pem, "cert_alt": b.cert_pem, "key_alt": b.key_pem}),
+        )
+        .await;
+    assert_eq!(status, 400, "two ECDSA pairs: {body}");
+    assert!(
+        body["fields"]["@entity"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("certificate and alternative certificate need to have different type")
+    );
+
+    let (status, body) =
+        gw.post("/certificates", json!({"cert": a.cert_pem, "key": a.key_pem, "snis": ["x.test", "x.test"]})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["fields"]["snis"], "x.test is duplicated");
+    let first = certificate(&gw, &a, &["x.test"]).await;
+    let (status, body) =
+        gw.post("/certificates", json!({"cert": b.cert_pem, "key": b.key_pem, "snis": ["x.test"]})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["fields"]["snis"],
+        json!(format!("x.test already associated with existing certificate '{}'", support::id(&first)))
+    );
+    let (status, _) = gw.post("/snis", json!({"name": "x.test", "certificate": {"id": support::id(&first)}})).await;
+    assert_eq!(status, 409, "a duplicate SNI");
+    for (name, message) in [
+        ("a.*.test", "wildcard must be leftmost or rightmost character"),
+        ("*.a.*", "only one wildcard must be specified"),
+        ("10.0.0.1", "must not be an IP"),
+        ("a.test:443", "must not have a port"),
+    ] {
+        let (status, body) = gw.post("/snis", json!({"name": name, "certificate": {"id": support::id(&first)}})).await;
+        assert_eq!((status, body["fields"]["name"].clone()), (400, json!(message)), "{name}");
+    }
+
+    // A cert of 2 MB is refused before anything is parsed.
+    let huge = "A".repeat(2 * 1024 * 1024);
+    let (status, _) = gw.post("/certificates", json!({"cert": huge, "key": a.key_pem})).await;
+    assert!(status == 413 || status == 400, "{status}");
+    // No answer above carried key material.
+    assert!(!gw.logs().contains("PRIVATE KEY"), "no key in the log");
+}
+
+#[tokio::test]
+async fn ca_certificates_must_be_one_unexpired_ca_and_are_unique() {
+    let gw = tls_gateway(vec![]).await;
+    let leaf = TestCert::ecdsa(&["leaf.test"]);
+    let (status, body) = gw.post("/ca_certificates", json!({"cert": leaf.cert_pem})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["fields"]["cert"],
+        "certificate does not appear to be a CA because it is missing the \"CA\" basic constraint"
+    );
+    let ca = tls::TestCa::new("Test CA");
+    let created = gw.create("/ca_certificates", json!({"cert": ca.cert_pem})).await;
+    assert_eq!(created["cert_digest"].as_str().map(str::len), Some(64));
+    let (status, _) = gw.post("/ca_certificates", json!({"cert": ca.cert_pem})).await;
+    assert_eq!(status, 409);
+    let two = format!("{}{}", ca.cert_pem, tls::TestCa::new("Other").cert_pem);
+    let (status, body) = gw.post("/ca_certificates", json!({"cert": two})).await;
+    assert_eq!((status, body["fields"]["cert"].clone()), (400, json!("please submit only one certificate at a time")));
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_against_the_service_cas_when_asked() {
+    let ca = tls::TestCa::new("Upstream CA");
+    let upstream = Upstream::start_tls_signed(&ca).await;
+    let gw = tls_gateway(vec![]).await;
+    let url = format!("https://localhost:{}", upstream.port());
+    // Unverified by default, as in Kong.
+    gw.create("/services", json!({"name": "loose", "url": url})).await;
+    gw.create("/services/loose/routes", json!({"paths": ["/loose"]})).await;
+    assert_eq!(gw.call("/loose", &[]).await.status(), 200);
+
+    // Verified against the system roots, which do not know this CA: 502, logged.
+    gw.create("/services", json!({"name": "strict", "url": url, "tls_verify": true})).await;
+    gw.create("/services/strict/routes", json!({"paths": ["/strict"]})).await;
+    let r = gw.call("/strict", &[]).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        r.json::<Value>().await.expect("body"),
+        json!({"message": "An invalid response was received from the upstream server"})
+    );
+    gw.wait_for_log("upstream TLS handshake failed", 1, Duration::from_secs(5)).await;
+
+    // Trusting the CA: verified.
+    let ca_entity = gw.create("/ca_certificates", json!({"cert": ca.cert_pem})).await;
+    let (status, body) = gw.patch("/services/strict", json!({"ca_certificates": [support::id(&ca_entity)]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gw.call("/strict", &[]).await.status(), 200);
+}
