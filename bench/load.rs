@@ -5,11 +5,23 @@
 //! users write (route `i` by `i % 4`): path prefix `/r<i>/`; host `h<i>.example.test` and that
 //! prefix; regex path `~/r<i>/\d+$`; wildcard host `*.w<i>.example.test` and the prefix.
 //! `bench/spread-routes.lua` asks for them the same way.
+//! `bench-load <admin-url> certificates <from> <to>`: certificates (ECDSA P-256), certificate `i`
+//! served for SNI `c<i>.bench.test`.
+//! `bench-load <host:port> tls-idle <n> <seconds>`: opens `n` TLS connections, sends one request on
+//! each, prints `ready` and holds them for `seconds`.
+//! `bench-load <host:port> handshakes <names> <seconds>`: 32 clients making full TLS handshakes
+//! (no resumption), each with SNI `c<random below names>.bench.test` and one request; prints how many.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 const IN_FLIGHT: usize = 32;
 
@@ -33,9 +45,138 @@ fn route(i: usize) -> serde_json::Value {
     }
 }
 
+/// A TLS client that accepts whatever the server presents (the bench measures the server).
+fn tls_client() -> Result<Arc<ClientConfig>, String> {
+    #[derive(Debug)]
+    struct Any(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, tokio_rustls::rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+            tokio_rustls::rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+            tokio_rustls::rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    // Full handshakes every time: no session resumption.
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// One TLS connection and one request on it; the connection is returned open (keep-alive).
+async fn tls_request(
+    addr: &str,
+    sni: &str,
+    config: &Arc<ClientConfig>,
+    close: bool,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let mut tls = TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let connection = if close { "close" } else { "keep-alive" };
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: {connection}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
+    if !buf[..n].starts_with(b"HTTP/1.1 200") {
+        return Err(format!("answer: {}", String::from_utf8_lossy(&buf[..n])));
+    }
+    if close {
+        while tls.read(&mut buf).await.map_err(|e| e.to_string())? > 0 {}
+    }
+    Ok(tls)
+}
+
+async fn tls_modes(args: &[String]) -> Result<(), String> {
+    let [_, addr, what, n, seconds] = args else {
+        return Err("usage: bench-load <host:port> tls-idle|handshakes <n> <seconds>".into());
+    };
+    let n: usize = n.parse().map_err(|_| "bad <n>")?;
+    let seconds: u64 = seconds.parse().map_err(|_| "bad <seconds>")?;
+    let config = tls_client()?;
+    match what.as_str() {
+        "tls-idle" => {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(tls_request(addr, "localhost", &config, false).await?);
+            }
+            println!("ready");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            drop(held);
+            Ok(())
+        }
+        "handshakes" => {
+            let until = Instant::now() + Duration::from_secs(seconds);
+            let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
+            for _ in 0..32 {
+                let (addr, config, done) = (addr.clone(), config.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let sni = format!("c{}.bench.test", rand::random_range(0..n));
+                        tls_request(&addr, &sni, &config, true).await?;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await.map_err(|e| e.to_string())??;
+            }
+            println!("{}", done.load(std::sync::atomic::Ordering::Relaxed));
+            Ok(())
+        }
+        other => Err(format!("unknown mode {other}")),
+    }
+}
+
+/// Certificate `i`, for SNI `c<i>.bench.test`.
+fn certificate(i: usize) -> Result<serde_json::Value, String> {
+    let name = format!("c{i}.bench.test");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok(json!({"cert": cert.pem(), "key": key.serialize_pem(), "snis": [name]}))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
+    if matches!(args.get(2).map(String::as_str), Some("tls-idle" | "handshakes")) {
+        return tls_modes(&args).await;
+    }
     let [_, admin, what, from, to] = args.as_slice() else {
         return Err("usage: bench-load <admin-url> consumers|routes <from> <to>".into());
     };
@@ -56,6 +197,7 @@ async fn main() -> Result<(), String> {
                             .await
                     }
                     "routes" => post(&http, format!("{admin}/services/bench/routes"), route(i)).await,
+                    "certificates" => post(&http, format!("{admin}/certificates"), certificate(i)?).await,
                     other => Err(format!("unknown kind {other}")),
                 }
             }

@@ -218,3 +218,34 @@ async fn pki_mode_accepts_certificates_signed_by_the_cluster_ca() {
     assert!(refused);
     cp.wait_for_log("data plane failed the TLS handshake", 1, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_data_plane_serves_the_certificates_its_control_plane_holds() {
+    let upstream = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp).await;
+    let core = |p: &str| format!("/v2/control-planes/{id}/core-entities{p}");
+    cp.create(&core("/services"), json!({"name": "s", "url": upstream.url("")})).await;
+    cp.create(&core("/services/s/routes"), json!({"paths": ["/r"]})).await;
+    let dp =
+        Gateway::start_with(Options { tls: true, extra: data_plane_env(&cp, &token, &[]), ..Options::default() }).await;
+    let r = dp.eventually("/r", &[], Duration::from_secs(10), |r| r.status() == 200).await;
+    assert_eq!(r.status(), 200);
+
+    let shop = tls::TestCert::ecdsa(&["shop.test"]);
+    cp.create(&core("/certificates"), json!({"cert": shop.cert_pem, "key": shop.key_pem, "snis": ["shop.test"]})).await;
+    let addr = dp.proxy_tls.expect("tls listener");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    loop {
+        let conn = tls::connect(addr, "shop.test", &Connect::default()).await.expect("handshake");
+        if tls::peer_leaf(&conn) == shop.der() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the data plane never served the new certificate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("served by the data plane {:?} after the write", started.elapsed());
+    let answer = tls::get(addr, "shop.test", "shop.test", "/r", &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}

@@ -405,6 +405,30 @@ async fn ca_certificates_must_be_one_unexpired_ca_and_are_unique() {
     let two = format!("{}{}", ca.cert_pem, tls::TestCa::new("Other").cert_pem);
     let (status, body) = gw.post("/ca_certificates", json!({"cert": two})).await;
     assert_eq!((status, body["fields"]["cert"].clone()), (400, json!("please submit only one certificate at a time")));
+
+    // A CA a service trusts cannot be deleted from under it.
+    let ca_id = support::id(&created);
+    gw.create("/services", json!({"name": "s", "url": "https://127.0.0.1:9", "ca_certificates": [ca_id]})).await;
+    let r = gw.http.delete(gw.admin_url(&format!("/ca_certificates/{ca_id}"))).send().await.expect("delete");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("body");
+    let service = support::id(&gw.get("/services/s").await.1);
+    assert_eq!(
+        body,
+        json!({"code": 19, "name": "referenced by others",
+               "message": format!("ca certificate {ca_id} is still referenced by services (id = {service})")})
+    );
+    assert_eq!(gw.delete("/services/s").await, 204);
+    assert_eq!(gw.delete(&format!("/ca_certificates/{ca_id}")).await, 204);
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_accepted_and_served_with_a_warning_as_in_kong() {
+    let gw = tls_gateway(vec![]).await;
+    let expired = TestCert::expired(&["old.test"]);
+    certificate(&gw, &expired, &["old.test"]).await;
+    assert_eq!(served(&gw, "old.test").await, expired.der().to_vec());
+    gw.wait_for_log("certificate has expired", 1, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -434,4 +458,49 @@ async fn upstream_tls_is_verified_against_the_service_cas_when_asked() {
     let (status, body) = gw.patch("/services/strict", json!({"ca_certificates": [support::id(&ca_entity)]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(gw.call("/strict", &[]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_tls_names_the_upstream_host_or_the_preserved_host_and_presents_the_client_certificate() {
+    let ca = tls::TestCa::new("Upstream CA");
+    let clients = tls::TestCa::new("Client CA");
+    let upstream = Upstream::start_mtls(&ca, &clients).await;
+    let gw = tls_gateway(vec![]).await;
+    let client = clients.leaf(&["gateway.test"]);
+    let cert = gw.create("/certificates", json!({"cert": client.cert_pem, "key": client.key_pem})).await;
+    let url = format!("https://localhost:{}", upstream.port());
+
+    // Without a client certificate the upstream refuses the handshake: 502.
+    gw.create("/services", json!({"name": "anonymous", "url": url})).await;
+    gw.create("/services/anonymous/routes", json!({"paths": ["/anonymous"]})).await;
+    assert_eq!(gw.call("/anonymous", &[]).await.status(), 502);
+
+    gw.create("/services", json!({"name": "mtls", "url": url, "client_certificate": {"id": support::id(&cert)}})).await;
+    gw.create("/services/mtls/routes", json!({"name": "plain", "paths": ["/mtls"]})).await;
+    gw.create("/services/mtls/routes", json!({"name": "kept", "paths": ["/kept"], "preserve_host": true})).await;
+    let r = gw.call("/mtls", &[("host", "shop.test")]).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("echo");
+    assert_eq!((v["client_cert"].clone(), v["sni"].clone()), (json!(true), json!("localhost")), "{v}");
+    let v: Value = gw.call("/kept", &[("host", "shop.test")]).await.json().await.expect("echo");
+    assert_eq!(v["sni"], "shop.test", "preserve_host sends the client's Host as SNI: {v}");
+}
+
+#[tokio::test]
+async fn a_client_with_no_shared_protocol_is_refused_and_the_listener_goes_on() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![("TOLLGATE_SSL_CIPHER_SUITE".into(), "modern".into())]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let addr = gw.proxy_tls.expect("tls listener");
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let tls12_only = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS12])
+        .expect("versions")
+        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls12_only)).connect(name, tcp).await;
+    assert!(refused.is_err(), "TLS 1.2 is not offered with ssl_cipher_suite = modern");
+    assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
 }

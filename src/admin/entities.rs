@@ -166,7 +166,16 @@ impl AdminState {
         let parent = self.parent_obj(parent, seg.parent).await?;
         let key = seg.item.ok_or(AdminError::NotFound)?;
         match self.item(kind, &parent, key).await? {
-            Some(obj) => self.store.delete(&self.cp(), kind, &id_of(&obj)).await?,
+            Some(obj) => {
+                let id = id_of(&obj);
+                if kind == Kind::CaCertificate
+                    && let Some(service) = self.store.service_using_ca(&self.cp(), &id).await?
+                {
+                    let msg = format!("ca certificate {id} is still referenced by services (id = {service})");
+                    return Err(EntityError::ReferencedByOthers(msg).into());
+                }
+                self.store.delete(&self.cp(), kind, &id).await?
+            }
             // Deleting nothing is fine at the top level; under a parent Kong answers 404.
             None if parent.is_some() => return Err(AdminError::NotFound),
             None => {}

@@ -20,6 +20,7 @@ pub enum ErrorCode {
     InvalidOptions = 11,
     OperationUnsupported = 12,
     ForeignKeysUnresolved = 13,
+    ReferencedByOthers = 19,
 }
 
 impl ErrorCode {
@@ -37,6 +38,7 @@ impl ErrorCode {
             ErrorCode::InvalidOptions => "invalid options",
             ErrorCode::OperationUnsupported => "operation unsupported",
             ErrorCode::ForeignKeysUnresolved => "foreign keys unresolved",
+            ErrorCode::ReferencedByOthers => "referenced by others",
         }
     }
 
@@ -69,6 +71,10 @@ pub enum EntityError {
     /// Deleting this entity would orphan others that must not be cascaded.
     #[error("an existing '{referencing}' entity references this '{kind}' entity")]
     Referenced { referencing: &'static str, kind: &'static str },
+    /// Still named by others outside a foreign key (a CA certificate in a service's
+    /// `ca_certificates`); the message is Kong's whole sentence.
+    #[error("{0}")]
+    ReferencedByOthers(String),
     /// An insert reused an existing id.
     #[error("primary key violation on key '{{id=\"{0}\"}}'")]
     PrimaryKey(String),
@@ -98,6 +104,7 @@ impl EntityError {
             EntityError::Unique(_) => ErrorCode::UniqueViolation,
             EntityError::ForeignKey { .. } | EntityError::Referenced { .. } => ErrorCode::ForeignKeyViolation,
             EntityError::ForeignUnresolved { .. } => ErrorCode::ForeignKeysUnresolved,
+            EntityError::ReferencedByOthers(_) => ErrorCode::ReferencedByOthers,
             EntityError::NotFound(_) => ErrorCode::NotFound,
             EntityError::PrimaryKey(_) => ErrorCode::PrimaryKeyViolation,
             EntityError::InvalidOffset(..) => ErrorCode::InvalidOffset,

@@ -428,6 +428,12 @@ pub fn certificate(c: &CertificateRow) -> Result<Arc<CertPair>, Violations> {
         Ok::<_, Violations>((ck, kind))
     };
     let (main, main_type) = pair(&c.cert, &c.key, "cert")?;
+    // Kong accepts an expired certificate and serves it; say so.
+    if let Some(not_after) = main.end_entity_cert().ok().and_then(|d| tls::material::info(d).ok()).map(|i| i.not_after)
+        && not_after < crate::clock::now_secs()
+    {
+        tracing::warn!(certificate = %c.id, "certificate has expired (\"Not After\" is in the past); served anyway");
+    }
     let alt = match (&c.cert_alt, &c.key_alt) {
         (Some(cert), Some(key)) => Some(pair(cert, key, "cert_alt")?),
         _ => None,

@@ -255,6 +255,28 @@ impl Store {
         Ok((record, names))
     }
 
+    /// A service of `cp` whose `ca_certificates` names CA certificate `id`, if any.
+    pub async fn service_using_ca(&self, cp: &str, id: &str) -> Result<Option<String>, EntityError> {
+        let q = self.sql("SELECT id, body FROM services WHERE cp = ? AND body LIKE ?");
+        let rows = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .bind(format!("%{id}%"))
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        for row in rows {
+            let body: String = row.try_get(1).map_err(db_error)?;
+            let names = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("ca_certificates").and_then(Value::as_array).cloned())
+                .unwrap_or_default();
+            if names.iter().any(|n| n.as_str() == Some(id)) {
+                return Ok(Some(row.try_get(0).map_err(db_error)?));
+            }
+        }
+        Ok(None)
+    }
+
     /// The SNI names of one certificate, sorted.
     pub async fn snis_of(&self, certificate_id: &str) -> Result<Vec<String>, EntityError> {
         let q = self.sql("SELECT name FROM snis WHERE certificate_id = ? ORDER BY name");

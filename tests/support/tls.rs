@@ -30,6 +30,17 @@ impl TestCert {
         TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
 
+    /// A self-signed ECDSA P-256 certificate for `names` that expired yesterday.
+    pub fn expired(names: &[&str]) -> TestCert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.self_signed(&key).expect("cert");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
     pub fn der(&self) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("cert pem")
     }

@@ -43,17 +43,34 @@ fn self_signed() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-/// A TLS acceptor serving a certificate for `localhost` and `127.0.0.1` signed by `ca`.
-fn signed_by(ca: &super::tls::TestCa) -> tokio_rustls::TlsAcceptor {
+/// What a TLS upstream saw of its client.
+#[derive(Debug, Clone)]
+struct TlsSeen {
+    sni: Option<String>,
+    client_cert: bool,
+}
+
+/// A TLS acceptor serving a certificate for `localhost`, `127.0.0.1` and `*.test` signed by `ca`;
+/// with `clients`, it requires a client certificate signed by that CA.
+fn signed_by(ca: &super::tls::TestCa, clients: Option<&super::tls::TestCa>) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls::ServerConfig;
-    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    let leaf = ca.leaf(&["localhost", "127.0.0.1", "*.test"]);
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der()], leaf.key())
-        .expect("server config");
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("versions");
+    let builder = match clients {
+        Some(client_ca) => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            roots.add(client_ca.der()).expect("client CA");
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(vec![leaf.der()], leaf.key()).expect("server config");
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
@@ -69,7 +86,12 @@ impl Upstream {
 
     /// The same upstream behind HTTPS with a certificate signed by `ca`.
     pub async fn start_tls_signed(ca: &super::tls::TestCa) -> Upstream {
-        Upstream::serve(Some(signed_by(ca)))
+        Upstream::serve(Some(signed_by(ca, None)))
+    }
+
+    /// HTTPS signed by `ca`, requiring a client certificate signed by `clients`.
+    pub async fn start_mtls(ca: &super::tls::TestCa, clients: &super::tls::TestCa) -> Upstream {
+        Upstream::serve(Some(signed_by(ca, Some(clients))))
     }
 
     fn serve(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
@@ -92,21 +114,37 @@ impl Upstream {
                         let counter = counter.clone();
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
+                            // What the TLS client sent: its server name and whether it showed a
+                            // certificate (echoed as `sni` and `client_cert`).
+                            let (stream, tls_seen, tls_stream) = match acceptor {
+                                Some(acceptor) => {
+                                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                                    let conn = tls.get_ref().1;
+                                    let seen = TlsSeen {
+                                        sni: conn.server_name().map(str::to_string),
+                                        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                                    };
+                                    (None, Some(seen), Some(tls))
+                                }
+                                None => (Some(stream), None, None),
+                            };
                             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                                 counter.fetch_add(1, Ordering::SeqCst);
                                 req.extensions_mut().insert(peer);
+                                if let Some(seen) = &tls_seen {
+                                    req.extensions_mut().insert(seen.clone());
+                                }
                                 handle(req)
                             });
                             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                            match acceptor {
-                                Some(acceptor) => {
-                                    if let Ok(stream) = acceptor.accept(stream).await {
-                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                                    }
+                            match (tls_stream, stream) {
+                                (Some(tls), _) => {
+                                    let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
                                 }
-                                None => {
-                                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                (None, Some(plain)) => {
+                                    let _ = builder.serve_connection(TokioIo::new(plain), svc).await;
                                 }
+                                (None, None) => {}
                             }
                         });
                     }
@@ -198,6 +236,8 @@ async fn echo(req: Request<Incoming>, status: u16) -> Response<Body> {
             "query": parts.uri.query(),
             "uri": parts.uri.to_string(),
             "peer": parts.extensions.get::<SocketAddr>().map(ToString::to_string),
+            "sni": parts.extensions.get::<TlsSeen>().and_then(|t| t.sni.clone()),
+            "client_cert": parts.extensions.get::<TlsSeen>().map(|t| t.client_cert),
             "version": format!("{:?}", parts.version),
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
