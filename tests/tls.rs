@@ -504,3 +504,48 @@ async fn a_client_with_no_shared_protocol_is_refused_and_the_listener_goes_on() 
     assert!(refused.is_err(), "TLS 1.2 is not offered with ssl_cipher_suite = modern");
     assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
 }
+
+/// A ClientHello naming a 65,000-byte server name, split into TLS records as a client would send it.
+fn hello_with_sni(len: usize) -> Vec<u8> {
+    let host = vec![b'a'; len];
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&u16::try_from(3 + host.len()).expect("fits").to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&u16::try_from(host.len()).expect("fits").to_be_bytes());
+    sni.extend_from_slice(&host);
+    let mut extensions = vec![0, 0];
+    extensions.extend_from_slice(&u16::try_from(sni.len()).expect("fits").to_be_bytes());
+    extensions.extend_from_slice(&sni);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&u16::try_from(extensions.len()).expect("fits").to_be_bytes());
+    body.extend_from_slice(&extensions);
+    let mut message = vec![1];
+    message.extend_from_slice(&u32::try_from(body.len()).expect("fits").to_be_bytes()[1..]);
+    message.extend_from_slice(&body);
+    let mut records = Vec::new();
+    for chunk in message.chunks(16_384) {
+        records.extend_from_slice(&[0x16, 3, 1]);
+        records.extend_from_slice(&u16::try_from(chunk.len()).expect("fits").to_be_bytes());
+        records.extend_from_slice(chunk);
+    }
+    records
+}
+
+#[tokio::test]
+async fn a_64_kb_server_name_is_refused_and_the_listener_goes_on() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let addr = gw.proxy_tls.expect("tls listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(&hello_with_sni(65_000)).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection is closed, not left hanging");
+    // Whatever came back is an alert, never a ServerHello (a handshake record of type 2).
+    assert!(!(out.len() > 5 && out[0] == 0x16 && out[5] == 2), "{out:?}");
+    assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
+}
