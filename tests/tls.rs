@@ -295,6 +295,8 @@ async fn certificates_are_addressed_by_sni_name_and_snis_are_entities_of_their_o
     assert_eq!(status, 200);
     assert_eq!(snis["data"][0]["name"], "shop.test");
     assert_eq!(snis["data"][0]["certificate"], json!({"id": id}));
+    let (status, by_sni) = gw.get("/certificates/shop.test/snis").await;
+    assert_eq!((status, by_sni["data"][0]["name"].clone()), (200, json!("shop.test")));
 
     // A name added as an SNI entity shows in the certificate's list, and serves it.
     gw.create("/snis", json!({"name": "extra.test", "certificate": {"id": id}})).await;

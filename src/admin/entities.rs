@@ -49,6 +49,12 @@ fn belongs(child: &Obj, parent: Parent, parent_id: &str) -> bool {
 impl AdminState {
     async fn parent_obj(&self, parent: Option<Parent>, seg: Option<&str>) -> AdminResult<Option<(Parent, String)>> {
         match (parent, seg) {
+            // `/certificates/{SNI name}/snis`: a certificate is also addressed by a name it serves.
+            (Some(p), Some(key)) if p.kind == Kind::Certificate && !is_uuid(key) => {
+                let sni = self.store.lookup(&self.cp(), Kind::Sni, key).await?.ok_or(AdminError::NotFound)?;
+                let cert = sni.get("certificate").and_then(|c| c.get("id")).and_then(Value::as_str).unwrap_or_default();
+                Ok(Some((p, cert.to_string())))
+            }
             (Some(p), Some(key)) => {
                 let obj = self.store.lookup(&self.cp(), p.kind, key).await?.ok_or(AdminError::NotFound)?;
                 Ok(Some((p, id_of(&obj))))
