@@ -183,6 +183,19 @@ async fn garbage_instead_of_a_client_hello_closes_that_connection_only() {
     assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
 }
 
+/// A request behind a PROXY header naming 203.0.113.7.
+const PROXIED_GET: &[u8] =
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// Sends `bytes` on a fresh connection and reads until the gateway closes it.
+async fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
 async fn a_proxy_protocol_listener_takes_the_client_address_from_a_trusted_balancer() {
     let upstream = Upstream::start().await;
@@ -196,23 +209,13 @@ async fn a_proxy_protocol_listener_takes_the_client_address_from_a_trusted_balan
     })
     .await;
     gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    s.write_all(
-        b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let out = raw(port, PROXIED_GET).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(r#""x-real-ip":"203.0.113.7""#), "{out}");
 
     // No header where one is required: refused, the upstream sees nothing.
     let hits = upstream.hits();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    s.write_all(b"GET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
+    let out = raw(port, b"GET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(out.is_empty(), "{out}");
     assert_eq!(upstream.hits(), hits);
 }
@@ -227,14 +230,7 @@ async fn an_untrusted_peer_cannot_choose_its_address_with_a_proxy_header() {
     })
     .await;
     gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    s.write_all(
-        b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 80\r\nGET /web HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let out = raw(port, PROXIED_GET).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains(r#""x-real-ip":"127.0.0.1""#), "{out}");
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -20,6 +20,7 @@ use tokio_rustls::rustls::{
 };
 
 use crate::config::{ClusterMtls, ClusterTls, PemPair};
+use crate::tls::client::{Pinned, Trust};
 use crate::tls::{self, material};
 
 /// The name a `shared` data plane expects: the subject of `hybrid gen-cert`'s certificate.
@@ -95,8 +96,9 @@ pub fn client(settings: &ClusterTls, control_plane: &str) -> Result<(Arc<ClientC
         ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(setup)?;
     let (builder, name) = match settings.mtls {
         ClusterMtls::Shared => {
+            // The control plane must present exactly the data plane's own cluster certificate.
             let own = chain.first().cloned().ok_or("cluster_cert: no certificate")?;
-            let verifier = SameCertificate { own, provider };
+            let verifier = Pinned::new(Trust::Exactly(own));
             (builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)), SHARED_SERVER_NAME.to_string())
         }
         ClusterMtls::Pki => {
@@ -172,57 +174,5 @@ impl ClientCertVerifier for AnyClient {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `shared` on the data plane: the control plane must present exactly the data plane's own
-/// cluster certificate.
-struct SameCertificate {
-    own: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for SameCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SameCertificate")
-    }
-}
-
-impl ServerCertVerifier for SameCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        if end_entity.as_ref() == self.own.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::General("the control plane's certificate is not the shared cluster certificate".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

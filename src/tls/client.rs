@@ -38,7 +38,7 @@ impl UpstreamTls {
         let provider = super::provider();
         let verifier: Arc<dyn ServerCertVerifier> = if self.verify && self.roots.as_ref().is_some_and(Vec::is_empty) {
             // None of the service's CAs exists: nothing can verify (Kong's handshake then fails too).
-            Arc::new(NoTrust(provider.clone()))
+            Arc::new(Pinned::new(Trust::Nothing))
         } else if self.verify {
             let roots = match &self.roots {
                 Some(list) => {
@@ -53,7 +53,7 @@ impl UpstreamTls {
                 .map_err(|e| format!("upstream TLS verifier: {e}"))?;
             Arc::new(Depth { inner, depth: self.depth })
         } else {
-            Arc::new(AnyCertificate(provider.clone()))
+            Arc::new(Pinned::new(Trust::Any))
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -103,7 +103,7 @@ fn shared() -> Result<&'static Shared, String> {
             let mut verifying = base()?.with_root_certificates(system_roots()).with_no_client_auth();
             let mut trusting = base()?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+                .with_custom_certificate_verifier(Arc::new(Pinned::new(Trust::Any)))
                 .with_no_client_auth();
             verifying.alpn_protocols = vec![b"http/1.1".to_vec()];
             trusting.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -174,25 +174,62 @@ impl ServerCertVerifier for Depth {
     }
 }
 
-/// Trusts nothing: a service whose `ca_certificates` are all missing.
-struct NoTrust(Arc<CryptoProvider>);
+/// Which upstream certificates a [`Pinned`] verifier accepts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Any (Kong's default, `tls_verify` unset).
+    Any,
+    /// None (a service whose `ca_certificates` are all missing).
+    Nothing,
+    /// Exactly this certificate (a `shared` cluster certificate).
+    Exactly(CertificateDer<'static>),
+}
 
-impl fmt::Debug for NoTrust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NoTrust")
+/// A server certificate check that does not chain to roots: any, none, or one given certificate.
+/// Handshake signatures are still checked, so the handshake is a real one.
+pub struct Pinned {
+    trust: Trust,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Pinned {
+    pub fn new(trust: Trust) -> Pinned {
+        Pinned { trust, provider: super::provider() }
+    }
+
+    /// A client configuration that accepts whatever certificate the server presents (tools that
+    /// look at the server, not trust it).
+    pub fn any_server_config() -> Result<ClientConfig, String> {
+        Ok(ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned::new(Trust::Any)))
+            .with_no_client_auth())
     }
 }
 
-impl ServerCertVerifier for NoTrust {
+impl fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pinned").field("trust", &self.trust).finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        Err(Error::General("none of the service's ca_certificates exists".into()))
+        match &self.trust {
+            Trust::Any => Ok(ServerCertVerified::assertion()),
+            Trust::Exactly(own) if own.as_ref() == end_entity.as_ref() => Ok(ServerCertVerified::assertion()),
+            Trust::Exactly(_) => Err(Error::General("the server's certificate is not the expected one".into())),
+            Trust::Nothing => Err(Error::General("none of the service's ca_certificates exists".into())),
+        }
     }
 
     fn verify_tls12_signature(
@@ -205,7 +242,7 @@ impl ServerCertVerifier for NoTrust {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -219,66 +256,11 @@ impl ServerCertVerifier for NoTrust {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any upstream certificate (Kong's default, `tls_verify` unset). Signatures are still
-/// checked, so the handshake is a real one.
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl fmt::Debug for AnyCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AnyCertificate")
-    }
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tokio_rustls::rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tokio_rustls::rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
