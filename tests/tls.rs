@@ -547,3 +547,50 @@ async fn a_64_kb_server_name_is_refused_and_the_listener_goes_on() {
     assert!(!(out.len() > 5 && out[0] == 0x16 && out[5] == 2), "{out:?}");
     assert_eq!(tls::get(addr, "localhost", "localhost", "/web", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn rsa_and_ecdsa_pairs_side_by_side_serve_each_client_what_it_can_verify() {
+    let ecdsa = TestCert::ecdsa(&["proxy.test", "shop.test"]);
+    let rsa = tls::rsa_fixture();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path.display().to_string()
+    };
+    let certs = format!("{},{}", file("ec.crt", &ecdsa.cert_pem), file("rsa.crt", &rsa.cert_pem));
+    let keys = format!("{},{}", file("ec.key", &ecdsa.key_pem), file("rsa.key", &rsa.key_pem));
+    let gw = tls_gateway(vec![("TOLLGATE_SSL_CERT".into(), certs), ("TOLLGATE_SSL_CERT_KEY".into(), keys)]).await;
+    let addr = gw.proxy_tls.expect("tls");
+    let rsa_only = Connect { rsa_only: true, ..Connect::default() };
+    let conn = tls::connect(addr, "proxy.test", &Connect::default()).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), ecdsa.der());
+    let conn = tls::connect(addr, "proxy.test", &rsa_only).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), rsa.der());
+
+    // The same with a certificate entity and its alternative pair.
+    let other = TestCert::ecdsa(&["shop.test"]);
+    let body = json!({"cert": other.cert_pem, "key": other.key_pem, "cert_alt": rsa.cert_pem, "key_alt": rsa.key_pem, "snis": ["shop.test"]});
+    gw.create("/certificates", body).await;
+    let conn = tls::connect(addr, "shop.test", &Connect::default()).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), other.der());
+    let conn = tls::connect(addr, "shop.test", &rsa_only).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), rsa.der());
+}
+
+#[tokio::test]
+async fn tls_verify_depth_bounds_the_upstream_chain() {
+    let root = tls::TestCa::new("Root");
+    let intermediate = root.intermediate("Intermediate");
+    let upstream = Upstream::start_tls_chain(&intermediate).await;
+    let gw = tls_gateway(vec![]).await;
+    let ca = gw.create("/ca_certificates", json!({"cert": root.cert_pem})).await;
+    let url = format!("https://localhost:{}", upstream.port());
+    for (name, depth, status) in [("shallow", 0, 502), ("deep", 1, 200)] {
+        let service = json!({"name": name, "url": url, "tls_verify": true, "tls_verify_depth": depth,
+                             "ca_certificates": [support::id(&ca)]});
+        gw.create("/services", service).await;
+        gw.create(&format!("/services/{name}/routes"), json!({"paths": [format!("/{name}")]})).await;
+        assert_eq!(gw.call(&format!("/{name}"), &[]).await.status(), status, "depth {depth}");
+    }
+}

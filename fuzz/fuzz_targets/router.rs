@@ -105,7 +105,13 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         check_normal(&raw_path);
         let Ok(router) = &router else { continue };
         let path = normalize_path(&raw_path);
-        let view = RequestView { method: &method, host: route_host(&authority), port, path: &path, headers: &map };
+        // Cleartext, or TLS with and without the server name a route may ask for.
+        let sni = match port % 3 {
+            0 => None,
+            1 => Some("a.test"),
+            _ => Some(""),
+        };
+        let view = RequestView { method: &method, host: route_host(&authority), port, sni, path: &path, headers: &map };
         let found = router.find(&view);
         let scanned = router.find_by_scan(&view);
         assert_eq!(found.as_ref().map(|m| *m.target), scanned.as_ref().map(|m| *m.target), "index and scan differ");

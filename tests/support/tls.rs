@@ -67,6 +67,18 @@ impl TestCa {
         TestCa { cert_pem: cert.pem(), params, key }
     }
 
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("intermediate");
+        TestCa { cert_pem: cert.pem(), params, key }
+    }
+
     /// A leaf certificate for `names`, signed by this CA.
     pub fn leaf(&self, names: &[&str]) -> TestCert {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -89,13 +101,64 @@ pub struct Connect {
     pub roots: Vec<CertificateDer<'static>>,
     pub alpn: Vec<&'static str>,
     pub client_cert: Option<TestCert>,
+    /// Offer only RSA signature schemes (a client that cannot verify ECDSA).
+    pub rsa_only: bool,
+}
+
+/// The RSA fixture (`tests/fixtures/rsa.*`, for `proxy.test` and `shop.test`).
+pub fn rsa_fixture() -> TestCert {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    TestCert {
+        cert_pem: std::fs::read_to_string(dir.join("rsa.crt")).expect("rsa.crt"),
+        key_pem: std::fs::read_to_string(dir.join("rsa.key")).expect("rsa.key"),
+    }
+}
+
+/// Accepts any server certificate but says it can verify RSA signatures only.
+#[derive(Debug)]
+struct RsaOnly(tollgate::tls::client::Pinned);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for RsaOnly {
+    fn verify_server_cert(
+        &self,
+        e: &CertificateDer<'_>,
+        i: &[CertificateDer<'_>],
+        n: &ServerName<'_>,
+        o: &[u8],
+        t: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error> {
+        self.0.verify_server_cert(e, i, n, o, t)
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<tokio_rustls::rustls::client::danger::HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<tokio_rustls::rustls::client::danger::HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        use tokio_rustls::rustls::SignatureScheme as S;
+        vec![S::RSA_PSS_SHA256, S::RSA_PSS_SHA384, S::RSA_PKCS1_SHA256, S::RSA_PKCS1_SHA384]
+    }
 }
 
 fn config(c: &Connect) -> ClientConfig {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder =
         ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("versions");
-    let builder = if c.roots.is_empty() {
+    let builder = if c.rsa_only {
+        let any = tollgate::tls::client::Pinned::new(tollgate::tls::client::Trust::Any);
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(RsaOnly(any)))
+    } else if c.roots.is_empty() {
         // Any server certificate: for tests that look at which one was presented.
         let any = tollgate::tls::client::Pinned::new(tollgate::tls::client::Trust::Any);
         builder.dangerous().with_custom_certificate_verifier(Arc::new(any))

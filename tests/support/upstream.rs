@@ -50,11 +50,18 @@ struct TlsSeen {
     client_cert: bool,
 }
 
-/// A TLS acceptor serving a certificate for `localhost`, `127.0.0.1` and `*.test` signed by `ca`;
-/// with `clients`, it requires a client certificate signed by that CA.
-fn signed_by(ca: &super::tls::TestCa, clients: Option<&super::tls::TestCa>) -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor serving a certificate for `localhost`, `127.0.0.1` and `*.test` signed by `ca`
+/// (followed by `chain`, the intermediates up to the root); with `clients`, it requires a client
+/// certificate signed by that CA.
+fn signed_by(
+    ca: &super::tls::TestCa,
+    chain: &[&super::tls::TestCa],
+    clients: Option<&super::tls::TestCa>,
+) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls::ServerConfig;
     let leaf = ca.leaf(&["localhost", "127.0.0.1", "*.test"]);
+    let mut certs = vec![leaf.der()];
+    certs.extend(chain.iter().map(|c| c.der()));
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("versions");
@@ -70,7 +77,7 @@ fn signed_by(ca: &super::tls::TestCa, clients: Option<&super::tls::TestCa>) -> t
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(vec![leaf.der()], leaf.key()).expect("server config");
+    let config = builder.with_single_cert(certs, leaf.key()).expect("server config");
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
@@ -86,12 +93,17 @@ impl Upstream {
 
     /// The same upstream behind HTTPS with a certificate signed by `ca`.
     pub async fn start_tls_signed(ca: &super::tls::TestCa) -> Upstream {
-        Upstream::serve(Some(signed_by(ca, None)))
+        Upstream::serve(Some(signed_by(ca, &[], None)))
+    }
+
+    /// HTTPS with a certificate signed by `intermediate`, which it also presents.
+    pub async fn start_tls_chain(intermediate: &super::tls::TestCa) -> Upstream {
+        Upstream::serve(Some(signed_by(intermediate, &[intermediate], None)))
     }
 
     /// HTTPS signed by `ca`, requiring a client certificate signed by `clients`.
     pub async fn start_mtls(ca: &super::tls::TestCa, clients: &super::tls::TestCa) -> Upstream {
-        Upstream::serve(Some(signed_by(ca, Some(clients))))
+        Upstream::serve(Some(signed_by(ca, &[], Some(clients))))
     }
 
     fn serve(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
