@@ -153,11 +153,34 @@ async fn the_certificate_in_ssl_cert_is_served_and_bad_settings_are_named() {
 }
 
 #[tokio::test]
-async fn the_admin_api_answers_over_tls() {
-    let gw = tls_gateway(vec![]).await;
-    let answer = tls::get(gw.admin_tls.expect("admin tls"), "localhost", "localhost", "/status", &[]).await;
+async fn the_admin_api_answers_over_tls_with_its_own_certificate() {
+    let admin = TestCert::ecdsa(&["admin.test"]);
+    let gw = tls_gateway(vec![
+        ("TOLLGATE_ADMIN_SSL_CERT".into(), admin.cert_pem.clone()),
+        ("TOLLGATE_ADMIN_SSL_CERT_KEY".into(), admin.key_pem.clone()),
+    ])
+    .await;
+    let addr = gw.admin_tls.expect("admin tls");
+    let answer = tls::get(addr, "admin.test", "admin.test", "/status", &[]).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.contains("\"database\""), "{answer:?}");
+    let conn = tls::connect(addr, "admin.test", &Connect::default()).await.expect("handshake");
+    assert_eq!(tls::peer_leaf(&conn), admin.der(), "admin_ssl_cert, not the proxy's default");
+}
+
+#[tokio::test]
+async fn curl_speaks_http2_over_tls_to_the_proxy() {
+    let upstream = Upstream::start().await;
+    let gw = tls_gateway(vec![]).await;
+    gw.service_and_route(&upstream, "web", json!({"paths": ["/web"]})).await;
+    let port = gw.proxy_tls.expect("tls").port();
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args(["--resolve", &format!("gateway.test:{port}:127.0.0.1")])
+        .arg(format!("https://gateway.test:{port}/web"))
+        .output()
+        .expect("curl (scripts/test installs it)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
 }
 
 #[tokio::test]
