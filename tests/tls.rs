@@ -617,3 +617,29 @@ async fn tls_verify_depth_bounds_the_upstream_chain() {
         assert_eq!(gw.call(&format!("/{name}"), &[]).await.status(), status, "depth {depth}");
     }
 }
+
+#[tokio::test]
+async fn a_certificate_written_on_one_node_is_served_by_every_node_sharing_postgres() {
+    let pg = support::PgDatabase::fresh();
+    let db = support::Db::Postgres(pg.name.clone());
+    let a = Gateway::start_with(Options { db: db.clone(), tls: true, ..Options::default() }).await;
+    let b = Gateway::start_with(Options { db, tls: true, ..Options::default() }).await;
+    let shop = TestCert::ecdsa(&["shop.test"]);
+    let created = certificate(&a, &shop, &["shop.test", "www.shop.test"]).await;
+    assert_eq!(created["snis"], json!(["shop.test", "www.shop.test"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served(&b, "www.shop.test").await != shop.der().to_vec() {
+        assert!(std::time::Instant::now() < deadline, "node b never served the certificate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The names moved to another certificate: both nodes follow.
+    let other = TestCert::ecdsa(&["shop.test"]);
+    let (status, _) = b.patch(&format!("/certificates/{}", support::id(&created)), json!({"snis": []})).await;
+    assert_eq!(status, 200);
+    certificate(&b, &other, &["shop.test"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served(&a, "shop.test").await != other.der().to_vec() {
+        assert!(std::time::Instant::now() < deadline, "node a never followed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
