@@ -194,7 +194,8 @@ fn serve_workers(
         let listeners: Vec<_> = listeners
             .into_iter()
             .map(|(socket, entry)| {
-                (socket, acceptors.get(entry).cloned().flatten(), settings.proxy_listen[entry].proxy_protocol)
+                let proxy_protocol = settings.proxy_listen.get(entry).is_some_and(|l| l.proxy_protocol);
+                (socket, acceptors.get(entry).cloned().flatten(), proxy_protocol)
             })
             .collect();
         let thread = std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {

@@ -309,6 +309,9 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     let cluster_listen = check.socket_addr("cluster_listen");
     let proxy_listen = check.listens("proxy_listen", false);
     let admin_listen = check.listens("admin_listen", true);
+    if admin_listen.iter().any(|l| l.proxy_protocol) {
+        check.fail("admin_listen", "proxy_protocol is offered on proxy_listen only".into());
+    }
     let ssl_certs = check.pem_pairs("ssl_cert", "ssl_cert_key");
     let admin_ssl_certs = check.pem_pairs("admin_ssl_cert", "admin_ssl_cert_key");
     let (tls_policy, tls_warnings) = match TlsPolicy::parse(
@@ -673,6 +676,23 @@ mod tests {
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
         assert_eq!(errs.0.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_kongs_words() {
+        let errs = from_sources(
+            Some("admin_listen = 127.0.0.1:8001 proxy_protocol\nssl_cipher_suite = strong\nssl_cert_key = /k.pem\n"),
+            &[],
+        )
+        .expect_err("invalid");
+        let all = errs.0.join("\n");
+        assert!(all.contains("admin_listen (line 1): proxy_protocol is offered on proxy_listen only"), "{all}");
+        assert!(all.contains("ssl_cipher_suite"), "{all}");
+        assert!(all.contains("ssl_cert must be specified"), "{all}");
+        let s = from_sources(None, &[]).expect("defaults");
+        assert!(s.proxy_listen.iter().any(|l| l.ssl && l.http2 && l.addr.port() == 8443));
+        assert!(s.admin_listen.iter().any(|l| l.ssl && l.addr.port() == 8444));
+        assert!(s.cluster_tls.pair.is_none() && s.ssl_certs.is_empty());
     }
 
     #[test]
