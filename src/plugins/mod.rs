@@ -51,6 +51,19 @@ pub fn message_body(message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "message": message }).to_string())
 }
 
+/// The consumer headers of a request an auth plugin identified: written into the upstream request
+/// as it is encoded, in place of any `X-Consumer-*`, `X-Credential-Identifier` or
+/// `X-Anonymous-Consumer` the client sent (no header map work and no allocation per request: the
+/// values are the consumer's own, from the snapshot).
+#[derive(Debug, Clone)]
+pub struct UpstreamIdentity {
+    pub consumer: Arc<Consumer>,
+    /// The credential used; `None` for the anonymous consumer (`X-Anonymous-Consumer: true`).
+    pub credential: Option<uuid::Uuid>,
+    /// `X-Consumer-Groups` (the consumer's groups, or what ACL made of them).
+    pub groups: Option<HeaderValue>,
+}
+
 /// Per-request state the plugins read and write during the access phase.
 pub struct AccessCtx<'r> {
     /// Who requests can be, in the configuration that routed this one.
@@ -66,6 +79,8 @@ pub struct AccessCtx<'r> {
     pub service_id: Option<uuid::Uuid>,
     /// Headers the plugins add to the response, whoever produces it (upstream or gateway).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Set by an auth plugin: the consumer headers the upstream request carries.
+    pub upstream_identity: Option<UpstreamIdentity>,
 }
 
 impl<'r> AccessCtx<'r> {
@@ -86,6 +101,7 @@ impl<'r> AccessCtx<'r> {
             anonymous: false,
             service_id,
             response_headers: Vec::new(),
+            upstream_identity: None,
         }
     }
 }

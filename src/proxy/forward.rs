@@ -135,6 +135,45 @@ pub struct UpstreamHead<'a> {
     pub prefix: Option<&'a str>,
     /// The service's `Host`, or `None` to keep the client's (`preserve_host`).
     pub host: Option<&'a HeaderValue>,
+    /// Set by an auth plugin: the consumer headers, replacing any the client sent.
+    pub identity: Option<&'a crate::plugins::UpstreamIdentity>,
+}
+
+/// The headers an identified request's consumer headers replace.
+const IDENTITY: [HeaderName; 6] = [
+    h::X_CONSUMER_ID,
+    h::X_CONSUMER_CUSTOM_ID,
+    h::X_CONSUMER_USERNAME,
+    h::X_CONSUMER_GROUPS,
+    h::X_CREDENTIAL_IDENTIFIER,
+    h::X_ANONYMOUS_CONSUMER,
+];
+
+/// What `HeaderValue` accepts: no control characters but tab.
+fn valid_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// `X-Consumer-*` and `X-Credential-Identifier` (or `X-Anonymous-Consumer`) of an identified request.
+fn encode_identity(identity: &crate::plugins::UpstreamIdentity, out: &mut Vec<u8>) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let consumer = &identity.consumer;
+    h1::encode_header(b"x-consumer-id", consumer.id.hyphenated().encode_lower(&mut buf).as_bytes(), out);
+    if let Some(custom_id) = consumer.custom_id.as_deref().filter(|v| valid_value(v)) {
+        h1::encode_header(b"x-consumer-custom-id", custom_id.as_bytes(), out);
+    }
+    if let Some(username) = consumer.username.as_deref().filter(|v| valid_value(v)) {
+        h1::encode_header(b"x-consumer-username", username.as_bytes(), out);
+    }
+    if let Some(groups) = &identity.groups {
+        h1::encode_header(b"x-consumer-groups", groups.as_bytes(), out);
+    }
+    match identity.credential {
+        Some(id) => {
+            h1::encode_header(b"x-credential-identifier", id.hyphenated().encode_lower(&mut buf).as_bytes(), out)
+        }
+        None => h1::encode_header(b"x-anonymous-consumer", b"true", out),
+    }
 }
 
 const FORWARDED: [HeaderName; 5] =
@@ -162,7 +201,8 @@ impl Outgoing for UpstreamHead<'_> {
                 || name == h::X_FORWARDED_FOR
                 || name == h::X_REAL_IP
                 || name == header::VIA
-                || (!self.trusted && FORWARDED.contains(name));
+                || (!self.trusted && FORWARDED.contains(name))
+                || (self.identity.is_some() && IDENTITY.contains(name));
             if ours || is_hop_by_hop(name, value) || listed.contains(name) || h1::framing_header(name, framing) {
                 continue;
             }
@@ -197,6 +237,9 @@ impl Outgoing for UpstreamHead<'_> {
             && let Some(prefix) = self.prefix
         {
             h1::encode_header(b"x-forwarded-prefix", prefix.as_bytes(), out);
+        }
+        if let Some(identity) = self.identity {
+            encode_identity(identity, out);
         }
         let ours = if self.client.version == Version::HTTP_2 { VIA_2 } else { VIA_1_1 };
         encode_appended(b"via", client, &header::VIA, ours.as_bytes(), out);

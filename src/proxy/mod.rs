@@ -289,8 +289,8 @@ impl Proxy {
             };
         }
 
-        let (consumer, buffered, added) = if route.chain.is_empty() {
-            (None, buffered, Vec::new())
+        let (passed, buffered, added) = if route.chain.is_empty() {
+            (Passed::default(), buffered, Vec::new())
         } else {
             let service_id = route.service.as_ref().map(|s| s.id);
             let mut ctx = AccessCtx::new(&snapshot.identity, &mut parts, buffered, conn.peer.ip(), service_id);
@@ -320,8 +320,7 @@ impl Proxy {
             (None, Some(b)) => whole_body(&mut parts.headers, b),
             (None, None) => UpstreamBody::empty(),
         };
-        let mut response =
-            self.forward(&parts, upstream_body, route, matched_len, conn, consumer.as_deref(), started).await;
+        let mut response = self.forward(&parts, upstream_body, route, matched_len, conn, &passed, started).await;
         if let Ok(resp) = &mut response {
             for (name, value) in added {
                 resp.headers_mut().insert(name, value);
@@ -338,7 +337,7 @@ impl Proxy {
         route: &RouteTarget,
         matched_len: usize,
         conn: &ConnInfo,
-        consumer: Option<&crate::identity::Consumer>,
+        passed: &Passed,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
@@ -358,6 +357,7 @@ impl Proxy {
             conn_proto: if conn.https() { b"https" } else { b"http" },
             trusted: conn.trusted,
             prefix: if route.strip_path { matched.filter(|m| *m != "/") } else { None },
+            identity: passed.identity.as_ref(),
             host: if route.preserve_host { None } else { Some(&service.host_header) },
         };
         // Kong's upstream SNI is the Host sent upstream: the service's, or the client's with
@@ -422,7 +422,7 @@ impl Proxy {
         let upstream_latency = sent.elapsed();
         let (mut rparts, rbody) = response.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
-        route.chain.header_filter(consumer, &mut rparts);
+        route.chain.header_filter(passed.consumer.as_deref(), &mut rparts);
         // Our hop to the upstream is HTTP/1.1, whatever the client spoke.
         forward::append_via(&mut rparts.headers, http::Version::HTTP_11);
         if !rparts.headers.contains_key(header::SERVER) {
@@ -435,15 +435,26 @@ impl Proxy {
     }
 }
 
+/// Who the access phase let through: the consumer (for the header filter) and the consumer headers
+/// the upstream request carries.
+#[derive(Debug, Default)]
+struct Passed {
+    consumer: Option<Arc<crate::identity::Consumer>>,
+    identity: Option<crate::plugins::UpstreamIdentity>,
+}
+
 /// What the access phase leaves for forwarding (consumer, body, response headers), or the reply
 /// that ends the request, with the plugins' response headers first.
 #[allow(clippy::type_complexity)]
 fn access_outcome(
     mut ctx: AccessCtx<'_>,
     flow: Flow,
-) -> Result<(Option<Arc<crate::identity::Consumer>>, Option<Bytes>, Vec<(http::HeaderName, HeaderValue)>), Reply> {
+) -> Result<(Passed, Option<Bytes>, Vec<(http::HeaderName, HeaderValue)>), Reply> {
     match flow {
-        Flow::Continue => Ok((ctx.consumer.take(), ctx.body.take(), ctx.response_headers)),
+        Flow::Continue => {
+            let passed = Passed { consumer: ctx.consumer.take(), identity: ctx.upstream_identity.take() };
+            Ok((passed, ctx.body.take(), ctx.response_headers))
+        }
         Flow::Respond(mut reply) => {
             let mut headers = ctx.response_headers;
             headers.append(&mut reply.headers);

@@ -136,10 +136,12 @@ impl Plugin for Acl {
             return Flow::Respond(self.forbidden.clone());
         }
         if !self.hide_groups_header {
-            match self.header(&consumer) {
-                Some(v) => ctx.parts.headers.insert(h::X_CONSUMER_GROUPS, v),
-                None => ctx.parts.headers.remove(h::X_CONSUMER_GROUPS),
-            };
+            let groups = self.header(&consumer);
+            match (&mut ctx.upstream_identity, groups) {
+                (Some(identity), groups) => identity.groups = groups,
+                (None, Some(v)) => drop(ctx.parts.headers.insert(h::X_CONSUMER_GROUPS, v)),
+                (None, None) => drop(ctx.parts.headers.remove(h::X_CONSUMER_GROUPS)),
+            }
         }
         Flow::Continue
     }

@@ -13,8 +13,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use super::request::{self, Found};
 use serde::Deserialize;
 
-use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply, typed};
-use crate::headers as h;
+use super::{AccessCtx, AccessFuture, BuildEnv, Flow, Plugin, PluginDef, RealmScope, Reply, UpstreamIdentity, typed};
 use crate::identity::{Authenticated, Consumer};
 use crate::model::schema::{Obj, Violations};
 
@@ -349,39 +348,12 @@ impl Plugin for KeyAuth {
     }
 }
 
-/// Sets (or clears) the consumer headers sent upstream, as every auth plugin does.
-pub fn set_consumer(ctx: &mut AccessCtx<'_>, consumer: &Consumer, credential: Option<uuid::Uuid>) {
-    let headers = &mut ctx.parts.headers;
-    // Room for the consumer headers at once, rather than growing the map once or twice on the way.
-    headers.reserve(4);
-    headers.insert(h::X_CONSUMER_ID, uuid_header(consumer.id));
-    match consumer.custom_id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-        Some(v) => headers.insert(h::X_CONSUMER_CUSTOM_ID, v),
-        None => headers.remove(h::X_CONSUMER_CUSTOM_ID),
-    };
-    match consumer.username.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-        Some(v) => headers.insert(h::X_CONSUMER_USERNAME, v),
-        None => headers.remove(h::X_CONSUMER_USERNAME),
-    };
-    match consumer.groups.as_ref() {
-        Some(g) => headers.insert(h::X_CONSUMER_GROUPS, g.header.clone()),
-        None => headers.remove(h::X_CONSUMER_GROUPS),
-    };
-    match credential {
-        Some(id) => {
-            headers.insert(h::X_CREDENTIAL_IDENTIFIER, uuid_header(id));
-            headers.remove(h::X_ANONYMOUS_CONSUMER);
-        }
-        None => {
-            headers.remove(h::X_CREDENTIAL_IDENTIFIER);
-            headers.insert(h::X_ANONYMOUS_CONSUMER, HeaderValue::from_static("true"));
-        }
-    }
-}
-
-fn uuid_header(id: uuid::Uuid) -> HeaderValue {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(s.as_bytes()))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+/// Sets the consumer headers sent upstream, as every auth plugin does (written when the upstream
+/// request is encoded; see [`UpstreamIdentity`]).
+pub fn set_consumer(ctx: &mut AccessCtx<'_>, consumer: &Arc<Consumer>, credential: Option<uuid::Uuid>) {
+    ctx.upstream_identity = Some(UpstreamIdentity {
+        consumer: consumer.clone(),
+        credential,
+        groups: consumer.groups.as_ref().map(|g| g.header.clone()),
+    });
 }
