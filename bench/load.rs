@@ -81,7 +81,7 @@ async fn tls_modes(args: &[String]) -> Result<(), String> {
     let [_, addr, what, n, seconds] = args else {
         return Err("usage: bench-load <host:port> tls-idle|handshakes <n> <seconds>".into());
     };
-    let n: usize = n.parse().map_err(|_| "bad <n>")?;
+    let n: usize = n.parse().ok().filter(|n| *n > 0).ok_or("bad <n>: a positive integer")?;
     let seconds: u64 = seconds.parse().map_err(|_| "bad <seconds>")?;
     let config = tls_client()?;
     match what.as_str() {
@@ -98,7 +98,7 @@ async fn tls_modes(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "handshakes" => {
-            let until = Instant::now() + Duration::from_secs(seconds);
+            let until = Instant::now().checked_add(Duration::from_secs(seconds)).ok_or("bad <seconds>")?;
             let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
             for _ in 0..32 {
