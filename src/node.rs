@@ -200,7 +200,7 @@ fn serve_workers(
             .collect();
         let thread = std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {
             runtime.block_on(async move {
-                let graceful = GracefulShutdown::new();
+                let drain = crate::proxy::Drain::default();
                 let mut serving = Vec::new();
                 for (std_listener, tls, proxy_protocol) in listeners {
                     match TcpListener::from_std(std_listener) {
@@ -210,13 +210,13 @@ fn serve_workers(
                                 let _ = stop.changed().await;
                             };
                             let listener = crate::proxy::Listener { socket, tls, proxy_protocol };
-                            serving.push(proxy.serve(listener, stopped, &graceful));
+                            serving.push(proxy.serve(listener, stopped, &drain));
                         }
                         Err(e) => tracing::error!(error = %e, "proxy listener unusable"),
                     }
                 }
                 futures_util::future::join_all(serving).await;
-                if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+                if tokio::time::timeout(DRAIN_TIMEOUT, drain.shutdown()).await.is_err() {
                     tracing::warn!("some connections did not finish within the drain timeout");
                 }
             });

@@ -468,3 +468,91 @@ async fn http2_with_prior_knowledge_still_passes() {
     assert!(wire.contains("POST /buffered/h2 HTTP/1.1") && wire.contains("over h2"), "{wire}");
     assert!(wire.contains("POST /streamed/h2 HTTP/1.1") && wire.contains("streamed over h2"), "{wire}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The connection between requests
+// ---------------------------------------------------------------------------------------------
+
+/// Reads from `stream` until `buf` holds `want` or the gateway closes.
+async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(want.len()).any(|w| w == want) {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await;
+        match read.expect("bytes in time").expect("read") {
+            0 => panic!("closed before {:?}; received:\n{}", lossy(want), lossy(buf)),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_is_invited_to_send_its_body_when_the_proxy_reads_it() {
+    let (gw, up) = gateway().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", gw.proxy_port)).await.expect("connect");
+    stream
+        .write_all(b"PUT /buffered/upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, b"\r\n\r\n").await;
+    assert_eq!(lossy(&buf), "HTTP/1.1 100 Continue\r\n\r\n");
+    buf.clear();
+    stream.write_all(b"hello").await.expect("write");
+    assert_eq!(read_answers(&mut stream, &mut buf, 1).await[0].status, 200);
+    let wire = lossy(&up.received());
+    assert!(wire.contains("PUT /buffered/upload HTTP/1.1") && wire.contains("hello"), "{wire}");
+    // The connection carries the next request.
+    stream.write_all(b"GET /buffered/next HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut stream, &mut buf, 1).await[0].status, 200);
+}
+
+#[tokio::test]
+async fn a_request_answered_without_its_body_is_not_invited_to_send_it_and_its_connection_closes() {
+    let (gw, _up) = gateway().await;
+    let request = b"PUT /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    let stream = TcpStream::connect(("127.0.0.1", gw.proxy_port)).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(request).await.expect("write");
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the gateway kept the connection open; it sent:\n{}", lossy(&received));
+    let all = answers(&received);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].status, 404, "{all:#?}");
+    assert!(all[0].head.contains("\r\nconnection: close\r\n"), "{all:#?}");
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_keeps_its_connection_only_when_it_asks() {
+    let (gw, _up) = gateway().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", gw.proxy_port)).await.expect("connect");
+    let mut buf = Vec::new();
+    for n in 0..2 {
+        let request = format!("GET /buffered/ten-{n} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_answers(&mut stream, &mut buf, 1).await.remove(0);
+        assert_eq!(answer.status, 200);
+        assert!(answer.head.to_ascii_lowercase().contains("\r\nconnection: keep-alive\r\n"), "{}", answer.head);
+    }
+    let received = exchange(&gw, b"GET /buffered/ten HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    let all = answers(&received);
+    assert_eq!(all.len(), 1, "one answer, then the gateway closes: {all:#?}");
+    assert!(all[0].head.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{all:#?}");
+}
+
+#[tokio::test]
+async fn a_head_request_gets_the_upstreams_length_and_no_body_and_the_connection_goes_on() {
+    let (gw, _up) = gateway().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", gw.proxy_port)).await.expect("connect");
+    let mut buf = Vec::new();
+    stream.write_all(b"GET /buffered/size HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let get = read_answers(&mut stream, &mut buf, 1).await.remove(0);
+    stream.write_all(b"HEAD /buffered/size HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    read_until(&mut stream, &mut buf, b"\r\n\r\n").await;
+    let head = lossy(&buf).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", get.body.len())), "{head}");
+    buf.clear();
+    stream.write_all(b"GET /buffered/after HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut stream, &mut buf, 1).await[0].status, 200, "no stray body before this answer");
+}

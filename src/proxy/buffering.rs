@@ -10,9 +10,9 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::framing::BodyFault;
+use super::request_body::RequestBody;
 
 /// How much of a request body request buffering holds in memory: 1 MiB, nginx's default
 /// `client_max_body_size`, so any body nginx takes without configuration is read whole before the
@@ -24,23 +24,23 @@ pub const REQUEST_BUFFER: usize = 1024 * 1024;
 pub enum Read {
     Whole(Bytes),
     /// More than the limit: what was read, and the rest of the stream.
-    Partial(Bytes, Incoming),
+    Partial(Bytes, RequestBody),
 }
 
 /// Reads `body` until it ends or more than `limit` bytes are in memory. A body that comes in one
-/// frame (a small one sent with its head) is kept as hyper handed it, without a copy. Trailers are
+/// frame (a small one sent with its head) is kept as it came, without a copy. Trailers are
 /// dropped (they are not sent upstream). Boxed: the reading state stays out of every request's
 /// future, which requests without a body (most of them) would otherwise carry and copy.
-pub fn read(body: Incoming, limit: usize) -> Pin<Box<dyn Future<Output = Result<Read, BodyFault>> + Send>> {
+pub fn read(body: RequestBody, limit: usize) -> Pin<Box<dyn Future<Output = Result<Read, BodyFault>> + Send>> {
     Box::pin(read_into_memory(body, limit))
 }
 
-async fn read_into_memory(mut body: Incoming, limit: usize) -> Result<Read, BodyFault> {
+async fn read_into_memory(mut body: RequestBody, limit: usize) -> Result<Read, BodyFault> {
     let mut single: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(|e| BodyFault::of(&e))?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else { continue };
         total += data.len();
         match (&mut joined, single.take()) {
             (Some(joined), _) => joined.extend_from_slice(&data),

@@ -1,8 +1,8 @@
 //! The HTTP/1.1 wire format of the upstream client: encoding a request head, parsing a response head
 //! (with `httparse`) and decoding a response body's framing (RFC 9112 §6.3: none, `Content-Length`,
 //! chunked, or until the connection closes). Pure functions over buffers, no I/O: `upstream` drives
-//! the socket. The chunked state machine also walks client request bodies for the framing guard
-//! (`framing`).
+//! the socket. The chunked decoder and the header-map builder serve the client side too (`framing`,
+//! `downstream`).
 //!
 //! Written here rather than taken from hyper's client because of where the work happens: hyper runs
 //! each client connection in a task of its own, so a proxied request crossed tasks several times
@@ -169,34 +169,53 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Response
             continue;
         }
         let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        // Where each name and value lie in the head (which is at most `MAX_HEAD` long), to take them
-        // out of it once it is split off `buf`: httparse hands out slices of `buf`.
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| u16::try_from((s.as_ptr() as usize).wrapping_sub(base)).ok();
-        let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-        let count = response.headers.len();
-        for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-            let name_len = u16::try_from(h.name.len()).ok();
-            let value_len = u16::try_from(h.value.len()).ok();
-            let found = (offset(h.name.as_bytes()), name_len, offset(h.value), value_len);
-            let (Some(name), Some(name_len), Some(value), Some(value_len)) = found else { return Err(Error::Header) };
-            *span = (name, name_len, value, value_len);
-        }
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let count = spans_of(buf, response.headers, &mut spans).ok_or(Error::Header)?;
         // The values are slices of the head's bytes: no copy per header.
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
-        for &(name, name_len, value, value_len) in spans.iter().take(count) {
-            let (name, value) = (usize::from(name), usize::from(value));
-            let name = head.get(name..name + usize::from(name_len)).ok_or(Error::Header)?;
-            let name = HeaderName::from_bytes(name).map_err(|_| Error::Header)?;
-            let end = value + usize::from(value_len);
-            let value = head.get(value..end).map(|_| head.slice(value..end)).ok_or(Error::Header)?;
-            map.append(name, HeaderValue::from_maybe_shared(value).map_err(|_| Error::Header)?);
-        }
+        let mut map = header_map(&head, spans.get(..count).unwrap_or_default()).ok_or(Error::Header)?;
         let (body, framed) = framing(method, status, version, &mut map)?;
         let keep_alive = framed && keeps_alive(version, &map);
         return Ok(Some(ResponseHead { status, version, headers: map, body, keep_alive }));
     }
+}
+
+/// Where a header's name and value lie in a head, as offsets from the head's start (a head is at
+/// most [`MAX_HEAD`] long): taken while httparse's slices borrow the read buffer, used once the head
+/// has been split off it, so that the header map is built of slices of the head without a copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Span {
+    name: u16,
+    name_len: u16,
+    value: u16,
+    value_len: u16,
+}
+
+/// Records where each of `headers` (parsed out of `buf`) lies; the count, or `None` if one lies
+/// outside the first 64 KiB of `buf`.
+pub fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span; MAX_HEADERS]) -> Option<usize> {
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| u16::try_from((s.as_ptr() as usize).wrapping_sub(base)).ok();
+    let len = |s: &[u8]| u16::try_from(s.len()).ok();
+    for (span, h) in out.iter_mut().zip(headers.iter()) {
+        let name = h.name.as_bytes();
+        *span = Span { name: offset(name)?, name_len: len(name)?, value: offset(h.value)?, value_len: len(h.value)? };
+    }
+    (headers.len() <= MAX_HEADERS).then_some(headers.len())
+}
+
+/// The header map of a head whose headers lie at `spans`: names checked, values shared with `head`.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let (name, value) = (usize::from(span.name), usize::from(span.value));
+        let name = head.get(name..name + usize::from(span.name_len))?;
+        let name = HeaderName::from_bytes(name).ok()?;
+        let end = value + usize::from(span.value_len);
+        head.get(value..end)?;
+        map.append(name, HeaderValue::from_maybe_shared(head.slice(value..end)).ok()?);
+    }
+    Some(map)
 }
 
 /// How the body of a response is delimited (RFC 9112 §6.3), and whether its end is known without
@@ -417,33 +436,6 @@ impl Chunked {
             buf.advance(1);
             self.step(byte)?;
         }
-    }
-
-    /// Walks the bytes of a chunked body in `buf` without taking them, stopping at the body's end:
-    /// how many bytes belong to the body (on an error, up to and including the offending byte).
-    /// The framing guard uses it to find where a chunked request body ends.
-    pub fn walk(&mut self, buf: &[u8]) -> (usize, Result<(), Error>) {
-        let mut at = 0;
-        while let Some(&byte) = buf.get(at) {
-            match self.state {
-                ChunkState::Done => break,
-                ChunkState::Data => {
-                    let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(buf.len() - at);
-                    self.size -= n as u64;
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
-                    at += n;
-                }
-                _ => {
-                    at += 1;
-                    if let Err(e) = self.step(byte) {
-                        return (at, Err(e));
-                    }
-                }
-            }
-        }
-        (at, Ok(()))
     }
 
     /// The last chunk and the trailers have been read.
@@ -728,25 +720,32 @@ mod tests {
         assert!(matches!(d.eof(), Err(Error::Incomplete)));
     }
 
+    /// A chunked request body read as it arrives, in pieces of any size, ends where its framing ends:
+    /// what follows (a pipelined request) is left in the buffer.
     #[test]
-    fn walking_a_chunked_body_stops_at_its_end_or_at_the_byte_that_breaks_it() {
+    fn a_chunked_body_ends_where_its_framing_ends_however_it_arrives() {
         let wire = b"5;ext\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1";
         for step in 1..=wire.len() {
-            let mut c = Chunked::default();
-            let mut at = 0;
+            let mut decoder = Decoder::Chunked(Chunked::default());
+            let mut buf = BytesMut::new();
+            let mut data = Vec::new();
             for piece in wire.chunks(step) {
-                let (n, walked) = c.walk(piece);
-                walked.expect("valid");
-                at += n;
-                if c.is_done() {
+                buf.extend_from_slice(piece);
+                while let Decoded::Data(d) = decoder.decode(&mut buf).expect("valid") {
+                    data.extend_from_slice(&d);
+                }
+                if decoder.is_done() {
                     break;
                 }
             }
-            assert_eq!(&wire[at..], b"GET / HTTP/1.1", "step {step}");
+            assert_eq!(data, b"hello", "step {step}");
+            let rest = &wire[wire.len() - b"GET / HTTP/1.1".len()..];
+            assert!(rest.starts_with(&buf), "step {step}: {buf:?}");
         }
-        let (n, walked) = Chunked::default().walk(b"5\r\nhelloXX");
-        assert!(matches!(walked, Err(Error::ChunkEnd)));
-        assert_eq!(n, 9, "up to and including the offending byte");
+        let mut broken = BytesMut::from(&b"5\r\nhelloXX"[..]);
+        let mut decoder = Decoder::Chunked(Chunked::default());
+        assert!(matches!(decoder.decode(&mut broken), Ok(Decoded::Data(_))));
+        assert!(matches!(decoder.decode(&mut broken), Err(Error::ChunkEnd)));
     }
 
     #[test]

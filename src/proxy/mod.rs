@@ -1,12 +1,14 @@
-//! The proxy: a hyper 1 server (HTTP/1.1 and h2c on one port) that matches each request against the
+//! The proxy: our own HTTP/1.1 server connection (`downstream`, heads judged in `framing`), with HTTP/2
+//! (h2c with prior knowledge, `h2` by ALPN) handed to hyper's, matches each request against the
 //! current snapshot, runs the route's plugin chain and forwards to the service through our own pooled
 //! keep-alive HTTP/1.1 client (`upstream`, `h1`), streaming bodies both ways, or reading a request
-//! body first where the route buffers requests (`buffering`). Request framing is judged before hyper
-//! parses a request (`framing`). Gateway errors are answered with Kong's messages.
+//! body first where the route buffers requests (`buffering`). Gateway errors are answered with Kong's
+//! messages.
 //! Per request: one snapshot load, no lock, no database.
 
 mod buffering;
 mod deadline;
+mod downstream;
 pub mod forward;
 mod framing;
 mod proxy_protocol;
@@ -14,23 +16,20 @@ mod proxy_protocol;
 #[doc(hidden)]
 pub mod h1;
 mod reply;
+mod request_body;
 pub mod stats;
 mod tls;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,8 +38,10 @@ use crate::headers as h;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{RouteTarget, SnapshotHolder};
-use framing::{BodyFault, FramingGuard};
+pub use downstream::Drain;
+use framing::{BodyFault, Refusal};
 use reply::GatewayError;
+use request_body::RequestBody;
 use stats::Stats;
 use upstream::{ProxyBody, UpstreamBody};
 
@@ -106,18 +107,12 @@ impl Proxy {
         self.trusted_ips.iter().any(|n| n.contains(ip))
     }
 
-    /// Accepts connections until `stop` resolves, then lets in-flight requests finish. Runs on one
-    /// worker's single-threaded runtime; several workers may share a listening socket. The PROXY
-    /// header and the TLS handshake happen in each connection's own task, never in the accept loop.
-    pub async fn serve(
-        &'static self,
-        listener: Listener,
-        stop: impl std::future::Future<Output = ()>,
-        graceful: &GracefulShutdown,
-    ) {
+    /// Accepts connections until `stop` resolves; `drain` then closes them. Runs on one worker's
+    /// single-threaded runtime; several workers may share a listening socket. The PROXY header and
+    /// the TLS handshake happen in each connection's own task, never in the accept loop.
+    pub async fn serve(&'static self, listener: Listener, stop: impl std::future::Future<Output = ()>, drain: &Drain) {
         let Listener { socket, tls, proxy_protocol } = listener;
         let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {
@@ -134,19 +129,17 @@ impl Proxy {
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
+            let watch = drain.watch();
             let tls = tls.clone();
             self.stats.connection_opened();
             tokio::spawn(async move {
-                self.connection(stream, peer, local_port, proxy_protocol, tls, builder, watcher).await;
+                self.connection(stream, peer, local_port, proxy_protocol, tls, watch).await;
                 self.stats.connection_closed();
             });
         }
     }
 
     /// One client connection: its PROXY header, its TLS handshake, then HTTP until it closes.
-    #[allow(clippy::too_many_arguments)]
     async fn connection(
         &'static self,
         mut stream: tokio::net::TcpStream,
@@ -154,8 +147,7 @@ impl Proxy {
         local_port: u16,
         proxy_protocol: bool,
         tls: Option<TlsAcceptor>,
-        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
+        drain: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut trusted = self.is_trusted(peer.ip());
         let mut pre = Bytes::new();
@@ -175,60 +167,44 @@ impl Proxy {
                 Err(_) => return,
             }
         }
+        let Some(acceptor) = tls else {
+            let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, None));
+            // What followed the PROXY header is the start of the first request.
+            downstream::serve(self, Box::new(stream), BytesMut::from(pre), conn, drain, true).await;
+            return;
+        };
         let stream = proxy_protocol::Rewind::new(pre, stream);
-        match tls {
-            None => {
-                let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, None));
-                self.http(stream, conn, builder, watcher).await;
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                return;
             }
-            Some(acceptor) => {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let sni: Box<str> = tls.get_ref().1.server_name().unwrap_or("").to_ascii_lowercase().into();
-                let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, Some(sni)));
-                self.http(tls, conn, builder, watcher).await;
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return;
             }
+        };
+        let session = tls.get_ref().1;
+        let sni: Box<str> = session.server_name().unwrap_or("").to_ascii_lowercase().into();
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, Some(sni)));
+        if h2 {
+            downstream::serve_h2(self, Box::new(tls), Bytes::new(), conn, drain).await;
+        } else {
+            downstream::serve(self, Box::new(tls), BytesMut::new(), conn, drain, false).await;
         }
     }
 
-    async fn http<S>(
-        &'static self,
-        stream: S,
-        conn: Arc<ConnInfo>,
-        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let service = hyper::service::service_fn(move |req| {
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(self.handle(req, &conn).await) }
-        });
-        // Every request's framing is judged before hyper parses it.
-        let stream = TokioIo::new(FramingGuard::new(stream));
-        let connection = builder.serve_connection(stream, service);
-        if let Err(e) = watcher.watch(connection.into_owned()).await {
-            tracing::debug!(error = %e, "client connection ended with an error");
-        }
+    /// The answer to a refused request head (which closes its connection).
+    fn refused(&self, refusal: Refusal) -> Response<ProxyBody> {
+        self.stats.request();
+        GatewayError::Refused(refusal).into_response(Instant::now())
     }
 
-    async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
-        // A head the framing guard refused arrives as its stand-in: answered before routing, so
-        // nothing of it can reach an upstream.
-        if let Some(refusal) = framing::refused(&req) {
-            return GatewayError::Refused(refusal).into_response(started);
-        }
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
         let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started)).catch_unwind().await;
@@ -241,7 +217,7 @@ impl Proxy {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ConnInfo,
         started: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -576,9 +552,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
+            let drain = Drain::default();
             let listener = Listener { socket: listener, tls: None, proxy_protocol: false };
-            proxy.serve(listener, std::future::pending(), &graceful).await;
+            proxy.serve(listener, std::future::pending(), &drain).await;
         });
         let bug = get(addr, "/bug").await;
         assert!(bug.starts_with("HTTP/1.1 500"), "{bug}");

@@ -82,6 +82,17 @@ impl<S> Rewind<S> {
     pub fn new(pre: Bytes, inner: S) -> Rewind<S> {
         Rewind { pre, inner }
     }
+
+    /// Some of the bytes read ahead are still to be read.
+    pub fn has_buffered(&self) -> bool {
+        !self.pre.is_empty()
+    }
+}
+
+impl<S: Unpin> Rewind<S> {
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead> AsyncRead for Rewind<S> {

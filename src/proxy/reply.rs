@@ -26,7 +26,7 @@ pub enum GatewayError {
     BadRequest,
     /// The request body's framing is broken; the connection closes after the answer.
     BadBody,
-    /// The framing guard refused the request head; the connection closes after the answer.
+    /// The request head was refused; the connection closes after the answer.
     Refused(Refusal),
     BodyTooLarge,
     /// Connection refused or reset, or an invalid response.
@@ -45,7 +45,7 @@ impl GatewayError {
         use super::upstream::UpstreamError;
         match e {
             UpstreamError::Resolve(_) => GatewayError::NameResolution,
-            UpstreamError::ClientBody(e) => GatewayError::from_body(BodyFault::of(e)),
+            UpstreamError::ClientBody(fault) => GatewayError::from_body(*fault),
             UpstreamError::BodyMismatch(_) => GatewayError::Unexpected,
             e if e.timed_out() => GatewayError::Timeout,
             _ => GatewayError::BadGateway,

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, header, request};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -34,6 +33,7 @@ use tokio_rustls::client::TlsStream;
 use super::deadline::DeadlineStream;
 use super::framing::BodyFault;
 use super::h1::{self, Decoded, Decoder, RequestFraming};
+use super::request_body::RequestBody;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -42,9 +42,9 @@ type Hasher = foldhash::fast::RandomState;
 /// limit followed by the rest of the stream (boxed: rare, and it keeps every request's body small).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    Streaming(Incoming),
+    Streaming(RequestBody),
     Buffered(Option<Bytes>),
-    Partial(Box<(Option<Bytes>, Incoming)>),
+    Partial(Box<(Option<Bytes>, RequestBody)>),
 }
 
 impl UpstreamBody {
@@ -64,9 +64,9 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyFault;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
         match self.get_mut() {
             UpstreamBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Buffered(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -111,7 +111,7 @@ pub enum ProxyBody {
     Upstream(UpstreamResponse),
     Full(Option<Bytes>),
     /// No answer at all, for a client that left before its request was whole: the body fails when
-    /// polled, and hyper drops the connection without writing the head it holds.
+    /// polled, and the connection closes without an answer.
     Abandoned,
 }
 
@@ -453,7 +453,7 @@ pub enum UpstreamError {
     /// The client's request body failed while it was being sent: the client's doing, not the
     /// upstream's (see `framing::BodyFault`).
     #[error("client request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(BodyFault),
     /// The request body did not match the framing announced for it: a gateway bug.
     #[error("request body does not match its framing: {0}")]
     BodyMismatch(&'static str),
@@ -469,7 +469,7 @@ impl UpstreamError {
     /// worth a retry.
     pub fn client_fault(&self) -> Option<BodyFault> {
         match self {
-            UpstreamError::ClientBody(e) => Some(BodyFault::of(e)),
+            UpstreamError::ClientBody(fault) => Some(*fault),
             _ => None,
         }
     }

@@ -422,6 +422,8 @@ async fn record_connection(
         while let Some(used) = whole_request(&pending) {
             let line = pending.split(|b| *b == b'\r').next().map(|l| String::from_utf8_lossy(l).into_owned());
             pending.drain(..used);
+            // A HEAD request's answer has the length a GET's would have, and no body.
+            let head = line.as_deref().is_some_and(|l| l.starts_with("HEAD "));
             if let Some(line) = line.filter(|l| l.contains("/hang-up/"))
                 && record.hung_up.lock().expect("record").insert(line)
             {
@@ -431,7 +433,8 @@ async fn record_connection(
             }
             let body = format!("conn {index} request {answered}");
             answered += 1;
-            let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let sent = if head { "" } else { body.as_str() };
+            let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{sent}", body.len());
             if stream.write_all(response.as_bytes()).await.is_err() {
                 return;
             }
