@@ -169,56 +169,75 @@ pub(super) async fn serve(
                 let _ = write_response(&mut *io, response, &Method::GET, Version::HTTP_11, false).await;
                 return close(&mut *io).await;
             }
-            Next::Http2 => return serve_h2(proxy, io, read.freeze(), conn, drain).await,
+            Next::Http2 => return Box::pin(serve_h2(proxy, io, read.freeze(), conn, drain)).await,
             Next::Closed => return,
         };
 
-        let RequestHead { parts, body: framing, keep_alive, expects_continue } = head;
-        let method = parts.method.clone();
-        let version = parts.version;
-        // A body that is not all here takes the connection, and gives it back when it is done with it.
-        let (body, kept, back) = match framing {
-            BodyFraming::None => (RequestBody::Empty, Some(io), None),
-            BodyFraming::Length(len) if read.len() as u64 >= len => {
-                let whole = read.split_to(usize::try_from(len).unwrap_or(0)).freeze();
-                (RequestBody::Full(Some(whole)), Some(io), None)
-            }
-            BodyFraming::Length(_) | BodyFraming::Chunked => {
-                let decoder = match framing {
-                    BodyFraming::Length(len) => Decoder::length(len),
-                    _ => Decoder::Chunked(h1::Chunked::default()),
-                };
-                let (tx, rx) = oneshot::channel();
-                let parked = Parked { io, read: std::mem::take(&mut read), done: false };
-                let body = Streaming::new(parked, decoder, expects_continue, tx);
-                (RequestBody::Streaming(Box::new(body)), None, Some(rx))
-            }
-        };
-        let response = proxy.handle(Request::from_parts(parts, body), &conn).await;
-        let mut body_done = true;
-        io = match (kept, back) {
-            (Some(io), _) => io,
-            (None, Some(mut back)) => match back.try_recv() {
-                Ok(parked) => {
-                    read = parked.read;
-                    body_done = parked.done;
-                    parked.io
-                }
-                // The body outlived its request: nothing is left to answer on.
-                Err(_) => return,
-            },
-            (None, None) => return,
-        };
-        if matches!(response.body(), ProxyBody::Abandoned) {
-            // The client left mid-request: there is no one to answer.
-            return;
+        // Boxed: the request's state (the proxy's future alone is several KB) lives only while the
+        // request does, not in the task of every idle connection.
+        match Box::pin(respond(proxy, io, read, head, &conn, &drain)).await {
+            Some((kept, rest)) => (io, read) = (kept, rest),
+            None => return,
         }
-        let keep = keep_alive && body_done && !drain.has_changed().unwrap_or(true);
-        match write_response(&mut *io, response, &method, version, keep).await {
-            Ok(true) => {}
-            Ok(false) => return close(&mut *io).await,
-            Err(_) => return,
+    }
+}
+
+/// Handles one request and writes its answer. Returns the connection and what was read past the
+/// request, or `None` when the connection is done (closed, or to be dropped).
+async fn respond(
+    proxy: &'static Proxy,
+    io: Box<dyn ClientIo>,
+    mut read: BytesMut,
+    head: RequestHead,
+    conn: &ConnInfo,
+    drain: &watch::Receiver<bool>,
+) -> Option<(Box<dyn ClientIo>, BytesMut)> {
+    let RequestHead { parts, body: framing, keep_alive, expects_continue } = head;
+    let method = parts.method.clone();
+    let version = parts.version;
+    // A body that is not all here takes the connection, and gives it back when it is done with it.
+    let (body, kept, back) = match framing {
+        BodyFraming::None => (RequestBody::Empty, Some(io), None),
+        BodyFraming::Length(len) if read.len() as u64 >= len => {
+            let whole = read.split_to(usize::try_from(len).unwrap_or(0)).freeze();
+            (RequestBody::Full(Some(whole)), Some(io), None)
         }
+        BodyFraming::Length(_) | BodyFraming::Chunked => {
+            let decoder = match framing {
+                BodyFraming::Length(len) => Decoder::length(len),
+                _ => Decoder::Chunked(h1::Chunked::default()),
+            };
+            let (tx, rx) = oneshot::channel();
+            let parked = Parked { io, read: std::mem::take(&mut read), done: false };
+            let body = Streaming::new(parked, decoder, expects_continue, tx);
+            (RequestBody::Streaming(Box::new(body)), None, Some(rx))
+        }
+    };
+    let response = proxy.handle(Request::from_parts(parts, body), conn).await;
+    let mut body_done = true;
+    let mut io = match (kept, back) {
+        (Some(io), _) => io,
+        (None, Some(mut back)) => {
+            // The body outlived its request (`Err`): nothing is left to answer on.
+            let parked = back.try_recv().ok()?;
+            read = parked.read;
+            body_done = parked.done;
+            parked.io
+        }
+        (None, None) => return None,
+    };
+    if matches!(response.body(), ProxyBody::Abandoned) {
+        // The client left mid-request: there is no one to answer.
+        return None;
+    }
+    let keep = keep_alive && body_done && !drain.has_changed().unwrap_or(true);
+    match write_response(&mut *io, response, &method, version, keep).await {
+        Ok(true) => Some((io, read)),
+        Ok(false) => {
+            close(&mut *io).await;
+            None
+        }
+        Err(_) => None,
     }
 }
 

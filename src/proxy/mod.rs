@@ -10,7 +10,9 @@ mod buffering;
 mod deadline;
 mod downstream;
 pub mod forward;
-mod framing;
+// Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod framing;
 mod proxy_protocol;
 // Public only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
@@ -174,7 +176,8 @@ impl Proxy {
             return;
         };
         let stream = proxy_protocol::Rewind::new(pre, stream);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        // Boxed, as the HTTP/2 connection below: the task of an idle connection carries neither.
+        let tls = match Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -190,7 +193,7 @@ impl Proxy {
         let h2 = session.alpn_protocol() == Some(b"h2");
         let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, Some(sni)));
         if h2 {
-            downstream::serve_h2(self, Box::new(tls), Bytes::new(), conn, drain).await;
+            Box::pin(downstream::serve_h2(self, Box::new(tls), Bytes::new(), conn, drain)).await;
         } else {
             downstream::serve(self, Box::new(tls), BytesMut::new(), conn, drain, false).await;
         }
@@ -516,10 +519,8 @@ mod tests {
         out
     }
 
-    /// A panic in one request is that request's 500; the connection's worker and every other request
-    /// go on.
-    #[tokio::test]
-    async fn a_panic_is_one_requests_500() {
+    /// A proxy with one route (`Buggy` plugin, no service) on a free port.
+    async fn start_proxy() -> std::net::SocketAddr {
         let target = RouteTarget {
             id: uuid::Uuid::nil(),
             strip_path: false,
@@ -556,11 +557,36 @@ mod tests {
             let listener = Listener { socket: listener, tls: None, proxy_protocol: false };
             proxy.serve(listener, std::future::pending(), &drain).await;
         });
+        addr
+    }
+
+    /// A panic in one request is that request's 500; the connection's worker and every other request
+    /// go on.
+    #[tokio::test]
+    async fn a_panic_is_one_requests_500() {
+        let addr = start_proxy().await;
         let bug = get(addr, "/bug").await;
         assert!(bug.starts_with("HTTP/1.1 500"), "{bug}");
         assert!(bug.contains(r#"{"message":"An unexpected error occurred"}"#), "{bug}");
         // The route has no service: a request that does not hit the bug gets Kong's 503.
         let fine = get(addr, "/fine").await;
         assert!(fine.starts_with("HTTP/1.1 503"), "{fine}");
+    }
+
+    /// A connection that sends nothing, or only part of a head, is closed after nginx's timeouts
+    /// (Kong's `keepalive_timeout` and `client_header_timeout`, 60 s each), on the runtime's clock.
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_slow_connections_close_after_sixty_seconds() {
+        let addr = start_proxy().await;
+        for sent in [&b""[..], b"GET /fine HT"] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(sent).await.expect("write");
+            let opened = tokio::time::Instant::now();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.expect("read");
+            let waited = opened.elapsed();
+            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+            assert!(waited >= Duration::from_secs(60) && waited < Duration::from_secs(61), "{waited:?}");
+        }
     }
 }
