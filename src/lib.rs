@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod balancer;
 pub mod clock;
 pub mod cluster;
 pub mod config;

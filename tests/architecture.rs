@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     // L1: settings, the schema language and one descriptor per entity
     &["config", "model"],
     // L2: who a request is, where it goes
-    &["identity", "router"],
+    &["balancer", "identity", "router"],
     // L3: the plugin trait, chains, bundled plugins
     &["plugins"],
     // L4: compiling a configuration, rows in, snapshot out

@@ -15,6 +15,7 @@ mod pagination;
 pub mod problem;
 mod realms;
 pub mod tokens;
+mod upstreams;
 
 use std::sync::Arc;
 
@@ -202,6 +203,9 @@ pub fn router(state: AdminState) -> Router {
         .entities()
         .add("/certificates", certificates::collection())
         .add("/certificates/{certificates}", certificates::item())
+        .add("/upstreams/{upstreams}/targets", upstreams::collection())
+        .add("/upstreams/{upstreams}/targets/all", upstreams::all())
+        .add("/upstreams/{upstreams}/targets/{targets}", upstreams::item())
         .add("/routes/{routes}/service", info::route_service());
     let kong = legacy::routes(kong).finish();
     let entities = kong

@@ -20,6 +20,10 @@ pub enum Kind {
     Sni,
     /// A CA trusted for upstream TLS.
     CaCertificate,
+    /// A load-balanced name a service's host may point at.
+    Upstream,
+    /// One `host:port` behind an upstream, with its weight.
+    Target,
     Service,
     Route,
     Plugin,
@@ -169,6 +173,39 @@ const CA_CERTIFICATE: EntityDef = EntityDef {
     schema: ca_certificates,
 };
 
+const UPSTREAM: EntityDef = EntityDef {
+    kind: Kind::Upstream,
+    table: "upstreams",
+    path: Some("upstreams"),
+    nested: &[],
+    handlers: Handlers::Standard,
+    endpoint_key: "name",
+    key_column: "name",
+    key_scoped_to_parent: false,
+    unique: &["name"],
+    foreign_keys: &[fk("client_certificate", Kind::Certificate, OnDelete::Restrict)],
+    cache_key: &[],
+    ttl: false,
+    schema: super::upstreams::upstreams,
+};
+
+// `/targets` itself answers 404, as Kong's does: targets live under their upstream only.
+const TARGET: EntityDef = EntityDef {
+    kind: Kind::Target,
+    table: "targets",
+    path: None,
+    nested: &[(Kind::Upstream, "targets")],
+    handlers: Handlers::Own,
+    endpoint_key: "target",
+    key_column: "target",
+    key_scoped_to_parent: true,
+    unique: &[],
+    foreign_keys: &[fk("upstream", Kind::Upstream, OnDelete::Cascade)],
+    cache_key: &["upstream", "target"],
+    ttl: false,
+    schema: super::upstreams::targets,
+};
+
 const SERVICE: EntityDef = EntityDef {
     kind: Kind::Service,
     table: "services",
@@ -280,12 +317,14 @@ const GROUP_MEMBERSHIP: EntityDef = EntityDef {
 };
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Consumer,
         Kind::ConsumerGroup,
         Kind::Certificate,
         Kind::Sni,
         Kind::CaCertificate,
+        Kind::Upstream,
+        Kind::Target,
         Kind::Service,
         Kind::Route,
         Kind::Plugin,
@@ -302,6 +341,8 @@ impl Kind {
             Kind::Certificate => &CERTIFICATE,
             Kind::Sni => &SNI,
             Kind::CaCertificate => &CA_CERTIFICATE,
+            Kind::Upstream => &UPSTREAM,
+            Kind::Target => &TARGET,
             Kind::Service => &SERVICE,
             Kind::Route => &ROUTE,
             Kind::Plugin => &PLUGIN,

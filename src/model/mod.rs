@@ -9,6 +9,7 @@ pub mod entities;
 pub mod errors;
 pub mod schema;
 pub mod typedefs;
+pub mod upstreams;
 
 use serde_json::Value;
 
@@ -70,6 +71,12 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatal
         // Kong expands shorthands before validating; a bad `url` is the only error reported.
         entities::expand_service_url(&mut input).map_err(|v| Violations(vec![v]))?;
     }
+    if kind == Kind::Upstream {
+        upstreams::apply_shorthands(&mut input);
+    }
+    if kind == Kind::Target {
+        upstreams::normalize_target(&mut input);
+    }
     if kind == Kind::Plugin
         && let Some(Value::String(name)) = input.get_mut("name")
         && let Some(plugin) = plugins.plugin(name)
@@ -107,8 +114,14 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatal
         let message = format!("value nests deeper than {} levels", schema::MAX_DEPTH);
         return Err(Violations(vec![Violation::entity(message)]).into());
     }
-    if fields.iter().any(|f| f.name == "updated_at") {
-        record.insert("updated_at".into(), Value::from(now_secs()));
+    match fields.iter().find(|f| f.name == "updated_at").map(|f| f.auto) {
+        Some(schema::Auto::TimestampMs) => {
+            record.insert("updated_at".into(), Value::from(crate::clock::now_millis() as f64 / 1000.0));
+        }
+        Some(_) => {
+            record.insert("updated_at".into(), Value::from(now_secs()));
+        }
+        None => {}
     }
     if kind == Kind::Plugin {
         return prepare_plugin(record, early, plugins);

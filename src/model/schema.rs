@@ -32,6 +32,8 @@ pub enum Auto {
     No,
     Uuid,
     Timestamp,
+    /// Seconds with milliseconds, as a number (Kong's `auto_timestamp_ms`, on targets).
+    TimestampMs,
     /// 32 random alphanumerics (key-auth keys).
     Key,
 }
@@ -541,6 +543,7 @@ fn default_for(field: &Field) -> Value {
         Auto::No => field.default.clone(),
         Auto::Uuid => Value::String(uuid::Uuid::new_v4().to_string()),
         Auto::Timestamp => Value::from(crate::clock::now_secs()),
+        Auto::TimestampMs => Value::from(crate::clock::now_millis() as f64 / 1000.0),
         Auto::Key => Value::String(random_key()),
     }
 }

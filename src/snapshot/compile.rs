@@ -228,6 +228,8 @@ pub fn check(kind: Kind, record: &Obj) -> Result<(), Violations> {
         Kind::Certificate => certificate(&read(body)?).map(drop),
         Kind::Sni => read::<SniRow>(body).map(drop),
         Kind::CaCertificate => ca_certificate(&read(body)?).map(drop),
+        Kind::Upstream => read::<crate::balancer::UpstreamConfig>(body).map(drop),
+        Kind::Target => target(&read(body)?).map(drop),
         Kind::Service => service(&read(body)?, TlsEntities::NONE).map(drop),
         Kind::Route => route(&read(body)?).map(drop),
         Kind::Plugin => plugin(&read(body)?, &ConsumerIndex::default(), Counters::dry_run(), None).map(drop),
@@ -410,6 +412,21 @@ pub struct SniRow {
     pub id: Uuid,
     pub name: String,
     pub certificate: Ref,
+}
+
+/// A target as stored.
+#[derive(Debug, Deserialize)]
+pub struct TargetRow {
+    pub id: Uuid,
+    pub upstream: Ref,
+    pub target: String,
+    pub weight: u32,
+}
+
+/// A target ready for its balancer.
+pub fn target(row: &TargetRow) -> Result<crate::balancer::TargetConfig, Violations> {
+    crate::balancer::TargetConfig::new(row.id, row.upstream.id, &row.target, row.weight)
+        .map_err(|e| Violations::single("target", e.to_string()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -452,6 +452,26 @@ fn body(kind: Kind, noisy: bool) -> BoxedStrategy<Obj> {
                 })
                 .boxed()
         }
+        // The hashing fields depend on each other (most random pairs are refused, rightly): half
+        // the bodies leave them to their defaults; names are host names.
+        Kind::Upstream => (
+            record(kind.schema().fields.iter().collect(), noisy),
+            proptest::bool::ANY,
+            select(&["backend.test", "a", "api-v2.internal", "x_y"][..]),
+        )
+            .prop_map(|(rest, plain, name)| {
+                let mut body = object(rest);
+                if plain {
+                    body.retain(|k, _| !k.starts_with("hash_"));
+                    body.remove("algorithm");
+                }
+                body.entry("name").or_insert_with(|| json!(name));
+                if plain {
+                    body.insert("name".into(), json!(name));
+                }
+                body
+            })
+            .boxed(),
         _ => record(kind.schema().fields.iter().collect(), noisy).prop_map(object).boxed(),
     }
 }
@@ -529,6 +549,8 @@ fn existing(kind: Kind, patch: &Obj) -> Obj {
         }
         Kind::Sni => json!({ "name": "fixture.test", "certificate": { "id": SERVICE } }),
         Kind::CaCertificate => json!({ "cert": pem_fixtures().1.clone() }),
+        Kind::Upstream => json!({ "name": "fixture.upstream" }),
+        Kind::Target => json!({ "upstream": { "id": SERVICE }, "target": "10.0.0.1:80" }),
     };
     compile::prepare(kind, object(body), Mode::Create).unwrap_or_default()
 }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::compile::{self, AclRow, CompiledRoute, ConsumerRow, GroupRow, KeyAuthRow, MembershipRow, PluginScope};
 use super::{Rejection, RouteTarget, ServiceTarget, Snapshot};
+use crate::balancer::{TargetConfig, UpstreamConfig};
 use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet};
 use crate::model::Kind;
 use crate::model::schema::Violations;
@@ -31,10 +32,12 @@ use crate::tls::{CertPair, CertificateTable};
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// The order kinds are read in: a consumer's groups and ACL groups before the consumer.
-pub const LOAD_ORDER: [Kind; 11] = [
+pub const LOAD_ORDER: [Kind; 13] = [
     Kind::Certificate,
     Kind::Sni,
     Kind::CaCertificate,
+    Kind::Upstream,
+    Kind::Target,
     Kind::ConsumerGroup,
     Kind::GroupMembership,
     Kind::Acl,
@@ -96,6 +99,10 @@ pub struct ConfigState {
     snis: HashMap<Uuid, (Box<str>, Uuid)>,
     /// CA certificates by id (DER), for upstream TLS.
     ca_certificates: HashMap<Uuid, CertificateDer<'static>>,
+    /// Upstreams by id, as stored.
+    upstreams: HashMap<Uuid, Arc<UpstreamConfig>>,
+    /// Targets by id.
+    targets: HashMap<Uuid, TargetConfig>,
     /// Services whose upstream TLS names certificates or CAs, kept to recompile when those change.
     tls_services: HashMap<Uuid, compile::ServiceRow>,
     /// The SNI table, kept between builds until a certificate or SNI changes.
@@ -220,6 +227,16 @@ impl ConfigState {
                 self.ca_certificates.insert(c.id, der);
                 Ok(c.id)
             }),
+            Kind::Upstream => typed::<UpstreamConfig>(row.body).map(|u| {
+                let id = u.id;
+                self.upstreams.insert(id, Arc::new(u));
+                id
+            }),
+            Kind::Target => typed::<compile::TargetRow>(row.body).and_then(|t| compile::target(&t)).map(|t| {
+                let id = t.id;
+                self.targets.insert(id, t);
+                id
+            }),
             Kind::ConsumerGroup => typed::<GroupRow>(row.body).and_then(compile::group).map(|g| {
                 regroup.extend(self.memberships.values().filter(|(_, gid)| *gid == g.id).map(|(c, _)| *c));
                 self.groups.insert(g.id, Arc::from(g.name));
@@ -330,6 +347,8 @@ impl ConfigState {
             Kind::Consumer | Kind::KeyAuth | Kind::ConsumerGroup => {}
             // A certificate without a good version is not served: its names get the default one.
             Kind::Certificate | Kind::Sni | Kind::CaCertificate => {}
+            // An upstream or target without a good version takes no traffic.
+            Kind::Upstream | Kind::Target => {}
         }
         None
     }
@@ -421,6 +440,14 @@ impl ConfigState {
                 Kind::CaCertificate => {
                     routing = true;
                     deleted.iter().for_each(|id| drop(self.ca_certificates.remove(id)));
+                }
+                Kind::Upstream => {
+                    deleted.iter().for_each(|id| drop(self.upstreams.remove(id)));
+                    // Their targets went with them (a cascade); their rows may come later or not at all.
+                    self.targets.retain(|_, t| !deleted.contains(&t.upstream));
+                }
+                Kind::Target => {
+                    deleted.iter().for_each(|id| drop(self.targets.remove(id)));
                 }
                 Kind::Consumer => {
                     let index = Arc::make_mut(&mut self.consumers);

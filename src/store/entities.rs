@@ -650,7 +650,8 @@ fn columns(kind: Kind, record: &Obj) -> Vec<(String, Col)> {
     for fk in kind.foreign_keys() {
         cols.push((format!("{}_id", fk.field), Col::Text(fk_id(record, fk.field))));
     }
-    if kind.key_column() != kind.endpoint_key() {
+    // The endpoint key's column, unless it is the id or a unique field's (written above).
+    if kind.key_column() != "id" && !kind.unique_fields().contains(&kind.key_column()) {
         let v = record.get(kind.endpoint_key()).and_then(Value::as_str).map(str::to_string);
         cols.push((kind.key_column().to_string(), Col::Text(v)));
     }

@@ -1,0 +1,160 @@
+//! Upstreams and targets through the Admin API, as a Kong user's scripts manage them: Kong 3.x
+//! defaults, shorthands and messages, targets under their upstream only, with port 8000 when none is
+//! given.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::{Gateway, id, not_found};
+
+#[tokio::test]
+async fn an_upstream_is_created_with_every_kong_default() {
+    let gw = Gateway::start().await;
+    let (status, u) = gw.post("/upstreams", json!({"name": "backend.test"})).await;
+    assert_eq!(status, 201, "{u}");
+    assert_eq!(u["algorithm"], "round-robin");
+    assert_eq!((u["hash_on"].as_str(), u["hash_fallback"].as_str()), (Some("none"), Some("none")));
+    assert_eq!(u["slots"], 10000);
+    assert_eq!(u["hash_on_cookie_path"], "/");
+    assert_eq!(u["use_srv_name"], false);
+    assert_eq!(u["host_header"], json!(null));
+    let hc = &u["healthchecks"];
+    assert_eq!(hc["threshold"], 0);
+    assert_eq!(hc["active"]["timeout"], 1);
+    assert_eq!(hc["active"]["concurrency"], 10);
+    assert_eq!(hc["active"]["http_path"], "/");
+    assert_eq!(hc["active"]["https_verify_certificate"], true);
+    assert_eq!(hc["active"]["healthy"], json!({"interval": 0, "http_statuses": [200, 302], "successes": 0}));
+    assert_eq!(
+        hc["active"]["unhealthy"],
+        json!({"interval": 0, "http_statuses": [429, 404, 500, 501, 502, 503, 504, 505],
+               "tcp_failures": 0, "timeouts": 0, "http_failures": 0})
+    );
+    assert_eq!(hc["passive"]["unhealthy"]["http_statuses"], json!([429, 500, 503]));
+    // Read back by name, the same.
+    let (status, read) = gw.get("/upstreams/backend.test").await;
+    assert_eq!((status, &read), (200, &u));
+}
+
+#[tokio::test]
+async fn hash_on_picks_the_algorithm_and_least_connections_takes_no_hash() {
+    let gw = Gateway::start().await;
+    let u = gw.create("/upstreams", json!({"name": "a", "algorithm": "round-robin", "hash_on": "ip"})).await;
+    assert_eq!((u["algorithm"].as_str(), u["hash_on"].as_str()), (Some("consistent-hashing"), Some("ip")));
+    let u = gw.create("/upstreams", json!({"name": "b", "algorithm": "least-connections", "hash_on": "ip"})).await;
+    assert_eq!((u["algorithm"].as_str(), u["hash_on"].as_str()), (Some("least-connections"), Some("none")));
+    // A form works the same.
+    let (status, u) =
+        gw.post_form("/upstreams", &[("name", "c"), ("hash_on", "header"), ("hash_on_header", "x-user")]).await;
+    assert_eq!(status, 201, "{u}");
+    assert_eq!(u["algorithm"], "consistent-hashing");
+}
+
+#[tokio::test]
+async fn bad_upstreams_are_refused_with_every_field_named() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw.post("/upstreams", json!({"name": "10.0.0.1", "slots": 5})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["name"], "schema violation");
+    assert_eq!(body["fields"]["name"], "Invalid name ('10.0.0.1'); no ip addresses allowed");
+    assert_eq!(body["fields"]["slots"], "value should be between 10 and 65536");
+    let (_, body) = gw.post("/upstreams", json!({"name": "a.test:80"})).await;
+    assert_eq!(body["fields"]["name"], "Invalid name ('a.test:80'); no port allowed");
+    let (_, body) = gw.post("/upstreams", json!({"name": "h", "hash_on": "header"})).await;
+    assert_eq!(body["fields"]["hash_on_header"], "required field missing", "{body}");
+    assert_eq!(body["fields"]["@entity"], json!(["failed conditional validation given value of field 'hash_on'"]));
+    let (_, body) = gw
+        .post(
+            "/upstreams",
+            json!({"name": "h", "hash_on": "header", "hash_on_header": "x-a",
+            "hash_fallback": "header", "hash_fallback_header": "X-A"}),
+        )
+        .await;
+    assert_eq!(
+        body["fields"]["@entity"],
+        json!(["values of these fields must be distinct: 'hash_on_header', 'hash_fallback_header'"]),
+        "{body}"
+    );
+    let (_, body) = gw
+        .post(
+            "/upstreams",
+            json!({"name": "h", "healthchecks": {"active": {"concurrency": 0,
+            "healthy": {"http_statuses": [99]}}, "threshold": 101}}),
+        )
+        .await;
+    let hc = &body["fields"]["healthchecks"];
+    assert_eq!(hc["active"]["concurrency"], "value should be between 1 and 2147483648", "{body}");
+    assert_eq!(hc["active"]["healthy"]["http_statuses"], json!(["value should be between 100 and 999"]), "{body}");
+    assert_eq!(hc["threshold"], "value should be between 0 and 100", "{body}");
+    assert_eq!(gw.get("/upstreams").await.1["data"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn targets_live_under_their_upstream_with_port_8000_by_default() {
+    let gw = Gateway::start().await;
+    let up = gw.create("/upstreams", json!({"name": "backend.test"})).await;
+    let (status, t) = gw.post("/upstreams/backend.test/targets", json!({"target": "10.0.0.1"})).await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(t["target"], "10.0.0.1:8000");
+    assert_eq!(t["weight"], 100);
+    assert_eq!(t["upstream"], json!({"id": id(&up)}));
+    assert!(t["created_at"].is_number(), "{t}");
+    let (status, v6) = gw.post("/upstreams/backend.test/targets", json!({"target": "::1", "weight": 5})).await;
+    assert_eq!((status, v6["target"].as_str()), (201, Some("[::1]:8000")), "{v6}");
+    // The same target again: 409.
+    let (status, dup) = gw.post("/upstreams/backend.test/targets", json!({"target": "10.0.0.1:8000"})).await;
+    assert_eq!(status, 409, "{dup}");
+    // Bad input, every field named.
+    let (status, bad) =
+        gw.post("/upstreams/backend.test/targets", json!({"target": "not a host!", "weight": 70000})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["fields"]["target"], "Invalid target ('not a host!'); not a valid hostname or ip address");
+    assert_eq!(bad["fields"]["weight"], "value should be between 0 and 65535");
+    let (_, missing) = gw.post("/upstreams/backend.test/targets", json!({})).await;
+    assert_eq!(missing["fields"]["target"], "required field missing", "{missing}");
+
+    // Listed, and listed raw under /all.
+    let (_, list) = gw.get("/upstreams/backend.test/targets").await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(2), "{list}");
+    let (status, all) = gw.get("/upstreams/backend.test/targets/all").await;
+    assert_eq!((status, all["data"].as_array().map(Vec::len)), (200, Some(2)), "{all}");
+
+    // One target by id, by host:port, or by host alone (port 8000).
+    assert_eq!(gw.get(&format!("/upstreams/backend.test/targets/{}", id(&t))).await.1, t);
+    assert_eq!(gw.get("/upstreams/backend.test/targets/10.0.0.1:8000").await.1, t);
+    assert_eq!(gw.get("/upstreams/backend.test/targets/10.0.0.1").await.1, t);
+    let (status, patched) = gw.patch("/upstreams/backend.test/targets/10.0.0.1", json!({"weight": 200})).await;
+    assert_eq!((status, patched["weight"].as_i64()), (200, Some(200)), "{patched}");
+    // PUT updates; it never creates.
+    let (status, put) = gw.put("/upstreams/backend.test/targets/10.0.0.1:8000", json!({"weight": 7})).await;
+    assert_eq!((status, put["weight"].as_i64()), (200, Some(7)), "{put}");
+    let (status, body) = gw.put("/upstreams/backend.test/targets/10.9.9.9:80", json!({"weight": 7})).await;
+    assert_eq!((status, body), (404, not_found()));
+
+    // Not in the collection's methods, and not at the top level.
+    for method in [reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE] {
+        let r = support::client(None)
+            .request(method.clone(), gw.admin_url("/upstreams/backend.test/targets"))
+            .json(&json!({"target": "10.0.0.2"}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 405, "{method}");
+        assert_eq!(r.json::<serde_json::Value>().await.expect("json"), json!({"message": "Method not allowed"}));
+    }
+    assert_eq!(gw.get("/targets").await, (404, not_found()));
+    assert_eq!(gw.get(&format!("/targets/{}", id(&t))).await, (404, not_found()));
+
+    // A target of another upstream is not found here.
+    gw.create("/upstreams", json!({"name": "other.test"})).await;
+    assert_eq!(gw.get(&format!("/upstreams/other.test/targets/{}", id(&t))).await, (404, not_found()));
+
+    // Deleted one by one, or with their upstream.
+    assert_eq!(gw.delete("/upstreams/backend.test/targets/[::1]:8000").await, 204);
+    assert_eq!(gw.delete("/upstreams/backend.test").await, 204);
+    assert_eq!(gw.get(&format!("/upstreams/other.test/targets/{}", id(&t))).await.0, 404);
+    let (status, _) = gw.post("/upstreams/backend.test/targets", json!({"target": "10.0.0.1"})).await;
+    assert_eq!(status, 404, "the upstream is gone");
+}
