@@ -60,9 +60,10 @@ pub async fn run(store: Store, cp: String, holder: Arc<SnapshotHolder>, poll: Du
                 tracing::error!("configuration update panicked; reloading the configuration");
                 match load(&store, &cp).await {
                     Ok(fresh) => {
-                        let counters = state.counters();
+                        let (counters, health) = (state.counters(), state.health());
                         state = fresh;
                         state.use_counters(counters);
+                        state.use_health(health);
                     }
                     Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous snapshot"),
                 }
@@ -82,9 +83,10 @@ pub async fn refresh(store: &Store, cp: &str, state: &mut ConfigState) -> Result
         }
         None => {
             tracing::info!("change log does not reach back far enough; reloading the configuration");
-            let counters = state.counters();
+            let (counters, health) = (state.counters(), state.health());
             *state = load(store, cp).await?;
             state.use_counters(counters);
+            state.use_health(health);
             true
         }
     };

@@ -158,3 +158,145 @@ async fn targets_live_under_their_upstream_with_port_8000_by_default() {
     let (status, _) = gw.post("/upstreams/backend.test/targets", json!({"target": "10.0.0.1"})).await;
     assert_eq!(status, 404, "the upstream is gone");
 }
+
+/// Three upstream servers behind one upstream name, weights 1:2:3, and a route to a service that
+/// names the upstream (its own port is ignored). Returns once the route answers.
+async fn balanced(gw: &Gateway, weights: [u32; 3], upstream: serde_json::Value) -> Vec<support::upstream::Upstream> {
+    let servers = vec![
+        support::upstream::Upstream::start().await,
+        support::upstream::Upstream::start().await,
+        support::upstream::Upstream::start().await,
+    ];
+    gw.create("/upstreams", upstream).await;
+    for (server, weight) in servers.iter().zip(weights) {
+        let target = json!({"target": format!("127.0.0.1:{}", server.port()), "weight": weight});
+        gw.create("/upstreams/backend.test/targets", target).await;
+    }
+    gw.create("/services", json!({"name": "lb", "host": "backend.test", "port": 1})).await;
+    gw.create("/services/lb/routes", json!({"paths": ["/lb"]})).await;
+    let ready = gw.eventually("/lb/ready", &[], std::time::Duration::from_secs(10), |r| r.status() == 200).await;
+    assert_eq!(ready.status(), 200, "the balanced route did not go live");
+    servers
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_by_weight_and_sends_the_targets_host() {
+    let gw = Gateway::start().await;
+    let servers = balanced(&gw, [1, 2, 3], json!({"name": "backend.test"})).await;
+    let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+    let (status, echo) = support::status_json(gw.call("/lb/host", &[]).await).await;
+    assert_eq!(status, 200);
+    let host = echo["headers"]["host"].as_str().expect("host").to_string();
+    assert!(servers.iter().any(|s| host == format!("127.0.0.1:{}", s.port())), "Host is the target's: {host}");
+    for _ in 0..1199 {
+        assert_eq!(gw.call("/lb/spread", &[]).await.status(), 200);
+    }
+    // Each worker keeps its own place in the wheel: the shares are exact per worker, and within
+    // 1% of the requests over all of them.
+    let shares: Vec<usize> = servers.iter().zip(&before).map(|(s, b)| s.hits() - b).collect();
+    for (share, expected) in shares.iter().zip([200usize, 400, 600]) {
+        assert!(share.abs_diff(expected) <= 12, "1200 requests over weights 1:2:3: {shares:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_target_marked_unhealthy_gets_no_traffic_and_stays_so_when_another_is_added() {
+    let gw = Gateway::start().await;
+    // Passive checks on: health can be set by hand.
+    let upstream = json!({"name": "backend.test",
+        "healthchecks": {"passive": {"unhealthy": {"http_failures": 3}}}});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let down = format!("127.0.0.1:{}", servers[0].port());
+    let r = support::client(None)
+        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{down}/unhealthy")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 204);
+    let before = servers[0].hits();
+    for _ in 0..30 {
+        assert_eq!(gw.call("/lb/x", &[]).await.status(), 200);
+    }
+    assert_eq!(servers[0].hits(), before, "the unhealthy target got traffic");
+
+    // Another target added: the first keeps its health.
+    let fourth = support::upstream::Upstream::start().await;
+    let fourth_target = json!({"target": format!("127.0.0.1:{}", fourth.port()), "weight": 1});
+    gw.create("/upstreams/backend.test/targets", fourth_target).await;
+    let live = gw.eventually("/lb/fourth", &[], std::time::Duration::from_secs(10), |_| fourth.hits() > 0).await;
+    assert_eq!(live.status(), 200);
+    for _ in 0..30 {
+        gw.call("/lb/y", &[]).await;
+    }
+    assert_eq!(servers[0].hits(), before, "health was reset by the configuration change");
+
+    // Healthy again by hand.
+    let r = support::client(None)
+        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{down}/healthy")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 204);
+    for _ in 0..30 {
+        let st = gw.call("/lb/z", &[]).await.status();
+        assert_eq!(st, 200);
+    }
+    assert!(servers[0].hits() > before, "the recovered target got no traffic");
+}
+
+#[tokio::test]
+async fn health_cannot_be_set_without_health_checks_and_no_healthy_target_is_a_503() {
+    let gw = Gateway::start().await;
+    let servers = balanced(&gw, [1, 1, 1], json!({"name": "backend.test"})).await;
+    let target = format!("127.0.0.1:{}", servers[0].port());
+    let r = support::client(None)
+        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{target}/unhealthy")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json"),
+        json!({"message": "no healthchecker found for backend.test"})
+    );
+    let r = support::client(None)
+        .put(gw.admin_url("/upstreams/backend.test/targets/10.9.9.9:1/unhealthy"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Every target down: Kong's 503.
+    gw.patch("/upstreams/backend.test", json!({"healthchecks": {"passive": {"unhealthy": {"timeouts": 2}}}})).await;
+    for s in &servers {
+        let t = format!("127.0.0.1:{}", s.port());
+        let url = gw.admin_url(&format!("/upstreams/backend.test/targets/{t}/unhealthy"));
+        // The PATCH reaches the proxy's snapshot shortly; until then the balancer has checks off.
+        let mut status = 0;
+        for _ in 0..100 {
+            status = support::client(None).put(&url).send().await.expect("request").status().as_u16();
+            if status == 204 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, 204);
+    }
+    let (status, body) = support::status_json(gw.call("/lb/none", &[]).await).await;
+    assert_eq!((status, body), (503, json!({"message": "failure to get a peer from the ring-balancer"})));
+}
+
+#[tokio::test]
+async fn a_request_that_fails_on_one_target_is_retried_on_another() {
+    let gw = Gateway::start().await;
+    let mut servers = balanced(&gw, [1, 1, 1], json!({"name": "backend.test"})).await;
+    // One target stops: its connections are refused, and every request still succeeds.
+    drop(servers.remove(0));
+    for _ in 0..20 {
+        let r = gw.call("/lb/retry", &[]).await;
+        let st = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(st, 200, "{body}");
+    }
+    assert!(servers.iter().all(|s| s.hits() > 1), "both live targets took the retries");
+}

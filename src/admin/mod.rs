@@ -30,6 +30,7 @@ use axum::routing::{MethodRouter, get};
 
 use uuid::Uuid;
 
+use crate::balancer::Health;
 use crate::config::Settings;
 use crate::model::{Handlers, Kind};
 use crate::proxy::stats::Stats;
@@ -206,6 +207,10 @@ pub fn router(state: AdminState) -> Router {
         .add("/upstreams/{upstreams}/targets", upstreams::collection())
         .add("/upstreams/{upstreams}/targets/all", upstreams::all())
         .add("/upstreams/{upstreams}/targets/{targets}", upstreams::item())
+        .add("/upstreams/{upstreams}/targets/{targets}/healthy", upstreams::set_health(Health::Healthy))
+        .add("/upstreams/{upstreams}/targets/{targets}/unhealthy", upstreams::set_health(Health::Unhealthy))
+        .add("/upstreams/{upstreams}/targets/{targets}/{address}/healthy", upstreams::set_health(Health::Healthy))
+        .add("/upstreams/{upstreams}/targets/{targets}/{address}/unhealthy", upstreams::set_health(Health::Unhealthy))
         .add("/routes/{routes}/service", info::route_service());
     let kong = legacy::routes(kong).finish();
     let entities = kong

@@ -4,6 +4,7 @@
 //! target named without a port means port 8000, as it was stored.
 
 use axum::extract::{OriginalUri, Path, State};
+use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value};
 
@@ -11,6 +12,7 @@ use super::AdminState;
 use super::body::AdminBody;
 use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
+use crate::balancer::Health;
 use crate::model::Kind;
 use crate::model::schema::is_uuid;
 use crate::model::upstreams::normalize_target;
@@ -63,7 +65,56 @@ pub fn item() -> MethodRouter<AdminState> {
     })
 }
 
+/// `PUT /upstreams/{u}/targets/{t}[/{address}]/healthy` (or `unhealthy`): sets the target's health on
+/// this node until checks say otherwise.
+pub fn set_health(health: Health) -> MethodRouter<AdminState> {
+    axum::routing::put(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+        s.set_target_health(stored_key(p), health).await
+    })
+}
+
 impl AdminState {
+    async fn set_target_health(&self, params: Vec<String>, health: Health) -> AdminResult<axum::response::Response> {
+        let (Some(upstream_key), Some(key)) = (params.first(), params.get(1)) else { return Err(AdminError::NotFound) };
+        let upstream =
+            self.store.lookup(&self.cp(), Kind::Upstream, upstream_key).await?.ok_or(AdminError::NotFound)?;
+        let upstream_id = upstream.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = upstream.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let target = self.store.lookup_under(&self.cp(), Kind::Target, key, ("upstream", &upstream_id)).await?;
+        let target = target
+            .filter(|t| t.get("upstream").and_then(|u| u.get("id")).and_then(Value::as_str) == Some(&upstream_id))
+            .ok_or(AdminError::NotFound)?;
+        let target_id = target.get("id").and_then(Value::as_str).and_then(|id| uuid::Uuid::parse_str(id).ok());
+        let snapshot = self.holder.load_full();
+        let balancer = uuid::Uuid::parse_str(&upstream_id).ok().and_then(|id| snapshot.balancers.get(&id).cloned());
+        let Some(balancer) = balancer else {
+            return Err(AdminError::BadRequest(format!("Upstream {name} has no balancer")));
+        };
+        if !balancer.upstream.healthchecks.enabled() {
+            return Err(AdminError::BadRequest(format!("no healthchecker found for {name}")));
+        }
+        // An address (`ip[:port]`, port 8000 when none) must be the target's.
+        let address = params.get(2).map(|a| {
+            let mut probe = Map::new();
+            probe.insert("target".into(), Value::String(a.clone()));
+            normalize_target(&mut probe);
+            probe.remove("target").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        });
+        let peers = balancer.peers.iter().filter(|p| Some(p.target) == target_id);
+        let mut found = false;
+        for peer in peers {
+            let host = if peer.host.contains(':') { format!("[{}]", peer.host) } else { peer.host.to_string() };
+            if address.as_ref().is_none_or(|a| *a == format!("{host}:{}", peer.port)) {
+                peer.health.set(health);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(AdminError::NotFound);
+        }
+        Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+    }
+
     /// Kong's PUT on a target updates one that exists and never creates it.
     async fn put_target(&self, params: Vec<String>, body: AdminBody) -> AdminResult<axum::response::Response> {
         let (Some(upstream), Some(key)) = (params.first(), params.get(1)) else { return Err(AdminError::NotFound) };

@@ -1,9 +1,22 @@
 //! Load balancing over an upstream's targets: the typed configuration of upstreams and targets as
-//! the balancer reads it (parsed once from stored rows, after the model has validated them).
-//! Selection and health checking build on these types.
+//! the balancer reads it (parsed once from stored rows, after the model has validated them), the
+//! [`Balancer`] a snapshot builds from them, and the selection of a peer per request. Health state
+//! lives apart (`health`), so that it survives configuration changes that do not touch a target.
+//!
+//! Must not: do I/O or take a lock when a peer is picked (the proxy does it per request).
 
+pub mod health;
+mod round_robin;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
 use serde::Deserialize;
 use uuid::Uuid;
+
+pub use health::{Health, HealthRegistry, PeerHealth};
 
 /// How a target is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -166,6 +179,120 @@ impl TargetConfig {
     }
 }
 
+/// One target as the balancer serves it.
+#[derive(Debug)]
+pub struct Peer {
+    pub target: Uuid,
+    pub host: Box<str>,
+    pub port: u16,
+    pub weight: u32,
+    /// The `Host` sent to it (when the route does not preserve the client's): the upstream's
+    /// `host_header`, else the target's name, with `:port` unless it is the scheme's default.
+    pub host_header: HeaderValue,
+    pub health: Arc<PeerHealth>,
+}
+
+/// An upstream's targets and how one is picked; built with each snapshot, immutable.
+#[derive(Debug)]
+pub struct Balancer {
+    pub upstream: Arc<UpstreamConfig>,
+    /// Targets of weight 0 are kept (they are listed) but never picked.
+    pub peers: Box<[Peer]>,
+    /// Round-robin order: indices into `peers`, smoothly interleaved by weight.
+    wheel: Box<[u32]>,
+}
+
+thread_local! {
+    /// Each worker's position in each upstream's wheel, by upstream id: no lock, no shared counter.
+    /// Kept across rebuilds, so a changed wheel goes on from about where the old one was.
+    static CURSORS: RefCell<HashMap<Uuid, usize, foldhash::fast::RandomState>> = RefCell::default();
+}
+
+impl Balancer {
+    /// The balancer of `upstream` over `targets`, with their health from `registry` (new targets
+    /// start healthy). `https` decides the default port left out of `Host`.
+    pub fn build(
+        upstream: Arc<UpstreamConfig>,
+        targets: &[&TargetConfig],
+        registry: &HealthRegistry,
+        https: bool,
+    ) -> Balancer {
+        let mut sorted: Vec<&&TargetConfig> = targets.iter().collect();
+        // Kong sorts targets by name, then port.
+        sorted.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        let default_port = if https { 443 } else { 80 };
+        let peers: Box<[Peer]> = sorted
+            .into_iter()
+            .map(|t| {
+                let name = if t.host.contains(':') { format!("[{}]", t.host) } else { t.host.clone() };
+                let header = match &upstream.host_header {
+                    Some(h) => h.clone(),
+                    None if t.port == default_port => name,
+                    None => format!("{name}:{}", t.port),
+                };
+                Peer {
+                    target: t.id,
+                    host: t.host.clone().into(),
+                    port: t.port,
+                    weight: t.weight,
+                    host_header: HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("invalid")),
+                    health: registry.peer(upstream.id, &t.host, t.port),
+                }
+            })
+            .collect();
+        let weights: Vec<u32> = peers.iter().map(|p| p.weight).collect();
+        let wheel = round_robin::wheel(&weights);
+        Balancer { upstream, peers, wheel }
+    }
+
+    /// Health state is kept per upstream: whether any weight is available beyond the threshold.
+    pub fn is_healthy(&self) -> bool {
+        let total: u64 = self.peers.iter().map(|p| u64::from(p.weight)).sum();
+        let available: u64 = self.peers.iter().filter(|p| p.health.is_healthy()).map(|p| u64::from(p.weight)).sum();
+        total > 0 && (available as f64 / total as f64 * 100.0) > self.upstream.healthchecks.threshold
+    }
+
+    /// Picks the next peer in round-robin order that is healthy and not in `tried` (the peers this
+    /// request already failed on, tried again only when every other one has been).
+    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        if self.wheel.is_empty() || !self.is_healthy() {
+            return None;
+        }
+        let len = self.wheel.len();
+        let start = CURSORS.with_borrow_mut(|cursors| {
+            let cursor = cursors.entry(self.upstream.id).or_insert_with(|| fastrand_start(len));
+            let at = *cursor % len;
+            *cursor = at + 1;
+            at
+        });
+        let usable = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy());
+        let mut fallback = None;
+        for step in 0..len {
+            let Some(&i) = self.wheel.get((start + step) % len) else { continue };
+            let i = i as usize;
+            if !usable(i) {
+                continue;
+            }
+            if !tried.contains(&i) {
+                if step > 0 {
+                    // Skipped entries are not owed: the next request starts after this one.
+                    CURSORS.with_borrow_mut(|c| c.insert(self.upstream.id, start + step + 1));
+                }
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+}
+
+/// Where a worker starts in a wheel it has not used: spread, so that workers do not all begin with
+/// the same target.
+fn fastrand_start(len: usize) -> usize {
+    let seed = std::hash::BuildHasher::hash_one(&foldhash::fast::RandomState::default(), std::thread::current().id());
+    usize::try_from(seed % len.max(1) as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +306,69 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("svc.test", 81));
         assert!(TargetConfig::new(id, id, "svc.test", 5).is_err());
         assert!(TargetConfig::new(id, id, "a:b:80", 5).is_err());
+    }
+
+    fn upstream(threshold: f64) -> Arc<UpstreamConfig> {
+        let mut body = serde_json::json!({
+            "id": Uuid::new_v4(), "name": "u", "algorithm": "round-robin", "hash_on": "none",
+            "hash_fallback": "none", "hash_on_cookie_path": "/", "slots": 10000, "use_srv_name": false,
+        });
+        let schema = crate::model::upstreams::upstreams();
+        let mut input = serde_json::Map::new();
+        input.insert("name".into(), "u".into());
+        let full = crate::model::schema::validate(schema, &input).expect("valid");
+        body["healthchecks"] = full["healthchecks"].clone();
+        body["healthchecks"]["threshold"] = threshold.into();
+        Arc::new(serde_json::from_value(body).expect("typed"))
+    }
+
+    fn targets(u: &UpstreamConfig, weights: &[u32]) -> Vec<TargetConfig> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| TargetConfig::new(Uuid::new_v4(), u.id, &format!("10.0.0.{}:80", i + 1), *w).expect("t"))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_follows_the_weights_and_skips_unhealthy_peers() {
+        let u = upstream(0.0);
+        let ts = targets(&u, &[1, 2, 3]);
+        let registry = HealthRegistry::default();
+        let b = Balancer::build(u.clone(), &ts.iter().collect::<Vec<_>>(), &registry, false);
+        let mut seen = [0usize; 3];
+        for _ in 0..6000 {
+            seen[b.pick(&[]).expect("a peer")] += 1;
+        }
+        assert_eq!(seen, [1000, 2000, 3000]);
+        assert_eq!(b.peers[0].host_header, "10.0.0.1");
+        b.peers[2].health.set(Health::Unhealthy);
+        for _ in 0..100 {
+            assert_ne!(b.pick(&[]), Some(2));
+        }
+        // A retry goes to another peer first, and back to a tried one only when none is left.
+        let first = b.pick(&[]).expect("peer");
+        let second = b.pick(&[first]).expect("peer");
+        assert_ne!(first, second);
+        assert!(b.pick(&[0, 1]).is_some());
+        // Rebuilt with one more target, the unhealthy one stays unhealthy.
+        let more = targets(&u, &[1, 2, 3, 4]);
+        let rebuilt = Balancer::build(u, &more.iter().collect::<Vec<_>>(), &registry, false);
+        assert!(!rebuilt.peers[2].health.is_healthy());
+        assert!(rebuilt.peers[3].health.is_healthy());
+    }
+
+    #[test]
+    fn no_peer_when_too_little_weight_is_healthy() {
+        let u = upstream(50.0);
+        let ts = targets(&u, &[1, 1, 2]);
+        let b = Balancer::build(u, &ts.iter().collect::<Vec<_>>(), &HealthRegistry::default(), false);
+        b.peers[2].health.set(Health::Unhealthy);
+        assert_eq!(b.pick(&[]), None, "half the weight is not more than 50%");
+        b.peers[2].health.set(Health::Healthy);
+        b.peers[0].health.set(Health::Unhealthy);
+        assert!(b.pick(&[]).is_some());
+        let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), false);
+        assert_eq!(empty.pick(&[]), None);
     }
 }

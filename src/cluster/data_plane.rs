@@ -69,6 +69,8 @@ pub struct DataPlane {
     holder: Arc<SnapshotHolder>,
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
+    /// Target health, kept across configurations.
+    health: Arc<crate::balancer::HealthRegistry>,
     status: Mutex<DataPlaneStatus>,
     /// Realm key lookups by list of realms: answers cached for the realm's ttl (misses for its
     /// negative ttl), bounded; one lookup in flight per key.
@@ -144,6 +146,7 @@ impl DataPlane {
             cache: prefix.join("config.cache"),
             holder,
             counters: Arc::new(Counters::default()),
+            health: Arc::default(),
             status: Mutex::default(),
         })
     }
@@ -190,6 +193,7 @@ impl DataPlane {
             return Err(rejected.unwrap_or_default());
         }
         state.use_counters(self.counters.clone());
+        state.use_health(self.health.clone());
         if let Some(this) = self.this.upgrade() {
             state.use_resolver(this);
         }

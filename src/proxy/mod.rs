@@ -328,7 +328,7 @@ impl Proxy {
         let strip = route.strip_path.then(|| matched.unwrap_or("/"));
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
         let upstream_target = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
-        let head = forward::UpstreamHead {
+        let mut head = forward::UpstreamHead {
             client: parts,
             target: &upstream_target,
             conn_ip: &conn.client_ip,
@@ -339,38 +339,55 @@ impl Proxy {
             identity: passed.identity.as_ref(),
             host: if route.preserve_host { None } else { Some(&service.host_header) },
         };
-        // Kong's upstream SNI is the Host sent upstream: the service's, or the client's with
-        // `preserve_host` (whose connections are then pooled per name).
-        let sni_key: Arc<str>;
+        // Kong's upstream SNI is the Host sent upstream: the service's (or the peer's), or the
+        // client's with `preserve_host` (whose connections are then pooled per name).
         let client_host = if service.tls.is_some() && route.preserve_host {
             parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(request_host)
         } else {
             None
         };
-        let (server_name, pool_key) = match client_host.as_deref() {
-            Some(name) => {
-                sni_key = Arc::from(format!("{}|{name}", service.pool_key));
-                (name, &sni_key)
-            }
-            None => (&*service.host, &service.pool_key),
-        };
-        let target = upstream::Target {
-            host: &service.host,
-            port: service.port,
-            key: pool_key,
-            connect_timeout: service.connect_timeout,
-            read_timeout: service.read_timeout,
-            write_timeout: service.write_timeout,
-            tls: service.tls.as_ref().map(|c| (c, server_name)),
-        };
+        let mut sni_key: Arc<str>;
 
         let sent = Instant::now();
         // Like nginx's `proxy_next_upstream error timeout`: a request that never reached the upstream
-        // is always tried again; one that may have, only when its method is idempotent.
+        // is always tried again; one that may have, only when its method is idempotent. With a
+        // balancer, each try goes to another peer while there is one.
         let idempotent = parts.method.is_idempotent();
         let mut attempt = 0;
+        let mut tried: Vec<usize> = Vec::new();
         let mut body = Some(body);
         let response = loop {
+            let mut peer_index = None;
+            let (host, port, pool_key) = match &route.balancer {
+                None => (&*service.host, service.port, &service.pool_key),
+                Some(rb) => {
+                    let i = rb.balancer.pick(&tried).ok_or(GatewayError::NoPeer)?;
+                    let (Some(peer), Some(key)) = (rb.balancer.peers.get(i), rb.pool_keys.get(i)) else {
+                        return Err(GatewayError::NoPeer);
+                    };
+                    peer_index = Some(i);
+                    if !route.preserve_host {
+                        head.host = Some(&peer.host_header);
+                    }
+                    (&*peer.host, peer.port, key)
+                }
+            };
+            let (server_name, pool_key) = match client_host.as_deref() {
+                Some(name) => {
+                    sni_key = Arc::from(format!("{pool_key}|{name}"));
+                    (name, &sni_key)
+                }
+                None => (host, pool_key),
+            };
+            let target = upstream::Target {
+                host,
+                port,
+                key: pool_key,
+                connect_timeout: service.connect_timeout,
+                read_timeout: service.read_timeout,
+                write_timeout: service.write_timeout,
+                tls: service.tls.as_ref().map(|c| (c, server_name)),
+            };
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
             // Read and write timeouts are enforced on the connection itself (see `upstream::Target`).
@@ -390,6 +407,7 @@ impl Proxy {
                     (GatewayError::from_upstream(&e), retry)
                 }
             };
+            tried.extend(peer_index);
             match replay {
                 Some(replay) if retry => {
                     attempt += 1;
@@ -530,6 +548,7 @@ mod tests {
             request_buffering: true,
             broken: false,
             service: None,
+            balancer: None,
             chain: PluginChain::of(vec![Arc::new(Buggy)]),
         };
         let spec = RouteSpec {

@@ -33,6 +33,8 @@ pub enum GatewayError {
     BadGateway,
     /// The upstream host name does not resolve.
     NameResolution,
+    /// The service's upstream has no healthy target to send to.
+    NoPeer,
     Timeout,
     Unexpected,
     /// The client left before its request was whole: logged as nginx's 499, never answered.
@@ -86,6 +88,9 @@ impl GatewayError {
             }
             GatewayError::NameResolution => {
                 (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"name resolution failed"}"#)
+            }
+            GatewayError::NoPeer => {
+                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"failure to get a peer from the ring-balancer"}"#)
             }
             GatewayError::Timeout => {
                 (StatusCode::GATEWAY_TIMEOUT, br#"{"message":"The upstream server is timing out"}"#)

@@ -366,6 +366,19 @@ pub fn service(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<ServiceTarge
     };
     let tls =
         if https { Some(upstream_tls(s, entities).map_err(|e| Violations::single("tls_verify", e))?) } else { None };
+    let pool_suffix = format!(
+        "/{}/{}/{}|{}|{}|{}",
+        s.read_timeout,
+        s.write_timeout,
+        s.tls_verify.unwrap_or(false),
+        s.tls_verify_depth.map_or(String::new(), |d| d.to_string()),
+        s.ca_certificates.as_ref().map_or(String::new(), |c| c
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")),
+        s.client_certificate.map_or(String::new(), |c| c.id.to_string()),
+    );
     Ok(ServiceTarget {
         id: s.id,
         enabled: s.enabled,
@@ -374,21 +387,8 @@ pub fn service(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<ServiceTarge
         port: s.port,
         host_header,
         // Kong's keep-alive key for https adds verification, depth, CAs and client certificate.
-        pool_key: Arc::from(format!(
-            "{}://{host}:{}/{}/{}/{}|{}|{}|{}",
-            if https { "https" } else { "http" },
-            s.port,
-            s.read_timeout,
-            s.write_timeout,
-            s.tls_verify.unwrap_or(false),
-            s.tls_verify_depth.map_or(String::new(), |d| d.to_string()),
-            s.ca_certificates.as_ref().map_or(String::new(), |c| c
-                .iter()
-                .map(Uuid::to_string)
-                .collect::<Vec<_>>()
-                .join(",")),
-            s.client_certificate.map_or(String::new(), |c| c.id.to_string()),
-        )),
+        pool_key: Arc::from(format!("{}://{host}:{}{pool_suffix}", if https { "https" } else { "http" }, s.port)),
+        pool_suffix: pool_suffix.into(),
         tls,
         path: s.path.clone().map(Into::into),
         retries: s.retries,

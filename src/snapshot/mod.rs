@@ -9,6 +9,7 @@ pub mod compile;
 mod properties;
 pub mod state;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,11 +38,30 @@ pub struct ServiceTarget {
     /// `host:port/read/write`: the key of this upstream's keep-alive pool (shared by services with
     /// the same address and timeouts).
     pub pool_key: Arc<str>,
+    /// The pool key after the address, for the peers of a balancer (`pool_key_for`).
+    pub pool_suffix: Box<str>,
     pub path: Option<Box<str>>,
     pub retries: u32,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+}
+
+impl ServiceTarget {
+    /// The keep-alive pool key of this service's requests to `host:port` (a balancer's peer).
+    pub fn pool_key_for(&self, host: &str, port: u16) -> Arc<str> {
+        let scheme = if self.https { "https" } else { "http" };
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        Arc::from(format!("{scheme}://{host}:{port}{}", self.pool_suffix))
+    }
+}
+
+/// A route's service's balancer, when the service's host names an upstream.
+#[derive(Debug, Clone)]
+pub struct RouteBalancer {
+    pub balancer: Arc<crate::balancer::Balancer>,
+    /// Each peer's keep-alive pool key (as `balancer.peers`).
+    pub pool_keys: Arc<[Arc<str>]>,
 }
 
 /// A route compiled for the proxy: how to rewrite the request and which plugins run.
@@ -58,6 +78,8 @@ pub struct RouteTarget {
     /// Its stored route or service does not compile: answered 500 rather than routed elsewhere.
     pub broken: bool,
     pub service: Option<Arc<ServiceTarget>>,
+    /// The service's balancer, when its host names an upstream (the service's port is then unused).
+    pub balancer: Option<RouteBalancer>,
     pub chain: PluginChain,
 }
 
@@ -81,6 +103,8 @@ pub struct Snapshot {
     pub certificates: Arc<CertificateTable>,
     /// Stored entities left out because they do not compile.
     pub rejected: Arc<[Rejection]>,
+    /// Each upstream's balancer by upstream id (for its health on the Admin API).
+    pub balancers: Arc<HashMap<Uuid, Arc<crate::balancer::Balancer>>>,
 }
 
 impl Snapshot {
@@ -91,6 +115,7 @@ impl Snapshot {
             identity: Directory::default(),
             certificates: Arc::new(CertificateTable::default()),
             rejected: Arc::new([]),
+            balancers: Arc::default(),
         }
     }
 }

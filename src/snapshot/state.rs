@@ -19,8 +19,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::compile::{self, AclRow, CompiledRoute, ConsumerRow, GroupRow, KeyAuthRow, MembershipRow, PluginScope};
-use super::{Rejection, RouteTarget, ServiceTarget, Snapshot};
-use crate::balancer::{TargetConfig, UpstreamConfig};
+use super::{Rejection, RouteBalancer, RouteTarget, ServiceTarget, Snapshot};
+use crate::balancer::{Balancer, HealthRegistry, TargetConfig, UpstreamConfig};
 use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet};
 use crate::model::Kind;
 use crate::model::schema::Violations;
@@ -103,6 +103,10 @@ pub struct ConfigState {
     upstreams: HashMap<Uuid, Arc<UpstreamConfig>>,
     /// Targets by id.
     targets: HashMap<Uuid, TargetConfig>,
+    /// Target health on this node, kept across builds and reloads.
+    health: Arc<HealthRegistry>,
+    /// The balancers of the last router, by upstream id.
+    balancers: Arc<HashMap<Uuid, Arc<Balancer>>>,
     /// Services whose upstream TLS names certificates or CAs, kept to recompile when those change.
     tls_services: HashMap<Uuid, compile::ServiceRow>,
     /// The SNI table, kept between builds until a certificate or SNI changes.
@@ -183,6 +187,15 @@ impl ConfigState {
 
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
+    }
+
+    /// Keeps target health in `health` (the one of the state this one replaces).
+    pub fn use_health(&mut self, health: Arc<HealthRegistry>) {
+        self.health = health;
+    }
+
+    pub fn health(&self) -> Arc<HealthRegistry> {
+        self.health.clone()
     }
 
     /// Records that a row does not compile (logged when it first fails, or fails differently).
@@ -442,11 +455,13 @@ impl ConfigState {
                     deleted.iter().for_each(|id| drop(self.ca_certificates.remove(id)));
                 }
                 Kind::Upstream => {
+                    routing = true;
                     deleted.iter().for_each(|id| drop(self.upstreams.remove(id)));
                     // Their targets went with them (a cascade); their rows may come later or not at all.
                     self.targets.retain(|_, t| !deleted.contains(&t.upstream));
                 }
                 Kind::Target => {
+                    routing = true;
                     deleted.iter().for_each(|id| drop(self.targets.remove(id)));
                 }
                 Kind::Consumer => {
@@ -576,7 +591,31 @@ impl ConfigState {
             },
             certificates: self.certificate_table(),
             rejected: self.rejected().into(),
+            balancers: self.balancers.clone(),
         }
+    }
+
+    /// A balancer per upstream name and scheme (`https` decides the port `Host` leaves out), with
+    /// the health this node keeps for each target; health of targets no longer configured is
+    /// forgotten.
+    fn build_balancers(&self) -> HashMap<(Box<str>, bool), Arc<Balancer>> {
+        let mut by_upstream: HashMap<Uuid, Vec<&TargetConfig>> = HashMap::new();
+        for t in self.targets.values() {
+            by_upstream.entry(t.upstream).or_default().push(t);
+        }
+        let mut out = HashMap::new();
+        for (id, upstream) in &self.upstreams {
+            let targets = by_upstream.get(id).map_or(&[][..], Vec::as_slice);
+            let keep: Vec<(&str, u16)> = targets.iter().map(|t| (t.host.as_str(), t.port)).collect();
+            self.health.retain(*id, &keep);
+            for https in [false, true] {
+                let balancer = Balancer::build(upstream.clone(), targets, &self.health, https);
+                out.insert((upstream.name.as_str().into(), https), Arc::new(balancer));
+            }
+        }
+        let ids: Vec<Uuid> = self.upstreams.keys().copied().collect();
+        self.health.retain_upstreams(&ids);
+        out
     }
 
     /// Services whose upstream TLS names certificates or CAs, compiled again after those changed.
@@ -620,6 +659,11 @@ impl ConfigState {
         let mut routes: Vec<&Arc<CompiledRoute>> = self.routes.values().collect();
         // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
         routes.sort_by_key(|r| std::cmp::Reverse(r.id));
+        let balancers = self.build_balancers();
+        self.balancers = Arc::new(
+            balancers.iter().filter(|((_, https), _)| !https).map(|(_, b)| (b.upstream.id, b.clone())).collect(),
+        );
+        let mut by_service: HashMap<Uuid, Option<RouteBalancer>> = HashMap::new();
         let mut compiled = Vec::with_capacity(routes.len());
         // A stream route (tcp, tls, udp) matches no HTTP attribute: in the HTTP router it would
         // answer every request no other route takes.
@@ -633,8 +677,12 @@ impl ConfigState {
                 },
                 None => (None, false),
             };
+            let balancer = service
+                .as_ref()
+                .and_then(|s| by_service.entry(s.id).or_insert_with(|| route_balancer(s, &balancers)).clone());
             let target = RouteTarget {
                 id: r.id,
+                balancer,
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 http_allowed: r.http_allowed,
@@ -648,6 +696,17 @@ impl ConfigState {
         }
         Router::assemble(compiled)
     }
+}
+
+/// The balancer of a service whose host names an upstream, with the keep-alive pool key of each of
+/// its peers (the service's key with the peer's address).
+fn route_balancer(
+    service: &ServiceTarget,
+    balancers: &HashMap<(Box<str>, bool), Arc<Balancer>>,
+) -> Option<RouteBalancer> {
+    let balancer = balancers.get(&(Box::from(&*service.host), service.https))?.clone();
+    let pool_keys = balancer.peers.iter().map(|p| service.pool_key_for(&p.host, p.port)).collect();
+    Some(RouteBalancer { balancer, pool_keys })
 }
 
 #[cfg(test)]
