@@ -300,3 +300,55 @@ async fn a_request_that_fails_on_one_target_is_retried_on_another() {
     }
     assert!(servers.iter().all(|s| s.hits() > 1), "both live targets took the retries");
 }
+
+/// Which of `servers` took a request since their hit counts were `before`.
+fn answered(servers: &[support::upstream::Upstream], before: &[usize]) -> Option<usize> {
+    servers.iter().zip(before).position(|(s, b)| s.hits() > *b)
+}
+
+#[tokio::test]
+async fn consistent_hashing_on_a_header_sends_each_value_to_one_target() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test", "hash_on": "header", "hash_on_header": "x-user"});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let mut owners = std::collections::HashMap::new();
+    let mut used = std::collections::HashSet::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+            let value = format!("user-{user}");
+            assert_eq!(gw.call("/lb/h", &[("x-user", &value)]).await.status(), 200);
+            let owner = answered(&servers, &before).expect("a target answered");
+            used.insert(owner);
+            if round == 0 {
+                owners.insert(user, owner);
+            } else {
+                assert_eq!(owners[&user], owner, "{value} moved");
+            }
+        }
+    }
+    assert_eq!(used.len(), 3, "30 users over 3 targets use them all");
+}
+
+#[tokio::test]
+async fn hashing_on_a_missing_cookie_sets_one_and_the_client_sticks_to_its_target() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test", "hash_on": "cookie", "hash_on_cookie": "sticky",
+        "hash_on_cookie_path": "/lb"});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let r = gw.call("/lb/first", &[]).await;
+    let set = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a cookie was set").to_string();
+    let value = set.strip_prefix("sticky=").and_then(|v| v.split(';').next()).expect("sticky=<uuid>").to_string();
+    assert_eq!(value.len(), 36, "{set}");
+    assert!(set.ends_with("; Path=/lb; Same-Site=Lax; HttpOnly"), "{set}");
+    let cookie = format!("sticky={value}");
+    let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+    let r = gw.call("/lb/again", &[("cookie", &cookie)]).await;
+    assert!(r.headers().get("set-cookie").is_none(), "a client with the cookie gets none");
+    let owner = answered(&servers, &before).expect("answered");
+    for _ in 0..10 {
+        let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+        gw.call("/lb/again", &[("cookie", &cookie)]).await;
+        assert_eq!(answered(&servers, &before), Some(owner));
+    }
+}

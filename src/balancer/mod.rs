@@ -5,6 +5,7 @@
 //!
 //! Must not: do I/O or take a lock when a peer is picked (the proxy does it per request).
 
+mod consistent_hash;
 pub mod health;
 mod round_robin;
 
@@ -200,6 +201,8 @@ pub struct Balancer {
     pub peers: Box<[Peer]>,
     /// Round-robin order: indices into `peers`, smoothly interleaved by weight.
     wheel: Box<[u32]>,
+    /// Consistent hashing's continuum (for that algorithm only).
+    ring: Option<consistent_hash::Ring>,
 }
 
 thread_local! {
@@ -242,7 +245,19 @@ impl Balancer {
             .collect();
         let weights: Vec<u32> = peers.iter().map(|p| p.weight).collect();
         let wheel = round_robin::wheel(&weights);
-        Balancer { upstream, peers, wheel }
+        let ring = (upstream.algorithm == Algorithm::ConsistentHashing).then(|| {
+            let placed: Vec<consistent_hash::Placed<'_>> = peers
+                .iter()
+                .map(|p| consistent_hash::Placed { address: &p.host, port: p.port, weight: p.weight })
+                .collect();
+            consistent_hash::Ring::build(&placed, upstream.slots, targets.len())
+        });
+        Balancer { upstream, peers, wheel, ring }
+    }
+
+    /// Whether peers are picked by a hash of the request (consistent hashing).
+    pub fn hashes(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// Health state is kept per upstream: whether any weight is available beyond the threshold.
@@ -252,11 +267,17 @@ impl Balancer {
         total > 0 && (available as f64 / total as f64 * 100.0) > self.upstream.healthchecks.threshold
     }
 
-    /// Picks the next peer in round-robin order that is healthy and not in `tried` (the peers this
-    /// request already failed on, tried again only when every other one has been).
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// Picks a healthy peer not in `tried` (the peers this request already failed on, tried again
+    /// only when every other one has been): the one `hash` maps to with consistent hashing (the
+    /// caller computes it from `hash_on`), the next in round-robin order otherwise.
+    pub fn pick(&self, hash: Option<&str>, tried: &[usize]) -> Option<usize> {
         if self.wheel.is_empty() || !self.is_healthy() {
             return None;
+        }
+        if let Some(ring) = &self.ring {
+            let healthy = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy() && p.weight > 0);
+            let value = hash.unwrap_or("");
+            return ring.find(value, |i| healthy(i) && !tried.contains(&i)).or_else(|| ring.find(value, healthy));
         }
         let len = self.wheel.len();
         let start = CURSORS.with_borrow_mut(|cursors| {
@@ -338,19 +359,19 @@ mod tests {
         let b = Balancer::build(u.clone(), &ts.iter().collect::<Vec<_>>(), &registry, false);
         let mut seen = [0usize; 3];
         for _ in 0..6000 {
-            seen[b.pick(&[]).expect("a peer")] += 1;
+            seen[b.pick(None, &[]).expect("a peer")] += 1;
         }
         assert_eq!(seen, [1000, 2000, 3000]);
         assert_eq!(b.peers[0].host_header, "10.0.0.1");
         b.peers[2].health.set(Health::Unhealthy);
         for _ in 0..100 {
-            assert_ne!(b.pick(&[]), Some(2));
+            assert_ne!(b.pick(None, &[]), Some(2));
         }
         // A retry goes to another peer first, and back to a tried one only when none is left.
-        let first = b.pick(&[]).expect("peer");
-        let second = b.pick(&[first]).expect("peer");
+        let first = b.pick(None, &[]).expect("peer");
+        let second = b.pick(None, &[first]).expect("peer");
         assert_ne!(first, second);
-        assert!(b.pick(&[0, 1]).is_some());
+        assert!(b.pick(None, &[0, 1]).is_some());
         // Rebuilt with one more target, the unhealthy one stays unhealthy.
         let more = targets(&u, &[1, 2, 3, 4]);
         let rebuilt = Balancer::build(u, &more.iter().collect::<Vec<_>>(), &registry, false);
@@ -364,11 +385,11 @@ mod tests {
         let ts = targets(&u, &[1, 1, 2]);
         let b = Balancer::build(u, &ts.iter().collect::<Vec<_>>(), &HealthRegistry::default(), false);
         b.peers[2].health.set(Health::Unhealthy);
-        assert_eq!(b.pick(&[]), None, "half the weight is not more than 50%");
+        assert_eq!(b.pick(None, &[]), None, "half the weight is not more than 50%");
         b.peers[2].health.set(Health::Healthy);
         b.peers[0].health.set(Health::Unhealthy);
-        assert!(b.pick(&[]).is_some());
+        assert!(b.pick(None, &[]).is_some());
         let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), false);
-        assert_eq!(empty.pick(&[]), None);
+        assert_eq!(empty.pick(None, &[]), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod forward;
 // Public only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
 pub mod framing;
+mod hash_key;
 mod proxy_protocol;
 // Public only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
@@ -347,6 +348,12 @@ impl Proxy {
             None
         };
         let mut sni_key: Arc<str>;
+        // Consistent hashing's value, computed once for every try (Kong computes it on the first).
+        let hash = route.balancer.as_ref().filter(|rb| rb.balancer.hashes()).map(|rb| {
+            let consumer = passed.consumer.as_ref().map(|c| c.id);
+            let sources = hash_key::Sources { parts, client_ip: conn.peer.ip(), consumer };
+            hash_key::hash_key(&rb.balancer.upstream, sources)
+        });
 
         let sent = Instant::now();
         // Like nginx's `proxy_next_upstream error timeout`: a request that never reached the upstream
@@ -361,7 +368,10 @@ impl Proxy {
             let (host, port, pool_key) = match &route.balancer {
                 None => (&*service.host, service.port, &service.pool_key),
                 Some(rb) => {
-                    let i = rb.balancer.pick(&tried).ok_or(GatewayError::NoPeer)?;
+                    let i = rb
+                        .balancer
+                        .pick(hash.as_ref().map(|h| h.value.as_str()), &tried)
+                        .ok_or(GatewayError::NoPeer)?;
                     let (Some(peer), Some(key)) = (rb.balancer.peers.get(i), rb.pool_keys.get(i)) else {
                         return Err(GatewayError::NoPeer);
                     };
@@ -428,6 +438,9 @@ impl Proxy {
         rparts.headers.insert(h::X_UPSTREAM_LATENCY, forward::millis(upstream_latency));
         rparts.headers.insert(h::X_PROXY_LATENCY, forward::millis(sent.duration_since(started)));
         rparts.version = parts.version;
+        if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
+            rparts.headers.append(header::SET_COOKIE, cookie);
+        }
         Ok(Response::from_parts(rparts, rbody))
     }
 }
