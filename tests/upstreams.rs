@@ -159,6 +159,14 @@ async fn targets_live_under_their_upstream_with_port_8000_by_default() {
     assert_eq!(status, 404, "the upstream is gone");
 }
 
+/// `PUT /upstreams/backend.test/targets/{target}/{health}`: its status.
+async fn set_health(gw: &Gateway, target: &str, health: &str) -> (u16, serde_json::Value) {
+    let url = gw.admin_url(&format!("/upstreams/backend.test/targets/{target}/{health}"));
+    let r = support::client(None).put(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Three upstream servers behind one upstream name, weights 1:2:3, and a route to a service that
 /// names the upstream (its own port is ignored). Returns once the route answers.
 async fn balanced(gw: &Gateway, weights: [u32; 3], upstream: serde_json::Value) -> Vec<support::upstream::Upstream> {
@@ -207,12 +215,7 @@ async fn a_target_marked_unhealthy_gets_no_traffic_and_stays_so_when_another_is_
         "healthchecks": {"passive": {"unhealthy": {"http_failures": 3}}}});
     let servers = balanced(&gw, [1, 1, 1], upstream).await;
     let down = format!("127.0.0.1:{}", servers[0].port());
-    let r = support::client(None)
-        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{down}/unhealthy")))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(set_health(&gw, &down, "unhealthy").await.0, 204);
     let before = servers[0].hits();
     for _ in 0..30 {
         assert_eq!(gw.call("/lb/x", &[]).await.status(), 200);
@@ -231,12 +234,7 @@ async fn a_target_marked_unhealthy_gets_no_traffic_and_stays_so_when_another_is_
     assert_eq!(servers[0].hits(), before, "health was reset by the configuration change");
 
     // Healthy again by hand.
-    let r = support::client(None)
-        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{down}/healthy")))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(set_health(&gw, &down, "healthy").await.0, 204);
     for _ in 0..30 {
         let st = gw.call("/lb/z", &[]).await.status();
         assert_eq!(st, 200);
@@ -249,38 +247,15 @@ async fn health_cannot_be_set_without_health_checks_and_no_healthy_target_is_a_5
     let gw = Gateway::start().await;
     let servers = balanced(&gw, [1, 1, 1], json!({"name": "backend.test"})).await;
     let target = format!("127.0.0.1:{}", servers[0].port());
-    let r = support::client(None)
-        .put(gw.admin_url(&format!("/upstreams/backend.test/targets/{target}/unhealthy")))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 400);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.expect("json"),
-        json!({"message": "no healthchecker found for backend.test"})
-    );
-    let r = support::client(None)
-        .put(gw.admin_url("/upstreams/backend.test/targets/10.9.9.9:1/unhealthy"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 404);
+    let refused = set_health(&gw, &target, "unhealthy").await;
+    assert_eq!(refused, (400, json!({"message": "no healthchecker found for backend.test"})));
+    assert_eq!(set_health(&gw, "10.9.9.9:1", "unhealthy").await.0, 404);
 
     // Every target down: Kong's 503.
     gw.patch("/upstreams/backend.test", json!({"healthchecks": {"passive": {"unhealthy": {"timeouts": 2}}}})).await;
     for s in &servers {
-        let t = format!("127.0.0.1:{}", s.port());
-        let url = gw.admin_url(&format!("/upstreams/backend.test/targets/{t}/unhealthy"));
-        // The PATCH reaches the proxy's snapshot shortly; until then the balancer has checks off.
-        let mut status = 0;
-        for _ in 0..100 {
-            status = support::client(None).put(&url).send().await.expect("request").status().as_u16();
-            if status == 204 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(status, 204);
+        // The PATCH answered once the node's snapshot has it: checks are on.
+        assert_eq!(set_health(&gw, &format!("127.0.0.1:{}", s.port()), "unhealthy").await.0, 204);
     }
     let (status, body) = support::status_json(gw.call("/lb/none", &[]).await).await;
     assert_eq!((status, body), (503, json!({"message": "failure to get a peer from the ring-balancer"})));

@@ -770,6 +770,14 @@ pub fn coerce_value(ty: &Type, value: &mut Value) {
     }
 }
 
+/// A JSON object's map (empty for anything else).
+pub fn into_obj(v: Value) -> Obj {
+    match v {
+        Value::Object(m) => m,
+        _ => Obj::new(),
+    }
+}
+
 pub fn is_uuid(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
 }

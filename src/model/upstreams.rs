@@ -306,14 +306,7 @@ fn upstream_checks(rec: &Obj) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::schema::validate;
-
-    fn obj(v: Value) -> Obj {
-        match v {
-            Value::Object(m) => m,
-            _ => Obj::new(),
-        }
-    }
+    use crate::model::schema::{into_obj as obj, validate};
 
     fn upstream(input: Value) -> Result<Obj, String> {
         let mut input = obj(input);
