@@ -327,3 +327,35 @@ async fn hashing_on_a_missing_cookie_sets_one_and_the_client_sticks_to_its_targe
         assert_eq!(answered(&servers, &before), Some(owner));
     }
 }
+
+#[tokio::test]
+async fn least_connections_sends_new_requests_away_from_the_target_busy_with_slow_ones() {
+    // Each worker counts its own requests, as each of Kong's nginx workers does: one worker here.
+    let opts = support::Options { extra: vec![("TOLLGATE_WORKER_THREADS".into(), "1".into())], ..Default::default() };
+    let gw = Gateway::start_with(opts).await;
+    let upstream = json!({"name": "backend.test", "algorithm": "least-connections"});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    // One slow request keeps a target busy; the quick ones meanwhile all go to the other two
+    // (round-robin would send a third of them to the busy one).
+    let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+    let slow = gw.call("/lb/delay/1500", &[]);
+    let quick = async {
+        let busy = loop {
+            if let Some(busy) = answered(&servers, &before) {
+                break busy;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        let during: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+        for _ in 0..12 {
+            assert_eq!(gw.call("/lb/quick", &[]).await.status(), 200);
+        }
+        let after: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+        (busy, during, after)
+    };
+    let (slow, (busy, during, after)) = tokio::join!(slow, quick);
+    assert_eq!(slow.status(), 200);
+    assert_eq!(after[busy], during[busy], "the busy target got quick requests: {during:?} -> {after:?}");
+    let others: usize = (0..3).filter(|i| *i != busy).map(|i| after[i] - during[i]).sum();
+    assert_eq!(others, 12);
+}

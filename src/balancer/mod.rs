@@ -7,6 +7,7 @@
 
 mod consistent_hash;
 pub mod health;
+mod least_conn;
 mod round_robin;
 
 use std::cell::RefCell;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub use health::{Health, HealthRegistry, PeerHealth};
+pub use least_conn::Lease;
 
 /// How a target is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -203,7 +205,22 @@ pub struct Balancer {
     wheel: Box<[u32]>,
     /// Consistent hashing's continuum (for that algorithm only).
     ring: Option<consistent_hash::Ring>,
+    /// Tells this build from the ones before it (per-worker in-flight counts start over).
+    generation: u64,
+    /// The peers' weights, in their order.
+    weights: Box<[u32]>,
 }
+
+/// A peer picked for one try of a request, with its least-connections claim (held until the
+/// response is over).
+#[derive(Debug)]
+pub struct Picked {
+    pub peer: usize,
+    pub lease: Option<Lease>,
+}
+
+/// Balancer builds so far, for their generations.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 thread_local! {
     /// Each worker's position in each upstream's wheel, by upstream id: no lock, no shared counter.
@@ -252,7 +269,8 @@ impl Balancer {
                 .collect();
             consistent_hash::Ring::build(&placed, upstream.slots, targets.len())
         });
-        Balancer { upstream, peers, wheel, ring }
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Balancer { upstream, peers, wheel, ring, generation, weights: weights.into_boxed_slice() }
     }
 
     /// Whether peers are picked by a hash of the request (consistent hashing).
@@ -270,15 +288,40 @@ impl Balancer {
     /// Picks a healthy peer not in `tried` (the peers this request already failed on, tried again
     /// only when every other one has been): the one `hash` maps to with consistent hashing (the
     /// caller computes it from `hash_on`), the next in round-robin order otherwise.
-    pub fn pick(&self, hash: Option<&str>, tried: &[usize]) -> Option<usize> {
+    pub fn pick(&self, hash: Option<&str>, tried: &[usize]) -> Option<Picked> {
         if self.wheel.is_empty() || !self.is_healthy() {
             return None;
         }
+        let healthy = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy() && p.weight > 0);
         if let Some(ring) = &self.ring {
-            let healthy = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy() && p.weight > 0);
             let value = hash.unwrap_or("");
-            return ring.find(value, |i| healthy(i) && !tried.contains(&i)).or_else(|| ring.find(value, healthy));
+            let peer = ring.find(value, |i| healthy(i) && !tried.contains(&i)).or_else(|| ring.find(value, healthy))?;
+            return Some(Picked { peer, lease: None });
         }
+        if self.upstream.algorithm == Algorithm::LeastConnections {
+            let from = self.next_in_wheel();
+            let (id, weights) = (self.upstream.id, &self.weights);
+            let fresh = least_conn::pick(id, self.generation, weights, from, |i| healthy(i) && !tried.contains(&i));
+            let (peer, lease) = fresh.or_else(|| least_conn::pick(id, self.generation, weights, from, healthy))?;
+            return Some(Picked { peer, lease: Some(lease) });
+        }
+        self.round_robin(tried).map(|peer| Picked { peer, lease: None })
+    }
+
+    /// Where this worker is in the wheel (moving it on): round-robin's next entry, and where
+    /// least-connections starts looking, so that ties rotate.
+    fn next_in_wheel(&self) -> usize {
+        let len = self.wheel.len().max(1);
+        let at = CURSORS.with_borrow_mut(|cursors| {
+            let cursor = cursors.entry(self.upstream.id).or_insert_with(|| fastrand_start(len));
+            let at = *cursor % len;
+            *cursor = at + 1;
+            at
+        });
+        self.wheel.get(at).map_or(0, |i| *i as usize)
+    }
+
+    fn round_robin(&self, tried: &[usize]) -> Option<usize> {
         let len = self.wheel.len();
         let start = CURSORS.with_borrow_mut(|cursors| {
             let cursor = cursors.entry(self.upstream.id).or_insert_with(|| fastrand_start(len));
@@ -359,17 +402,17 @@ mod tests {
         let b = Balancer::build(u.clone(), &ts.iter().collect::<Vec<_>>(), &registry, false);
         let mut seen = [0usize; 3];
         for _ in 0..6000 {
-            seen[b.pick(None, &[]).expect("a peer")] += 1;
+            seen[b.pick(None, &[]).expect("a peer").peer] += 1;
         }
         assert_eq!(seen, [1000, 2000, 3000]);
         assert_eq!(b.peers[0].host_header, "10.0.0.1");
         b.peers[2].health.set(Health::Unhealthy);
         for _ in 0..100 {
-            assert_ne!(b.pick(None, &[]), Some(2));
+            assert_ne!(b.pick(None, &[]).map(|p| p.peer), Some(2));
         }
         // A retry goes to another peer first, and back to a tried one only when none is left.
-        let first = b.pick(None, &[]).expect("peer");
-        let second = b.pick(None, &[first]).expect("peer");
+        let first = b.pick(None, &[]).expect("peer").peer;
+        let second = b.pick(None, &[first]).expect("peer").peer;
         assert_ne!(first, second);
         assert!(b.pick(None, &[0, 1]).is_some());
         // Rebuilt with one more target, the unhealthy one stays unhealthy.
@@ -385,11 +428,11 @@ mod tests {
         let ts = targets(&u, &[1, 1, 2]);
         let b = Balancer::build(u, &ts.iter().collect::<Vec<_>>(), &HealthRegistry::default(), false);
         b.peers[2].health.set(Health::Unhealthy);
-        assert_eq!(b.pick(None, &[]), None, "half the weight is not more than 50%");
+        assert!(b.pick(None, &[]).is_none(), "half the weight is not more than 50%");
         b.peers[2].health.set(Health::Healthy);
         b.peers[0].health.set(Health::Unhealthy);
         assert!(b.pick(None, &[]).is_some());
         let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), false);
-        assert_eq!(empty.pick(None, &[]), None);
+        assert!(empty.pick(None, &[]).is_none());
     }
 }

@@ -362,16 +362,18 @@ impl Proxy {
         let idempotent = parts.method.is_idempotent();
         let mut attempt = 0;
         let mut tried: Vec<usize> = Vec::new();
+        let mut lease = None;
         let mut body = Some(body);
         let response = loop {
             let mut peer_index = None;
             let (host, port, pool_key) = match &route.balancer {
                 None => (&*service.host, service.port, &service.pool_key),
                 Some(rb) => {
-                    let i = rb
-                        .balancer
-                        .pick(hash.as_ref().map(|h| h.value.as_str()), &tried)
-                        .ok_or(GatewayError::NoPeer)?;
+                    let picked = rb.balancer.pick(hash.as_ref().map(|h| h.value.as_str()), &tried);
+                    let picked = picked.ok_or(GatewayError::NoPeer)?;
+                    let i = picked.peer;
+                    // A failed try's claim ends here; the last one lasts as long as the response.
+                    lease = picked.lease;
                     let (Some(peer), Some(key)) = (rb.balancer.peers.get(i), rb.pool_keys.get(i)) else {
                         return Err(GatewayError::NoPeer);
                     };
@@ -440,6 +442,10 @@ impl Proxy {
         rparts.version = parts.version;
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             rparts.headers.append(header::SET_COOKIE, cookie);
+        }
+        let mut rbody = rbody;
+        if let Some(lease) = lease {
+            rbody.hold(lease);
         }
         Ok(Response::from_parts(rparts, rbody))
     }

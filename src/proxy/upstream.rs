@@ -140,7 +140,16 @@ impl ProxyBody {
             release(conn, reusable);
             return ProxyBody::full(data);
         }
-        ProxyBody::Upstream(UpstreamResponse { conn: Some(conn), decoder, reusable })
+        ProxyBody::Upstream(UpstreamResponse { conn: Some(conn), decoder, reusable, lease: None })
+    }
+}
+
+impl ProxyBody {
+    /// Keeps `lease` until the body is over (a body already in memory is over: it drops at once).
+    pub fn hold(&mut self, lease: crate::balancer::Lease) {
+        if let ProxyBody::Upstream(body) = self {
+            body.lease = Some(lease);
+        }
     }
 }
 
@@ -184,6 +193,8 @@ pub struct UpstreamResponse {
     conn: Option<Conn>,
     decoder: Decoder,
     reusable: bool,
+    /// The balancer's claim on the peer, held until the body is over (least-connections).
+    lease: Option<crate::balancer::Lease>,
 }
 
 impl UpstreamResponse {
