@@ -7,6 +7,7 @@
 
 mod consistent_hash;
 pub mod health;
+mod latency;
 mod least_conn;
 mod round_robin;
 
@@ -19,7 +20,6 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub use health::{Health, HealthRegistry, PeerHealth};
-pub use least_conn::Lease;
 
 /// How a target is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -211,8 +211,15 @@ pub struct Balancer {
     weights: Box<[u32]>,
 }
 
-/// A peer picked for one try of a request, with its least-connections claim (held until the
-/// response is over).
+/// What a request holds on its peer until its response is over: a place among the peer's requests
+/// in flight (least-connections), or the timing of the response (latency).
+#[derive(Debug)]
+pub enum Lease {
+    Connections(least_conn::Lease),
+    Latency(latency::Lease),
+}
+
+/// A peer picked for one try of a request, with its lease.
 #[derive(Debug)]
 pub struct Picked {
     pub peer: usize,
@@ -303,7 +310,14 @@ impl Balancer {
             let (id, weights) = (self.upstream.id, &self.weights);
             let fresh = least_conn::pick(id, self.generation, weights, from, |i| healthy(i) && !tried.contains(&i));
             let (peer, lease) = fresh.or_else(|| least_conn::pick(id, self.generation, weights, from, healthy))?;
-            return Some(Picked { peer, lease: Some(lease) });
+            return Some(Picked { peer, lease: Some(Lease::Connections(lease)) });
+        }
+        if self.upstream.algorithm == Algorithm::Latency {
+            let from = self.next_in_wheel();
+            let (id, weights) = (self.upstream.id, &self.weights);
+            let fresh = latency::pick(id, self.generation, weights, from, |i| healthy(i) && !tried.contains(&i));
+            let (peer, lease) = fresh.or_else(|| latency::pick(id, self.generation, weights, from, healthy))?;
+            return Some(Picked { peer, lease: Some(Lease::Latency(lease)) });
         }
         self.round_robin(tried).map(|peer| Picked { peer, lease: None })
     }
