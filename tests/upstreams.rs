@@ -359,3 +359,62 @@ async fn least_connections_sends_new_requests_away_from_the_target_busy_with_slo
     let others: usize = (0..3).filter(|i| *i != busy).map(|i| after[i] - during[i]).sum();
     assert_eq!(others, 12);
 }
+
+/// A server that answers every request with `status` (and counts them): a target gone bad.
+async fn answering(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = format!("HTTP/1.1 {status} Bad\r\ncontent-length: 0\r\n\r\n");
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn passive_checks_take_a_target_that_answers_500_out_after_its_failures() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test",
+        "healthchecks": {"passive": {"unhealthy": {"http_failures": 2}}}});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let (bad, bad_hits) = answering(500).await;
+    gw.create("/upstreams/backend.test/targets", json!({"target": format!("127.0.0.1:{bad}"), "weight": 1})).await;
+    let reached = gw
+        .eventually("/lb/bad", &[], std::time::Duration::from_secs(10), |_| {
+            bad_hits.load(std::sync::atomic::Ordering::SeqCst) >= 2
+        })
+        .await;
+    // The second 500 is the client's answer: passive checks count answers, they do not retry them.
+    assert_eq!(reached.status(), 500);
+    // Two 500s: out. Nothing more reaches it, every answer is a 200.
+    let before = bad_hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(before, 2);
+    for _ in 0..40 {
+        assert_eq!(gw.call("/lb/after", &[]).await.status(), 200);
+    }
+    assert_eq!(bad_hits.load(std::sync::atomic::Ordering::SeqCst), 2, "an unhealthy target got traffic");
+    assert!(servers.iter().all(|s| s.hits() > 10));
+    gw.wait_for_log("target is now unhealthy", 1, std::time::Duration::from_secs(5)).await;
+}

@@ -4,7 +4,7 @@
 //! proxy's path with one atomic load; written by health checks and the Admin API.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
@@ -16,30 +16,107 @@ pub enum Health {
     Unhealthy,
 }
 
-/// One target's health on this node.
-#[derive(Debug)]
-pub struct PeerHealth {
-    healthy: AtomicBool,
+/// What a check or a proxied request says about a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Success,
+    HttpFailure,
+    TcpFailure,
+    Timeout,
 }
 
-impl Default for PeerHealth {
-    /// Targets start healthy, as in Kong.
-    fn default() -> PeerHealth {
-        PeerHealth { healthy: AtomicBool::new(true) }
+/// How many reports in a row flip a target (0: that kind of report is not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub successes: u8,
+    pub http_failures: u8,
+    pub tcp_failures: u8,
+    pub timeouts: u8,
+}
+
+impl Limits {
+    fn of(&self, report: Report) -> u8 {
+        match report {
+            Report::Success => self.successes,
+            Report::HttpFailure => self.http_failures,
+            Report::TcpFailure => self.tcp_failures,
+            Report::Timeout => self.timeouts,
+        }
     }
+}
+
+// The state, packed in one word so that a report is one compare-and-swap: the internal health
+// (lua-resty-healthcheck's healthy, mostly healthy, mostly unhealthy, unhealthy) in the low byte,
+// then one 8-bit counter per kind of report.
+const HEALTHY: u64 = 0;
+const MOSTLY_HEALTHY: u64 = 1;
+const MOSTLY_UNHEALTHY: u64 = 2;
+const UNHEALTHY: u64 = 3;
+
+fn shift(report: Report) -> u32 {
+    match report {
+        Report::Success => 8,
+        Report::HttpFailure => 16,
+        Report::TcpFailure => 24,
+        Report::Timeout => 32,
+    }
+}
+
+/// One target's health on this node, with Kong's counters (lua-resty-healthcheck 3): a success
+/// resets the failure counters, a failure the success counter; a counter reaching its limit flips
+/// the target and clears the counters; reports that match the current state are not counted.
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    /// Targets start healthy (all zero), as in Kong.
+    state: AtomicU64,
 }
 
 impl PeerHealth {
+    /// Whether it takes traffic (healthy, or healthy with failures counted).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & 0xff < MOSTLY_UNHEALTHY
     }
 
+    /// Sets the health by hand (the Admin API): counters cleared.
     pub fn set(&self, health: Health) {
-        self.healthy.store(health == Health::Healthy, Ordering::Relaxed);
+        self.state.store(if health == Health::Healthy { HEALTHY } else { UNHEALTHY }, Ordering::Relaxed);
     }
 
     pub fn health(&self) -> Health {
         if self.is_healthy() { Health::Healthy } else { Health::Unhealthy }
+    }
+
+    /// Counts `report` against `limits`; returns the new health when it flipped.
+    pub fn report(&self, report: Report, limits: &Limits) -> Option<Health> {
+        let limit = u64::from(limits.of(report));
+        if limit == 0 {
+            return None;
+        }
+        let success = report == Report::Success;
+        let mut flipped = None;
+        let update = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+            let state = word & 0xff;
+            // A success for a healthy target, or a failure for an unhealthy one, changes nothing.
+            if (success && state == HEALTHY) || (!success && state == UNHEALTHY) {
+                return None;
+            }
+            let count = ((word >> shift(report)) & 0xff) + 1;
+            if count >= limit {
+                // A flip of the internal state; the health callers see changes only from one side
+                // of healthy to the other.
+                let was_healthy = state < MOSTLY_UNHEALTHY;
+                flipped = (was_healthy != success).then_some(if success { Health::Healthy } else { Health::Unhealthy });
+                return Some(if success { HEALTHY } else { UNHEALTHY });
+            }
+            flipped = None;
+            // A success clears the failure counters; a failure clears the success counter.
+            let counters = if success { 0 } else { word & !(0xff << shift(Report::Success)) & !0xff };
+            let counters = (counters & !(0xff << shift(report))) | (count << shift(report));
+            // Counting towards a flip leaves a target on its side: mostly healthy, or mostly unhealthy.
+            let state = if state < MOSTLY_UNHEALTHY { MOSTLY_HEALTHY } else { MOSTLY_UNHEALTHY };
+            Some((counters & !0xff) | state)
+        });
+        update.ok().and(flipped)
     }
 }
 
@@ -86,5 +163,34 @@ mod tests {
         assert!(registry.peer(Uuid::new_v4(), "10.0.0.1", 80).is_healthy());
         registry.retain(u, &[("10.0.0.2", 80)]);
         assert!(registry.peer(u, "10.0.0.1", 80).is_healthy(), "forgotten, then new");
+    }
+
+    #[test]
+    fn failures_in_a_row_flip_a_target_and_successes_bring_it_back() {
+        let limits = Limits { successes: 2, http_failures: 3, tcp_failures: 1, timeouts: 0 };
+        let p = PeerHealth::default();
+        assert_eq!(p.report(Report::HttpFailure, &limits), None);
+        assert_eq!(p.report(Report::HttpFailure, &limits), None);
+        assert!(p.is_healthy(), "mostly healthy still takes traffic");
+        // A success in between starts the failures over.
+        assert_eq!(p.report(Report::Success, &limits), None);
+        assert_eq!(p.report(Report::HttpFailure, &limits), None);
+        assert_eq!(p.report(Report::HttpFailure, &limits), None);
+        assert_eq!(p.report(Report::HttpFailure, &limits), Some(Health::Unhealthy));
+        assert!(!p.is_healthy());
+        // Failures while unhealthy change nothing; timeouts are not counted (limit 0).
+        assert_eq!(p.report(Report::TcpFailure, &limits), None);
+        assert_eq!(p.report(Report::Timeout, &limits), None);
+        assert_eq!(p.report(Report::Success, &limits), None);
+        assert!(!p.is_healthy(), "mostly unhealthy takes no traffic");
+        assert_eq!(p.report(Report::Success, &limits), Some(Health::Healthy));
+        assert!(p.is_healthy());
+        assert_eq!(p.report(Report::TcpFailure, &limits), Some(Health::Unhealthy), "one TCP failure is enough");
+        // A failure between successes starts the successes over.
+        assert_eq!(p.report(Report::Success, &limits), None);
+        assert_eq!(p.report(Report::TcpFailure, &limits), None, "unhealthy again: no change to report");
+        assert_eq!(p.report(Report::Success, &limits), None);
+        assert!(!p.is_healthy());
+        assert_eq!(p.report(Report::Success, &limits), Some(Health::Healthy));
     }
 }

@@ -19,7 +19,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 use uuid::Uuid;
 
-pub use health::{Health, HealthRegistry, PeerHealth};
+pub use health::{Health, HealthRegistry, Limits, PeerHealth, Report};
 
 /// How a target is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -209,6 +209,36 @@ pub struct Balancer {
     generation: u64,
     /// The peers' weights, in their order.
     weights: Box<[u32]>,
+    /// Passive checks, when the upstream counts real traffic.
+    passive: Option<Passive>,
+}
+
+/// Passive health checks compiled for the proxy: the limits and the statuses as bit sets.
+#[derive(Debug)]
+struct Passive {
+    limits: Limits,
+    healthy: StatusSet,
+    unhealthy: StatusSet,
+}
+
+/// HTTP statuses 0–1023 as bits.
+#[derive(Debug, Default)]
+pub struct StatusSet([u64; 16]);
+
+impl StatusSet {
+    pub fn of(statuses: &[u16]) -> StatusSet {
+        let mut set = StatusSet::default();
+        for s in statuses {
+            if let Some(word) = set.0.get_mut(usize::from(*s) / 64) {
+                *word |= 1 << (s % 64);
+            }
+        }
+        set
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.get(usize::from(status) / 64).is_some_and(|w| w & (1 << (status % 64)) != 0)
+    }
 }
 
 /// What a request holds on its peer until its response is over: a place among the peer's requests
@@ -277,7 +307,49 @@ impl Balancer {
             consistent_hash::Ring::build(&placed, upstream.slots, targets.len())
         });
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Balancer { upstream, peers, wheel, ring, generation, weights: weights.into_boxed_slice() }
+        let p = &upstream.healthchecks.passive;
+        let limits = Limits {
+            successes: p.healthy.successes,
+            http_failures: p.unhealthy.http_failures,
+            tcp_failures: p.unhealthy.tcp_failures,
+            timeouts: p.unhealthy.timeouts,
+        };
+        let passive = (limits.http_failures > 0 || limits.tcp_failures > 0 || limits.timeouts > 0).then(|| Passive {
+            limits,
+            healthy: StatusSet::of(&p.healthy.http_statuses),
+            unhealthy: StatusSet::of(&p.unhealthy.http_statuses),
+        });
+        Balancer { upstream, peers, wheel, ring, generation, weights: weights.into_boxed_slice(), passive }
+    }
+
+    /// Passive checks: the status of a response from `peer` (Kong counts the statuses it lists as
+    /// healthy or unhealthy, and ignores the others).
+    pub fn report_status(&self, peer: usize, status: u16) {
+        let Some(passive) = &self.passive else { return };
+        let report = if passive.healthy.contains(status) {
+            Report::Success
+        } else if passive.unhealthy.contains(status) {
+            Report::HttpFailure
+        } else {
+            return;
+        };
+        self.report(peer, report, &passive.limits, "passive");
+    }
+
+    /// Passive checks: a try on `peer` that failed (timed out, or the connection failed).
+    pub fn report_failure(&self, peer: usize, timeout: bool) {
+        let Some(passive) = &self.passive else { return };
+        let report = if timeout { Report::Timeout } else { Report::TcpFailure };
+        self.report(peer, report, &passive.limits, "passive");
+    }
+
+    /// Counts a report on `peer`; logs a change of its health.
+    pub fn report(&self, peer: usize, report: Report, limits: &Limits, check: &str) {
+        let Some(p) = self.peers.get(peer) else { return };
+        if let Some(health) = p.health.report(report, limits) {
+            let health = if health == Health::Healthy { "healthy" } else { "unhealthy" };
+            tracing::warn!(upstream = %self.upstream.name, target = %format!("{}:{}", p.host, p.port), check, ?report, "target is now {health}");
+        }
     }
 
     /// Whether peers are picked by a hash of the request (consistent hashing).

@@ -364,7 +364,7 @@ impl Proxy {
         let mut tried: Vec<usize> = Vec::new();
         let mut lease = None;
         let mut body = Some(body);
-        let response = loop {
+        let (response, answered_by) = loop {
             let mut peer_index = None;
             let (host, port, pool_key) = match &route.balancer {
                 None => (&*service.host, service.port, &service.pool_key),
@@ -404,7 +404,7 @@ impl Proxy {
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
             // Read and write timeouts are enforced on the connection itself (see `upstream::Target`).
             let (error, retry) = match upstream::send(target, &head, this_body).await {
-                Ok(resp) => break resp,
+                Ok(resp) => break (resp, peer_index),
                 Err(e) => {
                     // The client's body failed, not the upstream: no retry, no 5xx.
                     if let Some(fault) = e.client_fault() {
@@ -419,6 +419,11 @@ impl Proxy {
                     (GatewayError::from_upstream(&e), retry)
                 }
             };
+            if let (Some(rb), Some(i)) = (&route.balancer, peer_index) {
+                // Kong's passive checks: a try that never got a response counts as a TCP failure, or
+                // as a timeout.
+                rb.balancer.report_failure(i, matches!(error, GatewayError::Timeout));
+            }
             tried.extend(peer_index);
             match replay {
                 Some(replay) if retry => {
@@ -429,6 +434,9 @@ impl Proxy {
             }
         };
         let upstream_latency = sent.elapsed();
+        if let (Some(rb), Some(i)) = (&route.balancer, answered_by) {
+            rb.balancer.report_status(i, response.status().as_u16());
+        }
         let (mut rparts, rbody) = response.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
         route.chain.header_filter(passed.consumer.as_deref(), &mut rparts);
