@@ -262,6 +262,9 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
+    if settings.role != NodeRole::ControlPlane {
+        spawn_health_checks(&proxy.holder, &stop_rx);
+    }
     let hub = if settings.role == NodeRole::ControlPlane {
         let hub = Hub::new(store.clone());
         let tls = crate::cluster::tls::server(&settings.cluster_tls).map_err(NodeError::Tls)?;
@@ -335,6 +338,13 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 
 /// A data plane: no store and no Admin API; the configuration comes from the control plane (or,
 /// until it answers, from `<prefix>/config.cache`).
+/// Active health checks of the upstreams in the live configuration, on this node.
+fn spawn_health_checks(holder: &Arc<SnapshotHolder>, stop: &watch::Receiver<bool>) {
+    let holder = holder.clone();
+    let current = move || holder.load_full().balancers.values().cloned().collect();
+    tokio::spawn(crate::balancer::active::run(current, stop.clone()));
+}
+
 async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     let holder = Arc::new(SnapshotHolder::new());
     let dp = DataPlane::new(&settings, hostname(), holder.clone());
@@ -348,6 +358,7 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     let sockets = proxy_sockets(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
+    spawn_health_checks(&holder, &stop_rx);
     let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
     serve_status(&settings, source, &stop_rx).await?;
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();

@@ -362,14 +362,28 @@ async fn least_connections_sends_new_requests_away_from_the_target_busy_with_slo
 
 /// A server that answers every request with `status` (and counts them): a target gone bad.
 async fn answering(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (port, hits, _) = switchable(status).await;
+    (port, hits)
+}
+
+type Shared<T> = std::sync::Arc<T>;
+
+/// A server that answers every request with the status held in the returned cell (changed at will),
+/// counting requests.
+async fn switchable(
+    status: u16,
+) -> (u16, Shared<std::sync::atomic::AtomicUsize>, Shared<std::sync::atomic::AtomicU16>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = hits.clone();
+    let cell = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
+    let current = cell.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let hits = counted.clone();
+            let current = current.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -381,7 +395,8 @@ async fn answering(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::Atomi
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
                         hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let answer = format!("HTTP/1.1 {status} Bad\r\ncontent-length: 0\r\n\r\n");
+                        let status = current.load(std::sync::atomic::Ordering::SeqCst);
+                        let answer = format!("HTTP/1.1 {status} Status\r\ncontent-length: 0\r\n\r\n");
                         if stream.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }
@@ -390,7 +405,7 @@ async fn answering(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::Atomi
             });
         }
     });
-    (port, hits)
+    (port, hits, cell)
 }
 
 #[tokio::test]
@@ -417,4 +432,33 @@ async fn passive_checks_take_a_target_that_answers_500_out_after_its_failures() 
     assert_eq!(bad_hits.load(std::sync::atomic::Ordering::SeqCst), 2, "an unhealthy target got traffic");
     assert!(servers.iter().all(|s| s.hits() > 10));
     gw.wait_for_log("target is now unhealthy", 1, std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn active_checks_take_a_failing_target_out_and_bring_it_back_after_its_successes() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test", "healthchecks": {"active": {"http_path": "/status",
+        "healthy": {"interval": 0.2, "successes": 2},
+        "unhealthy": {"interval": 0.2, "http_failures": 2}}}});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let (port, hits, status) = switchable(500).await;
+    gw.create("/upstreams/backend.test/targets", json!({"target": format!("127.0.0.1:{port}"), "weight": 1})).await;
+    // Probed (GET /status, answered 500) until it is out.
+    gw.wait_for_log("target is now unhealthy", 1, std::time::Duration::from_secs(10)).await;
+    let (before, since) = (hits.load(std::sync::atomic::Ordering::SeqCst), std::time::Instant::now());
+    for _ in 0..20 {
+        assert_eq!(gw.call("/lb/out", &[]).await.status(), 200);
+    }
+    let reached = hits.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let probes = (since.elapsed().as_secs_f64() / 0.2) as usize + 1;
+    assert!(reached <= probes, "only probes (one per 0.2 s) reach an unhealthy target: {reached} requests");
+    // It recovers: two successful probes bring it back, and traffic follows.
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    gw.wait_for_log("target is now healthy", 1, std::time::Duration::from_secs(10)).await;
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..40 {
+        assert_eq!(gw.call("/lb/back", &[]).await.status(), 200);
+    }
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) - before >= 8, "the recovered target got no traffic");
+    assert!(servers.iter().all(|s| s.hits() > 5));
 }

@@ -5,6 +5,7 @@
 //!
 //! Must not: do I/O or take a lock when a peer is picked (the proxy does it per request).
 
+pub mod active;
 mod consistent_hash;
 pub mod health;
 mod latency;
