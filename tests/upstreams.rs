@@ -462,3 +462,50 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back_after_its_suc
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) - before >= 8, "the recovered target got no traffic");
     assert!(servers.iter().all(|s| s.hits() > 5));
 }
+
+#[tokio::test]
+async fn the_health_endpoint_reports_each_target_and_the_balancer_as_kong_does() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test", "healthchecks": {"passive": {"unhealthy": {"tcp_failures": 1}}}});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    let down = format!("127.0.0.1:{}", servers[1].port());
+    assert_eq!(set_health(&gw, &down, "unhealthy").await.0, 204);
+    gw.create("/upstreams/backend.test/targets", json!({"target": "127.0.0.9:80", "weight": 0})).await;
+    let (status, body) = gw.get("/upstreams/backend.test/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["node_id"].is_string() && body["next"].is_null(), "{body}");
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 4, "{body}");
+    let by_target = |t: &str| data.iter().find(|d| d["target"] == t).unwrap_or_else(|| panic!("{t} in {body}"));
+    let up = by_target(&format!("127.0.0.1:{}", servers[0].port()));
+    assert_eq!(up["health"], "HEALTHY");
+    assert_eq!(up["weight"], 1);
+    assert_eq!(up["data"]["dns"], "A");
+    assert_eq!(up["data"]["weight"], json!({"total": 1, "available": 1, "unavailable": 0}));
+    assert_eq!(up["data"]["addresses"][0]["health"], "HEALTHY");
+    assert_eq!(up["data"]["addresses"][0]["ip"], "127.0.0.1");
+    let out = by_target(&down);
+    assert_eq!(out["health"], "UNHEALTHY");
+    assert_eq!(out["data"]["weight"], json!({"total": 1, "available": 0, "unavailable": 1}));
+    // Weight 0: listed, never checked.
+    assert_eq!(by_target("127.0.0.9:80")["data"]["addresses"][0]["health"], "HEALTHCHECKS_OFF");
+
+    let (status, view) = gw.get("/upstreams/backend.test/health?balancer_health=1").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["data"]["health"], "HEALTHY");
+    assert_eq!(view["data"]["balancer_health"], "HEALTHY");
+    assert_eq!(view["data"]["details"]["weight"], json!({"total": 3, "available": 2, "unavailable": 1}));
+    assert_eq!(view["data"]["details"]["hosts"].as_array().map(Vec::len), Some(4));
+
+    // Without health checks, every address is HEALTHCHECKS_OFF.
+    gw.create("/upstreams", json!({"name": "plain.test"})).await;
+    gw.create("/upstreams/plain.test/targets", json!({"target": "127.0.0.1:1"})).await;
+    let (_, plain) = gw.get("/upstreams/plain.test/health").await;
+    assert_eq!(plain["data"][0]["health"], "HEALTHCHECKS_OFF", "{plain}");
+    let (_, view) = gw.get("/upstreams/plain.test/health?balancer_health=1").await;
+    assert_eq!(
+        (view["data"]["health"].as_str(), view["data"]["balancer_health"].as_str()),
+        (Some("HEALTHCHECKS_OFF"), Some("HEALTHY"))
+    );
+    assert_eq!(gw.get("/upstreams/nothing.test/health").await.0, 404);
+}

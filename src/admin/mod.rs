@@ -204,6 +204,7 @@ pub fn router(state: AdminState) -> Router {
         .entities()
         .add("/certificates", certificates::collection())
         .add("/certificates/{certificates}", certificates::item())
+        .add("/upstreams/{upstreams}/health", upstreams::health())
         .add("/upstreams/{upstreams}/targets", upstreams::collection())
         .add("/upstreams/{upstreams}/targets/all", upstreams::all())
         .add("/upstreams/{upstreams}/targets/{targets}", upstreams::item())

@@ -6,13 +6,13 @@
 use axum::extract::{OriginalUri, Path, State};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::body::AdminBody;
 use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
-use crate::balancer::Health;
+use crate::balancer::{Health, Peer};
 use crate::model::Kind;
 use crate::model::schema::is_uuid;
 use crate::model::upstreams::normalize_target;
@@ -73,7 +73,95 @@ pub fn set_health(health: Health) -> MethodRouter<AdminState> {
     })
 }
 
+/// `GET /upstreams/{u}/health` (`?balancer_health=1`: the balancer's view).
+pub fn health() -> MethodRouter<AdminState> {
+    get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+        let balancer_view = uri.query().is_some_and(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "balancer_health" && v != "0" && v != "false")
+        });
+        s.upstream_health(p.first().map(String::as_str).unwrap_or_default(), balancer_view).await
+    })
+}
+
+/// One peer's part in a health report: Kong's `data` of a target.
+fn host_report(peer: Option<&Peer>, checks_on: bool, address_key: &str) -> (&'static str, Value) {
+    let Some(peer) = peer else {
+        return (
+            "DNS_ERROR",
+            json!({"host": Value::Null, "port": Value::Null, "dns": "unknown", "nodeWeight": 0,
+            "weight": {"total": 0, "available": 0, "unavailable": 0}, "addresses": []}),
+        );
+    };
+    let healthy = peer.health.is_healthy();
+    let address_health = if !checks_on || peer.weight == 0 {
+        "HEALTHCHECKS_OFF"
+    } else if healthy {
+        "HEALTHY"
+    } else {
+        "UNHEALTHY"
+    };
+    let dns = match peer.host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => "A",
+        Ok(std::net::IpAddr::V6(_)) => "AAAA",
+        Err(_) => "unknown",
+    };
+    let available = if healthy { peer.weight } else { 0 };
+    let mut address = json!({"ip": &*peer.host, "port": peer.port, "weight": peer.weight});
+    address[address_key] = if address_key == "healthy" { json!(healthy) } else { json!(address_health) };
+    let data = json!({
+        "host": &*peer.host, "port": peer.port, "dns": dns, "nodeWeight": peer.weight,
+        "weight": {"total": peer.weight, "available": available, "unavailable": peer.weight - available},
+        "addresses": [address],
+    });
+    (address_health, data)
+}
+
 impl AdminState {
+    async fn upstream_health(&self, key: &str, balancer_view: bool) -> AdminResult<axum::response::Response> {
+        let upstream = self.store.lookup(&self.cp(), Kind::Upstream, key).await?.ok_or(AdminError::NotFound)?;
+        let id = upstream.get("id").and_then(Value::as_str).and_then(|i| uuid::Uuid::parse_str(i).ok());
+        let snapshot = self.holder.load_full();
+        let balancer = id.and_then(|id| snapshot.balancers.get(&id).cloned());
+        let checks_on = balancer.as_ref().is_some_and(|b| b.upstream.healthchecks.enabled());
+        let node_id = self.node_id.to_string();
+        if balancer_view {
+            let Some(b) = balancer else { return Err(AdminError::NotFound) };
+            let hosts: Vec<Value> = b.peers.iter().map(|p| host_report(Some(p), checks_on, "healthy").1).collect();
+            let total: u64 = b.peers.iter().map(|p| u64::from(p.weight)).sum();
+            let available: u64 = b.peers.iter().filter(|p| p.health.is_healthy()).map(|p| u64::from(p.weight)).sum();
+            let healthy = b.is_healthy();
+            let balancer_health = if healthy { "HEALTHY" } else { "UNHEALTHY" };
+            let health = if checks_on { balancer_health } else { "HEALTHCHECKS_OFF" };
+            let body = json!({"data": {"health": health, "balancer_health": balancer_health, "id": b.upstream.id,
+                "details": {"healthy": healthy, "weight": {"total": total, "available": available,
+                    "unavailable": total - available}, "hosts": hosts}},
+                "next": Value::Null, "node_id": node_id});
+            return Ok(axum::Json(body).into_response());
+        }
+        let upstream_id = upstream.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let q = crate::store::ListQuery {
+            cp: &self.cp(),
+            parent: Some(("upstream", upstream_id)),
+            size: 1000,
+            offset: None,
+            tags: None,
+        };
+        let page = self.store.list(Kind::Target, &q).await?;
+        let data: Vec<Value> = page
+            .data
+            .into_iter()
+            .map(|mut target| {
+                let tid = target.get("id").and_then(Value::as_str).and_then(|i| uuid::Uuid::parse_str(i).ok());
+                let peer = balancer.as_ref().and_then(|b| b.peers.iter().find(|p| Some(p.target) == tid));
+                let (health, data) = host_report(peer, checks_on, "health");
+                target.insert("health".into(), json!(health));
+                target.insert("data".into(), data);
+                Value::Object(target)
+            })
+            .collect();
+        Ok(axum::Json(json!({"data": data, "next": Value::Null, "node_id": node_id})).into_response())
+    }
+
     async fn set_target_health(&self, params: Vec<String>, health: Health) -> AdminResult<axum::response::Response> {
         let (Some(upstream_key), Some(key)) = (params.first(), params.get(1)) else { return Err(AdminError::NotFound) };
         let upstream =
