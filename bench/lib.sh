@@ -15,3 +15,9 @@ need_tools() {
     apt-get update -qq >/dev/null && apt-get install -y -qq wrk nginx-light >/dev/null
   fi
 }
+# ratio I J: the median over rounds of scenario I's CPU/req over scenario J's (the caller's CPU
+# array holds each scenario's figures, one per round).
+ratio() {
+  paste <(echo "${CPU[$1]}" | tr ' ' '\n' | grep -v '^$') <(echo "${CPU[$2]}" | tr ' ' '\n' | grep -v '^$') |
+    awk '{ print $1 / $2 }' | median
+}
