@@ -297,3 +297,25 @@ async fn a_configuration_over_the_size_limit_is_refused_without_taking_the_data_
     assert_eq!(dp.call("/small", &[]).await.status(), 200, "the data plane still serves the last one");
     assert!(dp.logs().contains("cluster link broken"), "{}", dp.logs());
 }
+
+#[tokio::test]
+async fn a_data_plane_balances_over_the_upstreams_of_its_control_plane() {
+    let (first, second) = (Upstream::start().await, Upstream::start().await);
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp, "Balanced").await;
+    // One worker: its round-robin alternates exactly.
+    let dp = data_plane_with(&cp, &token, None, &[("TOLLGATE_WORKER_THREADS", "1")]).await;
+    cp.create(&core(&id, "/upstreams"), json!({"name": "backend.test"})).await;
+    for up in [&first, &second] {
+        cp.create(&core(&id, "/upstreams/backend.test/targets"), json!({"target": format!("127.0.0.1:{}", up.port())}))
+            .await;
+    }
+    cp.create(&core(&id, "/services"), json!({"name": "lb", "host": "backend.test"})).await;
+    cp.create(&core(&id, "/services/lb/routes"), json!({"paths": ["/lb"]})).await;
+    serves(&dp, "/lb", 200, Duration::from_secs(5)).await;
+    let before = (first.hits(), second.hits());
+    for _ in 0..10 {
+        assert_eq!(dp.call("/lb", &[]).await.status(), 200);
+    }
+    assert_eq!((first.hits() - before.0, second.hits() - before.1), (5, 5), "round-robin on the data plane");
+}
