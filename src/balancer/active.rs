@@ -236,4 +236,63 @@ mod tests {
         assert_eq!(status_of(b""), 0);
         assert_eq!(status_of(b"HTTP/1.1 99999999 x"), 0);
     }
+
+    /// A server on a free port that answers each connection with `answer` (`None`: accept and
+    /// close at once; empty: accept and say nothing).
+    async fn server(answer: Option<Vec<u8>>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let Some(answer) = answer else { return };
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    let _ = stream.write_all(&answer).await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        port
+    }
+
+    async fn probed(port: u16) -> Option<Report> {
+        let upstream = super::super::testing::upstream(serde_json::json!({"name": "u",
+            "healthchecks": {"active": {"timeout": 0.5, "healthy": {"interval": 1}}}}));
+        let balancer = super::super::testing::one_target(upstream, "127.0.0.1", port);
+        probe(&balancer, 0).await
+    }
+
+    #[tokio::test]
+    async fn every_bad_answer_is_a_failure_and_reading_it_stays_bounded() {
+        let ok = server(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())).await;
+        assert_eq!(probed(ok).await, Some(Report::Success));
+        let failing = server(Some(b"HTTP/1.1 500 Oops\r\n\r\n".to_vec())).await;
+        assert_eq!(probed(failing).await, Some(Report::HttpFailure));
+        let garbage = server(Some(b"SSH-2.0-OpenSSH_9.2\r\n".to_vec())).await;
+        assert_eq!(probed(garbage).await, Some(Report::HttpFailure));
+        // 10 MB without a line end: only the first KiB is read, and it is no status line.
+        let flood = server(Some(vec![b'x'; 10 * 1024 * 1024])).await;
+        assert_eq!(probed(flood).await, Some(Report::HttpFailure));
+        // A status line before 10 MB of body: read no further than the line.
+        let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 10485760\r\n\r\n".to_vec();
+        big.resize(big.len() + 10 * 1024 * 1024, b'y');
+        let big = server(Some(big)).await;
+        assert_eq!(probed(big).await, Some(Report::Success));
+        // Accepted and closed at once: no status (unreadable); accepted and silent: cut by the timeout.
+        let reset = server(None).await;
+        assert!(matches!(probed(reset).await, Some(Report::HttpFailure | Report::TcpFailure)));
+        let silent = server(Some(Vec::new())).await;
+        let started = std::time::Instant::now();
+        assert_eq!(probed(silent).await, Some(Report::Timeout));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Nothing listening.
+        let closed =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+        assert_eq!(probed(closed).await, Some(Report::TcpFailure));
+        // A status in neither list counts for nothing.
+        let teapot = server(Some(b"HTTP/1.1 418 Teapot\r\n\r\n".to_vec())).await;
+        assert_eq!(probed(teapot).await, None);
+    }
 }

@@ -460,17 +460,7 @@ mod tests {
     }
 
     fn upstream(threshold: f64) -> Arc<UpstreamConfig> {
-        let mut body = serde_json::json!({
-            "id": Uuid::new_v4(), "name": "u", "algorithm": "round-robin", "hash_on": "none",
-            "hash_fallback": "none", "hash_on_cookie_path": "/", "slots": 10000, "use_srv_name": false,
-        });
-        let schema = crate::model::upstreams::upstreams();
-        let mut input = serde_json::Map::new();
-        input.insert("name".into(), "u".into());
-        let full = crate::model::schema::validate(schema, &input).expect("valid");
-        body["healthchecks"] = full["healthchecks"].clone();
-        body["healthchecks"]["threshold"] = threshold.into();
-        Arc::new(serde_json::from_value(body).expect("typed"))
+        testing::upstream(serde_json::json!({"name": "u", "healthchecks": {"threshold": threshold}}))
     }
 
     fn targets(u: &UpstreamConfig, weights: &[u32]) -> Vec<TargetConfig> {
@@ -521,5 +511,26 @@ mod tests {
         assert!(b.pick(None, &[]).is_some());
         let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), false);
         assert!(empty.pick(None, &[]).is_none());
+    }
+}
+
+/// Upstreams for tests, as the Admin API would store them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The upstream `input` describes, with every default filled as stored.
+    pub fn upstream(input: serde_json::Value) -> Arc<UpstreamConfig> {
+        let mut input = crate::model::schema::into_obj(input);
+        crate::model::upstreams::apply_shorthands(&mut input);
+        let mut stored = crate::model::schema::validate(crate::model::upstreams::upstreams(), &input).expect("valid");
+        stored.insert("id".into(), serde_json::json!(Uuid::new_v4()));
+        Arc::new(serde_json::from_value(serde_json::Value::Object(stored)).expect("typed"))
+    }
+
+    /// A balancer of `upstream` over one target at `host:port`.
+    pub fn one_target(upstream: Arc<UpstreamConfig>, host: &str, port: u16) -> Balancer {
+        let target = TargetConfig::new(Uuid::new_v4(), upstream.id, &format!("{host}:{port}"), 100).expect("target");
+        Balancer::build(upstream, &[&target], &HealthRegistry::default(), false)
     }
 }
