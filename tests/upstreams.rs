@@ -362,16 +362,17 @@ async fn least_connections_sends_new_requests_away_from_the_target_busy_with_slo
 
 /// A server that answers every request with `status` (and counts them): a target gone bad.
 async fn answering(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let (port, hits, _) = switchable(status).await;
+    let (port, hits, _) = switchable(status, std::time::Duration::ZERO).await;
     (port, hits)
 }
 
 type Shared<T> = std::sync::Arc<T>;
 
-/// A server that answers every request with the status held in the returned cell (changed at will),
-/// counting requests.
+/// A server that answers every request, after `delay`, with the status held in the returned cell
+/// (changed at will), counting requests.
 async fn switchable(
     status: u16,
+    delay: std::time::Duration,
 ) -> (u16, Shared<std::sync::atomic::AtomicUsize>, Shared<std::sync::atomic::AtomicU16>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -395,6 +396,7 @@ async fn switchable(
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
                         hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
                         let status = current.load(std::sync::atomic::Ordering::SeqCst);
                         let answer = format!("HTTP/1.1 {status} Status\r\ncontent-length: 0\r\n\r\n");
                         if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -441,7 +443,7 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back_after_its_suc
         "healthy": {"interval": 0.2, "successes": 2},
         "unhealthy": {"interval": 0.2, "http_failures": 2}}}});
     let servers = balanced(&gw, [1, 1, 1], upstream).await;
-    let (port, hits, status) = switchable(500).await;
+    let (port, hits, status) = switchable(500, std::time::Duration::ZERO).await;
     gw.create("/upstreams/backend.test/targets", json!({"target": format!("127.0.0.1:{port}"), "weight": 1})).await;
     // Probed (GET /status, answered 500) until it is out.
     gw.wait_for_log("target is now unhealthy", 1, std::time::Duration::from_secs(10)).await;
@@ -508,4 +510,27 @@ async fn the_health_endpoint_reports_each_target_and_the_balancer_as_kong_does()
         (Some("HEALTHCHECKS_OFF"), Some("HEALTHY"))
     );
     assert_eq!(gw.get("/upstreams/nothing.test/health").await.0, 404);
+}
+
+#[tokio::test]
+async fn latency_balancing_sends_most_requests_to_the_fast_targets() {
+    let opts = support::Options { extra: vec![("TOLLGATE_WORKER_THREADS".into(), "1".into())], ..Default::default() };
+    let gw = Gateway::start_with(opts).await;
+    let servers = balanced(&gw, [1, 1, 1], json!({"name": "backend.test", "algorithm": "latency"})).await;
+    let (slow, slow_hits, _) = switchable(200, std::time::Duration::from_millis(50)).await;
+    gw.create("/upstreams/backend.test/targets", json!({"target": format!("127.0.0.1:{slow}"), "weight": 1})).await;
+    let reached = gw
+        .eventually("/lb/slow", &[], std::time::Duration::from_secs(10), |_| {
+            slow_hits.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await;
+    assert_eq!(reached.status(), 200);
+    let (before, fast_before) =
+        (slow_hits.load(std::sync::atomic::Ordering::SeqCst), servers.iter().map(|s| s.hits()).sum::<usize>());
+    for _ in 0..60 {
+        assert_eq!(gw.call("/lb/measured", &[]).await.status(), 200);
+    }
+    let slow_share = slow_hits.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let fast_share = servers.iter().map(|s| s.hits()).sum::<usize>() - fast_before;
+    assert!(slow_share <= 3, "the 50 ms target took {slow_share} of 60 requests (the fast ones {fast_share})");
 }
