@@ -534,3 +534,26 @@ async fn latency_balancing_sends_most_requests_to_the_fast_targets() {
     let fast_share = servers.iter().map(|s| s.hits()).sum::<usize>() - fast_before;
     assert!(slow_share <= 3, "the 50 ms target took {slow_share} of 60 requests (the fast ones {fast_share})");
 }
+
+#[tokio::test]
+async fn hashing_on_a_uri_capture_sends_each_captured_value_to_one_target() {
+    let gw = Gateway::start().await;
+    let upstream = json!({"name": "backend.test", "hash_on": "uri_capture", "hash_on_uri_capture": "user"});
+    let servers = balanced(&gw, [1, 1, 1], upstream).await;
+    gw.create("/services/lb/routes", json!({"paths": ["~/users/(?<user>[a-z0-9-]+)"]})).await;
+    let live = gw.eventually("/users/x", &[], std::time::Duration::from_secs(10), |r| r.status() == 200).await;
+    assert_eq!(live.status(), 200);
+    let mut owners = std::collections::HashMap::new();
+    let mut used = std::collections::HashSet::new();
+    for round in 0..2 {
+        for user in 0..30 {
+            let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
+            // Different suffixes, the same capture: the same target.
+            assert_eq!(gw.call(&format!("/users/u{user}/r{round}"), &[]).await.status(), 200);
+            let owner = answered(&servers, &before).expect("answered");
+            used.insert(owner);
+            assert_eq!(*owners.entry(user).or_insert(owner), owner, "u{user} moved");
+        }
+    }
+    assert_eq!(used.len(), 3);
+}

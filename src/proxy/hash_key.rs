@@ -1,5 +1,6 @@
 //! The value consistent hashing hashes for a request: Kong's `hash_on` source, else its
 //! `hash_fallback`, else the empty string (`kong/runloop/balancer/init.lua` `get_value_to_hash`).
+//! A `uri_capture` is read from the route's path regex, run again with captures only then.
 //! Hashing on a cookie the client does not have makes one (a UUID) and sets it on the response, as
 //! Kong does, so that the client's next requests go to the same target.
 
@@ -23,6 +24,8 @@ pub struct Sources<'a> {
     pub client_ip: std::net::IpAddr,
     /// The authenticated consumer's id, or the credential's.
     pub consumer: Option<uuid::Uuid>,
+    /// The route's path regex that matched, and the normalized path it matched.
+    pub captures: Option<(&'a regex::Regex, &'a str)>,
 }
 
 pub fn hash_key(upstream: &UpstreamConfig, sources: Sources<'_>) -> HashKey {
@@ -65,8 +68,18 @@ fn value_of(
             let name = if fallback { &upstream.hash_fallback_query_arg } else { &upstream.hash_on_query_arg };
             query_arg(sources.parts.uri.query()?, name.as_deref()?)
         }
-        // The router does not hand out its regex captures yet: the fallback applies.
-        HashOn::UriCapture => None,
+        HashOn::UriCapture => {
+            let name = if fallback { &upstream.hash_fallback_uri_capture } else { &upstream.hash_on_uri_capture };
+            let name = name.as_deref()?;
+            let (regex, path) = sources.captures?;
+            let found = regex.captures(path)?;
+            // A name, or a group's number (Kong's `uri_captures` holds both).
+            let group = match name.parse::<usize>() {
+                Ok(i) => found.get(i),
+                Err(_) => found.name(name),
+            };
+            group.map(|m| m.as_str().to_string())
+        }
     }
 }
 

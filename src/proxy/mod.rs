@@ -229,7 +229,7 @@ impl Proxy {
         // The one snapshot load of this request: routing, the plugins and forwarding all read this
         // configuration, even if a newer one is swapped in meanwhile.
         let snapshot = self.holder.load_full();
-        let (route, matched_len) = {
+        let (route, (matched_len, path_regex)) = {
             let authority = parts
                 .headers
                 .get(header::HOST)
@@ -248,7 +248,7 @@ impl Proxy {
             let Some(m) = snapshot.router.find(&view) else {
                 return Err(GatewayError::NoRoute);
             };
-            (&**m.target, m.matched_len)
+            (&**m.target, (m.matched_len, m.regex))
         };
         // A route whose stored version (or service's) does not compile is closed, not skipped.
         if route.broken {
@@ -300,7 +300,8 @@ impl Proxy {
             (None, Some(b)) => whole_body(&mut parts.headers, b),
             (None, None) => UpstreamBody::empty(),
         };
-        let mut response = self.forward(&parts, upstream_body, route, matched_len, conn, &passed, started).await;
+        let matched = (matched_len, path_regex);
+        let mut response = self.forward(&parts, upstream_body, route, matched, conn, &passed, started).await;
         if let Ok(resp) = &mut response {
             for (name, value) in added {
                 resp.headers_mut().insert(name, value);
@@ -315,7 +316,7 @@ impl Proxy {
         parts: &http::request::Parts,
         body: UpstreamBody,
         route: &RouteTarget,
-        matched_len: usize,
+        (matched_len, path_regex): (usize, Option<&regex::Regex>),
         conn: &ConnInfo,
         passed: &Passed,
         started: Instant,
@@ -351,7 +352,8 @@ impl Proxy {
         // Consistent hashing's value, computed once for every try (Kong computes it on the first).
         let hash = route.balancer.as_ref().filter(|rb| rb.balancer.hashes()).map(|rb| {
             let consumer = passed.consumer.as_ref().map(|c| c.id);
-            let sources = hash_key::Sources { parts, client_ip: conn.peer.ip(), consumer };
+            let captures = path_regex.map(|re| (re, &*req_path));
+            let sources = hash_key::Sources { parts, client_ip: conn.peer.ip(), consumer, captures };
             hash_key::hash_key(&rb.balancer.upstream, sources)
         });
 

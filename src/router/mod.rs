@@ -54,6 +54,8 @@ pub struct Match<'r, T> {
     pub matched_len: usize,
     /// The route prefix that matched (plain prefixes only), for `X-Forwarded-Prefix`.
     pub prefix: Option<&'r str>,
+    /// The path regex that matched (regex paths only), for its captures.
+    pub regex: Option<&'r Regex>,
 }
 
 /// Kong's route priority; compared field by field (larger wins).
@@ -440,6 +442,10 @@ impl<T> Router<T> {
             matched_len,
             prefix: match &entry.path {
                 PathMatch::Prefix(p) => Some(&**p),
+                _ => None,
+            },
+            regex: match &entry.path {
+                PathMatch::Regex(re, _) => Some(re),
                 _ => None,
             },
         }
