@@ -70,19 +70,11 @@ pub fn pick(
         }
         let known: Vec<f64> = m.ewma.iter().flatten().copied().collect();
         let mean = if known.is_empty() { 0.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
-        let mut best: Option<(usize, f64)> = None;
-        for step in 0..n {
-            let i = (from + step) % n;
-            let Some(&w) = weights.get(i) else { continue };
-            if w == 0 || !usable(i) {
-                continue;
-            }
-            let score = m.ewma.get(i).copied().flatten().unwrap_or(mean) / f64::from(w);
-            if best.is_none_or(|(_, b)| score < b) {
-                best = Some((i, score));
-            }
-        }
-        let (i, _) = best?;
+        let score = |i: usize| {
+            let w = *weights.get(i)?;
+            (w > 0 && usable(i)).then(|| m.ewma.get(i).copied().flatten().unwrap_or(mean) / f64::from(w))
+        };
+        let i = super::lowest(n, from, score, |a, b| a < b)?;
         Some((i, Lease { upstream, generation, peer: i, started: Instant::now() }))
     })
 }

@@ -51,21 +51,12 @@ pub fn pick(
             *entry = (generation, vec![0; weights.len()]);
         }
         let counts = &mut entry.1;
-        let n = weights.len();
-        let mut best: Option<(usize, u64, u64)> = None;
-        for step in 0..n {
-            let i = (from + step) % n;
-            let (Some(&w), Some(&c)) = (weights.get(i), counts.get(i)) else { continue };
-            if w == 0 || !usable(i) {
-                continue;
-            }
-            let (load, weight) = (u64::from(c) + 1, u64::from(w));
-            // `load / weight` below the best's, compared without division.
-            if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {
-                best = Some((i, load, weight));
-            }
-        }
-        let (i, _, _) = best?;
+        let load = |i: usize| {
+            let (w, c) = (*weights.get(i)?, *counts.get(i)?);
+            (w > 0 && usable(i)).then_some((u64::from(c) + 1, u64::from(w)))
+        };
+        // `load / weight` below the other's, compared without division.
+        let i = super::lowest(weights.len(), from, load, |(l, w), (bl, bw)| l * bw < bl * w)?;
         if let Some(c) = counts.get_mut(i) {
             *c += 1;
         }

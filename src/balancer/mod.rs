@@ -437,6 +437,24 @@ impl Balancer {
     }
 }
 
+/// Of the peers `0..n`, scanned from `from` so that ties rotate (the first of equals wins), the one
+/// whose score is lowest by `less`; `score` is `None` for a peer that may not be picked.
+fn lowest<S: Copy>(
+    n: usize,
+    from: usize,
+    score: impl Fn(usize) -> Option<S>,
+    less: impl Fn(&S, &S) -> bool,
+) -> Option<usize> {
+    let mut best: Option<(usize, S)> = None;
+    for i in (0..n).map(|step| (from + step) % n.max(1)) {
+        let Some(s) = score(i) else { continue };
+        if best.as_ref().is_none_or(|(_, b)| less(&s, b)) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// Where a worker starts in a wheel it has not used: spread, so that workers do not all begin with
 /// the same target.
 fn fastrand_start(len: usize) -> usize {
