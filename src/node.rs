@@ -262,8 +262,10 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
+    let node_id = uuid::Uuid::new_v4();
     if settings.role != NodeRole::ControlPlane {
         spawn_health_checks(&proxy.holder, &stop_rx);
+        tokio::spawn(follow_health_events(store.clone(), proxy.holder.clone(), node_id, stop_rx.clone()));
     }
     let hub = if settings.role == NodeRole::ControlPlane {
         let hub = Hub::new(store.clone());
@@ -282,7 +284,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     let admin_state = AdminState::new(AdminInner {
         store: store.clone(),
         settings: settings.clone(),
-        node_id: uuid::Uuid::new_v4(),
+        node_id,
         hostname: hostname(),
         stats: &proxy.stats,
         holder: proxy.holder.clone(),
@@ -338,6 +340,52 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
 
 /// A data plane: no store and no Admin API; the configuration comes from the control plane (or,
 /// until it answers, from `<prefix>/config.cache`).
+/// How often a node looks for health set by hand on the other nodes of its database.
+const HEALTH_EVENTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Applies the health other nodes of this database set by hand (`PUT …/healthy|unhealthy`) to this
+/// node's balancers. Clocks may differ a little between nodes: each look reaches back a few seconds
+/// and skips the events already applied.
+async fn follow_health_events(
+    store: Store,
+    holder: Arc<SnapshotHolder>,
+    node_id: uuid::Uuid,
+    mut stop: watch::Receiver<bool>,
+) {
+    const SKEW_MS: i64 = 5_000;
+    let me = node_id.to_string();
+    let mut since = crate::clock::now_millis() - SKEW_MS;
+    let mut applied: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(HEALTH_EVENTS_EVERY) => {}
+        }
+        let events = match store.health_events_since(since).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading health events failed");
+                continue;
+            }
+        };
+        let snapshot = holder.load_full();
+        for event in events {
+            since = since.max(event.at - SKEW_MS);
+            if event.node == me || applied.contains_key(&event.id) {
+                continue;
+            }
+            let health =
+                if event.healthy { crate::balancer::Health::Healthy } else { crate::balancer::Health::Unhealthy };
+            let upstream = uuid::Uuid::parse_str(&event.upstream).ok();
+            if let Some(balancer) = upstream.and_then(|u| snapshot.balancers.get(&u)) {
+                balancer.set_health(None, Some((&event.host, event.port)), health);
+            }
+            applied.insert(event.id, event.at);
+        }
+        applied.retain(|_, at| *at >= since);
+    }
+}
+
 /// Active health checks of the upstreams in the live configuration, on this node.
 fn spawn_health_checks(holder: &Arc<SnapshotHolder>, stop: &watch::Receiver<bool>) {
     let holder = holder.clone();

@@ -557,3 +557,36 @@ async fn hashing_on_a_uri_capture_sends_each_captured_value_to_one_target() {
     }
     assert_eq!(used.len(), 3);
 }
+
+#[tokio::test]
+async fn health_set_by_hand_on_one_node_reaches_every_node_sharing_postgres() {
+    let pg = support::PgDatabase::fresh();
+    let db = support::Db::Postgres(pg.name.clone());
+    let a = Gateway::start_with(support::Options { db: db.clone(), ..Default::default() }).await;
+    let b = Gateway::start_with(support::Options { db, ..Default::default() }).await;
+    let upstream = json!({"name": "backend.test", "healthchecks": {"passive": {"unhealthy": {"timeouts": 3}}}});
+    let servers = balanced(&a, [1, 1, 1], upstream).await;
+    let live = b.eventually("/lb/b", &[], std::time::Duration::from_secs(10), |r| r.status() == 200).await;
+    assert_eq!(live.status(), 200, "node b follows the configuration");
+    let down = format!("127.0.0.1:{}", servers[2].port());
+    assert_eq!(set_health(&a, &down, "unhealthy").await.0, 204);
+    // Node b applies it within its next looks: then none of its requests reach the target.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let before = servers[2].hits();
+        for _ in 0..9 {
+            assert_eq!(b.call("/lb/b", &[]).await.status(), 200);
+        }
+        if servers[2].hits() == before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node b kept sending to the target set unhealthy on node a");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // And back.
+    assert_eq!(set_health(&a, &down, "healthy").await.0, 204);
+    let before = servers[2].hits();
+    let back = b.eventually("/lb/back", &[], std::time::Duration::from_secs(10), |_| servers[2].hits() > before).await;
+    assert_eq!(back.status(), 200);
+    assert!(servers[2].hits() > before, "node b never sent to the target again");
+}

@@ -163,6 +163,10 @@ impl AdminState {
     }
 
     async fn set_target_health(&self, params: Vec<String>, health: Health) -> AdminResult<axum::response::Response> {
+        // As in Kong, a control plane (which balances nothing) has no such endpoint.
+        if self.settings.role == crate::config::NodeRole::ControlPlane {
+            return Err(AdminError::NotFound);
+        }
         let (Some(upstream_key), Some(key)) = (params.first(), params.get(1)) else { return Err(AdminError::NotFound) };
         let upstream =
             self.store.lookup(&self.cp(), Kind::Upstream, upstream_key).await?.ok_or(AdminError::NotFound)?;
@@ -186,19 +190,27 @@ impl AdminState {
             let mut probe = Map::new();
             probe.insert("target".into(), Value::String(a.clone()));
             normalize_target(&mut probe);
-            probe.remove("target").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            let stored = probe.remove("target").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let (host, port) = stored.rsplit_once(':').unwrap_or((stored.as_str(), ""));
+            (host.trim_matches(['[', ']']).to_string(), port.parse::<u16>().unwrap_or(0))
         });
-        let peers = balancer.peers.iter().filter(|p| Some(p.target) == target_id);
-        let mut found = false;
-        for peer in peers {
-            let host = if peer.host.contains(':') { format!("[{}]", peer.host) } else { peer.host.to_string() };
-            if address.as_ref().is_none_or(|a| *a == format!("{host}:{}", peer.port)) {
-                peer.health.set(health);
-                found = true;
-            }
-        }
-        if !found {
+        let address = address.as_ref().map(|(h, p)| (h.as_str(), *p));
+        let set = balancer.set_health(target_id, address, health);
+        if set.is_empty() {
             return Err(AdminError::NotFound);
+        }
+        // The other nodes of this database follow (Kong's `balancer:post_health`).
+        for (host, port) in set {
+            let event = crate::store::HealthEvent {
+                id: uuid::Uuid::new_v4().to_string(),
+                node: self.node_id.to_string(),
+                upstream: upstream_id.clone(),
+                host,
+                port,
+                healthy: health == Health::Healthy,
+                at: crate::clock::now_millis(),
+            };
+            self.store.record_health_event(&event).await?;
         }
         Ok(axum::http::StatusCode::NO_CONTENT.into_response())
     }

@@ -353,6 +353,21 @@ impl Balancer {
         }
     }
 
+    /// Sets by hand the health of the peers of target `target` (all of them, or the one at
+    /// `host:port`); returns the addresses set.
+    pub fn set_health(&self, target: Option<Uuid>, address: Option<(&str, u16)>, health: Health) -> Vec<(String, u16)> {
+        let mut set = Vec::new();
+        for peer in &self.peers {
+            let this_target = target.is_none_or(|t| t == peer.target);
+            let this_address = address.is_none_or(|(h, p)| *h == *peer.host && p == peer.port);
+            if this_target && this_address {
+                peer.health.set(health);
+                set.push((peer.host.to_string(), peer.port));
+            }
+        }
+        set
+    }
+
     /// Whether peers are picked by a hash of the request (consistent hashing).
     pub fn hashes(&self) -> bool {
         self.ring.is_some()

@@ -8,6 +8,7 @@ mod changes;
 mod control_planes;
 mod counters;
 mod entities;
+mod health;
 mod realms;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::model::EntityError;
 pub use changes::{Change, ChangeOp, Feed, Touched};
 pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
+pub use health::HealthEvent;
 pub use realms::{Cursor, KeyHolder, RealmPage, RealmRow, RealmTable};
 
 /// The default control plane every root Admin API path addresses.
