@@ -384,7 +384,9 @@ impl Balancer {
     /// only when every other one has been): the one `hash` maps to with consistent hashing (the
     /// caller computes it from `hash_on`), the next in round-robin order otherwise.
     pub fn pick(&self, hash: Option<&str>, tried: &[usize]) -> Option<Picked> {
-        if self.wheel.is_empty() || !self.is_healthy() {
+        // With the default threshold (0) the balancer is healthy while any peer is, which the pick
+        // itself finds out: the sum over every peer is taken only for a threshold above 0.
+        if self.wheel.is_empty() || (self.upstream.healthchecks.threshold > 0.0 && !self.is_healthy()) {
             return None;
         }
         let healthy = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy() && p.weight > 0);
