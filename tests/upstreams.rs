@@ -317,6 +317,12 @@ async fn hashing_on_a_missing_cookie_sets_one_and_the_client_sticks_to_its_targe
     assert_eq!(value.len(), 36, "{set}");
     assert!(set.ends_with("; Path=/lb; Same-Site=Lax; HttpOnly"), "{set}");
     let cookie = format!("sticky={value}");
+    // An upstream's own cookie of that name gives way to Kong's; its others stay.
+    let r = gw.call("/lb/set-cookie/sticky=from-upstream", &[]).await;
+    let set: Vec<&str> = r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+    assert_eq!(set.iter().filter(|c| c.starts_with("sticky=")).count(), 1, "{set:?}");
+    assert!(!set.iter().any(|c| c.starts_with("sticky=from-upstream")), "{set:?}");
+    assert!(set.contains(&"other=1"), "{set:?}");
     let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
     let r = gw.call("/lb/again", &[("cookie", &cookie)]).await;
     assert!(r.headers().get("set-cookie").is_none(), "a client with the cookie gets none");

@@ -450,8 +450,21 @@ impl Proxy {
         rparts.headers.insert(h::X_UPSTREAM_LATENCY, forward::millis(upstream_latency));
         rparts.headers.insert(h::X_PROXY_LATENCY, forward::millis(sent.duration_since(started)));
         rparts.version = parts.version;
-        if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
-            rparts.headers.append(header::SET_COOKIE, cookie);
+        if let (Some(cookie), Some(rb)) = (hash.and_then(|h| h.set_cookie), &route.balancer) {
+            // Kong's cookie replaces one of the same name the upstream set.
+            let name = rb.balancer.upstream.hash_on_cookie.as_deref().unwrap_or_default();
+            let prefix = format!("{name}=");
+            let kept: Vec<HeaderValue> = rparts
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter(|v| !v.as_bytes().starts_with(prefix.as_bytes()))
+                .cloned()
+                .collect();
+            rparts.headers.remove(header::SET_COOKIE);
+            for v in kept.into_iter().chain(std::iter::once(cookie)) {
+                rparts.headers.append(header::SET_COOKIE, v);
+            }
         }
         let mut rbody = rbody;
         if let Some(lease) = lease {

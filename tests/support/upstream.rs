@@ -1,6 +1,7 @@
 //! A real HTTP upstream on a free loopback port that echoes what it received as JSON, plus a few
 //! behaviours the proxy tests need: `/delay/{ms}`, `/status/{code}`, `/bytes/{n}` (streamed),
-//! `/upload` (counts a streamed body without keeping it). And a raw recording upstream, for tests that
+//! `/upload` (counts a streamed body without keeping it), `/set-cookie/{cookie}` (sets it, and
+//! `other=1`). And a raw recording upstream, for tests that
 //! must know every byte the gateway sent (or that it sent none).
 
 use std::convert::Infallible;
@@ -207,6 +208,16 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             Ok(echo(req, 200).await)
         }
         "status" => Ok(echo(req, arg.parse().unwrap_or(200)).await),
+        "set-cookie" => {
+            let cookie = arg.to_string();
+            let mut resp = echo(req, 200).await;
+            for value in [cookie.as_str(), "other=1"] {
+                if let Ok(v) = value.parse() {
+                    resp.headers_mut().append("set-cookie", v);
+                }
+            }
+            Ok(resp)
+        }
         "bytes" => {
             let total: usize = arg.parse().unwrap_or(0);
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
