@@ -370,7 +370,8 @@ async fn follow_health_events(
         };
         let snapshot = holder.load_full();
         for event in events {
-            since = since.max(event.at - SKEW_MS);
+            // `at` comes from the database: no arithmetic on it may overflow.
+            since = since.max(event.at.saturating_sub(SKEW_MS));
             if event.node == me || applied.contains_key(&event.id) {
                 continue;
             }

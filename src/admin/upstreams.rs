@@ -6,16 +6,16 @@
 use axum::extract::{OriginalUri, Path, State};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::AdminState;
 use super::body::AdminBody;
 use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
-use crate::balancer::{Health, Peer};
+use crate::balancer::{Health, Peer, TargetConfig};
 use crate::model::Kind;
 use crate::model::schema::is_uuid;
-use crate::model::upstreams::normalize_target;
+use crate::model::upstreams::stored_target;
 
 const UNDER_UPSTREAM: Option<Parent> = Some(Parent { kind: Kind::Upstream, field: "upstream" });
 
@@ -39,12 +39,7 @@ pub fn all() -> MethodRouter<AdminState> {
 /// The path's `[upstream, target]` with the target in its stored form (`host:port`).
 fn stored_key(mut params: Vec<String>) -> Vec<String> {
     if let Some(key) = params.get_mut(1).filter(|k| !is_uuid(k)) {
-        let mut probe = Map::new();
-        probe.insert("target".into(), Value::String(key.clone()));
-        normalize_target(&mut probe);
-        if let Some(Value::String(t)) = probe.remove("target") {
-            *key = t;
-        }
+        *key = stored_target(key);
     }
     params
 }
@@ -127,8 +122,7 @@ impl AdminState {
         if balancer_view {
             let Some(b) = balancer else { return Err(AdminError::NotFound) };
             let hosts: Vec<Value> = b.peers.iter().map(|p| host_report(Some(p), checks_on, "healthy").1).collect();
-            let total: u64 = b.peers.iter().map(|p| u64::from(p.weight)).sum();
-            let available: u64 = b.peers.iter().filter(|p| p.health.is_healthy()).map(|p| u64::from(p.weight)).sum();
+            let (total, available) = b.weight();
             let healthy = b.is_healthy();
             let balancer_health = if healthy { "HEALTHY" } else { "UNHEALTHY" };
             let health = if checks_on { balancer_health } else { "HEALTHCHECKS_OFF" };
@@ -186,14 +180,14 @@ impl AdminState {
             return Err(AdminError::BadRequest(format!("no healthchecker found for {name}")));
         }
         // An address (`ip[:port]`, port 8000 when none) must be the target's.
-        let address = params.get(2).map(|a| {
-            let mut probe = Map::new();
-            probe.insert("target".into(), Value::String(a.clone()));
-            normalize_target(&mut probe);
-            let stored = probe.remove("target").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            let (host, port) = stored.rsplit_once(':').unwrap_or((stored.as_str(), ""));
-            (host.trim_matches(['[', ']']).to_string(), port.parse::<u16>().unwrap_or(0))
-        });
+        let address = match params.get(2) {
+            Some(a) => {
+                let nil = uuid::Uuid::nil();
+                let split = TargetConfig::new(nil, nil, &stored_target(a), 0).map_err(|_| AdminError::NotFound)?;
+                Some((split.host, split.port))
+            }
+            None => None,
+        };
         let address = address.as_ref().map(|(h, p)| (h.as_str(), *p));
         let set = balancer.set_health(target_id, address, health);
         if set.is_empty() {

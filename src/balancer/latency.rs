@@ -68,8 +68,8 @@ pub fn pick(
         if m.generation != generation || m.ewma.len() != n {
             *m = Measures { generation, ewma: vec![None; n], last: vec![None; n] };
         }
-        let known: Vec<f64> = m.ewma.iter().flatten().copied().collect();
-        let mean = if known.is_empty() { 0.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
+        let (sum, known) = m.ewma.iter().flatten().fold((0.0, 0u32), |(sum, n), e| (sum + e, n + 1));
+        let mean = if known == 0 { 0.0 } else { sum / f64::from(known) };
         let score = |i: usize| {
             let w = *weights.get(i)?;
             (w > 0 && usable(i)).then(|| m.ewma.get(i).copied().flatten().unwrap_or(mean) / f64::from(w))

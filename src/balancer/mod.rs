@@ -375,9 +375,15 @@ impl Balancer {
 
     /// Health state is kept per upstream: whether any weight is available beyond the threshold.
     pub fn is_healthy(&self) -> bool {
-        let total: u64 = self.peers.iter().map(|p| u64::from(p.weight)).sum();
-        let available: u64 = self.peers.iter().filter(|p| p.health.is_healthy()).map(|p| u64::from(p.weight)).sum();
+        let (total, available) = self.weight();
         total > 0 && (available as f64 / total as f64 * 100.0) > self.upstream.healthchecks.threshold
+    }
+
+    /// The peers' total weight, and the part of it on healthy peers.
+    pub fn weight(&self) -> (u64, u64) {
+        let total = self.peers.iter().map(|p| u64::from(p.weight)).sum();
+        let available = self.peers.iter().filter(|p| p.health.is_healthy()).map(|p| u64::from(p.weight)).sum();
+        (total, available)
     }
 
     /// Picks a healthy peer not in `tried` (the peers this request already failed on, tried again
@@ -412,27 +418,26 @@ impl Balancer {
         self.round_robin(tried).map(|peer| Picked { peer, lease: None })
     }
 
-    /// Where this worker is in the wheel (moving it on): round-robin's next entry, and where
-    /// least-connections starts looking, so that ties rotate.
-    fn next_in_wheel(&self) -> usize {
+    /// This worker's position in the wheel, moved on by one.
+    fn cursor(&self) -> usize {
         let len = self.wheel.len().max(1);
-        let at = CURSORS.with_borrow_mut(|cursors| {
+        CURSORS.with_borrow_mut(|cursors| {
             let cursor = cursors.entry(self.upstream.id).or_insert_with(|| fastrand_start(len));
             let at = *cursor % len;
             *cursor = at + 1;
             at
-        });
-        self.wheel.get(at).map_or(0, |i| *i as usize)
+        })
+    }
+
+    /// Round-robin's next entry: where least-connections and latency start looking, so that ties
+    /// rotate.
+    fn next_in_wheel(&self) -> usize {
+        self.wheel.get(self.cursor()).map_or(0, |i| *i as usize)
     }
 
     fn round_robin(&self, tried: &[usize]) -> Option<usize> {
         let len = self.wheel.len();
-        let start = CURSORS.with_borrow_mut(|cursors| {
-            let cursor = cursors.entry(self.upstream.id).or_insert_with(|| fastrand_start(len));
-            let at = *cursor % len;
-            *cursor = at + 1;
-            at
-        });
+        let start = self.cursor();
         let usable = |i: usize| self.peers.get(i).is_some_and(|p| p.health.is_healthy());
         let mut fallback = None;
         for step in 0..len {

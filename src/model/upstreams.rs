@@ -224,18 +224,23 @@ pub fn apply_shorthands(input: &mut Obj) {
 }
 
 /// Kong's `format_host(target, 8000)`: a target without a port gets 8000; an IPv6 address is
-/// bracketed. A target that does not parse is left for the schema to refuse.
-pub fn normalize_target(input: &mut Obj) {
-    let Some(Value::String(target)) = input.get("target") else { return };
-    let formatted = match target.parse::<IpAddr>() {
+/// bracketed. A target that does not parse is left as it is, for the schema to refuse.
+pub fn stored_target(target: &str) -> String {
+    match target.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{DEFAULT_TARGET_PORT}"),
         Ok(IpAddr::V4(ip)) => format!("{ip}:{DEFAULT_TARGET_PORT}"),
         Err(_) => match td::split_host_port(target) {
             Some((host, None)) => format!("{host}:{DEFAULT_TARGET_PORT}"),
-            _ => return,
+            _ => target.to_string(),
         },
-    };
-    input.insert("target".into(), Value::String(formatted));
+    }
+}
+
+/// Writes the `target` of an input in its stored form ([`stored_target`]).
+pub fn normalize_target(input: &mut Obj) {
+    if let Some(Value::String(target)) = input.get_mut("target") {
+        *target = stored_target(target);
+    }
 }
 
 fn given<'a>(rec: &'a Obj, field: &str) -> Option<&'a str> {

@@ -395,7 +395,8 @@ async fn write_response(
         Framing::Length { len, .. } => len,
         _ => u64::MAX,
     };
-    let mut size_line = Vec::with_capacity(18);
+    // Written only for chunked bodies: no allocation for the others.
+    let mut size_line = Vec::new();
     loop {
         let frame = if pending_head.is_some() {
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
