@@ -344,7 +344,8 @@ async fn least_connections_sends_new_requests_away_from_the_target_busy_with_slo
     // One slow request keeps a target busy; the quick ones meanwhile all go to the other two
     // (round-robin would send a third of them to the busy one).
     let before: Vec<usize> = servers.iter().map(|s| s.hits()).collect();
-    let slow = gw.call("/lb/delay/1500", &[]);
+    // Busy long enough for the quick requests to finish first on a loaded machine.
+    let slow = gw.call("/lb/delay/5000", &[]);
     let quick = async {
         let busy = loop {
             if let Some(busy) = answered(&servers, &before) {
@@ -458,7 +459,8 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back_after_its_suc
         assert_eq!(gw.call("/lb/out", &[]).await.status(), 200);
     }
     let reached = hits.load(std::sync::atomic::Ordering::SeqCst) - before;
-    let probes = (since.elapsed().as_secs_f64() / 0.2) as usize + 1;
+    // One probe per 0.2 s, plus the one that may have been on its way when counting began.
+    let probes = (since.elapsed().as_secs_f64() / 0.2) as usize + 2;
     assert!(reached <= probes, "only probes (one per 0.2 s) reach an unhealthy target: {reached} requests");
     // It recovers: two successful probes bring it back, and traffic follows.
     status.store(200, std::sync::atomic::Ordering::SeqCst);
@@ -523,7 +525,8 @@ async fn latency_balancing_sends_most_requests_to_the_fast_targets() {
     let opts = support::Options { extra: vec![("TOLLGATE_WORKER_THREADS".into(), "1".into())], ..Default::default() };
     let gw = Gateway::start_with(opts).await;
     let servers = balanced(&gw, [1, 1, 1], json!({"name": "backend.test", "algorithm": "latency"})).await;
-    let (slow, slow_hits, _) = switchable(200, std::time::Duration::from_millis(50)).await;
+    // Far slower than a loaded machine makes the others.
+    let (slow, slow_hits, _) = switchable(200, std::time::Duration::from_millis(250)).await;
     gw.create("/upstreams/backend.test/targets", json!({"target": format!("127.0.0.1:{slow}"), "weight": 1})).await;
     let reached = gw
         .eventually("/lb/slow", &[], std::time::Duration::from_secs(10), |_| {
@@ -538,7 +541,7 @@ async fn latency_balancing_sends_most_requests_to_the_fast_targets() {
     }
     let slow_share = slow_hits.load(std::sync::atomic::Ordering::SeqCst) - before;
     let fast_share = servers.iter().map(|s| s.hits()).sum::<usize>() - fast_before;
-    assert!(slow_share <= 3, "the 50 ms target took {slow_share} of 60 requests (the fast ones {fast_share})");
+    assert!(slow_share <= 3, "the 250 ms target took {slow_share} of 60 requests (the fast ones {fast_share})");
 }
 
 #[tokio::test]
