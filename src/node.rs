@@ -235,6 +235,8 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     // A node starts whatever it finds in its store: rows that do not compile are left out (closed,
     // not open) and reported on /status.
     let mut state = crate::sync::load(&store, DEFAULT_CP).await.map_err(|e| NodeError::Load(e.to_string()))?;
+    let dns = crate::dns::Dns::new(settings.dns.clone());
+    state.use_balancing(crate::balancer::NodeBalancing { health: Arc::default(), dns: dns.clone() });
     let first = crate::sync::build(&mut state, true).ok_or_else(|| NodeError::Load("the first build failed".into()))?;
     holder.store(first);
     tokio::spawn(crate::sync::run(
@@ -264,7 +266,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
     let node_id = uuid::Uuid::new_v4();
     if settings.role != NodeRole::ControlPlane {
-        spawn_health_checks(&proxy.holder, &stop_rx);
+        spawn_balancing(&proxy.holder, dns, &stop_rx);
         tokio::spawn(follow_health_events(store.clone(), proxy.holder.clone(), node_id, stop_rx.clone()));
     }
     let hub = if settings.role == NodeRole::ControlPlane {
@@ -378,8 +380,10 @@ async fn follow_health_events(
             let health =
                 if event.healthy { crate::balancer::Health::Healthy } else { crate::balancer::Health::Unhealthy };
             let upstream = uuid::Uuid::parse_str(&event.upstream).ok();
-            if let Some(balancer) = upstream.and_then(|u| snapshot.balancers.get(&u)) {
-                balancer.set_health(None, Some((&event.host, event.port)), health);
+            let address =
+                event.host.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, event.port));
+            if let (Some(live), Some(address)) = (upstream.and_then(|u| snapshot.balancers.get(&u)), address) {
+                live.load().set_health(None, Some(address), health);
             }
             applied.insert(event.id, event.at);
         }
@@ -387,11 +391,15 @@ async fn follow_health_events(
     }
 }
 
-/// Active health checks of the upstreams in the live configuration, on this node.
-fn spawn_health_checks(holder: &Arc<SnapshotHolder>, stop: &watch::Receiver<bool>) {
-    let holder = holder.clone();
-    let current = move || holder.load_full().balancers.values().cloned().collect();
+/// Active health checks of the upstreams in the live configuration, on this node, and the
+/// refresh of their targets' DNS answers.
+fn spawn_balancing(holder: &Arc<SnapshotHolder>, dns: Arc<crate::dns::Dns>, stop: &watch::Receiver<bool>) {
+    let live = holder.clone();
+    let current = move || live.load_full().balancers.values().map(|b| b.load()).collect();
     tokio::spawn(crate::balancer::active::run(current, stop.clone()));
+    let live = holder.clone();
+    let current = move || live.load_full().balancers.values().cloned().collect();
+    tokio::spawn(crate::balancer::follow_dns(current, dns, stop.clone()));
 }
 
 async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
@@ -407,7 +415,7 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     let sockets = proxy_sockets(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
-    spawn_health_checks(&holder, &stop_rx);
+    spawn_balancing(&holder, dp.dns(), &stop_rx);
     let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
     serve_status(&settings, source, &stop_rx).await?;
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();

@@ -60,10 +60,10 @@ pub async fn run(store: Store, cp: String, holder: Arc<SnapshotHolder>, poll: Du
                 tracing::error!("configuration update panicked; reloading the configuration");
                 match load(&store, &cp).await {
                     Ok(fresh) => {
-                        let (counters, health) = (state.counters(), state.health());
+                        let (counters, balancing) = (state.counters(), state.balancing());
                         state = fresh;
                         state.use_counters(counters);
-                        state.use_health(health);
+                        state.use_balancing(balancing);
                     }
                     Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous snapshot"),
                 }
@@ -83,10 +83,10 @@ pub async fn refresh(store: &Store, cp: &str, state: &mut ConfigState) -> Result
         }
         None => {
             tracing::info!("change log does not reach back far enough; reloading the configuration");
-            let (counters, health) = (state.counters(), state.health());
+            let (counters, balancing) = (state.counters(), state.balancing());
             *state = load(store, cp).await?;
             state.use_counters(counters);
-            state.use_health(health);
+            state.use_balancing(balancing);
             true
         }
     };

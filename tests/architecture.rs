@@ -9,8 +9,8 @@ use std::path::Path;
 
 /// Every top-level module of the crate, by layer (lowest first).
 const LAYERS: &[&[&str]] = &[
-    // L0: leaves (TLS material and policy use no other module of the crate)
-    &["clock", "headers", "paths", "tls"],
+    // L0: leaves (TLS material and policy, name resolution use no other module of the crate)
+    &["clock", "dns", "headers", "paths", "tls"],
     // L1: settings, the schema language and one descriptor per entity
     &["config", "model"],
     // L2: who a request is, where it goes

@@ -12,7 +12,7 @@ use super::AdminState;
 use super::body::AdminBody;
 use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
-use crate::balancer::{Health, Peer, TargetConfig};
+use crate::balancer::{Balancer, Health, TargetConfig};
 use crate::model::Kind;
 use crate::model::schema::is_uuid;
 use crate::model::upstreams::stored_target;
@@ -78,37 +78,51 @@ pub fn health() -> MethodRouter<AdminState> {
     })
 }
 
-/// One peer's part in a health report: Kong's `data` of a target.
-fn host_report(peer: Option<&Peer>, checks_on: bool, address_key: &str) -> (&'static str, Value) {
-    let Some(peer) = peer else {
+/// One target's part in a health report (Kong's `data` of a target) and its health: `DNS_ERROR`
+/// when it has no addresses (its name does not resolve, or it is not in the balancer yet),
+/// else the health of its addresses (any healthy one makes it `HEALTHY`). `address_key` is
+/// `health` (a state) on the health endpoint, `healthy` (a boolean) in the balancer's view.
+fn target_report(balancer: Option<&Balancer>, id: Option<uuid::Uuid>, address_key: &str) -> (&'static str, Value) {
+    let found = balancer.zip(id).and_then(|(b, id)| Some((b, b.targets.iter().find(|t| t.id == id)?)));
+    let Some((balancer, target)) = found else {
         return (
             "DNS_ERROR",
             json!({"host": Value::Null, "port": Value::Null, "dns": "unknown", "nodeWeight": 0,
             "weight": {"total": 0, "available": 0, "unavailable": 0}, "addresses": []}),
         );
     };
-    let healthy = peer.health.is_healthy();
-    let address_health = if !checks_on || peer.weight == 0 {
-        "HEALTHCHECKS_OFF"
-    } else if healthy {
-        "HEALTHY"
-    } else {
-        "UNHEALTHY"
-    };
-    let dns = match peer.host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => "A",
-        Ok(std::net::IpAddr::V6(_)) => "AAAA",
-        Err(_) => "unknown",
-    };
-    let available = if healthy { peer.weight } else { 0 };
-    let mut address = json!({"ip": &*peer.host, "port": peer.port, "weight": peer.weight});
-    address[address_key] = if address_key == "healthy" { json!(healthy) } else { json!(address_health) };
+    let checks_on = balancer.upstream.healthchecks.enabled();
+    let peers = balancer.peers.get(target.peers.clone()).unwrap_or_default();
+    let mut health = if peers.is_empty() { "DNS_ERROR" } else { "HEALTHCHECKS_OFF" };
+    let (mut total, mut available) = (0u64, 0u64);
+    let mut addresses = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let healthy = peer.health.is_healthy();
+        let state = if !checks_on || peer.weight == 0 {
+            "HEALTHCHECKS_OFF"
+        } else if healthy {
+            "HEALTHY"
+        } else {
+            "UNHEALTHY"
+        };
+        if state == "HEALTHY" || (state == "UNHEALTHY" && health != "HEALTHY") {
+            health = state;
+        }
+        total += u64::from(peer.weight);
+        if healthy {
+            available += u64::from(peer.weight);
+        }
+        let mut address =
+            json!({"ip": peer.address.ip().to_string(), "port": peer.address.port(), "weight": peer.weight});
+        address[address_key] = if address_key == "healthy" { json!(healthy) } else { json!(state) };
+        addresses.push(address);
+    }
     let data = json!({
-        "host": &*peer.host, "port": peer.port, "dns": dns, "nodeWeight": peer.weight,
-        "weight": {"total": peer.weight, "available": available, "unavailable": peer.weight - available},
-        "addresses": [address],
+        "host": &*target.host, "port": target.port, "dns": &*target.dns, "nodeWeight": target.weight,
+        "weight": {"total": total, "available": available, "unavailable": total - available},
+        "addresses": addresses,
     });
-    (address_health, data)
+    (health, data)
 }
 
 impl AdminState {
@@ -116,12 +130,13 @@ impl AdminState {
         let upstream = self.store.lookup(&self.cp(), Kind::Upstream, key).await?.ok_or(AdminError::NotFound)?;
         let id = upstream.get("id").and_then(Value::as_str).and_then(|i| uuid::Uuid::parse_str(i).ok());
         let snapshot = self.holder.load_full();
-        let balancer = id.and_then(|id| snapshot.balancers.get(&id).cloned());
+        let balancer = id.and_then(|id| snapshot.balancers.get(&id)).map(|live| live.load());
         let checks_on = balancer.as_ref().is_some_and(|b| b.upstream.healthchecks.enabled());
         let node_id = self.node_id.to_string();
         if balancer_view {
             let Some(b) = balancer else { return Err(AdminError::NotFound) };
-            let hosts: Vec<Value> = b.peers.iter().map(|p| host_report(Some(p), checks_on, "healthy").1).collect();
+            let hosts: Vec<Value> =
+                b.targets.iter().map(|t| target_report(Some(&b), Some(t.id), "healthy").1).collect();
             let (total, available) = b.weight();
             let healthy = b.is_healthy();
             let balancer_health = if healthy { "HEALTHY" } else { "UNHEALTHY" };
@@ -146,8 +161,7 @@ impl AdminState {
             .into_iter()
             .map(|mut target| {
                 let tid = target.get("id").and_then(Value::as_str).and_then(|i| uuid::Uuid::parse_str(i).ok());
-                let peer = balancer.as_ref().and_then(|b| b.peers.iter().find(|p| Some(p.target) == tid));
-                let (health, data) = host_report(peer, checks_on, "health");
+                let (health, data) = target_report(balancer.as_deref(), tid, "health");
                 target.insert("health".into(), json!(health));
                 target.insert("data".into(), data);
                 Value::Object(target)
@@ -172,35 +186,36 @@ impl AdminState {
             .ok_or(AdminError::NotFound)?;
         let target_id = target.get("id").and_then(Value::as_str).and_then(|id| uuid::Uuid::parse_str(id).ok());
         let snapshot = self.holder.load_full();
-        let balancer = uuid::Uuid::parse_str(&upstream_id).ok().and_then(|id| snapshot.balancers.get(&id).cloned());
+        let balancer =
+            uuid::Uuid::parse_str(&upstream_id).ok().and_then(|id| snapshot.balancers.get(&id)).map(|live| live.load());
         let Some(balancer) = balancer else {
             return Err(AdminError::BadRequest(format!("Upstream {name} has no balancer")));
         };
         if !balancer.upstream.healthchecks.enabled() {
             return Err(AdminError::BadRequest(format!("no healthchecker found for {name}")));
         }
-        // An address (`ip[:port]`, port 8000 when none) must be the target's.
+        // An address (`ip[:port]`, port 8000 when none) must be one of the target's.
         let address = match params.get(2) {
             Some(a) => {
                 let nil = uuid::Uuid::nil();
                 let split = TargetConfig::new(nil, nil, &stored_target(a), 0).map_err(|_| AdminError::NotFound)?;
-                Some((split.host, split.port))
+                let ip = split.host.parse::<std::net::IpAddr>().map_err(|_| AdminError::NotFound)?;
+                Some(std::net::SocketAddr::new(ip, split.port))
             }
             None => None,
         };
-        let address = address.as_ref().map(|(h, p)| (h.as_str(), *p));
         let set = balancer.set_health(target_id, address, health);
         if set.is_empty() {
             return Err(AdminError::NotFound);
         }
         // The other nodes of this database follow (Kong's `balancer:post_health`).
-        for (host, port) in set {
+        for address in set {
             let event = crate::store::HealthEvent {
                 id: uuid::Uuid::new_v4().to_string(),
                 node: self.node_id.to_string(),
                 upstream: upstream_id.clone(),
-                host,
-                port,
+                host: address.ip().to_string(),
+                port: address.port(),
                 healthy: health == Health::Healthy,
                 at: crate::clock::now_millis(),
             };

@@ -28,8 +28,8 @@ pub const STATUS_LINE_MAX: usize = 1024;
 /// How often the schedule is looked at.
 const TICK: Duration = Duration::from_millis(100);
 
-/// One target, as the schedule knows it.
-type Key = (Uuid, Box<str>, u16);
+/// One address of a target, as the schedule knows it.
+type Key = (Uuid, Box<str>, std::net::SocketAddr);
 
 #[derive(Debug)]
 struct Due {
@@ -73,7 +73,7 @@ where
                         if peer.weight == 0 {
                             continue;
                         }
-                        let key: Key = (upstream, peer.host.clone(), peer.port);
+                        let key: Key = (upstream, peer.host.clone(), peer.address);
                         // The first probe comes one interval after the target appears, as in Kong.
                         let first = seconds(interval_for(&balancer, i));
                         let due = schedule.entry(key.clone()).or_insert(Due { next: now + first, running: false, seen: true });
@@ -136,7 +136,7 @@ pub async fn probe(balancer: &Balancer, i: usize) -> Option<Report> {
     let active = &balancer.upstream.healthchecks.active;
     let limit = seconds(active.timeout);
     let deadline = Instant::now() + limit;
-    let connected = tokio::time::timeout_at(deadline, TcpStream::connect((&*peer.host, peer.port))).await;
+    let connected = tokio::time::timeout_at(deadline, TcpStream::connect(peer.address)).await;
     let stream = match connected {
         Err(_) => return Some(Report::Timeout),
         Ok(Err(_)) => return Some(Report::TcpFailure),

@@ -4,6 +4,7 @@
 //! proxy's path with one atomic load; written by health checks and the Admin API.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +83,11 @@ impl PeerHealth {
         self.state.store(if health == Health::Healthy { HEALTHY } else { UNHEALTHY }, Ordering::Relaxed);
     }
 
+    /// Whether it is as a new address starts: healthy, nothing counted.
+    fn is_fresh(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
     pub fn health(&self) -> Health {
         if self.is_healthy() { Health::Healthy } else { Health::Unhealthy }
     }
@@ -120,30 +126,40 @@ impl PeerHealth {
     }
 }
 
-/// Every target's health on this node, by upstream id and `host:port`. Its lock is taken when a
-/// balancer is built and when health is set, never when a peer is picked.
+/// One address of one target of one upstream.
+type Key = (Uuid, String, u16, SocketAddr);
+
+/// Every address's health on this node, by upstream, target (`host`, `port`) and address. Its
+/// lock is taken when a balancer is built and when health is set, never when a peer is picked.
+/// An address its target's name stops resolving to keeps its health while the target is
+/// configured: a name that comes back to it finds it as it was.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    peers: Mutex<HashMap<(Uuid, String, u16), Arc<PeerHealth>>>,
+    peers: Mutex<HashMap<Key, Arc<PeerHealth>>>,
 }
 
 impl HealthRegistry {
-    /// The health of `host:port` under `upstream`, made (healthy) if it has none yet.
-    pub fn peer(&self, upstream: Uuid, host: &str, port: u16) -> Arc<PeerHealth> {
+    /// The health of `address` of target `target` under `upstream`, made (healthy) if it has none.
+    pub fn peer(&self, upstream: Uuid, target: (&str, u16), address: SocketAddr) -> Arc<PeerHealth> {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.entry((upstream, host.to_string(), port)).or_default().clone()
+        peers.entry((upstream, target.0.to_string(), target.1, address)).or_default().clone()
     }
 
-    /// Forgets the targets of `upstream` not in `keep` (deleted ones).
+    /// Forgets the targets of `upstream` not in `keep` (deleted ones), and the addresses no longer
+    /// in use whose state is the one a new address starts with (nothing to remember).
     pub fn retain(&self, upstream: Uuid, keep: &[(&str, u16)]) {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.retain(|(u, host, port), _| *u != upstream || keep.iter().any(|(h, p)| h == host && p == port));
+        peers.retain(|(u, host, port, _), health| {
+            *u != upstream
+                || (keep.iter().any(|(h, p)| h == host && p == port)
+                    && (Arc::strong_count(health) > 1 || !health.is_fresh()))
+        });
     }
 
     /// Forgets every target of upstreams not in `upstreams`.
     pub fn retain_upstreams(&self, upstreams: &[Uuid]) {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.retain(|(u, _, _), _| upstreams.contains(u));
+        peers.retain(|(u, _, _, _), _| upstreams.contains(u));
     }
 }
 
@@ -155,14 +171,19 @@ mod tests {
     fn health_is_found_again_by_upstream_and_address() {
         let registry = HealthRegistry::default();
         let u = Uuid::new_v4();
-        let first = registry.peer(u, "10.0.0.1", 80);
+        let at = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let first = registry.peer(u, ("svc.test", 80), at("10.0.0.1:80"));
         assert!(first.is_healthy());
         first.set(Health::Unhealthy);
-        assert!(!registry.peer(u, "10.0.0.1", 80).is_healthy());
-        assert!(registry.peer(u, "10.0.0.2", 80).is_healthy());
-        assert!(registry.peer(Uuid::new_v4(), "10.0.0.1", 80).is_healthy());
-        registry.retain(u, &[("10.0.0.2", 80)]);
-        assert!(registry.peer(u, "10.0.0.1", 80).is_healthy(), "forgotten, then new");
+        drop(first);
+        assert!(!registry.peer(u, ("svc.test", 80), at("10.0.0.1:80")).is_healthy());
+        assert!(registry.peer(u, ("svc.test", 80), at("10.0.0.2:80")).is_healthy());
+        assert!(registry.peer(Uuid::new_v4(), ("svc.test", 80), at("10.0.0.1:80")).is_healthy());
+        // No longer used: the unhealthy address is remembered while its target is configured.
+        registry.retain(u, &[("svc.test", 80)]);
+        assert!(!registry.peer(u, ("svc.test", 80), at("10.0.0.1:80")).is_healthy());
+        registry.retain(u, &[("other.test", 80)]);
+        assert!(registry.peer(u, ("svc.test", 80), at("10.0.0.1:80")).is_healthy(), "forgotten, then new");
     }
 
     #[test]

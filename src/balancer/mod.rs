@@ -10,10 +10,12 @@ mod consistent_hash;
 pub mod health;
 mod latency;
 mod least_conn;
+mod live;
 mod round_robin;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -21,6 +23,25 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub use health::{Health, HealthRegistry, Limits, PeerHealth, Report};
+pub use live::{LiveBalancer, follow_dns};
+
+/// What a node keeps for balancing from one configuration to the next: target health and the
+/// resolver with its answers.
+#[derive(Debug, Clone)]
+pub struct NodeBalancing {
+    pub health: Arc<HealthRegistry>,
+    pub dns: Arc<crate::dns::Dns>,
+}
+
+impl Default for NodeBalancing {
+    /// Health of its own and the process's default resolver (`dns_*` defaults): what a mirror
+    /// that balances nothing (a control plane's, a test's) uses.
+    fn default() -> NodeBalancing {
+        static DNS: std::sync::OnceLock<Arc<crate::dns::Dns>> = std::sync::OnceLock::new();
+        let dns = DNS.get_or_init(|| crate::dns::Dns::new(crate::dns::DnsSettings::default())).clone();
+        NodeBalancing { health: Arc::default(), dns }
+    }
+}
 
 /// How a target is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -183,25 +204,63 @@ impl TargetConfig {
     }
 }
 
-/// One target as the balancer serves it.
+/// One address of a target as the balancer serves it: the target's own, or one its name resolved to.
 #[derive(Debug)]
 pub struct Peer {
     pub target: Uuid,
+    /// The target's name (or address), without brackets.
     pub host: Box<str>,
-    pub port: u16,
+    pub address: SocketAddr,
     pub weight: u32,
-    /// The `Host` sent to it (when the route does not preserve the client's): the upstream's
-    /// `host_header`, else the target's name, with `:port` unless it is the scheme's default.
-    pub host_header: HeaderValue,
     pub health: Arc<PeerHealth>,
 }
 
-/// An upstream's targets and how one is picked; built with each snapshot, immutable.
+/// A target as the balancer last saw it: its addresses are `peers[peers]`.
+#[derive(Debug)]
+pub struct TargetState {
+    pub id: Uuid,
+    pub host: Box<str>,
+    pub port: u16,
+    pub weight: u32,
+    /// Kong's `dns` of the health endpoint: the record type, or why the name has no addresses.
+    pub dns: Box<str>,
+    pub peers: std::ops::Range<usize>,
+    /// The DNS answer its addresses came from (0 for an address; `None` while none came).
+    answer: Option<u64>,
+}
+
+/// What a balancer builds a target from: its configuration and, for a name, its DNS slot.
+#[derive(Debug, Clone)]
+pub struct TargetSource {
+    pub config: TargetConfig,
+    pub name: Option<Arc<crate::dns::Name>>,
+}
+
+/// How a group of services reaches an upstream's peers: their scheme (which port `Host` leaves
+/// out) and the keep-alive pool settings after the address (`ServiceTarget::pool_suffix`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub https: bool,
+    pub pool_suffix: Box<str>,
+}
+
+/// Each peer's pool key and `Host` for one [`Variant`], in the order of `peers`.
+#[derive(Debug)]
+pub struct VariantKeys {
+    pub pool_keys: Box<[Arc<str>]>,
+    pub host_headers: Box<[HeaderValue]>,
+}
+
+/// An upstream's peers and how one is picked; built with each snapshot and again when a target's
+/// name resolves to other addresses; immutable.
 #[derive(Debug)]
 pub struct Balancer {
     pub upstream: Arc<UpstreamConfig>,
-    /// Targets of weight 0 are kept (they are listed) but never picked.
+    /// The targets, sorted by name then port, as Kong does.
+    pub targets: Box<[TargetState]>,
+    /// Peers of weight 0 are kept (they are listed) but never picked.
     pub peers: Box<[Peer]>,
+    pub variants: Box<[VariantKeys]>,
     /// Round-robin order: indices into `peers`, smoothly interleaved by weight.
     wheel: Box<[u32]>,
     /// Consistent hashing's continuum (for that algorithm only).
@@ -212,6 +271,8 @@ pub struct Balancer {
     weights: Box<[u32]>,
     /// Passive checks, when the upstream counts real traffic.
     passive: Option<Passive>,
+    /// Some target's name has not been answered yet.
+    resolving: bool,
 }
 
 /// Passive health checks compiled for the proxy: the limits and the statuses as bit sets.
@@ -267,43 +328,94 @@ thread_local! {
 }
 
 impl Balancer {
-    /// The balancer of `upstream` over `targets`, with their health from `registry` (new targets
-    /// start healthy). `https` decides the default port left out of `Host`.
+    /// The balancer of `upstream` over `targets` (a name's addresses as its slot's current answer
+    /// has them), with their health from `registry` (new addresses start healthy), and each
+    /// peer's pool key and `Host` for each of `variants`.
     pub fn build(
         upstream: Arc<UpstreamConfig>,
-        targets: &[&TargetConfig],
+        targets: &[&TargetSource],
         registry: &HealthRegistry,
-        https: bool,
+        variants: &[Variant],
     ) -> Balancer {
-        let mut sorted: Vec<&&TargetConfig> = targets.iter().collect();
+        let mut sorted: Vec<&TargetConfig> = targets.iter().map(|t| &t.config).collect();
+        let names: HashMap<Uuid, &Arc<crate::dns::Name>> =
+            targets.iter().filter_map(|t| Some((t.config.id, t.name.as_ref()?))).collect();
         // Kong sorts targets by name, then port.
         sorted.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-        let default_port = if https { 443 } else { 80 };
-        let peers: Box<[Peer]> = sorted
-            .into_iter()
-            .map(|t| {
-                let name = if t.host.contains(':') { format!("[{}]", t.host) } else { t.host.clone() };
-                let header = match &upstream.host_header {
-                    Some(h) => h.clone(),
-                    None if t.port == default_port => name,
-                    None => format!("{name}:{}", t.port),
-                };
-                Peer {
-                    target: t.id,
-                    host: t.host.clone().into(),
-                    port: t.port,
-                    weight: t.weight,
-                    host_header: HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("invalid")),
-                    health: registry.peer(upstream.id, &t.host, t.port),
+        let mut peers: Vec<Peer> = Vec::new();
+        let mut srv_names: Vec<Option<Box<str>>> = Vec::new();
+        let mut states = Vec::with_capacity(sorted.len());
+        for t in sorted {
+            let first = peers.len();
+            let mut addresses: Vec<(SocketAddr, u32, Option<Box<str>>)> = Vec::new();
+            let (dns, answer): (Box<str>, Option<u64>) = match t.host.parse::<IpAddr>() {
+                Ok(ip) => {
+                    addresses.push((SocketAddr::new(ip, t.port), t.weight, None));
+                    (if ip.is_ipv4() { "A" } else { "AAAA" }.into(), Some(0))
                 }
+                Err(_) => match names.get(&t.id).and_then(|n| n.current()) {
+                    None => ("unknown".into(), None),
+                    Some(a) => match &a.result {
+                        Ok(records) => {
+                            for address in &*records.addresses {
+                                // A target of weight 0 is off, whatever its SRV records say.
+                                let weight = match address.weight {
+                                    Some(w) if t.weight > 0 => u32::from(w),
+                                    _ => t.weight,
+                                };
+                                let at = SocketAddr::new(address.ip, address.port.unwrap_or(t.port));
+                                addresses.push((at, weight, address.srv_name.clone()));
+                            }
+                            (records.kind.as_str().into(), Some(a.generation))
+                        }
+                        Err(failure) => (failure.message().into(), Some(a.generation)),
+                    },
+                },
+            };
+            // Kong sorts a target's addresses by `ip:port`.
+            addresses.sort_by_cached_key(|(at, _, _)| format!("{}:{}", at.ip(), at.port()));
+            for (address, weight, srv_name) in addresses {
+                peers.push(Peer {
+                    target: t.id,
+                    host: t.host.as_str().into(),
+                    address,
+                    weight,
+                    health: registry.peer(upstream.id, (&t.host, t.port), address),
+                });
+                srv_names.push(srv_name);
+            }
+            states.push(TargetState {
+                id: t.id,
+                host: t.host.as_str().into(),
+                port: t.port,
+                weight: t.weight,
+                dns,
+                peers: first..peers.len(),
+                answer,
+            });
+        }
+        let variants = variants
+            .iter()
+            .map(|v| VariantKeys {
+                pool_keys: peers.iter().map(|p| pool_key(v.https, p.address, &v.pool_suffix)).collect(),
+                host_headers: peers
+                    .iter()
+                    .zip(&srv_names)
+                    .map(|(p, srv)| {
+                        let name = srv.as_deref().filter(|_| upstream.use_srv_name).unwrap_or(&p.host);
+                        host_header(&upstream, name, p.address.port(), v.https)
+                    })
+                    .collect(),
             })
             .collect();
         let weights: Vec<u32> = peers.iter().map(|p| p.weight).collect();
         let wheel = round_robin::wheel(&weights);
         let ring = (upstream.algorithm == Algorithm::ConsistentHashing).then(|| {
+            let ips: Vec<String> = peers.iter().map(|p| p.address.ip().to_string()).collect();
             let placed: Vec<consistent_hash::Placed<'_>> = peers
                 .iter()
-                .map(|p| consistent_hash::Placed { address: &p.host, port: p.port, weight: p.weight })
+                .zip(&ips)
+                .map(|(p, ip)| consistent_hash::Placed { address: ip, port: p.address.port(), weight: p.weight })
                 .collect();
             consistent_hash::Ring::build(&placed, upstream.slots, targets.len())
         });
@@ -320,7 +432,32 @@ impl Balancer {
             healthy: StatusSet::of(&p.healthy.http_statuses),
             unhealthy: StatusSet::of(&p.unhealthy.http_statuses),
         });
-        Balancer { upstream, peers, wheel, ring, generation, weights: weights.into_boxed_slice(), passive }
+        Balancer {
+            upstream,
+            resolving: states.iter().any(|t| t.answer.is_none()),
+            targets: states.into(),
+            peers: peers.into(),
+            variants,
+            wheel,
+            ring,
+            generation,
+            weights: weights.into_boxed_slice(),
+            passive,
+        }
+    }
+
+    /// Whether some target's name has not been answered yet (its addresses are still to come).
+    pub fn resolving(&self) -> bool {
+        self.resolving
+    }
+
+    /// Whether `names` (each target's slot, as `TargetSource::name`) now answer otherwise than
+    /// this build saw.
+    fn stale(&self, names: &HashMap<Uuid, Arc<crate::dns::Name>>) -> bool {
+        self.targets.iter().any(|t| {
+            let Some(name) = names.get(&t.id) else { return false };
+            name.current().map(|a| a.generation) != t.answer
+        })
     }
 
     /// Passive checks: the status of a response from `peer` (Kong counts the statuses it lists as
@@ -349,20 +486,18 @@ impl Balancer {
         let Some(p) = self.peers.get(peer) else { return };
         if let Some(health) = p.health.report(report, limits) {
             let health = if health == Health::Healthy { "healthy" } else { "unhealthy" };
-            tracing::warn!(upstream = %self.upstream.name, target = %format!("{}:{}", p.host, p.port), check, ?report, "target is now {health}");
+            tracing::warn!(upstream = %self.upstream.name, target = %p.host, address = %p.address, check, ?report, "target is now {health}");
         }
     }
 
     /// Sets by hand the health of the peers of target `target` (all of them, or the one at
-    /// `host:port`); returns the addresses set.
-    pub fn set_health(&self, target: Option<Uuid>, address: Option<(&str, u16)>, health: Health) -> Vec<(String, u16)> {
+    /// `address`); returns the addresses set.
+    pub fn set_health(&self, target: Option<Uuid>, address: Option<SocketAddr>, health: Health) -> Vec<SocketAddr> {
         let mut set = Vec::new();
         for peer in &self.peers {
-            let this_target = target.is_none_or(|t| t == peer.target);
-            let this_address = address.is_none_or(|(h, p)| *h == *peer.host && p == peer.port);
-            if this_target && this_address {
+            if target.is_none_or(|t| t == peer.target) && address.is_none_or(|a| a == peer.address) {
                 peer.health.set(health);
-                set.push((peer.host.to_string(), peer.port));
+                set.push(peer.address);
             }
         }
         set
@@ -459,6 +594,26 @@ impl Balancer {
     }
 }
 
+/// The keep-alive pool key of a service's requests to `address`: its scheme, the address, then the
+/// service's pool settings (as `ServiceTarget::pool_key`).
+pub fn pool_key(https: bool, address: SocketAddr, suffix: &str) -> Arc<str> {
+    let scheme = if https { "https" } else { "http" };
+    Arc::from(format!("{scheme}://{address}{suffix}"))
+}
+
+/// The `Host` sent to a peer when the route does not preserve the client's: the upstream's
+/// `host_header`, else `name` (the target's, or the SRV record's with `use_srv_name`) with `:port`
+/// unless it is the scheme's default.
+fn host_header(upstream: &UpstreamConfig, name: &str, port: u16, https: bool) -> HeaderValue {
+    let name = if name.contains(':') { format!("[{name}]") } else { name.to_string() };
+    let header = match &upstream.host_header {
+        Some(h) => h.clone(),
+        None if port == if https { 443 } else { 80 } => name,
+        None => format!("{name}:{port}"),
+    };
+    HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
 /// Of the peers `0..n`, scanned from `from` so that ties rotate (the first of equals wins), the one
 /// whose score is lowest by `less`; `score` is `None` for a peer that may not be picked.
 fn lowest<S: Copy>(
@@ -503,12 +658,19 @@ mod tests {
         testing::upstream(serde_json::json!({"name": "u", "healthchecks": {"threshold": threshold}}))
     }
 
-    fn targets(u: &UpstreamConfig, weights: &[u32]) -> Vec<TargetConfig> {
+    fn targets(u: &UpstreamConfig, weights: &[u32]) -> Vec<TargetSource> {
         weights
             .iter()
             .enumerate()
-            .map(|(i, w)| TargetConfig::new(Uuid::new_v4(), u.id, &format!("10.0.0.{}:80", i + 1), *w).expect("t"))
+            .map(|(i, w)| TargetSource {
+                config: TargetConfig::new(Uuid::new_v4(), u.id, &format!("10.0.0.{}:80", i + 1), *w).expect("t"),
+                name: None,
+            })
             .collect()
+    }
+
+    fn plain() -> Vec<Variant> {
+        vec![Variant { https: false, pool_suffix: "/s".into() }]
     }
 
     #[test]
@@ -516,13 +678,14 @@ mod tests {
         let u = upstream(0.0);
         let ts = targets(&u, &[1, 2, 3]);
         let registry = HealthRegistry::default();
-        let b = Balancer::build(u.clone(), &ts.iter().collect::<Vec<_>>(), &registry, false);
+        let b = Balancer::build(u.clone(), &ts.iter().collect::<Vec<_>>(), &registry, &plain());
         let mut seen = [0usize; 3];
         for _ in 0..6000 {
             seen[b.pick(None, &[]).expect("a peer").peer] += 1;
         }
         assert_eq!(seen, [1000, 2000, 3000]);
-        assert_eq!(b.peers[0].host_header, "10.0.0.1");
+        assert_eq!(b.variants[0].host_headers[0], "10.0.0.1");
+        assert_eq!(&*b.variants[0].pool_keys[0], "http://10.0.0.1:80/s");
         b.peers[2].health.set(Health::Unhealthy);
         for _ in 0..100 {
             assert_ne!(b.pick(None, &[]).map(|p| p.peer), Some(2));
@@ -534,7 +697,7 @@ mod tests {
         assert!(b.pick(None, &[0, 1]).is_some());
         // Rebuilt with one more target, the unhealthy one stays unhealthy.
         let more = targets(&u, &[1, 2, 3, 4]);
-        let rebuilt = Balancer::build(u, &more.iter().collect::<Vec<_>>(), &registry, false);
+        let rebuilt = Balancer::build(u, &more.iter().collect::<Vec<_>>(), &registry, &plain());
         assert!(!rebuilt.peers[2].health.is_healthy());
         assert!(rebuilt.peers[3].health.is_healthy());
     }
@@ -543,13 +706,13 @@ mod tests {
     fn no_peer_when_too_little_weight_is_healthy() {
         let u = upstream(50.0);
         let ts = targets(&u, &[1, 1, 2]);
-        let b = Balancer::build(u, &ts.iter().collect::<Vec<_>>(), &HealthRegistry::default(), false);
+        let b = Balancer::build(u, &ts.iter().collect::<Vec<_>>(), &HealthRegistry::default(), &plain());
         b.peers[2].health.set(Health::Unhealthy);
         assert!(b.pick(None, &[]).is_none(), "half the weight is not more than 50%");
         b.peers[2].health.set(Health::Healthy);
         b.peers[0].health.set(Health::Unhealthy);
         assert!(b.pick(None, &[]).is_some());
-        let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), false);
+        let empty = Balancer::build(upstream(0.0), &[], &HealthRegistry::default(), &plain());
         assert!(empty.pick(None, &[]).is_none());
     }
 }
@@ -570,7 +733,7 @@ pub(crate) mod testing {
 
     /// A balancer of `upstream` over one target at `host:port`.
     pub fn one_target(upstream: Arc<UpstreamConfig>, host: &str, port: u16) -> Balancer {
-        let target = TargetConfig::new(Uuid::new_v4(), upstream.id, &format!("{host}:{port}"), 100).expect("target");
-        Balancer::build(upstream, &[&target], &HealthRegistry::default(), false)
+        let config = TargetConfig::new(Uuid::new_v4(), upstream.id, &format!("{host}:{port}"), 100).expect("target");
+        Balancer::build(upstream, &[&TargetSource { config, name: None }], &HealthRegistry::default(), &[])
     }
 }

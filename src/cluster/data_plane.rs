@@ -69,8 +69,8 @@ pub struct DataPlane {
     holder: Arc<SnapshotHolder>,
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
-    /// Target health, kept across configurations.
-    health: Arc<crate::balancer::HealthRegistry>,
+    /// Target health and DNS answers, kept across configurations.
+    balancing: crate::balancer::NodeBalancing,
     status: Mutex<DataPlaneStatus>,
     /// Realm key lookups by list of realms: answers cached for the realm's ttl (misses for its
     /// negative ttl), bounded; one lookup in flight per key.
@@ -146,9 +146,17 @@ impl DataPlane {
             cache: prefix.join("config.cache"),
             holder,
             counters: Arc::new(Counters::default()),
-            health: Arc::default(),
+            balancing: crate::balancer::NodeBalancing {
+                health: Arc::default(),
+                dns: crate::dns::Dns::new(settings.dns.clone()),
+            },
             status: Mutex::default(),
         })
+    }
+
+    /// The resolver of this data plane's balancers.
+    pub fn dns(&self) -> Arc<crate::dns::Dns> {
+        self.balancing.dns.clone()
     }
 
     pub fn status(&self) -> DataPlaneStatus {
@@ -193,7 +201,7 @@ impl DataPlane {
             return Err(rejected.unwrap_or_default());
         }
         state.use_counters(self.counters.clone());
-        state.use_health(self.health.clone());
+        state.use_balancing(self.balancing.clone());
         if let Some(this) = self.this.upgrade() {
             state.use_resolver(this);
         }

@@ -111,4 +111,27 @@ pub const KEYS: &[KeyDef] = &[
     key("trusted_ips", "", "Comma-separated IPs/CIDRs whose X-Forwarded-* headers are trusted and passed on."),
     key("upstream_keepalive_pool_size", "512", "Idle keep-alive connections kept per upstream host."),
     key("upstream_keepalive_idle_timeout", "60", "Seconds an idle upstream connection is kept."),
+    key(
+        "dns_resolver",
+        "",
+        "Comma-separated name servers (`ip[:port]`, port 53) for the host names of services and targets; empty: those of `/etc/resolv.conf`.",
+    ),
+    key("dns_hostsfile", "/etc/hosts", "The hosts file, read once at start and asked before any name server."),
+    key(
+        "dns_order",
+        "LAST,SRV,A,CNAME",
+        "Record types tried in turn: `LAST` (the type that answered the name last), `SRV`, `A`, `AAAA`, `CNAME` (addresses through a CNAME chain).",
+    ),
+    key(
+        "dns_valid_ttl",
+        "",
+        "Seconds every answer is kept, replacing its TTL; empty: the answer's TTL (at least 1 s).",
+    ),
+    key(
+        "dns_stale_ttl",
+        "3600",
+        "Seconds an answer past its TTL is still served while it is refreshed (and kept when the refresh fails).",
+    ),
+    key("dns_not_found_ttl", "30", "Seconds a name that does not exist (or has no records) is remembered so."),
+    key("dns_error_ttl", "1", "Seconds a failed query is remembered before the name is asked again."),
 ];

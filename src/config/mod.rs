@@ -197,6 +197,8 @@ pub struct Settings {
     pub trusted_ips: Vec<IpNet>,
     pub upstream_keepalive_pool_size: usize,
     pub upstream_keepalive_idle_timeout: Duration,
+    /// `dns_*`.
+    pub dns: crate::dns::DnsSettings,
     /// Every key with its effective value, for `GET /` (secrets redacted there).
     pub raw: BTreeMap<&'static str, String>,
 }
@@ -355,6 +357,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     let trusted_ips = check.trusted_ips();
     let upstream_keepalive_pool_size = check.int("upstream_keepalive_pool_size", 0, 1_000_000).unwrap_or(512);
     let upstream_keepalive_idle_timeout = check.seconds("upstream_keepalive_idle_timeout");
+    let dns = check.dns();
 
     if pg.host.is_empty() && database == Some(Database::Postgres) {
         check.fail("pg_host", "must be set when database = postgres".into());
@@ -393,6 +396,7 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         trusted_ips,
         upstream_keepalive_pool_size,
         upstream_keepalive_idle_timeout,
+        dns,
         raw: values.into_iter().map(|(k, (v, _))| (k, v)).collect(),
     })
 }
@@ -474,6 +478,56 @@ impl Checker<'_> {
                 self.fail(key, format!("expected a number of seconds between 0 and 86400, got '{v}'"));
                 Duration::from_secs(1)
             }
+        }
+    }
+
+    /// A number of seconds from 0 to 86400.
+    fn ttl(&mut self, key: &'static str) -> Duration {
+        let v = self.raw(key).0.to_string();
+        match v.parse::<f64>() {
+            Ok(n) if (0.0..=86_400.0).contains(&n) => Duration::try_from_secs_f64(n).unwrap_or_default(),
+            _ => {
+                self.fail(key, format!("expected a number of seconds between 0 and 86400, got '{v}'"));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn dns(&mut self) -> crate::dns::DnsSettings {
+        use crate::dns::Order;
+        let mut resolvers = Vec::new();
+        for part in split_list(self.raw("dns_resolver").0) {
+            let parsed = part
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| part.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53)));
+            match parsed {
+                Some(addr) => resolvers.push(addr),
+                None => self.fail("dns_resolver", format!("expected ip[:port], got '{part}'")),
+            }
+        }
+        let mut order = Vec::new();
+        for part in split_list(self.raw("dns_order").0) {
+            match Order::parse(&part) {
+                Some(o) => order.push(o),
+                None => self.fail("dns_order", format!("invalid entry '{part}': expected LAST, SRV, A, AAAA or CNAME")),
+            }
+        }
+        if !order.is_empty() && order.iter().all(|o| *o == Order::Last) {
+            self.fail("dns_order", "must name at least one record type".into());
+        }
+        let valid_ttl = match self.raw("dns_valid_ttl").0 {
+            "" => None,
+            _ => Some(self.ttl("dns_valid_ttl")),
+        };
+        crate::dns::DnsSettings {
+            resolvers,
+            hostsfile: std::path::PathBuf::from(self.string("dns_hostsfile")),
+            order,
+            valid_ttl,
+            stale_ttl: self.ttl("dns_stale_ttl"),
+            not_found_ttl: self.ttl("dns_not_found_ttl"),
+            error_ttl: self.ttl("dns_error_ttl"),
         }
     }
 

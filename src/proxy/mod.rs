@@ -40,7 +40,7 @@ use crate::config::IpNet;
 use crate::headers as h;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
-use crate::snapshot::{RouteTarget, SnapshotHolder};
+use crate::snapshot::{Destination, RouteTarget, SnapshotHolder};
 pub use downstream::Drain;
 use framing::{BodyFault, Refusal};
 use reply::GatewayError;
@@ -349,12 +349,36 @@ impl Proxy {
             None
         };
         let mut sni_key: Arc<str>;
+        // The balancer as it is now, for every try (one load), or the name's DNS answer.
+        let mut balancer = None;
+        let mut answer = None;
+        match &route.destination {
+            Destination::Address => {}
+            Destination::Balancer(rb) => {
+                let mut now = rb.live.load();
+                // Targets whose names were never answered yet: wait for them rather than answer 503.
+                if now.resolving() && now.peers.is_empty() {
+                    now = rb.live.resolved(service.connect_timeout).await;
+                }
+                balancer = Some((now, rb.variant));
+            }
+            Destination::Name(name) => {
+                let resolved = name.resolve().await;
+                match &resolved.result {
+                    Ok(_) => answer = Some(resolved),
+                    Err(crate::dns::Failure::NotFound(_)) => return Err(GatewayError::NameResolution),
+                    Err(crate::dns::Failure::Error(e)) => {
+                        return Err(GatewayError::DnsFailed { host: service.host.clone(), error: e.as_str().into() });
+                    }
+                }
+            }
+        }
         // Consistent hashing's value, computed once for every try (Kong computes it on the first).
-        let hash = route.balancer.as_ref().filter(|rb| rb.balancer.hashes()).map(|rb| {
+        let hash = balancer.as_ref().filter(|(b, _)| b.hashes()).map(|(b, _)| {
             let consumer = passed.consumer.as_ref().map(|c| c.id);
             let captures = path_regex.map(|re| (re, &*req_path));
             let sources = hash_key::Sources { parts, client_ip: conn.peer.ip(), consumer, captures };
-            hash_key::hash_key(&rb.balancer.upstream, sources)
+            hash_key::hash_key(&b.upstream, sources)
         });
 
         let sent = Instant::now();
@@ -368,22 +392,36 @@ impl Proxy {
         let mut body = Some(body);
         let (response, answered_by) = loop {
             let mut peer_index = None;
-            let (host, port, pool_key) = match &route.balancer {
-                None => (&*service.host, service.port, &service.pool_key),
-                Some(rb) => {
-                    let picked = rb.balancer.pick(hash.as_ref().map(|h| h.value.as_str()), &tried);
+            let (host, addresses, generation, pool_key) = match (&balancer, &answer) {
+                (Some((b, variant)), _) => {
+                    let picked = b.pick(hash.as_ref().map(|h| h.value.as_str()), &tried);
                     let picked = picked.ok_or(GatewayError::NoPeer)?;
                     let i = picked.peer;
                     // A failed try's claim ends here; the last one lasts as long as the response.
                     lease = picked.lease;
-                    let (Some(peer), Some(key)) = (rb.balancer.peers.get(i), rb.pool_keys.get(i)) else {
+                    let keys = b.variants.get(*variant);
+                    let (Some(peer), Some(key), Some(host_header)) = (
+                        b.peers.get(i),
+                        keys.and_then(|k| k.pool_keys.get(i)),
+                        keys.and_then(|k| k.host_headers.get(i)),
+                    ) else {
                         return Err(GatewayError::NoPeer);
                     };
                     peer_index = Some(i);
                     if !route.preserve_host {
-                        head.host = Some(&peer.host_header);
+                        head.host = Some(host_header);
                     }
-                    (&*peer.host, peer.port, key)
+                    (&*peer.host, upstream::Addresses::One(peer.address), 0, key)
+                }
+                (None, Some(answer)) => {
+                    let Ok(records) = &answer.result else { return Err(GatewayError::Unexpected) };
+                    let addresses = upstream::Addresses::Resolved { records, port: service.port };
+                    (&*service.host, addresses, answer.generation, &service.pool_key)
+                }
+                (None, None) => {
+                    let ip = service.ip.ok_or(GatewayError::Unexpected)?;
+                    let addresses = upstream::Addresses::One(std::net::SocketAddr::new(ip, service.port));
+                    (&*service.host, addresses, 0, &service.pool_key)
                 }
             };
             let (server_name, pool_key) = match client_host.as_deref() {
@@ -394,8 +432,8 @@ impl Proxy {
                 None => (host, pool_key),
             };
             let target = upstream::Target {
-                host,
-                port,
+                addresses,
+                generation,
                 key: pool_key,
                 connect_timeout: service.connect_timeout,
                 read_timeout: service.read_timeout,
@@ -417,14 +455,14 @@ impl Proxy {
                     } else {
                         tracing::debug!(error = %e, attempt, "upstream request failed");
                     }
-                    let retry = e.before_sending() || (idempotent && !matches!(e, upstream::UpstreamError::Resolve(_)));
+                    let retry = e.before_sending() || idempotent;
                     (GatewayError::from_upstream(&e), retry)
                 }
             };
-            if let (Some(rb), Some(i)) = (&route.balancer, peer_index) {
+            if let (Some((b, _)), Some(i)) = (&balancer, peer_index) {
                 // Kong's passive checks: a try that never got a response counts as a TCP failure, or
                 // as a timeout.
-                rb.balancer.report_failure(i, matches!(error, GatewayError::Timeout));
+                b.report_failure(i, matches!(error, GatewayError::Timeout));
             }
             tried.extend(peer_index);
             match replay {
@@ -436,8 +474,8 @@ impl Proxy {
             }
         };
         let upstream_latency = sent.elapsed();
-        if let (Some(rb), Some(i)) = (&route.balancer, answered_by) {
-            rb.balancer.report_status(i, response.status().as_u16());
+        if let (Some((b, _)), Some(i)) = (&balancer, answered_by) {
+            b.report_status(i, response.status().as_u16());
         }
         let (mut rparts, rbody) = response.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
@@ -450,9 +488,9 @@ impl Proxy {
         rparts.headers.insert(h::X_UPSTREAM_LATENCY, forward::millis(upstream_latency));
         rparts.headers.insert(h::X_PROXY_LATENCY, forward::millis(sent.duration_since(started)));
         rparts.version = parts.version;
-        if let (Some(cookie), Some(rb)) = (hash.and_then(|h| h.set_cookie), &route.balancer) {
+        if let (Some(cookie), Some((b, _))) = (hash.and_then(|h| h.set_cookie), &balancer) {
             // Kong's cookie replaces one of the same name the upstream set.
-            let name = rb.balancer.upstream.hash_on_cookie.as_deref().unwrap_or_default();
+            let name = b.upstream.hash_on_cookie.as_deref().unwrap_or_default();
             let prefix = format!("{name}=");
             let kept: Vec<HeaderValue> = rparts
                 .headers
@@ -590,7 +628,7 @@ mod tests {
             request_buffering: true,
             broken: false,
             service: None,
-            balancer: None,
+            destination: Destination::Address,
             chain: PluginChain::of(vec![Arc::new(Buggy)]),
         };
         let spec = RouteSpec {

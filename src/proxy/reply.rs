@@ -31,8 +31,13 @@ pub enum GatewayError {
     BodyTooLarge,
     /// Connection refused or reset, or an invalid response.
     BadGateway,
-    /// The upstream host name does not resolve.
+    /// The upstream host name does not exist or has no addresses.
     NameResolution,
+    /// The upstream host name could not be resolved (Kong's 500, with the resolver's error).
+    DnsFailed {
+        host: Box<str>,
+        error: Box<str>,
+    },
     /// The service's upstream has no healthy target to send to.
     NoPeer,
     Timeout,
@@ -46,7 +51,6 @@ impl GatewayError {
     pub fn from_upstream(e: &super::upstream::UpstreamError) -> GatewayError {
         use super::upstream::UpstreamError;
         match e {
-            UpstreamError::Resolve(_) => GatewayError::NameResolution,
             UpstreamError::ClientBody(fault) => GatewayError::from_body(*fault),
             UpstreamError::BodyMismatch(_) => GatewayError::Unexpected,
             e if e.timed_out() => GatewayError::Timeout,
@@ -95,7 +99,7 @@ impl GatewayError {
             GatewayError::Timeout => {
                 (StatusCode::GATEWAY_TIMEOUT, br#"{"message":"The upstream server is timing out"}"#)
             }
-            GatewayError::Unexpected => {
+            GatewayError::Unexpected | GatewayError::DnsFailed { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, br#"{"message":"An unexpected error occurred"}"#)
             }
             GatewayError::ClientClosed => (CLIENT_CLOSED_REQUEST, b""),
@@ -110,7 +114,14 @@ impl GatewayError {
         }
         let (status, body) = self.parts();
         let redirect = matches!(&self, GatewayError::HttpsRequired(s, _) if *s != StatusCode::UPGRADE_REQUIRED);
-        let body = if redirect { Bytes::new() } else { Bytes::from_static(body) };
+        let body = match &self {
+            _ if redirect => Bytes::new(),
+            GatewayError::DnsFailed { host, error } => {
+                let message = format!("failed the initial dns/balancer resolve for '{host}' with: {error}");
+                Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default())
+            }
+            _ => Bytes::from_static(body),
+        };
         let mut resp = super::message_response(status, body, started);
         if let GatewayError::Refused(_) | GatewayError::BadBody = self {
             // What follows a broken request on the connection cannot be trusted to be a request.

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker, ready};
@@ -325,6 +326,8 @@ struct Conn {
     write: Vec<u8>,
     /// The pool this connection goes back to.
     key: Arc<str>,
+    /// The DNS answer its address came from (`Target::generation`).
+    generation: u64,
 }
 
 impl Conn {
@@ -335,6 +338,7 @@ impl Conn {
             read_size: INITIAL_READ,
             write: Vec::new(),
             key: target.key.clone(),
+            generation: target.generation,
         }
     }
 
@@ -394,13 +398,14 @@ thread_local! {
     static POOL: RefCell<HashMap<Arc<str>, Vec<Idle>, Hasher>> = RefCell::new(HashMap::default());
 }
 
-/// The most recently used idle connection to `key` that is still open.
-fn checkout(key: &str) -> Option<Conn> {
+/// The most recently used idle connection to `key` that is still open and was made under DNS
+/// answer `generation`.
+fn checkout(key: &str, generation: u64) -> Option<Conn> {
     let timeout = settings().idle_timeout;
     POOL.with_borrow_mut(|pool| {
         let list = pool.get_mut(key)?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < timeout && idle.conn.is_open() {
+            if idle.conn.generation == generation && idle.since.elapsed() < timeout && idle.conn.is_open() {
                 return Some(idle.conn);
             }
         }
@@ -435,8 +440,10 @@ fn release(mut conn: Conn, reusable: bool) {
 /// the longest wait between two successive reads or writes), so the pool key includes them.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    pub host: &'a str,
-    pub port: u16,
+    pub addresses: Addresses<'a>,
+    /// The DNS answer `addresses` came from (0 for an address): pooled connections made under
+    /// another one are not reused, so that a name that moves takes its traffic with it.
+    pub generation: u64,
     pub key: &'a Arc<str>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -445,11 +452,21 @@ pub struct Target<'a> {
     pub tls: Option<(&'a Arc<tokio_rustls::rustls::ClientConfig>, &'a str)>,
 }
 
+/// Where a new connection goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Addresses<'a> {
+    One(SocketAddr),
+    /// A name's addresses, tried in turn from a random one; those without a port of their own (A
+    /// and AAAA records) on `port`.
+    Resolved {
+        records: &'a crate::dns::Records,
+        port: u16,
+    },
+}
+
 /// Which side of the upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot resolve {0}")]
-    Resolve(String),
     #[error("connect timed out")]
     ConnectTimeout,
     #[error("connect failed: {0}")]
@@ -496,13 +513,16 @@ impl UpstreamError {
 }
 
 async fn connect(target: Target<'_>) -> Result<Conn, UpstreamError> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((target.host, target.port))
-        .await
-        .map_err(|_| UpstreamError::Resolve(target.host.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(UpstreamError::Resolve(target.host.to_string()));
-    }
+    let addrs: Vec<SocketAddr> = match target.addresses {
+        Addresses::One(addr) => vec![addr],
+        Addresses::Resolved { records, port } => {
+            let mut all: Vec<SocketAddr> = records.socket_addrs(port).collect();
+            // Spread new connections over a name's addresses, as Kong's resolver rotates them.
+            let start = rand::random_range(0..all.len().max(1));
+            all.rotate_left(start);
+            all
+        }
+    };
     let mut last = UpstreamError::ConnectTimeout;
     for addr in addrs {
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
@@ -560,7 +580,7 @@ pub async fn send<O: Outgoing>(
     mut body: UpstreamBody,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
     let parts = request;
-    if let Some(conn) = checkout(target.key) {
+    if let Some(conn) = checkout(target.key, target.generation) {
         let replay = body.replayable();
         match exchange(conn, parts, body).await {
             Ok(response) => return Ok(response),
@@ -891,8 +911,8 @@ mod tests {
 
     fn target(key: &Arc<str>, port: u16) -> Target<'_> {
         Target {
-            host: "127.0.0.1",
-            port,
+            addresses: Addresses::One(SocketAddr::from(([127, 0, 0, 1], port))),
+            generation: 0,
             key,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),

@@ -384,6 +384,7 @@ pub fn service(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<ServiceTarge
         enabled: s.enabled,
         https,
         host: s.host.clone().into(),
+        ip: s.host.parse().ok(),
         port: s.port,
         host_header,
         // Kong's keep-alive key for https adds verification, depth, CAs and client certificate.

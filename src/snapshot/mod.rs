@@ -32,13 +32,15 @@ pub struct ServiceTarget {
     /// For an `https` service: its TLS client configuration (verification, CAs, client certificate).
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     pub host: Box<str>,
+    /// The host when it is an address (no DNS).
+    pub ip: Option<std::net::IpAddr>,
     pub port: u16,
     /// `Host` header when `preserve_host` is off: host, plus `:port` unless it is the default.
     pub host_header: HeaderValue,
     /// `host:port/read/write`: the key of this upstream's keep-alive pool (shared by services with
     /// the same address and timeouts).
     pub pool_key: Arc<str>,
-    /// The pool key after the address, for the peers of a balancer (`pool_key_for`).
+    /// The pool key after the address, for the peers of a balancer (`balancer::pool_key`).
     pub pool_suffix: Box<str>,
     pub path: Option<Box<str>>,
     pub retries: u32,
@@ -47,21 +49,24 @@ pub struct ServiceTarget {
     pub write_timeout: Duration,
 }
 
-impl ServiceTarget {
-    /// The keep-alive pool key of this service's requests to `host:port` (a balancer's peer).
-    pub fn pool_key_for(&self, host: &str, port: u16) -> Arc<str> {
-        let scheme = if self.https { "https" } else { "http" };
-        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-        Arc::from(format!("{scheme}://{host}:{port}{}", self.pool_suffix))
-    }
-}
-
 /// A route's service's balancer, when the service's host names an upstream.
 #[derive(Debug, Clone)]
 pub struct RouteBalancer {
-    pub balancer: Arc<crate::balancer::Balancer>,
-    /// Each peer's keep-alive pool key (as `balancer.peers`).
-    pub pool_keys: Arc<[Arc<str>]>,
+    pub live: Arc<crate::balancer::LiveBalancer>,
+    /// Which of the balancer's variants (pool keys and `Host` per peer) the service's requests use.
+    pub variant: usize,
+}
+
+/// Where a route's service sends requests.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// The service's host is an address (or the route has no service).
+    Address,
+    /// The service's host is a name, resolved by DNS (the service's port is used unless an SRV
+    /// record gives one).
+    Name(Arc<crate::dns::Name>),
+    /// The service's host names an upstream (the service's port is then unused).
+    Balancer(RouteBalancer),
 }
 
 /// A route compiled for the proxy: how to rewrite the request and which plugins run.
@@ -78,8 +83,7 @@ pub struct RouteTarget {
     /// Its stored route or service does not compile: answered 500 rather than routed elsewhere.
     pub broken: bool,
     pub service: Option<Arc<ServiceTarget>>,
-    /// The service's balancer, when its host names an upstream (the service's port is then unused).
-    pub balancer: Option<RouteBalancer>,
+    pub destination: Destination,
     pub chain: PluginChain,
 }
 
@@ -104,7 +108,7 @@ pub struct Snapshot {
     /// Stored entities left out because they do not compile.
     pub rejected: Arc<[Rejection]>,
     /// Each upstream's balancer by upstream id (for its health on the Admin API).
-    pub balancers: Arc<HashMap<Uuid, Arc<crate::balancer::Balancer>>>,
+    pub balancers: Arc<HashMap<Uuid, Arc<crate::balancer::LiveBalancer>>>,
 }
 
 impl Snapshot {

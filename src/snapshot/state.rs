@@ -19,8 +19,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::compile::{self, AclRow, CompiledRoute, ConsumerRow, GroupRow, KeyAuthRow, MembershipRow, PluginScope};
-use super::{Rejection, RouteBalancer, RouteTarget, ServiceTarget, Snapshot};
-use crate::balancer::{Balancer, HealthRegistry, TargetConfig, UpstreamConfig};
+use super::{Destination, Rejection, RouteBalancer, RouteTarget, ServiceTarget, Snapshot};
+use crate::balancer::{LiveBalancer, NodeBalancing, TargetConfig, TargetSource, UpstreamConfig, Variant};
 use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, GroupSet};
 use crate::model::Kind;
 use crate::model::schema::Violations;
@@ -103,10 +103,10 @@ pub struct ConfigState {
     upstreams: HashMap<Uuid, Arc<UpstreamConfig>>,
     /// Targets by id.
     targets: HashMap<Uuid, TargetConfig>,
-    /// Target health on this node, kept across builds and reloads.
-    health: Arc<HealthRegistry>,
+    /// Target health and DNS answers on this node, kept across builds and reloads.
+    balancing: NodeBalancing,
     /// The balancers of the last router, by upstream id.
-    balancers: Arc<HashMap<Uuid, Arc<Balancer>>>,
+    balancers: Arc<HashMap<Uuid, Arc<LiveBalancer>>>,
     /// Services whose upstream TLS names certificates or CAs, kept to recompile when those change.
     tls_services: HashMap<Uuid, compile::ServiceRow>,
     /// The SNI table, kept between builds until a certificate or SNI changes.
@@ -189,13 +189,14 @@ impl ConfigState {
         self.counters.clone()
     }
 
-    /// Keeps target health in `health` (the one of the state this one replaces).
-    pub fn use_health(&mut self, health: Arc<HealthRegistry>) {
-        self.health = health;
+    /// Keeps target health and DNS answers in `balancing` (the node's, or those of the state this
+    /// one replaces).
+    pub fn use_balancing(&mut self, balancing: NodeBalancing) {
+        self.balancing = balancing;
     }
 
-    pub fn health(&self) -> Arc<HealthRegistry> {
-        self.health.clone()
+    pub fn balancing(&self) -> NodeBalancing {
+        self.balancing.clone()
     }
 
     /// Records that a row does not compile (logged when it first fails, or fails differently).
@@ -595,26 +596,35 @@ impl ConfigState {
         }
     }
 
-    /// A balancer per upstream name and scheme (`https` decides the port `Host` leaves out), with
-    /// the health this node keeps for each target; health of targets no longer configured is
-    /// forgotten.
-    fn build_balancers(&self) -> HashMap<(Box<str>, bool), Arc<Balancer>> {
-        let mut by_upstream: HashMap<Uuid, Vec<&TargetConfig>> = HashMap::new();
+    /// A balancer per upstream name, with the health this node keeps for each target (health of
+    /// targets no longer configured is forgotten), the DNS slot of each target named by host name,
+    /// and a variant per scheme and pool settings of the services that use it.
+    fn build_balancers(&self) -> HashMap<Box<str>, Arc<LiveBalancer>> {
+        let mut by_upstream: HashMap<Uuid, Vec<TargetSource>> = HashMap::new();
         for t in self.targets.values() {
-            by_upstream.entry(t.upstream).or_default().push(t);
+            let name = t.host.parse::<std::net::IpAddr>().is_err().then(|| self.balancing.dns.name(&t.host));
+            by_upstream.entry(t.upstream).or_default().push(TargetSource { config: t.clone(), name });
         }
-        let mut out = HashMap::new();
-        for (id, upstream) in &self.upstreams {
-            let targets = by_upstream.get(id).map_or(&[][..], Vec::as_slice);
-            let keep: Vec<(&str, u16)> = targets.iter().map(|t| (t.host.as_str(), t.port)).collect();
-            self.health.retain(*id, &keep);
-            for https in [false, true] {
-                let balancer = Balancer::build(upstream.clone(), targets, &self.health, https);
-                out.insert((upstream.name.as_str().into(), https), Arc::new(balancer));
+        let mut variants: HashMap<&str, Vec<Variant>> = HashMap::new();
+        for s in self.services.values().flatten() {
+            let v = Variant { https: s.https, pool_suffix: s.pool_suffix.clone() };
+            let list = variants.entry(&s.host).or_default();
+            if !list.contains(&v) {
+                list.push(v);
             }
         }
+        let health = &self.balancing.health;
+        let mut out = HashMap::new();
+        for (id, upstream) in &self.upstreams {
+            let targets = by_upstream.remove(id).unwrap_or_default();
+            let keep: Vec<(&str, u16)> = targets.iter().map(|t| (t.config.host.as_str(), t.config.port)).collect();
+            health.retain(*id, &keep);
+            let variants = variants.get(upstream.name.as_str()).cloned().unwrap_or_default();
+            let live = LiveBalancer::new(upstream.clone(), targets, health.clone(), variants);
+            out.insert(upstream.name.as_str().into(), Arc::new(live));
+        }
         let ids: Vec<Uuid> = self.upstreams.keys().copied().collect();
-        self.health.retain_upstreams(&ids);
+        health.retain_upstreams(&ids);
         out
     }
 
@@ -660,10 +670,8 @@ impl ConfigState {
         // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
         routes.sort_by_key(|r| std::cmp::Reverse(r.id));
         let balancers = self.build_balancers();
-        self.balancers = Arc::new(
-            balancers.iter().filter(|((_, https), _)| !https).map(|(_, b)| (b.upstream.id, b.clone())).collect(),
-        );
-        let mut by_service: HashMap<Uuid, Option<RouteBalancer>> = HashMap::new();
+        self.balancers = Arc::new(balancers.values().map(|b| (b.upstream().id, b.clone())).collect());
+        let mut by_service: HashMap<Uuid, Destination> = HashMap::new();
         let mut compiled = Vec::with_capacity(routes.len());
         // A stream route (tcp, tls, udp) matches no HTTP attribute: in the HTTP router it would
         // answer every request no other route takes.
@@ -677,12 +685,12 @@ impl ConfigState {
                 },
                 None => (None, false),
             };
-            let balancer = service
-                .as_ref()
-                .and_then(|s| by_service.entry(s.id).or_insert_with(|| route_balancer(s, &balancers)).clone());
+            let destination = service.as_ref().map_or(Destination::Address, |s| {
+                by_service.entry(s.id).or_insert_with(|| destination(s, &balancers, &self.balancing.dns)).clone()
+            });
             let target = RouteTarget {
                 id: r.id,
-                balancer,
+                destination,
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 http_allowed: r.http_allowed,
@@ -698,15 +706,22 @@ impl ConfigState {
     }
 }
 
-/// The balancer of a service whose host names an upstream, with the keep-alive pool key of each of
-/// its peers (the service's key with the peer's address).
-fn route_balancer(
+/// Where a service's requests go: the balancer of the upstream its host names, the DNS slot of
+/// its host name, or its address.
+fn destination(
     service: &ServiceTarget,
-    balancers: &HashMap<(Box<str>, bool), Arc<Balancer>>,
-) -> Option<RouteBalancer> {
-    let balancer = balancers.get(&(Box::from(&*service.host), service.https))?.clone();
-    let pool_keys = balancer.peers.iter().map(|p| service.pool_key_for(&p.host, p.port)).collect();
-    Some(RouteBalancer { balancer, pool_keys })
+    balancers: &HashMap<Box<str>, Arc<LiveBalancer>>,
+    dns: &Arc<crate::dns::Dns>,
+) -> Destination {
+    if let Some(live) = balancers.get(&*service.host) {
+        let variant = Variant { https: service.https, pool_suffix: service.pool_suffix.clone() };
+        return match live.variant(&variant) {
+            Some(variant) => Destination::Balancer(RouteBalancer { live: live.clone(), variant }),
+            // Every service of the upstream's name was given a variant: not reached.
+            None => Destination::Address,
+        };
+    }
+    if service.ip.is_some() { Destination::Address } else { Destination::Name(dns.name(&service.host)) }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The one harness for black-box tests: starts the real `tollgate` binary on free ports with its own
-//! prefix, a real echo upstream over TCP, and PostgreSQL and Redis servers of its own (never the
+//! prefix, a real echo upstream over TCP, a DNS server of its own (`dns`), and PostgreSQL and Redis servers of its own (never the
 //! machine's); speaks HTTP to them. Every process it starts dies with the test process.
 #![allow(dead_code, unused_imports, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod dns;
 pub mod postgres;
 pub mod redis;
 pub mod tied;
@@ -202,6 +203,8 @@ impl Gateway {
                 .env("TOLLGATE_CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
                 .env("TOLLGATE_LOG_LEVEL", "info")
                 .env("TOLLGATE_WORKER_THREADS", "2")
+                // Names resolve through the harness's DNS server, never the machine's.
+                .env("TOLLGATE_DNS_RESOLVER", dns::TestDns::shared().addr.to_string())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"));
             if let Db::Postgres(name) = &opts.db {

@@ -107,9 +107,40 @@ impl Upstream {
         Upstream::serve(Some(signed_by(ca, &[], Some(clients))))
     }
 
+    /// The echo upstream on `addr` (another loopback address than 127.0.0.1, say); `None` when
+    /// that address is taken.
+    pub fn start_at(addr: SocketAddr) -> Option<Upstream> {
+        let listener = std::net::TcpListener::bind(addr).ok()?;
+        Some(Upstream::serve_on(listener, None))
+    }
+
+    /// Echo upstreams on one port of each of `ips` (loopback addresses), as the addresses of one
+    /// name would be.
+    pub fn start_on_one_port(ips: &[&str]) -> Vec<Upstream> {
+        for _ in 0..20 {
+            let first = std::net::TcpListener::bind((ips[0], 0)).expect("bind upstream");
+            let port = first.local_addr().expect("addr").port();
+            let mut servers = vec![Upstream::serve_on(first, None)];
+            for ip in &ips[1..] {
+                match Upstream::start_at(SocketAddr::new(ip.parse().expect("ip"), port)) {
+                    Some(s) => servers.push(s),
+                    None => break,
+                }
+            }
+            if servers.len() == ips.len() {
+                return servers;
+            }
+        }
+        panic!("no port free on every one of {ips:?}");
+    }
+
     fn serve(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let tls = acceptor.is_some();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Upstream::serve_on(std_listener, acceptor)
+    }
+
+    fn serve_on(std_listener: std::net::TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let tls = acceptor.is_some();
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
