@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod declarative;
 pub mod dns;
 pub mod headers;
 pub mod identity;

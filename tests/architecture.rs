@@ -17,8 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["balancer", "identity", "router"],
     // L3: the plugin trait, chains, bundled plugins
     &["plugins"],
-    // L4: compiling a configuration, rows in, snapshot out
-    &["snapshot"],
+    // L4: compiling a configuration, rows in, snapshot out; declarative files in, rows out
+    &["declarative", "snapshot"],
     // L5: persistence and following it
     &["store", "sync"],
     // L6: what speaks to the network

@@ -339,6 +339,39 @@ fn lua_table(v: &Value, depth: usize) -> String {
     format!("{{\n{}\n{}}}", entries.join(",\n"), "  ".repeat(depth))
 }
 
+/// A value as penlight's `pretty.write(t, "")` prints it on one line (Kong's declarative
+/// messages): `{services={{host="required field missing"}}}`, later items of a list with holes
+/// keeping their index (`{[2]="…"}`).
+pub fn lua_compact(v: &Value) -> String {
+    let item = |v: &Value| match v {
+        Value::String(s) => lua_quote(s),
+        Value::Array(_) | Value::Object(_) => lua_compact(v),
+        other => other.to_string(),
+    };
+    let mut entries = Vec::new();
+    match v {
+        Value::Array(items) => {
+            let run = items.iter().take_while(|i| !i.is_null()).count();
+            for (i, e) in items.iter().enumerate().filter(|(_, e)| !e.is_null()) {
+                let key = if i < run { String::new() } else { format!("[{}]=", i + 1) };
+                entries.push(format!("{key}{}", item(e)));
+            }
+        }
+        Value::Object(m) => {
+            for (k, e) in m {
+                let identifier = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !LUA_KEYWORDS.contains(&k.as_str());
+                let key = if identifier { k.clone() } else { format!("[{}]", lua_quote(k)) };
+                entries.push(format!("{key}={}", item(e)));
+            }
+        }
+        Value::String(s) => return lua_quote(s),
+        other => return other.to_string(),
+    }
+    format!("{{{}}}", entries.join(","))
+}
+
 const LUA_KEYWORDS: &[&str] = &[
     "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local", "nil",
     "not", "or", "repeat", "return", "then", "true", "until", "while",
