@@ -46,6 +46,41 @@ enum Command {
         #[command(subcommand)]
         action: HybridAction,
     },
+    /// Declarative configuration files (Kong's `kong config`).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Write an example file (default `./kong.yml`); never overwrites.
+    Init { file: Option<PathBuf> },
+    /// Check a file: every error, or `parse successful`.
+    Parse {
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+    },
+    /// Create or replace a file's entities in the store, in one transaction (nothing is deleted).
+    #[command(name = "db-import", alias = "db_import")]
+    DbImport {
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+        #[arg(short = 'p', long = "prefix")]
+        prefix: Option<PathBuf>,
+    },
+    /// Write the store as a declarative file (to standard output without a file); never overwrites.
+    #[command(name = "db-export", alias = "db_export")]
+    DbExport {
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+        #[arg(short = 'p', long = "prefix")]
+        prefix: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +168,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config { action } => match config_command(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Start { conf, prefix } => {
             let Some(settings) = settings(conf, prefix) else { return ExitCode::FAILURE };
             match tollgate::node::run(settings) {
@@ -144,6 +186,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `tollgate config …`, with Kong's messages; `Err` is printed after `Error: `.
+fn config_command(action: ConfigAction) -> Result<(), String> {
+    const NO_FILE: &str = "expected a declarative configuration file; see `tollgate config --help`";
+    let refuse_existing = |path: &std::path::Path| match path.exists() {
+        true => Err(format!("{} already exists.\nWill not overwrite it.", path.display())),
+        false => Ok(()),
+    };
+    let read = |file: Option<PathBuf>| -> Result<tollgate::declarative::Declared, String> {
+        let path = file.ok_or(NO_FILE)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.to_string_lossy();
+        let doc =
+            tollgate::declarative::unserialize(&text, Some(&name)).map_err(|e| format!("Failed parsing:\n{e}"))?;
+        let declared = tollgate::declarative::flatten(doc, &tollgate::plugins::Catalog)
+            .map_err(|e| format!("Failed parsing:\n{}", e.pretty()))?;
+        for warning in &declared.warnings {
+            eprintln!("[warn] {warning}");
+        }
+        Ok(declared)
+    };
+    let load = |conf: Option<PathBuf>, prefix: Option<PathBuf>| settings(conf, prefix).ok_or("invalid configuration");
+    match action {
+        ConfigAction::Init { file } => {
+            let path = file.unwrap_or_else(|| PathBuf::from("kong.yml"));
+            refuse_existing(&path)?;
+            std::fs::write(&path, tollgate::declarative::EXAMPLE).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("Successfully written {}", path.display());
+        }
+        ConfigAction::Parse { file, conf } => {
+            load(conf, None)?;
+            read(file)?;
+            println!("parse successful");
+        }
+        ConfigAction::DbImport { file, conf, prefix } => {
+            let settings = load(conf, prefix)?;
+            let declared = read(file)?;
+            println!("parse successful, beginning import");
+            let written =
+                tollgate::node::db_import(&settings, &declared).map_err(|e| format!("Failed importing:\n{e}"))?;
+            println!("import successful ({written} entities)");
+        }
+        ConfigAction::DbExport { file, conf, prefix } => {
+            let settings = load(conf, prefix)?;
+            if let Some(path) = &file {
+                refuse_existing(path)?;
+            }
+            let text = tollgate::node::db_export(&settings).map_err(|e| format!("Failed exporting:\n{e}"))?;
+            match file {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+                    println!("Successfully exported to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `hybrid gen-cert`, with Kong's messages.

@@ -524,6 +524,45 @@ pub fn create_token(settings: &Settings, name: String, role: crate::auth::Role) 
     })
 }
 
+/// `tollgate config db-import`: a declarative file's entities written to the node's store, created
+/// or replaced, in one transaction. Returns how many were written.
+pub fn db_import(settings: &Settings, declared: &crate::declarative::Declared) -> Result<usize, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let store = Store::open(settings).await.map_err(|e| e.to_string())?;
+        let written = store.import(DEFAULT_CP, &declared.entities).await;
+        store.close().await;
+        written.map_err(|(kind, id, e)| match id.is_empty() {
+            true => e.to_string(),
+            false => format!("{} {id}: {e}", kind.table()),
+        })
+    })
+}
+
+/// `tollgate config db-export`: the node's store as a declarative file (Kong's export shape).
+pub fn db_export(settings: &Settings) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let store = Store::open(settings).await.map_err(|e| e.to_string())?;
+        let mut tables = Vec::new();
+        for kind in crate::declarative::export_order() {
+            let mut rows = Vec::new();
+            let mut broken = None;
+            let read = store.for_each_body(DEFAULT_CP, *kind, |body, _| match serde_json::from_str(body) {
+                Ok(serde_json::Value::Object(row)) => rows.push(row),
+                _ => broken = Some(kind.table()),
+            });
+            read.await.map_err(|e| e.to_string())?;
+            if let Some(table) = broken {
+                return Err(format!("a stored row of '{table}' is not a JSON object"));
+            }
+            tables.push((*kind, rows));
+        }
+        store.close().await;
+        Ok(crate::declarative::export(&tables))
+    })
+}
+
 async fn wait_for_signal() -> Result<(), NodeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signals)?;

@@ -393,7 +393,13 @@ pub fn flatten(doc: Value, plugins: &dyn PluginCatalog) -> Result<Declared, Inva
     let mut records = Vec::with_capacity(entries.len());
     for entry in &entries {
         match crate::model::prepare(entry.kind, entry.fields.clone(), Mode::Create, plugins) {
-            Ok(record) => records.push(record),
+            Ok(mut record) => {
+                // A file's `updated_at` (an export's) is kept, so that a round trip changes nothing.
+                if let Some(at) = entry.fields.get("updated_at").filter(|v| v.is_number()) {
+                    record.insert("updated_at".into(), at.clone());
+                }
+                records.push(record);
+            }
             Err(e) => {
                 let tree = match &e {
                     EntityError::Schema(v) => v.fields_tree(),
@@ -668,6 +674,113 @@ fn uniqueness(entries: &[Entry], records: &[Obj], errors: &mut Errors) {
         }
         if let Some(m) = message {
             errors.entry(entry, json!(m), vec![json!({"type": "entity", "message": m})]);
+        }
+    }
+}
+
+/// The file `config init` writes: one of each common entity, as Kong's example does.
+pub const EXAMPLE: &str = r#"# A Tollgate (Kong 3) declarative configuration. Apply it with
+# `tollgate config db-import kong.yml`, or load it whole with `database = off` and
+# `declarative_config = kong.yml`.
+_format_version: "3.0"
+_transform: true
+
+services:
+- name: example-service
+  url: http://example.com
+  routes:
+  - name: example-route
+    paths:
+    - /
+  plugins:
+  - name: key-auth
+
+consumers:
+- username: example-user
+  keyauth_credentials:
+  - key: my-key
+  plugins:
+  - name: rate-limiting
+    config:
+      policy: local
+      second: 5
+"#;
+
+/// The order in which `export` lists tables (parents first).
+const EXPORT_ORDER: [Kind; 13] = [
+    Kind::Certificate,
+    Kind::Sni,
+    Kind::CaCertificate,
+    Kind::Consumer,
+    Kind::ConsumerGroup,
+    Kind::GroupMembership,
+    Kind::KeyAuth,
+    Kind::Acl,
+    Kind::Upstream,
+    Kind::Target,
+    Kind::Service,
+    Kind::Route,
+    Kind::Plugin,
+];
+
+/// Kinds in the order `export` writes them.
+pub fn export_order() -> &'static [Kind] {
+    &EXPORT_ORDER
+}
+
+/// Stored records as Kong exports them (`kong config db_export`, `GET /config`): YAML with
+/// `_format_version: "3.0"` and `_transform: false`, flat top-level lists parents first, foreign
+/// keys as bare ids, nulls written out.
+pub fn export(tables: &[(Kind, Vec<Obj>)]) -> String {
+    use yaml_rust2::yaml::{Hash, Yaml};
+    let mut doc = Hash::new();
+    doc.insert(Yaml::String("_format_version".into()), Yaml::String("3.0".into()));
+    doc.insert(Yaml::String("_transform".into()), Yaml::Boolean(false));
+    for kind in EXPORT_ORDER {
+        let rows: Vec<Yaml> = tables
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, rows)| rows)
+            .map(|row| {
+                let mut row = row.clone();
+                for fk in kind.foreign_keys() {
+                    if let Some(id) = row.get(fk.field).and_then(|v| v.get("id")).cloned() {
+                        row.insert(fk.field.into(), id);
+                    }
+                }
+                to_yaml(&Value::Object(row))
+            })
+            .collect();
+        if !rows.is_empty() {
+            doc.insert(Yaml::String(kind.table().into()), Yaml::Array(rows));
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    // Writing to a String cannot fail.
+    let _ = emitter.dump(&Yaml::Hash(doc));
+    out.push('\n');
+    out
+}
+
+fn to_yaml(v: &Value) -> yaml_rust2::Yaml {
+    use yaml_rust2::Yaml;
+    match v {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml).collect()),
+        Value::Object(m) => {
+            let mut hash = yaml_rust2::yaml::Hash::new();
+            for (k, v) in m {
+                hash.insert(Yaml::String(k.clone()), to_yaml(v));
+            }
+            Yaml::Hash(hash)
         }
     }
 }

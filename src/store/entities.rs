@@ -189,6 +189,25 @@ impl Store {
         Ok(record)
     }
 
+    /// Writes whole records (a declarative file's, parents first) in one transaction: each one
+    /// created or replaced, nothing deleted; all or nothing. A refused record is named by its table
+    /// and id.
+    pub async fn import(&self, cp: &str, records: &[(Kind, Obj)]) -> Result<usize, (Kind, String, EntityError)> {
+        let unnamed = |e: EntityError| (Kind::Consumer, String::new(), e);
+        let mut tx = self.begin_write().await.map_err(unnamed)?;
+        let version = self.bump_version(&mut tx).await.map_err(unnamed)?;
+        let mut changes = Vec::with_capacity(records.len());
+        for (kind, record) in records {
+            let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let written = self.write_row(&mut tx, cp, *kind, WriteOp::Upsert, record.clone(), None).await;
+            let (_, touched) = written.map_err(|e| (*kind, id, e))?;
+            changes.push(touched);
+        }
+        self.record_changes(&mut tx, version, cp, &changes).await.map_err(unnamed)?;
+        self.commit(tx, version).await.map_err(unnamed)?;
+        Ok(changes.len())
+    }
+
     /// A certificate and its SNI names (Kong's `snis` shorthand) in one transaction: names it no
     /// longer lists are deleted, new ones created; a name another certificate holds is refused.
     /// `snis: None` (a PATCH without them) leaves the names as they are. Returns the stored
