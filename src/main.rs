@@ -223,6 +223,9 @@ fn config_command(action: ConfigAction) -> Result<(), String> {
         }
         ConfigAction::DbImport { file, conf, prefix } => {
             let settings = load(conf, prefix)?;
+            if settings.database == tollgate::config::Database::Off {
+                return Err("'tollgate config db-import' only works with a database.\nWhen using database=off, reload your declarative configuration\nusing the /config endpoint.".into());
+            }
             let declared = read(file)?;
             println!("parse successful, beginning import");
             let written =
@@ -231,6 +234,9 @@ fn config_command(action: ConfigAction) -> Result<(), String> {
         }
         ConfigAction::DbExport { file, conf, prefix } => {
             let settings = load(conf, prefix)?;
+            if settings.database == tollgate::config::Database::Off {
+                return Err("'tollgate config db-export' only works with a database.".into());
+            }
             if let Some(path) = &file {
                 refuse_existing(path)?;
             }

@@ -231,6 +231,9 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         return serve_data_plane(settings).await;
     }
     let store = Store::open(&settings).await?;
+    if settings.database == crate::config::Database::Off {
+        load_declarative(&settings, &store).await?;
+    }
     let holder = Arc::new(SnapshotHolder::new());
     // A node starts whatever it finds in its store: rows that do not compile are left out (closed,
     // not open) and reported on /status.
@@ -291,6 +294,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         stats: &proxy.stats,
         holder: proxy.holder.clone(),
         hub,
+        config_loading: tokio::sync::Mutex::new(()),
     });
     let admin_tls = acceptors(&settings.admin_listen, &settings.admin_ssl_certs, &settings, None)?;
     let mut admin_tasks = Vec::new();
@@ -522,6 +526,32 @@ pub fn create_token(settings: &Settings, name: String, role: crate::auth::Role) 
         store.close().await;
         Ok(secret)
     })
+}
+
+/// DB-less: the configuration of `declarative_config` (or `declarative_config_string`) loaded whole
+/// at start, replacing what the node held; without either, the node keeps what it last loaded.
+async fn load_declarative(settings: &Settings, store: &Store) -> Result<(), NodeError> {
+    let (text, name) = match (&settings.declarative_config, &settings.declarative_config_string) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| NodeError::Load(format!("declarative_config {}: {e}", path.display())))?;
+            (text, Some(path.to_string_lossy().into_owned()))
+        }
+        (None, Some(text)) => (text.clone(), None),
+        (None, None) => return Ok(()),
+    };
+    let declared = crate::declarative::read(&text, name.as_deref(), &crate::plugins::Catalog)
+        .map_err(|e| NodeError::Load(format!("declarative_config is invalid:\n{}", e.pretty())))?;
+    for warning in &declared.warnings {
+        tracing::warn!("{warning}");
+    }
+    let hash = crate::declarative::hash(&text);
+    store
+        .replace_all(DEFAULT_CP, &declared.entities, &hash)
+        .await
+        .map_err(|(kind, id, e)| NodeError::Load(format!("declarative_config: {} {id}: {e}", kind.table())))?;
+    tracing::info!(entities = declared.entities.len(), hash, "declarative configuration loaded");
+    Ok(())
 }
 
 /// `tollgate config db-import`: a declarative file's entities written to the node's store, created

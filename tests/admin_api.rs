@@ -1554,7 +1554,8 @@ async fn endpoints_list_every_path_the_node_serves() {
     let mut sorted_list = list.clone();
     sorted_list.sort_unstable();
     assert_eq!(list, sorted_list, "sorted");
-    for collection in list.iter().filter(|p| !p.contains('{') && !p.contains("validate")) {
+    // `/config` answers 400 on a node with a database, as Kong's does (tests/dbless.rs).
+    for collection in list.iter().filter(|p| !p.contains('{') && !p.contains("validate") && **p != "/config") {
         let (status, body) = gw.get(collection).await;
         assert_eq!(status, 200, "GET {collection}: {body}");
     }

@@ -49,7 +49,7 @@ pub async fn root(State(s): State<AdminState>) -> AdminResult<Response> {
 pub async fn status(State(s): State<AdminState>) -> Response {
     let t = s.stats.totals();
     let snapshot = s.holder.load_full();
-    Json(json!({
+    let mut body = json!({
         "configuration": {"version": snapshot.version, "rejected": &*snapshot.rejected},
         "server": {
             "total_requests": t.requests,
@@ -60,10 +60,16 @@ pub async fn status(State(s): State<AdminState>) -> Response {
             "connections_writing": t.active,
             "connections_waiting": 0,
         },
-        "database": {"reachable": s.store.reachable().await},
         "memory": {"resident_bytes": resident_bytes()},
-    }))
-    .into_response()
+    });
+    // DB-less: no database to report, the hash of the configuration loaded instead (Kong's).
+    if s.store.declarative_only() {
+        let hash = s.store.declarative_hash(&s.cp()).await.ok().flatten();
+        body["configuration_hash"] = json!(hash.as_deref().unwrap_or(crate::declarative::EMPTY_HASH));
+    } else {
+        body["database"] = json!({"reachable": s.store.reachable().await});
+    }
+    Json(body).into_response()
 }
 
 /// Resident set size of this process, from /proc.

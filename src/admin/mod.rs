@@ -5,6 +5,7 @@
 
 pub mod body;
 mod certificates;
+mod config;
 mod consumer_groups;
 mod control_planes;
 mod entities;
@@ -57,6 +58,8 @@ pub struct AdminInner {
     pub holder: Arc<SnapshotHolder>,
     /// On a control plane: its data planes.
     pub hub: Option<Arc<crate::cluster::hub::Hub>>,
+    /// Held while `POST /config` loads a configuration (one at a time).
+    pub config_loading: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for AdminState {
@@ -195,6 +198,10 @@ pub fn router(state: AdminState) -> Router {
     let kong = Routes { router: Router::new(), templates: Vec::new() }
         .add("/", get(info::root))
         .add("/status", get(info::status))
+        .add(
+            "/config",
+            get(config::read).post(config::load).layer(axum::extract::DefaultBodyLimit::max(config::CONFIG_MAX)),
+        )
         .add("/plugins/enabled", get(info::enabled_plugins))
         .add("/plugins/schema/{name}", get(info::plugin_schema))
         .add("/schemas/plugins/{name}", get(info::plugin_schema))

@@ -93,7 +93,21 @@ pub const KEYS: &[KeyDef] = &[
         "",
         "With `cluster_mtls = pki`: the name a data plane expects in the control plane's certificate (default: the host of `cluster_control_plane`).",
     ),
-    key("database", "sqlite", "`sqlite` (embedded, `<prefix>/tollgate.db`) or `postgres` (several nodes)."),
+    key(
+        "database",
+        "sqlite",
+        "`sqlite` (embedded, `<prefix>/tollgate.db`), `postgres` (several nodes) or `off` (DB-less: the configuration is loaded whole from `declarative_config` or `POST /config`, kept in `<prefix>/dbless.db`).",
+    ),
+    key(
+        "declarative_config",
+        "",
+        "With `database = off`: a declarative file (`.yml`, `.yaml`, `.json`) loaded at start, replacing what the node held.",
+    ),
+    key(
+        "declarative_config_string",
+        "",
+        "With `database = off`: the declarative configuration itself (JSON or YAML), loaded at start; `declarative_config` wins when both are set.",
+    ),
     key("pg_host", "127.0.0.1", "PostgreSQL host."),
     key("pg_port", "5432", "PostgreSQL port."),
     key("pg_user", "tollgate", "PostgreSQL user."),

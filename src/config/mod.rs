@@ -55,6 +55,9 @@ pub struct ClusterTls {
 pub enum Database {
     Sqlite,
     Postgres,
+    /// DB-less: the configuration is loaded whole (`declarative_config`, `POST /config`) into an
+    /// embedded store of the node's own, and the Admin API does not write entities.
+    Off,
 }
 
 impl Database {
@@ -62,6 +65,7 @@ impl Database {
         match self {
             Database::Sqlite => "sqlite",
             Database::Postgres => "postgres",
+            Database::Off => "off",
         }
     }
 }
@@ -199,13 +203,19 @@ pub struct Settings {
     pub upstream_keepalive_idle_timeout: Duration,
     /// `dns_*`.
     pub dns: crate::dns::DnsSettings,
+    /// With `database = off`: the file loaded at start, or the configuration itself.
+    pub declarative_config: Option<PathBuf>,
+    pub declarative_config_string: Option<String>,
     /// Every key with its effective value, for `GET /` (secrets redacted there).
     pub raw: BTreeMap<&'static str, String>,
 }
 
 impl Settings {
     pub fn sqlite_path(&self) -> PathBuf {
-        self.prefix.join("tollgate.db")
+        match self.database {
+            Database::Off => self.prefix.join("dbless.db"),
+            _ => self.prefix.join("tollgate.db"),
+        }
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -329,7 +339,10 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         }
     };
     let cluster_tls = check.cluster_tls(role);
-    let database = check.one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres)]);
+    let database = check
+        .one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres), ("off", Database::Off)]);
+    let declarative_config = check.optional("declarative_config").map(PathBuf::from);
+    let declarative_config_string = check.optional("declarative_config_string");
     let pg = PgSettings {
         host: check.string("pg_host"),
         port: check.int("pg_port", 1, 65535).unwrap_or(5432),
@@ -397,6 +410,8 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         upstream_keepalive_pool_size,
         upstream_keepalive_idle_timeout,
         dns,
+        declarative_config,
+        declarative_config_string,
         raw: values.into_iter().map(|(k, (v, _))| (k, v)).collect(),
     })
 }

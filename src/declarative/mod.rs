@@ -201,6 +201,34 @@ fn expect_object(v: Value) -> Result<Value, String> {
     if v.is_object() { Ok(v) } else { Err("failed parsing declarative configuration: expected an object".into()) }
 }
 
+/// Kong's hash of a configuration: the MD5 of its text, in hex.
+pub fn hash(text: &str) -> String {
+    use md5::Digest;
+    let digest = md5::Md5::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of no configuration at all, as Kong reports it.
+pub const EMPTY_HASH: &str = "00000000000000000000000000000000";
+
+/// A text read whole: `unserialize` then `flatten`.
+pub fn read(text: &str, filename: Option<&str>, plugins: &dyn PluginCatalog) -> Result<Declared, Invalid> {
+    let doc = unserialize(text, filename).map_err(|e| Invalid::top("error", e))?;
+    flatten(doc, plugins)
+}
+
+/// The entities of a configuration as `POST /config` answers them: by table, then by id.
+pub fn by_table(declared: &Declared) -> Value {
+    let mut out = Map::new();
+    for (kind, record) in &declared.entities {
+        let table = out.entry(kind.table()).or_insert_with(|| Value::Object(Map::new()));
+        if let (Value::Object(table), Some(id)) = (table, record.get("id").and_then(Value::as_str)) {
+            table.insert(id.to_string(), Value::Object(record.clone()));
+        }
+    }
+    Value::Object(out)
+}
+
 /// One entry of the file on its way to a record.
 #[derive(Debug)]
 struct Entry {

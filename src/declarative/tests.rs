@@ -248,3 +248,9 @@ fn entries_that_are_not_records_and_workspaces_are_handled() {
     let v: Value = json!({"_format_version": "3.0", "_transform": "yes"});
     assert_eq!(flatten(v, &Catalog).expect_err("bad").fields, json!({"_transform": "expected a boolean"}));
 }
+
+#[test]
+fn the_hash_is_kongs_md5_of_the_text() {
+    assert_eq!(hash(""), "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(EMPTY_HASH.len(), 32);
+}

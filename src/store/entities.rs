@@ -178,6 +178,7 @@ impl Store {
         record: Obj,
         ttl: Option<i64>,
     ) -> Result<Obj, EntityError> {
+        self.refuse_in_dbless(kind, op)?;
         let mut tx = self.begin_write().await?;
         let version = self.bump_version(&mut tx).await?;
         let (mut record, change) = self.write_row(&mut tx, cp, kind, op, record, ttl).await?;
@@ -187,6 +188,74 @@ impl Store {
             record.insert("ttl".into(), Value::from(t));
         }
         Ok(record)
+    }
+
+    /// Kong's DB-less answer to an entity write (405): its words for the operation.
+    fn refuse_in_dbless(&self, kind: Kind, op: WriteOp) -> Result<(), EntityError> {
+        if !self.declarative_only() {
+            return Ok(());
+        }
+        let verb = match op {
+            WriteOp::Insert => "create",
+            WriteOp::Update => "update",
+            WriteOp::Upsert => "create or update",
+        };
+        Err(EntityError::Unsupported(format!("cannot {verb} '{}' entities when not using a database", kind.table())))
+    }
+
+    /// Replaces every entity of `cp` with `records` (a whole declarative configuration, parents
+    /// first) in one transaction, and remembers its `hash`. No change rows are written: followers
+    /// see a version they cannot reach by changes, and reload the whole configuration.
+    pub async fn replace_all(
+        &self,
+        cp: &str,
+        records: &[(Kind, Obj)],
+        hash: &str,
+    ) -> Result<usize, (Kind, String, EntityError)> {
+        let unnamed = |e: EntityError| (Kind::Consumer, String::new(), e);
+        let mut tx = self.begin_write().await.map_err(unnamed)?;
+        let version = self.bump_version(&mut tx).await.map_err(unnamed)?;
+        for kind in crate::store::CHILDREN_FIRST {
+            let q = self.sql(&format!("DELETE FROM {} WHERE cp = ?", kind.table()));
+            sqlx::query(AssertSqlSafe(q.as_str()))
+                .bind(cp.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unnamed(db_error(e)))?;
+        }
+        for (kind, record) in records {
+            let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let written = self.write_row(&mut tx, cp, *kind, WriteOp::Insert, record.clone(), None).await;
+            written.map_err(|e| (*kind, id, e))?;
+        }
+        let q = self.sql("DELETE FROM declarative_config WHERE cp = ?");
+        sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unnamed(db_error(e)))?;
+        let q = self.sql("INSERT INTO declarative_config (cp, hash, loaded_at) VALUES (?, ?, ?)");
+        sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .bind(hash.to_string())
+            .bind(now_secs())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unnamed(db_error(e)))?;
+        self.record_changes(&mut tx, version, cp, &[]).await.map_err(unnamed)?;
+        self.commit(tx, version).await.map_err(unnamed)?;
+        Ok(records.len())
+    }
+
+    /// The hash of the declarative configuration `cp` last loaded whole, if any.
+    pub async fn declarative_hash(&self, cp: &str) -> Result<Option<String>, EntityError> {
+        let q = self.sql("SELECT hash FROM declarative_config WHERE cp = ?");
+        let row = sqlx::query(AssertSqlSafe(q.as_str()))
+            .bind(cp.to_string())
+            .fetch_optional(&self.inner.reader)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| r.try_get::<String, _>(0).map_err(db_error)).transpose()
     }
 
     /// Writes whole records (a declarative file's, parents first) in one transaction: each one
@@ -219,6 +288,7 @@ impl Store {
         record: Obj,
         snis: Option<Vec<String>>,
     ) -> Result<(Obj, Vec<String>), EntityError> {
+        self.refuse_in_dbless(Kind::Certificate, op)?;
         let mut tx = self.begin_write().await?;
         let version = self.bump_version(&mut tx).await?;
         let (record, change) = self.write_row(&mut tx, cp, Kind::Certificate, op, record, None).await?;
@@ -385,6 +455,12 @@ impl Store {
     /// Deletes one entity and everything that cascades from it. Deleting what does not exist is not
     /// an error (Kong answers 204 either way).
     pub async fn delete(&self, cp: &str, kind: Kind, id: &str) -> Result<(), EntityError> {
+        if self.declarative_only() {
+            return Err(EntityError::Unsupported(format!(
+                "cannot remove '{}' entities when not using a database",
+                kind.table()
+            )));
+        }
         let mut tx = self.begin_write().await?;
         if !self.exists_in(&mut tx, cp, kind, id).await? {
             return Ok(());

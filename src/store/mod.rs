@@ -19,7 +19,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
 use crate::config::{Database, Settings};
-use crate::model::EntityError;
+use crate::model::{EntityError, Kind};
 
 pub use changes::{Change, ChangeOp, Feed, Touched};
 pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
@@ -29,6 +29,23 @@ pub use realms::{Cursor, KeyHolder, RealmPage, RealmRow, RealmTable};
 
 /// The default control plane every root Admin API path addresses.
 pub const DEFAULT_CP: &str = "default";
+
+/// Every entity table, children before their parents (the order in which they can be emptied).
+pub const CHILDREN_FIRST: [Kind; 13] = [
+    Kind::Plugin,
+    Kind::Route,
+    Kind::Service,
+    Kind::Target,
+    Kind::Upstream,
+    Kind::Acl,
+    Kind::KeyAuth,
+    Kind::GroupMembership,
+    Kind::ConsumerGroup,
+    Kind::Consumer,
+    Kind::CaCertificate,
+    Kind::Sni,
+    Kind::Certificate,
+];
 
 /// A failure to open or migrate the store.
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +88,20 @@ struct Inner {
     committed: AtomicI64,
     /// PostgreSQL URL for LISTEN (None on SQLite).
     listen_url: Option<String>,
+    /// DB-less: entities change only by a whole configuration (`replace_all`).
+    declarative_only: bool,
 }
 
 impl Store {
     /// Connects (creating `<prefix>/tollgate.db` on first start), applies migrations and makes sure
     /// the `default` control plane exists.
     pub async fn open(settings: &Settings) -> Result<Store, StoreError> {
-        let store = Store::connect(settings).await?;
+        let mut store = Store::connect(settings).await?;
+        if settings.database == Database::Off
+            && let Some(inner) = Arc::get_mut(&mut store.inner)
+        {
+            inner.declarative_only = true;
+        }
         store.ensure_default_control_plane().await.map_err(|e| StoreError::Init(e.to_string()))?;
         Ok(store)
     }
@@ -85,7 +109,7 @@ impl Store {
     async fn connect(settings: &Settings) -> Result<Store, StoreError> {
         install_default_drivers();
         match settings.database {
-            Database::Sqlite => {
+            Database::Sqlite | Database::Off => {
                 std::fs::create_dir_all(&settings.prefix)
                     .map_err(|source| StoreError::Prefix { path: settings.prefix.display().to_string(), source })?;
                 let path = settings.sqlite_path();
@@ -145,8 +169,14 @@ impl Store {
                 local_change: tokio::sync::watch::Sender::new(0),
                 committed: AtomicI64::new(0),
                 listen_url,
+                declarative_only: false,
             }),
         }
+    }
+
+    /// Whether this is a DB-less node's store (entities change only by a whole configuration).
+    pub fn declarative_only(&self) -> bool {
+        self.inner.declarative_only
     }
 
     pub fn backend(&self) -> Backend {
