@@ -235,8 +235,7 @@ struct Entry {
     kind: Kind,
     /// Its place in the file (for errors).
     path: Vec<Step>,
-    /// As written, without its children (for `flattened_errors`).
-    input: Value,
+    /// As written, without its children, its references made ids; let go once it validates.
     fields: Obj,
     /// The entry it nests under, and the field that points at it.
     parent: Option<(usize, &'static str)>,
@@ -288,23 +287,19 @@ impl Errors {
         }
     }
 
-    /// An entry's errors: `tree` at its place, and its flattened item.
-    fn entry(&mut self, entry: &Entry, tree: Value, items: Vec<Value>) {
+    /// An entry's errors: `tree` at its place, and its flattened item (showing `fields`).
+    fn entry(&mut self, entry: &Entry, fields: &Obj, tree: Value, items: Vec<Value>) {
         let mut flat = Map::new();
         let table = entry.kind.table();
         flat.insert("entity_type".into(), json!(table.strip_suffix('s').unwrap_or(table)));
-        if let Some(name) = entry.input.get("name").filter(|n| n.is_string()) {
+        if let Some(name) = fields.get("name").filter(|n| n.is_string()) {
             flat.insert("entity_name".into(), name.clone());
         }
-        if let Some(id) = entry.input.get("id").filter(|n| n.is_string()) {
-            flat.insert("entity_id".into(), id.clone());
-        } else {
-            flat.insert("entity_id".into(), json!(entry.id));
-        }
-        if let Some(tags) = entry.input.get("tags").filter(|t| t.is_array()) {
+        flat.insert("entity_id".into(), json!(entry.id));
+        if let Some(tags) = fields.get("tags").filter(|t| t.is_array()) {
             flat.insert("entity_tags".into(), tags.clone());
         }
-        flat.insert("entity".into(), entry.input.clone());
+        flat.insert("entity".into(), Value::Object(fields.clone()));
         flat.insert("errors".into(), Value::Array(items));
         self.flattened.push(Value::Object(flat));
         self.at(&entry.path, tree);
@@ -417,9 +412,15 @@ pub fn flatten(doc: Value, plugins: &dyn PluginCatalog) -> Result<Declared, Inva
         }
     }
     assign_ids(&mut entries);
-    let references = resolve_references(&mut entries);
+    // References are judged once every entry is well formed, as Kong does; their errors are
+    // written down now, while each entry still holds what it was given.
+    let mut reference_errors = Errors::default();
+    for (i, messages) in resolve_references(&mut entries) {
+        let items = messages.iter().map(|m| json!({"type": "entity", "message": m})).collect();
+        reference_errors.entry(&entries[i], &entries[i].fields, json!(messages), items);
+    }
     let mut records = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    for entry in &mut entries {
         match crate::model::prepare(entry.kind, entry.fields.clone(), Mode::Create, plugins) {
             Ok(mut record) => {
                 // A file's `updated_at` (an export's) is kept, so that a round trip changes nothing.
@@ -427,6 +428,8 @@ pub fn flatten(doc: Value, plugins: &dyn PluginCatalog) -> Result<Declared, Inva
                     record.insert("updated_at".into(), at.clone());
                 }
                 records.push(record);
+                // Its record says the rest: memory holds one copy of a large file, not two.
+                entry.fields = Obj::new();
             }
             Err(e) => {
                 let tree = match &e {
@@ -435,19 +438,13 @@ pub fn flatten(doc: Value, plugins: &dyn PluginCatalog) -> Result<Declared, Inva
                 };
                 let mut items = Vec::new();
                 flat_errors(&tree, "", &mut items);
-                errors.entry(entry, tree, items);
+                errors.entry(entry, &entry.fields, tree, items);
                 records.push(Obj::new());
             }
         }
     }
     errors.done()?;
-    // References are judged once every entry is well formed, as Kong does.
-    let mut errors = Errors::default();
-    for (i, messages) in references {
-        let items = messages.iter().map(|m| json!({"type": "entity", "message": m})).collect();
-        errors.entry(&entries[i], json!(messages), items);
-    }
-    errors.done()?;
+    reference_errors.done()?;
     let mut errors = Errors::default();
     uniqueness(&entries, &records, &mut errors);
     errors.done()?;
@@ -520,7 +517,6 @@ fn collect(
     entries.push(Entry {
         kind,
         path: path.clone(),
-        input: Value::Object(fields.clone()),
         fields,
         parent,
         id: Uuid::nil(),
@@ -701,7 +697,7 @@ fn uniqueness(entries: &[Entry], records: &[Obj], errors: &mut Errors) {
             }
         }
         if let Some(m) = message {
-            errors.entry(entry, json!(m), vec![json!({"type": "entity", "message": m})]);
+            errors.entry(entry, record, json!(m), vec![json!({"type": "entity", "message": m})]);
         }
     }
 }
