@@ -514,13 +514,7 @@ fn collect(
         }
     }
     let index = entries.len();
-    entries.push(Entry {
-        kind,
-        path: path.clone(),
-        fields,
-        parent,
-        id: Uuid::nil(),
-    });
+    entries.push(Entry { kind, path: path.clone(), fields, parent, id: Uuid::nil() });
     for (key, child, fk, list) in nested {
         let mut at = path.clone();
         at.push(Step::Key(key.into()));

@@ -43,6 +43,8 @@ pub struct PluginInfo {
     pub config: &'static schema::Schema,
     /// Kong's `typedefs.no_consumer`: may not be scoped to a consumer.
     pub no_consumer: bool,
+    /// Kong's `shorthand_fields` of the config: deprecated fields rewritten before validation.
+    pub shorthands: Option<fn(&mut Obj)>,
 }
 
 /// Applies form-value coercion using the kind's schema (and the plugin's config schema). For input
@@ -174,7 +176,13 @@ fn prepare_plugin(
     }
     let config_in = match record.get("config") {
         None | Some(Value::Null) => Some(Obj::new()),
-        Some(Value::Object(m)) => Some(m.clone()),
+        Some(Value::Object(m)) => {
+            let mut config = m.clone();
+            if let Some(shorthands) = def.and_then(|d| d.shorthands) {
+                shorthands(&mut config);
+            }
+            Some(config)
+        }
         Some(_) => {
             violations.push(Violation::field("config", "expected a record"));
             None

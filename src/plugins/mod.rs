@@ -240,6 +240,8 @@ pub struct PluginDef {
     pub config: fn() -> &'static Schema,
     /// Kong's `typedefs.no_consumer`: may not be scoped to a consumer.
     pub no_consumer: bool,
+    /// Kong's `shorthand_fields`: deprecated config fields rewritten before validation.
+    pub shorthands: Option<fn(&mut Obj)>,
     pub build: BuildFn,
 }
 
@@ -286,6 +288,11 @@ pub struct Catalog;
 
 impl PluginCatalog for Catalog {
     fn plugin(&self, name: &str) -> Option<PluginInfo> {
-        find(name).map(|d| PluginInfo { name: d.name, config: (d.config)(), no_consumer: d.no_consumer })
+        find(name).map(|d| PluginInfo {
+            name: d.name,
+            config: (d.config)(),
+            no_consumer: d.no_consumer,
+            shorthands: d.shorthands,
+        })
     }
 }

@@ -223,11 +223,7 @@ impl Store {
                 .await
                 .map_err(|e| unnamed(db_error(e)))?;
         }
-        for (kind, record) in records {
-            let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            let written = self.write_row(&mut tx, cp, *kind, WriteOp::Insert, record.clone(), None).await;
-            written.map_err(|e| (*kind, id, e))?;
-        }
+        self.upsert_rows(&mut tx, cp, records).await?;
         let q = self.sql("DELETE FROM declarative_config WHERE cp = ?");
         sqlx::query(AssertSqlSafe(q.as_str()))
             .bind(cp.to_string())
@@ -265,16 +261,61 @@ impl Store {
         let unnamed = |e: EntityError| (Kind::Consumer, String::new(), e);
         let mut tx = self.begin_write().await.map_err(unnamed)?;
         let version = self.bump_version(&mut tx).await.map_err(unnamed)?;
-        let mut changes = Vec::with_capacity(records.len());
-        for (kind, record) in records {
-            let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            let written = self.write_row(&mut tx, cp, *kind, WriteOp::Upsert, record.clone(), None).await;
-            let (_, touched) = written.map_err(|e| (*kind, id, e))?;
-            changes.push(touched);
-        }
-        self.record_changes(&mut tx, version, cp, &changes).await.map_err(unnamed)?;
+        self.upsert_rows(&mut tx, cp, records).await?;
+        // No change rows: followers reload the whole configuration, cheaper than replaying a file.
+        self.record_changes(&mut tx, version, cp, &[]).await.map_err(unnamed)?;
         self.commit(tx, version).await.map_err(unnamed)?;
-        Ok(changes.len())
+        Ok(records.len())
+    }
+
+    /// The bulk path of a whole file: one statement per record (an insert, or an update of the row
+    /// with its id), the database's own constraints judging uniqueness and references (the file was
+    /// validated whole, its references resolved to ids). A row of another control plane with the
+    /// same id is not touched: that is a primary key violation.
+    async fn upsert_rows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cp: &str,
+        records: &[(Kind, Obj)],
+    ) -> Result<(), (Kind, String, EntityError)> {
+        for (kind, record) in records {
+            let kind = *kind;
+            let id = record.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let body = Value::Object(record.clone()).to_string();
+            let created_at = record.get("created_at").and_then(Value::as_i64).unwrap_or_else(now_secs);
+            let mut cols = columns(kind, record);
+            if kind.has_ttl() {
+                cols.push(("expires_at".into(), Col::Int(None)));
+            }
+            let names: Vec<&str> = cols.iter().map(|(c, _)| c.as_str()).collect();
+            let marks = vec!["?"; names.len()].join(", ");
+            let sets: Vec<String> = names.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+            let table = kind.table();
+            let sql = self.sql(&format!(
+                "INSERT INTO {table} (created_at, body, {}, cp, id) VALUES (?, ?, {marks}, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, body = excluded.body, {} \
+                 WHERE {table}.cp = excluded.cp",
+                names.join(", "),
+                sets.join(", ")
+            ));
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(created_at).bind(body);
+            for (_, col) in cols {
+                query = match col {
+                    Col::Text(v) => query.bind(v),
+                    Col::Int(v) => query.bind(v),
+                };
+            }
+            let done = query
+                .bind(cp.to_string())
+                .bind(id.clone())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| (kind, id.clone(), self.constraint_error(e, kind, record)))?;
+            if done.rows_affected() == 0 {
+                return Err((kind, id.clone(), EntityError::PrimaryKey(id)));
+            }
+        }
+        Ok(())
     }
 
     /// A certificate and its SNI names (Kong's `snis` shorthand) in one transaction: names it no

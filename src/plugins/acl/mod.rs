@@ -20,6 +20,7 @@ pub const DEF: PluginDef = PluginDef {
     version: env!("CARGO_PKG_VERSION"),
     config: schema,
     no_consumer: true,
+    shorthands: None,
     build,
 };
 

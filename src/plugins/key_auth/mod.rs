@@ -23,6 +23,7 @@ pub const DEF: PluginDef = PluginDef {
     version: env!("CARGO_PKG_VERSION"),
     config: schema::schema,
     no_consumer: true,
+    shorthands: None,
     build,
 };
 

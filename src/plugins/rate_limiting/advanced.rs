@@ -18,6 +18,7 @@ pub const ADVANCED: PluginDef = PluginDef {
     version: env!("CARGO_PKG_VERSION"),
     config: schema::advanced,
     no_consumer: false,
+    shorthands: None,
     build,
 };
 

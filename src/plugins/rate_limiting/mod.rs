@@ -39,6 +39,7 @@ pub const DEF: PluginDef = PluginDef {
     version: env!("CARGO_PKG_VERSION"),
     config: schema::rate_limiting,
     no_consumer: false,
+    shorthands: Some(schema::redis_shorthands),
     build: build_rate_limiting,
 };
 

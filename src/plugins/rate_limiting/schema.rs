@@ -121,7 +121,8 @@ fn redis_record() -> Field {
             typedefs::port("port").default(json!(6379)),
             Field::new("timeout", Type::Integer).default(json!(2000)).check(Check::Between(0, MAX_TIMEOUT_MS)),
             Field::new("username", Type::String),
-            Field::new("password", Type::String),
+            // Kong's `len_min = 0`: an empty password is a password (its own tests send one).
+            Field::new("password", Type::String).check(Check::LenMin(0)),
             Field::new("database", Type::Integer).default(json!(0)).check(Check::Between(0, 2_147_483_647)),
             Field::new("ssl", Type::Boolean).required().default(json!(false)),
             Field::new("ssl_verify", Type::Boolean).required().default(json!(false)),
@@ -146,6 +147,36 @@ fn redis_record() -> Field {
     )
     .required()
     .default(json!({}))
+}
+
+/// Kong 3.x's deprecated top-level `redis_*` fields of rate-limiting, moved into `redis` (a value
+/// already given there wins), each with Kong's deprecation warning.
+pub fn redis_shorthands(config: &mut Obj) {
+    const MOVED: [(&str, &str); 9] = [
+        ("redis_host", "host"),
+        ("redis_port", "port"),
+        ("redis_password", "password"),
+        ("redis_username", "username"),
+        ("redis_database", "database"),
+        ("redis_timeout", "timeout"),
+        ("redis_ssl", "ssl"),
+        ("redis_ssl_verify", "ssl_verify"),
+        ("redis_server_name", "server_name"),
+    ];
+    for (old, new) in MOVED {
+        let Some(value) = config.remove(old) else { continue };
+        if value.is_null() {
+            continue;
+        }
+        tracing::warn!("rate-limiting: config.{old} is deprecated, please use config.redis.{new} instead");
+        let redis = config.entry("redis").or_insert_with(|| Value::Object(Obj::new()));
+        if redis.is_null() {
+            *redis = Value::Object(Obj::new());
+        }
+        if let Value::Object(redis) = redis {
+            redis.entry(new).or_insert(value);
+        }
+    }
 }
 
 fn common_fields() -> Vec<Field> {
