@@ -1560,3 +1560,28 @@ async fn endpoints_list_every_path_the_node_serves() {
         assert_eq!(status, 200, "GET {collection}: {body}");
     }
 }
+
+#[tokio::test]
+async fn consumers_filter_by_custom_id_and_credentials_lead_to_their_consumer() {
+    let gw = Gateway::start().await;
+    let alice = gw.create("/consumers", json!({"username": "alice", "custom_id": "a-1"})).await;
+    gw.create("/consumers", json!({"username": "bob", "custom_id": "b-2"})).await;
+    let (status, found) = gw.get("/consumers?custom_id=a-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(found["data"].as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(found["data"][0]["username"], "alice");
+    assert_eq!(gw.get("/consumers?custom_id=nobody").await.1, json!({"data": [], "next": null}));
+
+    let key = gw.create("/consumers/alice/key-auth", json!({"key": "alice-key"})).await;
+    let acl = gw.create("/consumers/alice/acls", json!({"group": "admins"})).await;
+    for path in [
+        "/key-auths/alice-key/consumer".to_string(),
+        format!("/key-auths/{}/consumer", id(&key)),
+        format!("/acls/{}/consumer", id(&acl)),
+    ] {
+        let (status, owner) = gw.get(&path).await;
+        assert_eq!(status, 200, "{path}: {owner}");
+        assert_eq!(owner["id"], alice["id"], "{path}");
+    }
+    assert_eq!(gw.get("/key-auths/no-such-key/consumer").await.0, 404);
+}

@@ -957,6 +957,27 @@ async fn key_auth_accepts_the_key_in_a_json_or_form_body_when_key_in_body_is_set
 }
 
 #[tokio::test]
+async fn key_auth_reads_a_multipart_body_and_hides_the_key_keeping_the_rest() {
+    let (gw, up) = start().await;
+    key_auth_route(&gw, &up, json!({"key_in_body": true, "hide_credentials": true})).await;
+    let body = "--b0und\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b0und\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nsecret\r\n--b0und--\r\n";
+    let r = gw
+        .http
+        .post(gw.proxy_url("/auth?x=%2F1&apikey=secret&y"))
+        .header("content-type", "multipart/form-data; boundary=b0und")
+        .body(body)
+        .send()
+        .await
+        .expect("multipart");
+    assert_eq!(r.status(), 200);
+    let echoed = echo(r).await;
+    assert_eq!(echoed["headers"]["x-consumer-username"], "ann");
+    assert_eq!(echoed["body"], "--b0und\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b0und--\r\n");
+    // The query keeps every other parameter's order and encoding byte for byte.
+    assert!(echoed["uri"].as_str().is_some_and(|u| u.ends_with("?x=%2F1&y")), "{echoed}");
+}
+
+#[tokio::test]
 async fn key_auth_ignores_a_body_key_unless_key_in_body_is_set() {
     let (gw, up) = start().await;
     key_auth_route(&gw, &up, json!({})).await;

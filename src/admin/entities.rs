@@ -86,6 +86,17 @@ impl AdminState {
         let seg = segments(parent, params);
         let parent = self.parent_obj(parent, seg.parent).await?;
         let opts = pagination::parse(query)?;
+        // Kong's `GET /consumers?custom_id=…`: the one consumer with it, or none.
+        if kind == Kind::Consumer
+            && parent.is_none()
+            && let Some(custom_id) = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == "custom_id")
+                .map(|(_, v)| v.into_owned())
+        {
+            let found = self.store.get_by(&self.cp(), kind, "custom_id", &custom_id).await?;
+            let data: Vec<Value> = found.into_iter().map(Value::Object).collect();
+            return Ok(Json(serde_json::json!({"data": data, "next": Value::Null})).into_response());
+        }
         let q = ListQuery {
             cp: &self.cp(),
             parent: parent.map(|(p, id)| (p.field, id)),

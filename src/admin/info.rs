@@ -143,29 +143,31 @@ pub async fn validate_plugin(body: AdminBody) -> AdminResult<Response> {
 
 /// `/routes/{r}/service`: the route's service, addressed through the route.
 pub fn route_service() -> MethodRouter<AdminState> {
-    async fn service_of(s: &AdminState, route: &str) -> AdminResult<String> {
-        let r = s.store.lookup(&s.cp(), Kind::Route, route).await?.ok_or(AdminError::NotFound)?;
-        r.get("service")
-            .and_then(|v| v.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or(AdminError::NotFound)
+    owner(Kind::Route, "service", Kind::Service)
+}
+
+/// `/{entities}/{id}/{field}`: the entity an entity's foreign key `field` points at (a route's
+/// service, a credential's consumer), addressed through it, as Kong generates these paths.
+pub fn owner(kind: Kind, field: &'static str, owner: Kind) -> MethodRouter<AdminState> {
+    async fn owner_of(s: &AdminState, kind: Kind, field: &str, key: &str) -> AdminResult<String> {
+        let r = s.store.lookup(&s.cp(), kind, key).await?.ok_or(AdminError::NotFound)?;
+        r.get(field).and_then(|v| v.get("id")).and_then(Value::as_str).map(str::to_string).ok_or(AdminError::NotFound)
     }
-    get(|State(s): State<AdminState>, Path(r): Path<String>| async move {
-        let id = service_of(&s, &r).await?;
-        s.read_entity(Kind::Service, None, &[id]).await
+    get(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
+        let id = owner_of(&s, kind, field, &k).await?;
+        s.read_entity(owner, None, &[id]).await
     })
-    .patch(|State(s): State<AdminState>, Path(r): Path<String>, body: AdminBody| async move {
-        let id = service_of(&s, &r).await?;
-        s.patch_entity(Kind::Service, None, &[id], body).await
+    .patch(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
+        let id = owner_of(&s, kind, field, &k).await?;
+        s.patch_entity(owner, None, &[id], body).await
     })
-    .put(|State(s): State<AdminState>, Path(r): Path<String>, body: AdminBody| async move {
-        let id = service_of(&s, &r).await?;
-        s.put_entity(Kind::Service, None, &[id], body).await
+    .put(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
+        let id = owner_of(&s, kind, field, &k).await?;
+        s.put_entity(owner, None, &[id], body).await
     })
-    .delete(|State(s): State<AdminState>, Path(r): Path<String>| async move {
-        // Kong never deletes a service through its route: 404 without one, 405 with one.
-        service_of(&s, &r).await?;
+    .delete(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
+        // Kong never deletes the owner through what it owns: 404 without one, 405 with one.
+        owner_of(&s, kind, field, &k).await?;
         Err::<Response, _>(AdminError::MethodNotAllowed)
     })
 }

@@ -219,7 +219,9 @@ pub fn router(state: AdminState) -> Router {
         .add("/upstreams/{upstreams}/targets/{targets}/unhealthy", upstreams::set_health(Health::Unhealthy))
         .add("/upstreams/{upstreams}/targets/{targets}/{address}/healthy", upstreams::set_health(Health::Healthy))
         .add("/upstreams/{upstreams}/targets/{targets}/{address}/unhealthy", upstreams::set_health(Health::Unhealthy))
-        .add("/routes/{routes}/service", info::route_service());
+        .add("/routes/{routes}/service", info::route_service())
+        .add("/key-auths/{keyauth_credentials}/consumer", info::owner(Kind::KeyAuth, "consumer", Kind::Consumer))
+        .add("/acls/{acls}/consumer", info::owner(Kind::Acl, "consumer", Kind::Consumer));
     let kong = legacy::routes(kong).finish();
     let entities = kong
         .route("/v1/tokens", get(tokens::list).post(tokens::create))

@@ -216,6 +216,11 @@ impl Violation {
     pub fn field(name: &str, message: impl Into<String>) -> Violation {
         Violation { path: vec![PathSeg::Field(name.to_string())], message: message.into() }
     }
+    /// About the record being checked as a whole, reported as its field in the parent (Kong's
+    /// `custom_validator` of a record: `fields.config = "…"`), where `validate_nested` places it.
+    pub fn record(message: impl Into<String>) -> Violation {
+        Violation { path: vec![PathSeg::Field(RECORD.to_string())], message: message.into() }
+    }
     fn path_string(&self) -> String {
         let mut s = String::new();
         for (i, seg) in self.path.iter().enumerate() {
@@ -680,12 +685,18 @@ pub fn is_nonempty(v: Option<&Value>) -> bool {
 }
 
 /// Validates a nested record (a plugin's `config`) and reports violations under `prefix`.
+/// The path of a [`Violation::record`] until `validate_nested` names the record.
+const RECORD: &str = "@record";
+
 pub fn validate_nested(schema: &Schema, input: &Obj, prefix: &str) -> Result<Obj, Violations> {
     validate(schema, input).map_err(|v| {
         Violations(
             v.0.into_iter()
                 .map(|mut viol| {
-                    if viol.path.is_empty() {
+                    if matches!(viol.path.as_slice(), [PathSeg::Field(f)] if f == RECORD) {
+                        viol.path = vec![PathSeg::Field(prefix.to_string())];
+                        viol
+                    } else if viol.path.is_empty() {
                         viol
                     } else {
                         viol.path.insert(0, PathSeg::Field(prefix.to_string()));

@@ -90,23 +90,60 @@ pub fn with_query(uri: &Uri, query: &str) -> Uri {
 }
 
 /// The kinds of request body plugins understand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyKind {
     Json,
     Form,
+    /// `multipart/form-data`, with its boundary.
+    Multipart(String),
     Other,
 }
 
 pub fn body_kind(headers: &http::HeaderMap) -> BodyKind {
-    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let ct = ct.split(';').next().unwrap_or("").trim();
+    let full = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = full.split(';').next().unwrap_or("").trim();
     if ct.eq_ignore_ascii_case("application/json") || ct.to_ascii_lowercase().ends_with("+json") {
         BodyKind::Json
     } else if ct.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         BodyKind::Form
+    } else if ct.eq_ignore_ascii_case("multipart/form-data") {
+        match multer::parse_boundary(full) {
+            Ok(boundary) => BodyKind::Multipart(boundary),
+            Err(_) => BodyKind::Other,
+        }
     } else {
         BodyKind::Other
     }
+}
+
+/// The parts of a buffered `multipart/form-data` body: each one's field name, where the part
+/// starts (its `--boundary` line included) and ends, and its content. Unreadable parts end the
+/// list (a body read this far is all a plugin looks at).
+fn multipart_parts<'a>(body: &'a [u8], boundary: &str) -> Vec<(String, std::ops::Range<usize>, &'a [u8])> {
+    let delimiter = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    let starts: Vec<usize> = finder.find_iter(body).collect();
+    let mut out = Vec::new();
+    for pair in starts.windows(2) {
+        let (start, next) = (pair[0], pair[1]);
+        let part = &body[start + delimiter.len()..next];
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let Some(split) = memchr::memmem::find(part, b"\r\n\r\n") else { break };
+        let head = String::from_utf8_lossy(&part[..split]);
+        let content = &part[split + 4..];
+        let content = content.strip_suffix(b"\r\n").unwrap_or(content);
+        let name = head.lines().find_map(|line| {
+            let (header, value) = line.split_once(':')?;
+            if !header.trim().eq_ignore_ascii_case("content-disposition") {
+                return None;
+            }
+            value.split(';').find_map(|p| p.trim().strip_prefix("name=").map(|n| n.trim_matches('"').to_string()))
+        });
+        if let Some(name) = name {
+            out.push((name, start..next, content));
+        }
+    }
+    out
 }
 
 /// Looks `name` up in a buffered body.
@@ -128,6 +165,18 @@ pub fn find_in_body(kind: BodyKind, body: &Bytes, name: &str) -> Found<'static> 
             },
             Err(_) => Found::None,
         },
+        BodyKind::Multipart(boundary) => {
+            let mut found = Found::None;
+            for (field, _, content) in multipart_parts(body, &boundary) {
+                if field == name {
+                    if found != Found::None {
+                        return Found::Many;
+                    }
+                    found = Found::One(Cow::Owned(String::from_utf8_lossy(content).into_owned()));
+                }
+            }
+            found
+        }
         BodyKind::Other => Found::None,
     }
 }
@@ -143,6 +192,22 @@ pub fn remove_from_body(kind: BodyKind, body: &Bytes, name: &str) -> Option<Byte
             _ => None,
         },
         BodyKind::Form => std::str::from_utf8(body).ok().and_then(|t| remove_pair(t, name)).map(Bytes::from),
+        // The other parts are kept byte for byte.
+        BodyKind::Multipart(boundary) => {
+            let drop: Vec<std::ops::Range<usize>> =
+                multipart_parts(body, &boundary).into_iter().filter(|(f, _, _)| f == name).map(|(_, r, _)| r).collect();
+            if drop.is_empty() {
+                return None;
+            }
+            let mut out = Vec::with_capacity(body.len());
+            let mut at = 0;
+            for range in drop {
+                out.extend_from_slice(&body[at..range.start]);
+                at = range.end;
+            }
+            out.extend_from_slice(&body[at..]);
+            Some(Bytes::from(out))
+        }
         BodyKind::Other => None,
     }
 }
@@ -150,6 +215,22 @@ pub fn remove_from_body(kind: BodyKind, body: &Bytes, name: &str) -> Option<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multipart_bodies_give_up_a_field_and_keep_the_rest() {
+        let body = Bytes::from_static(
+            b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\none\r\n--xyz\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nsecret\r\n--xyz\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\ntwo\r\n--xyz--\r\n",
+        );
+        let kind = BodyKind::Multipart("xyz".into());
+        assert_eq!(find_in_body(kind.clone(), &body, "apikey"), Found::One(Cow::Borrowed("secret")));
+        assert_eq!(find_in_body(kind.clone(), &body, "nope"), Found::None);
+        let hidden = remove_from_body(kind.clone(), &body, "apikey").expect("removed");
+        assert_eq!(
+            &hidden[..],
+            b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\none\r\n--xyz\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\ntwo\r\n--xyz--\r\n"
+        );
+        assert_eq!(find_in_body(kind, &hidden, "apikey"), Found::None);
+    }
 
     #[test]
     fn finds_and_decodes_pairs() {

@@ -230,7 +230,8 @@ impl KeyAuth {
         }
         if self.key_in_body {
             let kind = request::body_kind(&ctx.parts.headers);
-            if let Some(new_body) = ctx.body.as_ref().and_then(|b| request::remove_from_body(kind, b, &key_name.name)) {
+            let removed = ctx.body.as_ref().and_then(|b| request::remove_from_body(kind, b, &key_name.name));
+            if let Some(new_body) = removed {
                 ctx.body = Some(new_body);
             }
         }

@@ -407,14 +407,8 @@ impl Limiter {
             ctx.response_headers = headers;
             return Flow::Continue;
         }
-        if self.hide_client_headers {
-            // Retry-After is not one of the client headers `hide_client_headers` hides.
-            let retry =
-                windows.iter().enumerate().filter(|(i, w)| d.usage[*i] + 1.0 > w.limit).map(|(_, w)| w.reset).max();
-            if let Some(retry) = retry {
-                headers.push((http::header::RETRY_AFTER, HeaderValue::from(retry)));
-            }
-        }
+        // With `hide_client_headers` the rejection carries no rate-limit header at all, Retry-After
+        // included (Kong sets it among the client headers it hides).
         Flow::Respond(Reply { status: self.reject_status, body: self.reject_body.clone(), headers })
     }
 

@@ -308,7 +308,8 @@ fn rate_limiting_checks(config: &Obj) -> Vec<Violation> {
     for pair in set.windows(2) {
         let ((short, a), (long, b)) = (pair[0], pair[1]);
         if b < a {
-            out.push(Violation::entity(format!(
+            // Kong's custom validator of `config`: the message is `fields.config`.
+            out.push(Violation::record(format!(
                 "The limit for {long}({b:.1}) cannot be lower than the limit for {short}({a:.1})"
             )));
         }
@@ -353,6 +354,44 @@ mod tests {
     fn check(schema: &Schema, config: Value) -> Result<Obj, String> {
         let Value::Object(m) = config else { return Err("not an object".into()) };
         validate_nested(schema, &m, "config").map_err(|v| v.message())
+    }
+
+    fn plugin(config: Value) -> Result<Obj, crate::model::EntityError> {
+        let Value::Object(input) = json!({"name": "rate-limiting", "config": config}) else { unreachable!() };
+        crate::model::prepare(crate::model::Kind::Plugin, input, crate::model::Mode::Create, &crate::plugins::Catalog)
+    }
+
+    #[test]
+    fn a_limit_below_a_shorter_periods_is_kongs_config_error() {
+        let Err(crate::model::EntityError::Schema(v)) = plugin(json!({"second": 20, "minute": 10})) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            v.fields_tree(),
+            json!({"config": "The limit for minute(10.0) cannot be lower than the limit for second(20.0)"})
+        );
+        assert_eq!(
+            v.message(),
+            "schema violation (config: The limit for minute(10.0) cannot be lower than the limit for second(20.0))"
+        );
+    }
+
+    #[test]
+    fn deprecated_redis_fields_move_into_redis_and_an_empty_password_is_one() {
+        let record = plugin(json!({"minute": 5, "policy": "redis", "redis_host": "cache.test", "redis_port": 6380,
+            "redis_password": "", "redis_ssl": true, "redis_database": 2, "redis_timeout": null}))
+        .expect("valid");
+        let redis = &record["config"]["redis"];
+        assert_eq!((redis["host"].as_str(), redis["port"].as_i64()), (Some("cache.test"), Some(6380)));
+        assert_eq!((redis["password"].as_str(), redis["ssl"].as_bool()), (Some(""), Some(true)));
+        assert_eq!((redis["database"].as_i64(), redis["timeout"].as_i64()), (Some(2), Some(2000)));
+        assert!(record["config"].get("redis_host").is_none(), "the old field is gone");
+        // A value given in `redis` wins over the deprecated one.
+        let record =
+            plugin(json!({"minute": 5, "policy": "redis", "redis_host": "old.test", "redis": {"host": "new.test"}}))
+                .expect("valid");
+        assert_eq!(record["config"]["redis"]["host"], "new.test");
+        assert!(plugin(json!({"minute": 5, "redis": {"host": "h", "password": ""}})).is_ok());
     }
 
     #[test]
