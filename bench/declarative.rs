@@ -27,7 +27,7 @@ const CONNECTIONS: usize = 32;
 fn file(upstream_port: u16, variant: u32) -> String {
     let services: Vec<Value> = (0..SERVICES)
         .map(|i| {
-            let path = if i % 10 == 0 { format!("~/r{i}/\\d+$") } else { format!("/s{i}") };
+            let path = if i.is_multiple_of(10) { format!("~/r{i}/\\d+$") } else { format!("/s{i}") };
             json!({"name": format!("svc-{i}"), "url": format!("http://127.0.0.1:{upstream_port}"), "retries": variant,
                    "routes": [{"name": format!("route-{i}"), "paths": [path], "hosts": [format!("h{}.test", i % 100)]}]})
         })
@@ -42,7 +42,7 @@ fn file(upstream_port: u16, variant: u32) -> String {
 /// A request of the spread: a route (host and path) and a consumer's key.
 fn request(n: u64) -> (String, String, String) {
     let i = (n.wrapping_mul(2_654_435_761) % SERVICES as u64) as usize;
-    let path = if i % 10 == 0 { format!("/r{i}/{n}") } else { format!("/s{i}") };
+    let path = if i.is_multiple_of(10) { format!("/r{i}/{n}") } else { format!("/s{i}") };
     let key = format!("key-{:06}", n.wrapping_mul(40_503) % CONSUMERS as u64);
     (format!("h{}.test", i % 100), path, key)
 }
@@ -121,10 +121,19 @@ async fn run(bin: &Path, dir: &Path, pg_port: Option<u16>) -> Result<(), String>
     let b = file(upstream, 4);
     let path = dir.join("kong.json");
     std::fs::write(&path, &a).map_err(|e| e.to_string())?;
-    println!("file: {} services and routes, {} consumers with keys, {:.1} MB", SERVICES, CONSUMERS, a.len() as f64 / 1e6);
+    println!(
+        "file: {} services and routes, {} consumers with keys, {:.1} MB",
+        SERVICES,
+        CONSUMERS,
+        a.len() as f64 / 1e6
+    );
 
     let sqlite = import(bin, &path, &[("TOLLGATE_PREFIX", dir.join("sqlite").display().to_string())])?;
-    println!("| db-import into SQLite | {:.1} s | ≤ 30 s | {} |", sqlite.as_secs_f64(), met(sqlite.as_secs_f64() <= 30.0));
+    println!(
+        "| db-import into SQLite | {:.1} s | ≤ 30 s | {} |",
+        sqlite.as_secs_f64(),
+        met(sqlite.as_secs_f64() <= 30.0)
+    );
     if let Some(port) = pg_port {
         let env = [
             ("TOLLGATE_PREFIX", dir.join("pg").display().to_string()),
@@ -135,7 +144,11 @@ async fn run(bin: &Path, dir: &Path, pg_port: Option<u16>) -> Result<(), String>
             ("TOLLGATE_PG_DATABASE", "tollgate".into()),
         ];
         let pg = import(bin, &path, &env)?;
-        println!("| db-import into PostgreSQL | {:.1} s | ≤ 30 s | {} |", pg.as_secs_f64(), met(pg.as_secs_f64() <= 30.0));
+        println!(
+            "| db-import into PostgreSQL | {:.1} s | ≤ 30 s | {} |",
+            pg.as_secs_f64(),
+            met(pg.as_secs_f64() <= 30.0)
+        );
     }
 
     let (proxy, admin_port) = (free_port(), free_port());
