@@ -1585,3 +1585,32 @@ async fn consumers_filter_by_custom_id_and_credentials_lead_to_their_consumer() 
     }
     assert_eq!(gw.get("/key-auths/no-such-key/consumer").await.0, 404);
 }
+
+#[tokio::test]
+async fn a_plugin_patched_to_another_name_takes_that_plugins_config() {
+    let gw = Gateway::start().await;
+    gw.create("/services", json!({"name": "s", "host": "127.0.0.1"})).await;
+    let plugin = gw.create("/services/s/plugins", json!({"name": "key-auth"})).await;
+    let path = format!("/plugins/{}", id(&plugin));
+    let (status, unknown) = gw.patch(&path, json!({"name": "no-such-plugin"})).await;
+    assert_eq!(status, 400, "{unknown}");
+    assert_eq!(
+        unknown["fields"]["name"],
+        "plugin 'no-such-plugin' not enabled; add it to the 'plugins' configuration property"
+    );
+    // The new plugin's schema judges the config: rate-limiting needs a limit.
+    let (status, refused) = gw.patch(&path, json!({"name": "rate-limiting"})).await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, renamed) = gw
+        .patch(
+            &format!("/services/s/plugins/{}", id(&plugin)),
+            json!({"name": "rate-limiting", "config": {"minute": 5}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["name"], "rate-limiting");
+    assert_eq!(renamed["config"]["minute"], 5);
+    assert_eq!(renamed["config"]["policy"], "local");
+    assert!(renamed["config"].get("key_names").is_none(), "{renamed}");
+    assert_eq!(renamed["id"], plugin["id"]);
+}

@@ -715,7 +715,8 @@ fn plugins() -> &'static Schema {
     SCHEMA.get_or_init(|| Schema {
         fields: vec![
             td::id(),
-            Field::new("name", Type::String).required().immutable(),
+            // Kong lets a PATCH change a plugin's name when the new plugin takes the config.
+            Field::new("name", Type::String).required(),
             td::utf8_name("instance_name"),
             td::created_at(),
             td::updated_at(),

@@ -105,7 +105,18 @@ pub fn prepare(kind: Kind, mut input: Obj, mode: Mode, plugins: &dyn PluginCatal
                     early.push(Violation::field(field.name, "immutable field cannot be updated"));
                 }
             }
-            let mut merged = schema::merge(existing, &input, fields);
+            // A plugin renamed (another plugin) takes its config from the body alone: the old
+            // plugin's settings mean nothing to the new one.
+            let renamed = kind == Kind::Plugin
+                && input.get("name").is_some_and(|n| n.as_str() != existing.get("name").and_then(Value::as_str));
+            let base = if renamed {
+                let mut base = existing.clone();
+                base.remove("config");
+                std::borrow::Cow::Owned(base)
+            } else {
+                std::borrow::Cow::Borrowed(existing)
+            };
+            let mut merged = schema::merge(&base, &input, fields);
             merged.remove("ttl");
             merged
         }

@@ -643,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn patch_merges_config_and_keeps_immutables() {
+    fn patch_merges_config_keeps_immutables_and_may_rename() {
         let current = prepare(Kind::Plugin, obj(json!({"name": "key-auth"})), Mode::Create).expect("valid");
         let patched =
             prepare(Kind::Plugin, obj(json!({"config": {"hide_credentials": true}})), Mode::Patch(current.clone()))
@@ -651,8 +651,13 @@ mod tests {
         assert_eq!(patched["config"]["hide_credentials"], json!(true));
         assert_eq!(patched["config"]["key_names"], json!(["apikey"]));
         assert_eq!(patched["id"], current["id"]);
-        let err = prepare(Kind::Plugin, obj(json!({"name": "other"})), Mode::Patch(current)).expect_err("immutable");
-        assert!(message(err).contains("name: immutable field cannot be updated"));
+        let err = prepare(Kind::Plugin, obj(json!({"id": uuid::Uuid::new_v4()})), Mode::Patch(current.clone()))
+            .expect_err("immutable");
+        assert!(message(err).contains("id: immutable field cannot be updated"));
+        // Another plugin's name: its own config, judged by its schema.
+        let err = prepare(Kind::Plugin, obj(json!({"name": "other"})), Mode::Patch(current)).expect_err("unknown");
+        let text = message(err);
+        assert!(text.contains("plugin 'other' not enabled"), "{text}");
     }
 
     /// The writes of issue 11 that used to be stored and then take a node down are refused, naming
