@@ -454,24 +454,9 @@ pub fn flatten(doc: Value, plugins: &dyn PluginCatalog) -> Result<Declared, Inva
     Ok(Declared { format_version, transform, entities: by_kind, warnings })
 }
 
-/// Parents before children (the order in which rows can be written).
+/// Parents before children (the order in which rows can be written, and exported).
 fn load_rank(kind: Kind) -> Option<usize> {
-    const ORDER: [Kind; 13] = [
-        Kind::Certificate,
-        Kind::Sni,
-        Kind::CaCertificate,
-        Kind::Consumer,
-        Kind::ConsumerGroup,
-        Kind::GroupMembership,
-        Kind::KeyAuth,
-        Kind::Acl,
-        Kind::Upstream,
-        Kind::Target,
-        Kind::Service,
-        Kind::Route,
-        Kind::Plugin,
-    ];
-    ORDER.iter().position(|k| *k == kind)
+    EXPORT_ORDER.iter().position(|k| *k == kind)
 }
 
 /// Adds `item` (and, after it, the children it nests) to `entries`.

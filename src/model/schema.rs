@@ -320,27 +320,8 @@ fn lua_table(v: &Value, depth: usize) -> String {
         Value::String(s) => lua_quote(s),
         other => lua_table(other, depth + 1),
     };
-    let mut entries = Vec::new();
-    match v {
-        Value::Array(items) => {
-            // The leading run is a Lua sequence; later entries keep their index.
-            let run = items.iter().take_while(|i| !i.is_null()).count();
-            for (i, e) in items.iter().enumerate().filter(|(_, e)| !e.is_null()) {
-                let key = if i < run { String::new() } else { format!("[{}] = ", i + 1) };
-                entries.push(format!("{pad}{key}{}", item(e)));
-            }
-        }
-        Value::Object(m) => {
-            for (k, e) in m {
-                let identifier = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !LUA_KEYWORDS.contains(&k.as_str());
-                let key = if identifier { k.clone() } else { format!("[{}]", lua_quote(k)) };
-                entries.push(format!("{pad}{key} = {}", item(e)));
-            }
-        }
-        other => return other.to_string(),
-    }
+    let Some(entries) = lua_entries(v, " = ", item) else { return v.to_string() };
+    let entries: Vec<String> = entries.into_iter().map(|e| format!("{pad}{e}")).collect();
     format!("{{\n{}\n{}}}", entries.join(",\n"), "  ".repeat(depth))
 }
 
@@ -353,12 +334,23 @@ pub fn lua_compact(v: &Value) -> String {
         Value::Array(_) | Value::Object(_) => lua_compact(v),
         other => other.to_string(),
     };
+    match (v, lua_entries(v, "=", item)) {
+        (_, Some(entries)) => format!("{{{}}}", entries.join(",")),
+        (Value::String(s), None) => lua_quote(s),
+        (other, None) => other.to_string(),
+    }
+}
+
+/// A list's or a record's entries as Lua writes them (`key<eq>value`; a list's leading run without
+/// keys, later items with their index); `None` for a scalar.
+fn lua_entries(v: &Value, eq: &str, item: impl Fn(&Value) -> String) -> Option<Vec<String>> {
     let mut entries = Vec::new();
     match v {
         Value::Array(items) => {
+            // The leading run is a Lua sequence; later entries keep their index.
             let run = items.iter().take_while(|i| !i.is_null()).count();
             for (i, e) in items.iter().enumerate().filter(|(_, e)| !e.is_null()) {
-                let key = if i < run { String::new() } else { format!("[{}]=", i + 1) };
+                let key = if i < run { String::new() } else { format!("[{}]{eq}", i + 1) };
                 entries.push(format!("{key}{}", item(e)));
             }
         }
@@ -368,13 +360,12 @@ pub fn lua_compact(v: &Value) -> String {
                     && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !LUA_KEYWORDS.contains(&k.as_str());
                 let key = if identifier { k.clone() } else { format!("[{}]", lua_quote(k)) };
-                entries.push(format!("{key}={}", item(e)));
+                entries.push(format!("{key}{eq}{}", item(e)));
             }
         }
-        Value::String(s) => return lua_quote(s),
-        other => return other.to_string(),
+        _ => return None,
     }
-    format!("{{{}}}", entries.join(","))
+    Some(entries)
 }
 
 const LUA_KEYWORDS: &[&str] = &[
