@@ -317,7 +317,8 @@ fn rate_limiting_checks(config: &Obj) -> Vec<Violation> {
     let rate = config.get("sync_rate").and_then(Value::as_f64);
     let policy = config.get("policy").and_then(Value::as_str).unwrap_or("local");
     if policy == "local" && rate.is_some_and(|r| r != -1.0) {
-        out.push(Violation::field("sync_rate", "sync_rate can only be used with the redis or cluster policy"));
+        // Kong's custom entity check, in its words (its `cluster` policy takes no sync_rate; ours does).
+        out.push(Violation::entity("sync_rate can only be used with the redis policy"));
     }
     check_sync_rate(rate, &mut out);
     out
@@ -374,6 +375,14 @@ mod tests {
             v.message(),
             "schema violation (config: The limit for minute(10.0) cannot be lower than the limit for second(20.0))"
         );
+    }
+
+    #[test]
+    fn sync_rate_with_the_local_policy_is_kongs_entity_error() {
+        let Err(crate::model::EntityError::Schema(v)) = plugin(json!({"minute": 5, "sync_rate": 1})) else {
+            panic!("refused")
+        };
+        assert_eq!(v.fields_tree(), json!({"@entity": ["sync_rate can only be used with the redis policy"]}));
     }
 
     #[test]
