@@ -17,6 +17,8 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-tollgate-upstream-latency");
 pub const X_PROXY_LATENCY: HeaderName = HeaderName::from_static("x-tollgate-proxy-latency");
 pub const X_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-tollgate-response-latency");
+/// Kong's `X-Kong-Request-Id`, named as the gateway's other headers are.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-tollgate-request-id");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub const X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");

@@ -15,8 +15,11 @@ use support::{Gateway, Upstream, id, keys, not_found, schema_violation, start};
 
 /// The echo upstream's JSON, or the gateway's JSON when it answered itself.
 async fn echo(r: reqwest::Response) -> Value {
+    let id = r.headers().get("x-tollgate-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = r.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    let mut v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    support::without_request_id(&mut v, id.as_deref());
+    v
 }
 
 /// Service `svc` pointing at the upstream and route `api` on `/api` with key-auth (extra config

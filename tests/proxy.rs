@@ -1667,3 +1667,43 @@ async fn request_bodies_are_framed_as_the_client_sent_them_unless_buffered_whole
     assert_eq!((body["headers"]["content-length"].as_str(), body["body"].as_str()), (Some("7"), Some("one two")));
     assert!(body["headers"].get("transfer-encoding").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_the_gateways_errors_follow_accept() {
+    let (gw, up) = start().await;
+    gw.create("/services", json!({"name": "s", "url": up.url("")})).await;
+    gw.create("/services/s/routes", json!({"paths": ["/echo"]})).await;
+    sync(&gw).await;
+    let id_of = |r: &reqwest::Response| r.headers()["x-tollgate-request-id"].to_str().expect("id").to_string();
+    // Proxied: the upstream gets the id (not the client's), the client gets it back.
+    let r = gw.call("/echo/x", &[("x-tollgate-request-id", "forged")]).await;
+    let id = id_of(&r);
+    assert_eq!(id.len(), 32);
+    let echoed = echo(r).await;
+    assert_eq!(echoed["headers"]["x-tollgate-request-id"], id.as_str());
+    assert_ne!(
+        gw.call("/echo/x", &[]).await.headers()["x-tollgate-request-id"].to_str().unwrap(),
+        id,
+        "one per request"
+    );
+
+    // The gateway's own answers: Kong's templates, JSON by default, with the same id.
+    let r = gw.call("/nowhere", &[]).await;
+    let id = id_of(&r);
+    assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
+    let text = r.text().await.expect("body");
+    assert_eq!(
+        text,
+        format!("{{\n  \"message\":\"no Route matched with those values\",\n  \"request_id\":\"{id}\"\n}}")
+    );
+    let r = gw.call("/nowhere", &[("accept", "text/plain")]).await;
+    let id = id_of(&r);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.expect("body"), format!("no Route matched with those values\nrequest_id: {id}\n"));
+    let r = gw.call("/nowhere", &[("accept", "text/html,application/xhtml+xml")]).await;
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(r.text().await.expect("body").contains("<p>no Route matched with those values.</p>"));
+    let r = gw.call("/nowhere", &[("accept", "application/xml")]).await;
+    assert_eq!(r.headers()["content-type"], "application/xml; charset=utf-8");
+    assert!(r.text().await.expect("body").contains("<message>no Route matched with those values</message>"));
+}

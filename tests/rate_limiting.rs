@@ -22,7 +22,7 @@ async fn limited(gw: &Gateway, up: &Upstream, plugin: Value) -> Value {
 }
 
 async fn body(r: reqwest::Response) -> Value {
-    r.json().await.expect("json body")
+    support::gateway_json(r).await
 }
 
 #[tokio::test]

@@ -143,7 +143,12 @@ fn refused(received: &[u8], status: u16, message: &str) {
     let all = answers(received);
     assert_eq!(all.len(), 1, "one answer, then the connection closes: {all:#?}");
     assert_eq!(all[0].status, status, "{all:#?}");
-    assert_eq!(all[0].json(), json!({ "message": message }), "{all:#?}");
+    // A refused head is answered before a request exists; a broken body has the request's id.
+    let mut body = all[0].json();
+    if let Some(m) = body.as_object_mut() {
+        m.remove("request_id");
+    }
+    assert_eq!(body, json!({ "message": message }), "{all:#?}");
     assert!(all[0].head.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{all:#?}");
 }
 

@@ -124,7 +124,7 @@ async fn a_node_starting_on_a_row_that_does_not_build_starts_reports_it_and_keep
     assert!(report[1]["message"].as_str().unwrap().contains("config.sync_rate"), "{report:?}");
     let r = gw.call("/limited", &[]).await;
     assert_eq!(r.status(), 500, "the broken plugin's route is closed, not open");
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"message": "An unexpected error occurred"}));
+    assert_eq!(support::gateway_json(r).await, json!({"message": "An unexpected error occurred"}));
     assert_eq!(gw.call("/open", &[]).await.status(), 200, "everything else is served");
     assert!(gw.logs().contains("does not compile"), "logged");
 

@@ -72,7 +72,7 @@ async fn https_only_routes_send_cleartext_clients_to_https_as_configured() {
     let r = gw.call("/up", &[]).await;
     assert_eq!(r.status(), 426);
     assert_eq!(r.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
-    assert_eq!(r.json::<Value>().await.expect("body"), json!({"message": "Please use HTTPS protocol"}));
+    assert_eq!(support::gateway_json(r).await, json!({"message": "Please use HTTPS protocol"}));
     let r = gw.call("/moved/a?b=1", &[("host", "shop.test")]).await;
     assert_eq!(r.status(), 301);
     assert_eq!(r.headers()["location"], "https://shop.test/moved/a?b=1");
@@ -469,7 +469,7 @@ async fn upstream_tls_is_verified_against_the_service_cas_when_asked() {
     let r = gw.call("/strict", &[]).await;
     assert_eq!(r.status(), 502);
     assert_eq!(
-        r.json::<Value>().await.expect("body"),
+        support::gateway_json(r).await,
         json!({"message": "An invalid response was received from the upstream server"})
     );
     gw.wait_for_log("upstream TLS handshake failed", 1, Duration::from_secs(5)).await;

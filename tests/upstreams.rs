@@ -164,7 +164,7 @@ async fn set_health(gw: &Gateway, target: &str, health: &str) -> (u16, serde_jso
     let url = gw.admin_url(&format!("/upstreams/backend.test/targets/{target}/{health}"));
     let r = support::client(None).put(url).send().await.expect("request");
     let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    (status, support::gateway_json(r).await)
 }
 
 /// Three upstream servers behind one upstream name, weights 1:2:3, and a route to a service that

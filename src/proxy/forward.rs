@@ -137,6 +137,8 @@ pub struct UpstreamHead<'a> {
     pub host: Option<&'a HeaderValue>,
     /// Set by an auth plugin: the consumer headers, replacing any the client sent.
     pub identity: Option<&'a crate::plugins::UpstreamIdentity>,
+    /// The request's id (`X-Tollgate-Request-Id`, replacing any the client sent).
+    pub request_id: &'a [u8],
 }
 
 /// The headers an identified request's consumer headers replace.
@@ -200,6 +202,7 @@ impl Outgoing for UpstreamHead<'_> {
             let ours = name == header::HOST
                 || name == h::X_FORWARDED_FOR
                 || name == h::X_REAL_IP
+                || name == h::X_REQUEST_ID
                 || name == header::VIA
                 || (!self.trusted && FORWARDED.contains(name))
                 || (self.identity.is_some() && IDENTITY.contains(name));
@@ -217,6 +220,7 @@ impl Outgoing for UpstreamHead<'_> {
         }
         encode_appended(b"x-forwarded-for", client, &h::X_FORWARDED_FOR, self.conn_ip.as_bytes(), out);
         h1::encode_header(b"x-real-ip", self.conn_ip.as_bytes(), out);
+        h1::encode_header(b"x-tollgate-request-id", self.request_id, out);
         let missing = |name: &HeaderName| !self.trusted || !client.contains_key(name);
         if missing(&h::X_FORWARDED_PROTO) {
             h1::encode_header(b"x-forwarded-proto", self.conn_proto, out);

@@ -20,6 +20,7 @@ mod proxy_protocol;
 pub mod h1;
 mod reply;
 mod request_body;
+pub mod request_id;
 pub mod stats;
 mod tls;
 pub mod upstream;
@@ -209,14 +210,23 @@ impl Proxy {
     async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
+        let id = request_id::RequestId::new();
+        let format = request_id::Format::of_accept(req.headers().get(header::ACCEPT));
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
-        let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started)).catch_unwind().await;
-        match proxied {
+        let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started, &id)).catch_unwind().await;
+        let mut resp = match proxied {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => e.into_response(started),
             Err(_) => GatewayError::Unexpected.into_response(started),
+        };
+        // The gateway's own answers in the client's format, with the request's id (Kong 3.5+).
+        if let Some(request_id::GatewayMessage(message)) = resp.extensions_mut().remove() {
+            *resp.body_mut() = ProxyBody::full(format.body(&message, &id));
+            resp.headers_mut().insert(header::CONTENT_TYPE, format.content_type());
         }
+        resp.headers_mut().insert(h::X_REQUEST_ID, id.header_value());
+        resp
     }
 
     async fn proxy(
@@ -224,6 +234,7 @@ impl Proxy {
         req: Request<RequestBody>,
         conn: &ConnInfo,
         started: Instant,
+        id: &request_id::RequestId,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         // The one snapshot load of this request: routing, the plugins and forwarding all read this
@@ -301,7 +312,7 @@ impl Proxy {
             (None, None) => UpstreamBody::empty(),
         };
         let matched = (matched_len, path_regex);
-        let mut response = self.forward(&parts, upstream_body, route, matched, conn, &passed, started).await;
+        let mut response = self.forward(&parts, upstream_body, route, matched, conn, &passed, (started, id)).await;
         if let Ok(resp) = &mut response {
             for (name, value) in added {
                 resp.headers_mut().insert(name, value);
@@ -319,7 +330,7 @@ impl Proxy {
         (matched_len, path_regex): (usize, Option<&regex::Regex>),
         conn: &ConnInfo,
         passed: &Passed,
-        started: Instant,
+        (started, id): (Instant, &request_id::RequestId),
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
             return Err(GatewayError::NoService);
@@ -340,6 +351,7 @@ impl Proxy {
             prefix: if route.strip_path { matched.filter(|m| *m != "/") } else { None },
             identity: passed.identity.as_ref(),
             host: if route.preserve_host { None } else { Some(&service.host_header) },
+            request_id: id.as_bytes(),
         };
         // Kong's upstream SNI is the Host sent upstream: the service's (or the peer's), or the
         // client's with `preserve_host` (whose connections are then pooled per name).
@@ -569,9 +581,17 @@ fn https_location(parts: &http::request::Parts) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("https://{host}{pq}")).ok()
 }
 
-/// Turns a plugin's reply into a response with the gateway's headers.
+/// Turns a plugin's reply into a response with the gateway's headers. A `{"message": …}` body is
+/// marked as the gateway's own, to be written in the client's format with the request's id.
 pub fn reply_response(reply: Reply, started: Instant) -> Response<ProxyBody> {
+    let message = match serde_json::from_slice::<serde_json::Value>(&reply.body) {
+        Ok(serde_json::Value::Object(m)) if m.len() == 1 => m.get("message").and_then(|v| v.as_str()).map(Arc::from),
+        _ => None,
+    };
     let mut resp = Response::new(ProxyBody::full(reply.body));
+    if let Some(message) = message {
+        resp.extensions_mut().insert(request_id::GatewayMessage(message));
+    }
     *resp.status_mut() = reply.status;
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
@@ -666,7 +686,9 @@ mod tests {
         let addr = start_proxy().await;
         let bug = get(addr, "/bug").await;
         assert!(bug.starts_with("HTTP/1.1 500"), "{bug}");
-        assert!(bug.contains(r#"{"message":"An unexpected error occurred"}"#), "{bug}");
+        // Kong's JSON template, byte for byte, with the request's id.
+        assert!(bug.contains("{\n  \"message\":\"An unexpected error occurred\",\n  \"request_id\":\""), "{bug}");
+        assert!(bug.to_ascii_lowercase().contains("x-tollgate-request-id: "), "{bug}");
         // The route has no service: a request that does not hit the bug gets Kong's 503.
         let fine = get(addr, "/fine").await;
         assert!(fine.starts_with("HTTP/1.1 503"), "{fine}");

@@ -403,9 +403,27 @@ impl Drop for Gateway {
 
 pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
+    let id = r.headers().get("x-tollgate-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = r.text().await.unwrap_or_default();
-    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let mut v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    without_request_id(&mut v, id.as_deref());
     (status, v)
+}
+
+/// The body of a gateway answer without its `request_id`, once checked to be the request's
+/// (`X-Tollgate-Request-Id`): 32 hex digits.
+pub async fn gateway_json(r: reqwest::Response) -> Value {
+    status_json(r).await.1
+}
+
+/// Removes a gateway answer's `request_id` after checking it is the one `header` carries.
+pub fn without_request_id(body: &mut Value, header: Option<&str>) {
+    if let Some(id) = body.as_object_mut().and_then(|m| m.remove("request_id")) {
+        let id = id.as_str().expect("request_id is a string").to_string();
+        assert_eq!(id.len(), 32, "request_id: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "request_id: {id}");
+        assert_eq!(Some(id.as_str()), header, "the body's request_id is the X-Tollgate-Request-Id header's");
+    }
 }
 
 pub fn send_signal(pid: u32, sig: &str) {
