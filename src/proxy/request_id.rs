@@ -84,14 +84,21 @@ impl Format {
     /// Kong reads it); JSON when none.
     pub fn of_accept(accept: Option<&HeaderValue>) -> Format {
         let Some(accept) = accept.and_then(|v| v.to_str().ok()) else { return Format::Json };
+        // Read on every request: compared in place, nothing allocated.
+        const KNOWN: [(&str, Format); 8] = [
+            ("application/json", Format::Json),
+            ("application/*", Format::Json),
+            ("*/*", Format::Json),
+            ("text/html", Format::Html),
+            ("application/xml", Format::Xml),
+            ("text/xml", Format::Xml),
+            ("text/plain", Format::Text),
+            ("text/*", Format::Text),
+        ];
         for range in accept.split(',') {
-            let mime = range.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            match mime.as_str() {
-                "application/json" | "application/*" | "*/*" => return Format::Json,
-                "text/html" => return Format::Html,
-                "application/xml" | "text/xml" => return Format::Xml,
-                "text/plain" | "text/*" => return Format::Text,
-                _ => {}
+            let mime = range.split(';').next().unwrap_or_default().trim();
+            if let Some((_, format)) = KNOWN.iter().find(|(name, _)| name.eq_ignore_ascii_case(mime)) {
+                return *format;
             }
         }
         Format::Json
