@@ -96,13 +96,6 @@ pub struct Declared {
     pub warnings: Vec<String>,
 }
 
-impl Declared {
-    /// How many entities of `kind` the file declares.
-    pub fn count(&self, kind: Kind) -> usize {
-        self.entities.iter().filter(|(k, _)| *k == kind).count()
-    }
-}
-
 /// Why a file was refused: every error, in Kong's shapes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invalid {

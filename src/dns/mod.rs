@@ -500,11 +500,6 @@ impl Name {
         self.answer.load_full()
     }
 
-    /// Whether a query has answered this name yet.
-    pub fn answered(&self) -> bool {
-        self.answer.load().is_some()
-    }
-
     /// An answer to use now: the current one while fresh (or, if good, while stale, with a refresh
     /// started), else one from a new query, which this waits for.
     pub async fn resolve(self: &Arc<Self>) -> Arc<Answer> {

@@ -32,23 +32,19 @@ pub enum Flow {
     Respond(Reply),
 }
 
-/// A response produced by the gateway itself (`{"message": …}` bodies).
+/// A response produced by the gateway itself: its message, written by the proxy in the client's
+/// format (Kong's templates) with the request's id.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: StatusCode,
-    pub body: Bytes,
+    pub message: Arc<str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
     pub fn message(status: StatusCode, message: &str) -> Reply {
-        Reply { status, body: message_body(message), headers: Vec::new() }
+        Reply { status, message: Arc::from(message), headers: Vec::new() }
     }
-}
-
-/// `{"message":"…"}` as bytes; used for bodies precomputed at build time.
-pub fn message_body(message: &str) -> Bytes {
-    Bytes::from(serde_json::json!({ "message": message }).to_string())
 }
 
 /// The consumer headers of a request an auth plugin identified: written into the upstream request

@@ -204,7 +204,9 @@ impl Proxy {
     /// The answer to a refused request head (which closes its connection).
     fn refused(&self, refusal: Refusal) -> Response<ProxyBody> {
         self.stats.request();
-        GatewayError::Refused(refusal).into_response(Instant::now())
+        let mut resp = GatewayError::Refused(refusal).into_response(Instant::now());
+        render(&mut resp, request_id::Format::Json, None);
+        resp
     }
 
     async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo) -> Response<ProxyBody> {
@@ -221,10 +223,7 @@ impl Proxy {
             Err(_) => GatewayError::Unexpected.into_response(started),
         };
         // The gateway's own answers in the client's format, with the request's id (Kong 3.5+).
-        if let Some(request_id::GatewayMessage(message)) = resp.extensions_mut().remove() {
-            *resp.body_mut() = ProxyBody::full(format.body(&message, &id));
-            resp.headers_mut().insert(header::CONTENT_TYPE, format.content_type());
-        }
+        render(&mut resp, format, Some(&id));
         resp.headers_mut().insert(h::X_REQUEST_ID, id.header_value());
         resp
     }
@@ -581,31 +580,43 @@ fn https_location(parts: &http::request::Parts) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("https://{host}{pq}")).ok()
 }
 
-/// Turns a plugin's reply into a response with the gateway's headers. A `{"message": …}` body is
-/// marked as the gateway's own, to be written in the client's format with the request's id.
+/// Turns a plugin's reply into a response with the gateway's headers; its message is written when
+/// the response leaves ([`render`]), in the client's format with the request's id.
 pub fn reply_response(reply: Reply, started: Instant) -> Response<ProxyBody> {
-    let message = match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-        Ok(serde_json::Value::Object(m)) if m.len() == 1 => m.get("message").and_then(|v| v.as_str()).map(Arc::from),
-        _ => None,
-    };
-    let mut resp = Response::new(ProxyBody::full(reply.body));
+    gateway_response(reply.status, Some(reply.message), reply.headers, started)
+}
+
+/// An answer of the gateway's own: its headers, and its message (if any) left for [`render`].
+pub fn gateway_response(
+    status: StatusCode,
+    message: Option<Arc<str>>,
+    extra: Vec<(http::HeaderName, HeaderValue)>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+    *resp.status_mut() = status;
     if let Some(message) = message {
         resp.extensions_mut().insert(request_id::GatewayMessage(message));
     }
-    *resp.status_mut() = reply.status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert(header::SERVER, forward::SERVER);
     headers.insert(h::X_RESPONSE_LATENCY, forward::millis(started.elapsed()));
-    for (name, value) in reply.headers {
+    for (name, value) in extra {
         headers.append(name, value);
     }
     resp
 }
 
-/// A plain gateway answer (`{"message": …}`) used by the error paths.
-pub fn message_response(status: StatusCode, body: Bytes, started: Instant) -> Response<ProxyBody> {
-    reply_response(Reply { status, body, headers: Vec::new() }, started)
+/// Writes a gateway answer's message as its body: Kong's template for `format` with the request's
+/// id, or `{"message": …}` for an answer given before any request existed (a refused head).
+fn render(resp: &mut Response<ProxyBody>, format: request_id::Format, id: Option<&request_id::RequestId>) {
+    let Some(request_id::GatewayMessage(message)) = resp.extensions_mut().remove() else { return };
+    let (body, format) = match id {
+        Some(id) => (format.body(&message, id), format),
+        None => (Bytes::from(serde_json::json!({ "message": &*message }).to_string()), request_id::Format::Json),
+    };
+    *resp.body_mut() = ProxyBody::full(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, format.content_type());
 }
 
 #[cfg(test)]

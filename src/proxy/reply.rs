@@ -1,9 +1,8 @@
 //! Errors the proxy answers itself, with Kong's statuses and messages (nginx's, where Kong leaves the
-//! answer to nginx). Bodies are static bytes.
+//! answer to nginx), written in the client's format when the response leaves.
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -66,43 +65,31 @@ impl GatewayError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static [u8]) {
+    fn parts(&self) -> (StatusCode, &'static str) {
         match self {
-            GatewayError::NoRoute => (StatusCode::NOT_FOUND, br#"{"message":"no Route matched with those values"}"#),
-            GatewayError::NoService => {
-                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"no Service found with those values"}"#)
-            }
-            GatewayError::HttpsRequired(status, _) => (*status, br#"{"message":"Please use HTTPS protocol"}"#),
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
+            GatewayError::NoService => (StatusCode::SERVICE_UNAVAILABLE, "no Service found with those values"),
+            GatewayError::HttpsRequired(status, _) => (*status, "Please use HTTPS protocol"),
             GatewayError::BadRequest | GatewayError::BadBody | GatewayError::Refused(Refusal::BadRequest) => {
-                (StatusCode::BAD_REQUEST, br#"{"message":"Bad request"}"#)
+                (StatusCode::BAD_REQUEST, "Bad request")
             }
-            GatewayError::Refused(Refusal::NotImplemented) => {
-                (StatusCode::NOT_IMPLEMENTED, br#"{"message":"Not implemented"}"#)
-            }
-            GatewayError::Refused(Refusal::UriTooLong) => (StatusCode::URI_TOO_LONG, br#"{"message":"URI too long"}"#),
+            GatewayError::Refused(Refusal::NotImplemented) => (StatusCode::NOT_IMPLEMENTED, "Not implemented"),
+            GatewayError::Refused(Refusal::UriTooLong) => (StatusCode::URI_TOO_LONG, "URI too long"),
             // Kong's message for nginx's oversized heads (its 494).
             GatewayError::Refused(Refusal::HeadTooLarge) => {
-                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, br#"{"message":"Request header or cookie too large"}"#)
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header or cookie too large")
             }
-            GatewayError::BodyTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, br#"{"message":"Request size limit exceeded"}"#)
-            }
+            GatewayError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"),
             GatewayError::BadGateway => {
-                (StatusCode::BAD_GATEWAY, br#"{"message":"An invalid response was received from the upstream server"}"#)
+                (StatusCode::BAD_GATEWAY, "An invalid response was received from the upstream server")
             }
-            GatewayError::NameResolution => {
-                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"name resolution failed"}"#)
-            }
-            GatewayError::NoPeer => {
-                (StatusCode::SERVICE_UNAVAILABLE, br#"{"message":"failure to get a peer from the ring-balancer"}"#)
-            }
-            GatewayError::Timeout => {
-                (StatusCode::GATEWAY_TIMEOUT, br#"{"message":"The upstream server is timing out"}"#)
-            }
+            GatewayError::NameResolution => (StatusCode::SERVICE_UNAVAILABLE, "name resolution failed"),
+            GatewayError::NoPeer => (StatusCode::SERVICE_UNAVAILABLE, "failure to get a peer from the ring-balancer"),
+            GatewayError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "The upstream server is timing out"),
             GatewayError::Unexpected | GatewayError::DnsFailed { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, br#"{"message":"An unexpected error occurred"}"#)
+                (StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred")
             }
-            GatewayError::ClientClosed => (CLIENT_CLOSED_REQUEST, b""),
+            GatewayError::ClientClosed => (CLIENT_CLOSED_REQUEST, ""),
         }
     }
 
@@ -112,17 +99,16 @@ impl GatewayError {
             *resp.status_mut() = CLIENT_CLOSED_REQUEST;
             return resp;
         }
-        let (status, body) = self.parts();
+        let (status, message) = self.parts();
         let redirect = matches!(&self, GatewayError::HttpsRequired(s, _) if *s != StatusCode::UPGRADE_REQUIRED);
-        let body = match &self {
-            _ if redirect => Bytes::new(),
+        let message: Option<std::sync::Arc<str>> = match &self {
+            _ if redirect => None,
             GatewayError::DnsFailed { host, error } => {
-                let message = format!("failed the initial dns/balancer resolve for '{host}' with: {error}");
-                Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default())
+                Some(format!("failed the initial dns/balancer resolve for '{host}' with: {error}").into())
             }
-            _ => Bytes::from_static(body),
+            _ => Some(message.into()),
         };
-        let mut resp = super::message_response(status, body, started);
+        let mut resp = super::gateway_response(status, message, Vec::new(), started);
         if let GatewayError::Refused(_) | GatewayError::BadBody = self {
             // What follows a broken request on the connection cannot be trusted to be a request.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

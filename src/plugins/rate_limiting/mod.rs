@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, StatusCode};
 use uuid::Uuid;
 
@@ -174,7 +174,7 @@ pub struct Limiter {
     /// `disable_penalty`).
     penalty: bool,
     reject_status: StatusCode,
-    reject_body: Bytes,
+    reject_message: Arc<str>,
     unexpected: Reply,
 }
 
@@ -257,7 +257,7 @@ impl Limiter {
             hide_client_headers: shared.hide_client_headers,
             penalty: c.penalty,
             reject_status,
-            reject_body: super::message_body(&shared.error_message),
+            reject_message: Arc::from(shared.error_message.as_str()),
             unexpected: Reply::message(StatusCode::INTERNAL_SERVER_ERROR, super::UNEXPECTED),
         })
     }
@@ -409,7 +409,7 @@ impl Limiter {
         }
         // With `hide_client_headers` the rejection carries no rate-limit header at all, Retry-After
         // included (Kong sets it among the client headers it hides).
-        Flow::Respond(Reply { status: self.reject_status, body: self.reject_body.clone(), headers })
+        Flow::Respond(Reply { status: self.reject_status, message: self.reject_message.clone(), headers })
     }
 
     fn is_async(&self) -> bool {
