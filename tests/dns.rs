@@ -269,7 +269,11 @@ async fn ttl_zero_answers_that_rotate_or_fail_do_not_make_health_flap() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(dns.asked("flap.test") < asked + 100, "runaway queries");
-        assert!(watching.elapsed() < Duration::from_secs(60), "the name was not asked again: {}", dns.asked("flap.test"));
+        assert!(
+            watching.elapsed() < Duration::from_secs(60),
+            "the name was not asked again: {}",
+            dns.asked("flap.test")
+        );
     }
     assert_eq!(servers[0].hits(), before, "the unhealthy address stayed out all along");
 }
