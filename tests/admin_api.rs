@@ -1265,6 +1265,29 @@ async fn multipart_bodies_are_accepted_on_every_write() {
     assert_eq!((status, &cred["key"]), (201, &json!("mp-key")), "{cred}");
 }
 
+/// Kong's own spec: a multipart body with no boundary, or cut short, carries no fields, so the
+/// entity's schema says what is missing.
+#[tokio::test]
+async fn an_unreadable_multipart_body_is_answered_with_the_entitys_schema_errors() {
+    let gw = Gateway::start().await;
+    let missing = json!(["at least one of these fields must be non-empty: 'custom_id', 'username'"]);
+    for (ct, body) in [
+        ("multipart/form-data", Vec::new()),
+        (
+            "multipart/form-data; boundary=XX",
+            b"--XX\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nbo".to_vec(),
+        ),
+    ] {
+        let (status, err) = send(&gw, Method::POST, "/consumers", Some(ct), body).await;
+        assert_eq!(
+            (status, &err["name"], &err["fields"]["@entity"]),
+            (400, &json!("schema violation"), &missing),
+            "{err}"
+        );
+    }
+    assert_eq!(gw.get("/consumers").await.1["data"], json!([]), "nothing was created");
+}
+
 #[tokio::test]
 async fn malformed_oversized_and_unsupported_bodies_are_rejected() {
     let gw = Gateway::start().await;
