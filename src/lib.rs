@@ -11,6 +11,7 @@ pub mod declarative;
 pub mod dns;
 pub mod headers;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod paths;

@@ -251,8 +251,12 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     ));
 
     // Lives for the whole process; leaking it gives every connection a plain reference.
-    let proxy: &'static Proxy =
-        Box::leak(Box::new(Proxy { holder, trusted_ips: settings.trusted_ips.clone(), stats: Stats::default() }));
+    let proxy: &'static Proxy = Box::leak(Box::new(Proxy {
+        holder,
+        trusted_ips: settings.trusted_ips.clone(),
+        stats: Stats::default(),
+        access_log: access_log(&settings),
+    }));
     // A control plane serves no proxy.
     let proxying = settings.role == NodeRole::Traditional;
     let sockets = if proxying { proxy_sockets(&settings)? } else { Vec::new() };
@@ -284,6 +288,16 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     } else {
         None
     };
+    crate::plugins::prometheus::series::registry().set_max_series(settings.prometheus_max_series);
+    crate::metrics::register(crate::metrics::NodeGauges {
+        node_id: node_id.to_string(),
+        stats: proxying.then_some(&proxy.stats),
+        holder: proxy.holder.clone(),
+        reachable: Some(crate::metrics::watch_store(store.clone())),
+        data_plane: None,
+        hub: hub.clone(),
+        cert_expiry: None,
+    });
     let source = StatusSource { role: settings.role, holder: proxy.holder.clone(), data_plane: None };
     serve_status(&settings, source, &stop_rx).await?;
     let admin_state = AdminState::new(AdminInner {
@@ -406,6 +420,13 @@ fn spawn_balancing(holder: &Arc<SnapshotHolder>, dns: Arc<crate::dns::Dns>, stop
     tokio::spawn(crate::balancer::follow_dns(current, dns, stop.clone()));
 }
 
+/// The writer of `proxy_access_log`, when on.
+fn access_log(settings: &Settings) -> Option<Arc<crate::plugins::log::Queue>> {
+    let path = settings.proxy_access_log.as_ref()?;
+    let dropped = &crate::plugins::log::dropped().access_log;
+    Some(Arc::new(crate::plugins::file_log::writer(path.display().to_string(), false, Default::default(), dropped)))
+}
+
 async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     let holder = Arc::new(SnapshotHolder::new());
     let dp = DataPlane::new(&settings, hostname(), holder.clone());
@@ -415,11 +436,22 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
         holder: holder.clone(),
         trusted_ips: settings.trusted_ips.clone(),
         stats: Stats::default(),
+        access_log: access_log(&settings),
     }));
     let sockets = proxy_sockets(&settings)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
     spawn_balancing(&holder, dp.dns(), &stop_rx);
+    crate::plugins::prometheus::series::registry().set_max_series(settings.prometheus_max_series);
+    crate::metrics::register(crate::metrics::NodeGauges {
+        node_id: dp.node_id.to_string(),
+        stats: Some(&proxy.stats),
+        holder: holder.clone(),
+        reachable: None,
+        data_plane: Some(dp.clone()),
+        hub: None,
+        cert_expiry: settings.cluster_tls.pair.as_ref().and_then(|p| crate::metrics::cert_expiry(&p.cert)),
+    });
     let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
     serve_status(&settings, source, &stop_rx).await?;
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     // L6: what speaks to the network
     &["proxy", "admin", "auth", "cluster"],
     // L7: wiring
-    &["node"],
+    &["metrics", "node"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -198,6 +198,7 @@ pub fn router(state: AdminState) -> Router {
     let kong = Routes { router: Router::new(), templates: Vec::new() }
         .add("/", get(info::root))
         .add("/status", get(info::status))
+        .add("/metrics", get(crate::cluster::status::metrics))
         .add(
             "/config",
             get(config::read).post(config::load).layer(axum::extract::DefaultBodyLimit::max(config::CONFIG_MAX)),

@@ -212,6 +212,11 @@ impl Hub {
         }
     }
 
+    /// Every data plane of every control plane (for `/metrics`).
+    pub fn all_nodes(&self) -> Vec<NodeInfo> {
+        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+
     /// The data planes of a control plane, most recently seen first.
     pub fn nodes(&self, control_plane_id: &str) -> Vec<NodeInfo> {
         let nodes = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -31,6 +31,12 @@ impl StatusSource {
     }
 }
 
+/// `GET /metrics` (Prometheus' text format, Kong's names).
+pub async fn metrics() -> Response {
+    let text = tokio::task::spawn_blocking(crate::plugins::prometheus::scrape).await.unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=UTF-8")], text).into_response()
+}
+
 pub fn router(source: StatusSource) -> Router {
     let status = source.clone();
     Router::new()
@@ -68,5 +74,6 @@ pub fn router(source: StatusSource) -> Router {
                 r
             }),
         )
+        .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"message": "Not found"}))) })
 }

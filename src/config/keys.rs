@@ -45,6 +45,16 @@ pub const KEYS: &[KeyDef] = &[
         "100000",
         "Realm key lookups a data plane keeps cached, hits and misses each (hits for the realm's `ttl`, misses for its `negative_ttl`).",
     ),
+    key(
+        "proxy_access_log",
+        "off",
+        "A file (relative to `prefix` unless absolute) the proxy appends every request's log entry to, one JSON object per line in Kong's log serializer shape (as file-log writes), or `off`. Entries go through a bounded queue (10,000); what it cannot take is dropped and counted (`tollgate_log_entries_dropped_total`).",
+    ),
+    key(
+        "prometheus_max_series",
+        "200000",
+        "The most request series (label sets) the prometheus plugin keeps, each proxy worker's counted apart; requests that would need more are counted in `tollgate_prometheus_series_dropped_total` instead.",
+    ),
     key("status_listen", "127.0.0.1:8100", "The status API (`GET /status`, `GET /status/ready`), or `off`."),
     key(
         "proxy_listen",

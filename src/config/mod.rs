@@ -206,6 +206,9 @@ pub struct Settings {
     /// With `database = off`: the file loaded at start, or the configuration itself.
     pub declarative_config: Option<PathBuf>,
     pub declarative_config_string: Option<String>,
+    /// `proxy_access_log`: the file, or `None` when `off`.
+    pub proxy_access_log: Option<PathBuf>,
+    pub prometheus_max_series: usize,
     /// Every key with its effective value, for `GET /` (secrets redacted there).
     pub raw: BTreeMap<&'static str, String>,
 }
@@ -343,6 +346,12 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         .one_of("database", &[("sqlite", Database::Sqlite), ("postgres", Database::Postgres), ("off", Database::Off)]);
     let declarative_config = check.optional("declarative_config").map(PathBuf::from);
     let declarative_config_string = check.optional("declarative_config_string");
+    let proxy_access_log = match check.raw("proxy_access_log").0.trim() {
+        "" | "off" => None,
+        path if Path::new(path).is_absolute() => Some(PathBuf::from(path)),
+        path => Some(prefix.join(path)),
+    };
+    let prometheus_max_series = check.int::<usize>("prometheus_max_series", 0, 100_000_000).unwrap_or(200_000);
     let pg = PgSettings {
         host: check.string("pg_host"),
         port: check.int("pg_port", 1, 65535).unwrap_or(5432),
@@ -412,6 +421,8 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         dns,
         declarative_config,
         declarative_config_string,
+        proxy_access_log,
+        prometheus_max_series,
         raw: values.into_iter().map(|(k, (v, _))| (k, v)).collect(),
     })
 }

@@ -57,6 +57,8 @@ pub struct PluginChain {
     slots: Vec<Slot>,
     needs_body: bool,
     is_async: bool,
+    logs: bool,
+    logs_headers: bool,
 }
 
 impl PluginChain {
@@ -97,6 +99,27 @@ impl PluginChain {
         Flow::Continue
     }
 
+    /// Whether some plugin of the chain has a log phase.
+    pub fn logs(&self) -> bool {
+        self.logs
+    }
+
+    /// Whether some plugin's log phase reads headers.
+    pub fn logs_headers(&self) -> bool {
+        self.logs_headers
+    }
+
+    /// Runs the log phase of the plugins picked for this consumer.
+    pub fn log(&self, consumer: Option<&Consumer>, entry: &Arc<super::log::LogEntry>) {
+        for slot in &self.slots {
+            if let Some(plugin) = slot.pick(consumer)
+                && plugin.logs()
+            {
+                plugin.log(entry);
+            }
+        }
+    }
+
     /// Runs `header_filter` of the plugins that ran for this consumer.
     pub fn header_filter(&self, consumer: Option<&Consumer>, response: &mut http::response::Parts) {
         for slot in &self.slots {
@@ -115,7 +138,7 @@ impl PluginChain {
             .into_iter()
             .map(|p| Slot { priority: 0, name: "test", default: Some((12, p)), by_consumer: None, by_group: None })
             .collect();
-        PluginChain { slots, needs_body: false, is_async: false }
+        PluginChain { slots, needs_body: false, is_async: false, logs: false, logs_headers: false }
     }
 }
 
@@ -244,7 +267,9 @@ impl ChainBuilder {
         };
         let needs_body = any(&|p| p.needs_body());
         let is_async = any(&|p| p.is_async());
-        PluginChain { slots, needs_body, is_async }
+        let logs = any(&|p| p.logs());
+        let logs_headers = any(&|p| p.logs_headers());
+        PluginChain { slots, needs_body, is_async, logs, logs_headers }
     }
 }
 

@@ -4,7 +4,12 @@
 
 pub mod acl;
 pub mod chain;
+pub mod correlation_id;
+pub mod file_log;
+pub mod http_log;
 pub mod key_auth;
+pub mod log;
+pub mod prometheus;
 pub mod rate_limiting;
 pub mod request;
 
@@ -77,6 +82,11 @@ pub struct AccessCtx<'r> {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Set by an auth plugin: the consumer headers the upstream request carries.
     pub upstream_identity: Option<UpstreamIdentity>,
+    /// Set by correlation-id: the request's correlation id, for the logs.
+    pub correlation_id: Option<Box<str>>,
+    /// The connection: the server address and port it arrived at, its serial number in this
+    /// process, and how many requests it has carried (correlation-id's `tracker`).
+    pub connection: (IpAddr, u16, u64, u64),
 }
 
 impl<'r> AccessCtx<'r> {
@@ -98,6 +108,8 @@ impl<'r> AccessCtx<'r> {
             service_id,
             response_headers: Vec::new(),
             upstream_identity: None,
+            correlation_id: None,
+            connection: (IpAddr::from([0, 0, 0, 0]), 0, 0, 0),
         }
     }
 }
@@ -125,6 +137,11 @@ pub type AccessFuture<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 ///    ran (the same picks), in the same order, after hop-by-hop headers were removed and before the
 ///    gateway adds its own (`Via`, `Server`, latency headers). It sees the upstream's status and
 ///    headers, not the body, and never runs for a reply the gateway produced.
+/// 4. **`log`** runs once the response was sent (or the client left), for every request of a
+///    matched route, whoever answered (a plugin's reply too), on the instances picked for the
+///    request's consumer (the default ones when none was identified). It runs on the proxy worker
+///    after the last byte was written: it must only count or queue ([`log::Queue`]); serializing
+///    and writing happen in the sink's own task.
 ///
 /// A phase must not block the thread (it runs on a proxy worker) nor panic on any input; a panic is
 /// caught and answered 500, but it is a bug.
@@ -138,6 +155,22 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// Runs on the upstream response head before it goes downstream.
     fn header_filter(&self, response: &mut http::response::Parts) {
         let _ = response;
+    }
+
+    /// Runs after the response was sent (see the phases above).
+    fn log(&self, entry: &Arc<log::LogEntry>) {
+        let _ = entry;
+    }
+
+    /// Whether this instance has a log phase: requests of its routes then produce a [`log::LogEntry`].
+    fn logs(&self) -> bool {
+        false
+    }
+
+    /// Whether its log phase reads the request and response headers (a serializer does; counters
+    /// do not): they are kept for the entry only then.
+    fn logs_headers(&self) -> bool {
+        false
     }
 
     /// Whether this instance needs the request body buffered before `access`.
@@ -212,6 +245,12 @@ pub struct BuildEnv<'a> {
 }
 
 impl<'a> BuildEnv<'a> {
+    /// Whether building may start what the instance needs (a log sink's task): not for the
+    /// compile that only checks a write.
+    pub fn live(&self) -> bool {
+        self.counters.is_live()
+    }
+
     /// An environment with node-local counters only (no database-backed `cluster` policy).
     pub fn new(consumers: &'a ConsumerIndex) -> BuildEnv<'a> {
         BuildEnv::with_counters(consumers, rate_limiting::Counters::local_only())
@@ -263,7 +302,16 @@ impl std::fmt::Debug for PluginDef {
 }
 
 /// Every plugin this build offers (`plugins = bundled`).
-pub static REGISTRY: &[PluginDef] = &[key_auth::DEF, acl::DEF, rate_limiting::DEF, rate_limiting::ADVANCED];
+pub static REGISTRY: &[PluginDef] = &[
+    key_auth::DEF,
+    acl::DEF,
+    rate_limiting::DEF,
+    rate_limiting::ADVANCED,
+    correlation_id::DEF,
+    file_log::DEF,
+    http_log::DEF,
+    prometheus::DEF,
+];
 
 /// Old names still accepted on write (Kong 0.1–0.4 called key-auth `keyauth`).
 pub fn canonical_name(name: &str) -> &str {

@@ -14,6 +14,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod framing;
 mod hash_key;
+pub mod logging;
 mod proxy_protocol;
 // Public only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
@@ -58,6 +59,8 @@ pub struct Proxy {
     pub holder: Arc<SnapshotHolder>,
     pub trusted_ips: Vec<IpNet>,
     pub stats: Stats,
+    /// The node's access log (`proxy_access_log`): every request's entry, in Kong's JSON.
+    pub access_log: Option<Arc<crate::plugins::log::Queue>>,
 }
 
 /// One listening socket of a worker with what its entry in `proxy_listen` asks for.
@@ -79,6 +82,14 @@ struct ConnInfo {
     /// The client: the peer, or the PROXY header's source when the peer is trusted.
     peer: SocketAddr,
     local_port: u16,
+    /// The address the connection arrived at.
+    local_ip: std::net::IpAddr,
+    /// This connection's number in the process, and the requests it carried (correlation-id's
+    /// `tracker`).
+    serial: u64,
+    requests: std::sync::atomic::AtomicU64,
+    /// TLS: protocol version and cipher suite, for the logs.
+    tls_info: Option<(&'static str, &'static str)>,
     client_ip: HeaderValue,
     port: HeaderValue,
     /// The peer is in `trusted_ips`: its X-Forwarded-* headers are passed on.
@@ -88,9 +99,21 @@ struct ConnInfo {
 }
 
 impl ConnInfo {
-    fn new(peer: SocketAddr, local_port: u16, trusted: bool, sni: Option<Box<str>>) -> ConnInfo {
+    fn new(peer: SocketAddr, local: SocketAddr, trusted: bool, sni: Option<Box<str>>) -> ConnInfo {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let client_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { peer, local_port, client_ip, port: HeaderValue::from(local_port), trusted, sni }
+        ConnInfo {
+            peer,
+            local_port: local.port(),
+            local_ip: local.ip(),
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            requests: std::sync::atomic::AtomicU64::new(0),
+            tls_info: None,
+            client_ip,
+            port: HeaderValue::from(local.port()),
+            trusted,
+            sni,
+        }
     }
 
     fn https(&self) -> bool {
@@ -154,6 +177,7 @@ impl Proxy {
         drain: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut trusted = self.is_trusted(peer.ip());
+        let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], local_port)));
         let mut pre = Bytes::new();
         if proxy_protocol {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read_header(&mut stream)).await {
@@ -172,7 +196,7 @@ impl Proxy {
             }
         }
         let Some(acceptor) = tls else {
-            let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, None));
+            let conn = Arc::new(ConnInfo::new(peer, local, trusted, None));
             // What followed the PROXY header is the start of the first request.
             downstream::serve(self, Box::new(stream), BytesMut::from(pre), conn, drain, true).await;
             return;
@@ -193,7 +217,9 @@ impl Proxy {
         let session = tls.get_ref().1;
         let sni: Box<str> = session.server_name().unwrap_or("").to_ascii_lowercase().into();
         let h2 = session.alpn_protocol() == Some(b"h2");
-        let conn = Arc::new(ConnInfo::new(peer, local_port, trusted, Some(sni)));
+        let mut info = ConnInfo::new(peer, local, trusted, Some(sni));
+        info.tls_info = tls_info(session);
+        let conn = Arc::new(info);
         if h2 {
             Box::pin(downstream::serve_h2(self, Box::new(tls), Bytes::new(), conn, drain)).await;
         } else {
@@ -212,20 +238,59 @@ impl Proxy {
     async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
+        conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = request_id::RequestId::new();
         let format = request_id::Format::of_accept(req.headers().get(header::ACCEPT));
+        let mut draft = logging::LogDraft::default();
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
-        let proxied = std::panic::AssertUnwindSafe(self.proxy(req, conn, started, &id)).catch_unwind().await;
-        let mut resp = match proxied {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => e.into_response(started),
-            Err(_) => GatewayError::Unexpected.into_response(started),
+        let proxied =
+            std::panic::AssertUnwindSafe(self.proxy(req, conn, started, &id, &mut draft)).catch_unwind().await;
+        let (mut resp, gateway_error) = match proxied {
+            Ok(Ok(resp)) => (resp, false),
+            Ok(Err(e)) => (e.into_response(started), true),
+            Err(_) => (GatewayError::Unexpected.into_response(started), true),
         };
         // The gateway's own answers in the client's format, with the request's id (Kong 3.5+).
         render(&mut resp, format, Some(&id));
         resp.headers_mut().insert(h::X_REQUEST_ID, id.header_value());
+        if draft.wanted && !matches!(resp.body(), ProxyBody::Abandoned) {
+            self.log_at_end(&mut resp, draft, &id, conn, started, gateway_error);
+        }
         resp
+    }
+
+    /// Makes the response's body run the log phase when it is over.
+    fn log_at_end(
+        &self,
+        resp: &mut Response<ProxyBody>,
+        draft: logging::LogDraft,
+        id: &request_id::RequestId,
+        conn: &ConnInfo,
+        started: Instant,
+        gateway_error: bool,
+    ) {
+        let mut id_bytes = [0u8; 32];
+        let given = id.as_bytes();
+        id_bytes[..given.len().min(32)].copy_from_slice(&given[..given.len().min(32)]);
+        let ready = started.elapsed();
+        let response_headers = draft.keep_headers.then(|| resp.headers().clone());
+        let ticket = logging::LogTicket {
+            id: id_bytes,
+            client_ip: conn.peer.ip(),
+            started,
+            wall: std::time::SystemTime::now() - ready,
+            ready,
+            status: resp.status().as_u16(),
+            response_headers,
+            head_size: logging::head_size(resp.headers()),
+            gateway_error: gateway_error && resp.status().is_server_error(),
+            tls: conn.tls_info,
+            access_log: self.access_log.clone(),
+            draft,
+        };
+        let body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+        *resp.body_mut() = ProxyBody::Logged(Box::new(logging::Logged { body, bytes: 0, ticket: Some(ticket) }));
     }
 
     async fn proxy(
@@ -234,6 +299,7 @@ impl Proxy {
         conn: &ConnInfo,
         started: Instant,
         id: &request_id::RequestId,
+        draft: &mut logging::LogDraft,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         // The one snapshot load of this request: routing, the plugins and forwarding all read this
@@ -256,8 +322,15 @@ impl Proxy {
                 headers: &parts.headers,
             };
             let Some(m) = snapshot.router.find(&view) else {
+                if self.access_log.is_some() {
+                    draft.begin(None, &parts, conn.https(), conn.local_port, true);
+                }
                 return Err(GatewayError::NoRoute);
             };
+            if self.access_log.is_some() || m.target.chain.logs() {
+                let keep_headers = self.access_log.is_some() || m.target.chain.logs_headers();
+                draft.begin(Some(m.target.clone()), &parts, conn.https(), conn.local_port, keep_headers);
+            }
             (&**m.target, (m.matched_len, m.regex))
         };
         // A route whose stored version (or service's) does not compile is closed, not skipped.
@@ -284,11 +357,18 @@ impl Proxy {
         } else {
             let service_id = route.service.as_ref().map(|s| s.id);
             let mut ctx = AccessCtx::new(&snapshot.identity, &mut parts, buffered, conn.peer.ip(), service_id);
+            ctx.connection =
+                (conn.local_ip, conn.local_port, conn.serial, conn.requests.load(std::sync::atomic::Ordering::Relaxed));
             let flow = if route.chain.is_async() {
                 route.chain.access_async(&mut ctx).await
             } else {
                 route.chain.access(&mut ctx)
             };
+            if draft.wanted {
+                draft.consumer = ctx.consumer.clone();
+                draft.credential = ctx.credential_id;
+                draft.correlation_id = ctx.correlation_id.take();
+            }
             let outcome = access_outcome(ctx, flow);
             match outcome {
                 Ok(passed) => passed,
@@ -311,7 +391,8 @@ impl Proxy {
             (None, None) => UpstreamBody::empty(),
         };
         let matched = (matched_len, path_regex);
-        let mut response = self.forward(&parts, upstream_body, route, matched, conn, &passed, (started, id)).await;
+        let mut response =
+            self.forward(&parts, upstream_body, route, matched, conn, &passed, (started, id), draft).await;
         if let Ok(resp) = &mut response {
             for (name, value) in added {
                 resp.headers_mut().insert(name, value);
@@ -330,6 +411,7 @@ impl Proxy {
         conn: &ConnInfo,
         passed: &Passed,
         (started, id): (Instant, &request_id::RequestId),
+        draft: &mut logging::LogDraft,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let Some(service) = route.service.as_ref() else {
             return Err(GatewayError::NoService);
@@ -340,6 +422,9 @@ impl Proxy {
         let strip = route.strip_path.then(|| matched.unwrap_or("/"));
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
         let upstream_target = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
+        if draft.wanted {
+            draft.upstream_uri = Some(upstream_target.as_str().into());
+        }
         let mut head = forward::UpstreamHead {
             client: parts,
             target: &upstream_target,
@@ -451,6 +536,11 @@ impl Proxy {
                 write_timeout: service.write_timeout,
                 tls: service.tls.as_ref().map(|c| (c, server_name)),
             };
+            if draft.wanted
+                && let upstream::Addresses::One(addr) = &target.addresses
+            {
+                draft.tries.push(crate::plugins::log::Try { ip: addr.ip(), port: addr.port() });
+            }
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };
             // Read and write timeouts are enforced on the connection itself (see `upstream::Target`).
@@ -485,6 +575,10 @@ impl Proxy {
             }
         };
         let upstream_latency = sent.elapsed();
+        if draft.wanted {
+            draft.sent = Some((sent, upstream_latency));
+            draft.upstream_status = Some(response.status().as_u16());
+        }
         if let (Some((b, _)), Some(i)) = (&balancer, answered_by) {
             b.report_status(i, response.status().as_u16());
         }
@@ -521,6 +615,18 @@ impl Proxy {
         }
         Ok(Response::from_parts(rparts, rbody))
     }
+}
+
+/// The TLS protocol version and cipher suite of a client connection, in Kong's words where it has them.
+fn tls_info(session: &tokio_rustls::rustls::ServerConnection) -> Option<(&'static str, &'static str)> {
+    use tokio_rustls::rustls::ProtocolVersion;
+    let version = match session.protocol_version()? {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = session.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown");
+    Some((version, cipher))
 }
 
 /// Who the access phase let through: the consumer (for the header filter) and the consumer headers
@@ -661,6 +767,12 @@ mod tests {
             service: None,
             destination: Destination::Address,
             chain: PluginChain::of(vec![Arc::new(Buggy)]),
+            subject: Arc::new(crate::plugins::log::Subject {
+                route_id: uuid::Uuid::nil(),
+                route_label: "r".into(),
+                route: crate::snapshot::compile::null_entity(),
+                service: None,
+            }),
         };
         let spec = RouteSpec {
             methods: vec![],
@@ -679,7 +791,7 @@ mod tests {
             ..Snapshot::empty()
         });
         let proxy: &'static Proxy =
-            Box::leak(Box::new(Proxy { holder, trusted_ips: Vec::new(), stats: Stats::default() }));
+            Box::leak(Box::new(Proxy { holder, trusted_ips: Vec::new(), stats: Stats::default(), access_log: None }));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {

@@ -114,6 +114,8 @@ pub enum ProxyBody {
     /// No answer at all, for a client that left before its request was whole: the body fails when
     /// polled, and the connection closes without an answer.
     Abandoned,
+    /// A body whose end runs the log phase.
+    Logged(Box<super::logging::Logged>),
 }
 
 impl ProxyBody {
@@ -148,8 +150,10 @@ impl ProxyBody {
 impl ProxyBody {
     /// Keeps `lease` until the body is over (a body already in memory is over: it drops at once).
     pub fn hold(&mut self, lease: crate::balancer::Lease) {
-        if let ProxyBody::Upstream(body) = self {
-            body.lease = Some(lease);
+        match self {
+            ProxyBody::Upstream(body) => body.lease = Some(lease),
+            ProxyBody::Logged(logged) => logged.body.hold(lease),
+            _ => {}
         }
     }
 }
@@ -165,6 +169,7 @@ impl Body for ProxyBody {
             ProxyBody::Abandoned => {
                 Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client left"))))
             }
+            ProxyBody::Logged(logged) => logged.poll_frame(cx),
         }
     }
 
@@ -173,6 +178,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Abandoned => false,
+            ProxyBody::Logged(logged) => logged.is_end_stream(),
         }
     }
 
@@ -182,6 +188,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Abandoned => SizeHint::default(),
+            ProxyBody::Logged(logged) => logged.size_hint(),
         }
     }
 }

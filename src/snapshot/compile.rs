@@ -11,12 +11,14 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::ServiceTarget;
 use crate::identity::{Authenticated, Consumer, ConsumerIndex, Directory, KeyCredential};
 use crate::model::schema::{Obj, PathSeg, Violation, Violations, validate_nested};
 use crate::model::{self, EntityError, Kind, Mode};
+use crate::plugins::log::ServiceSubject;
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, Catalog, Plugin, PluginInstanceRow, find};
 use crate::router::{RouteMatcher, RouteSpec};
@@ -70,6 +72,7 @@ pub struct AclRow {
 #[derive(Debug, Deserialize)]
 pub struct ServiceRow {
     pub id: Uuid,
+    pub name: Option<String>,
     pub protocol: String,
     pub host: String,
     pub port: u16,
@@ -108,6 +111,7 @@ impl TlsEntities<'_> {
 #[derive(Debug, Deserialize)]
 pub struct RouteRow {
     pub id: Uuid,
+    pub name: Option<String>,
     pub protocols: Vec<String>,
     pub methods: Option<Vec<String>>,
     pub hosts: Option<Vec<String>>,
@@ -174,6 +178,10 @@ impl PluginScope {
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub id: Uuid,
+    /// Prometheus' `route` label: the name, else the id.
+    pub label: Box<str>,
+    /// The route as stored, for the log serializer (set by the caller holding the row's text).
+    pub entity: Arc<RawValue>,
     /// Matched, but answered 500: its stored version does not compile beyond its matcher.
     pub broken: bool,
     pub service: Option<Uuid>,
@@ -379,8 +387,10 @@ pub fn service(s: &ServiceRow, entities: TlsEntities<'_>) -> Result<ServiceTarge
             .join(",")),
         s.client_certificate.map_or(String::new(), |c| c.id.to_string()),
     );
+    let label = s.name.clone().unwrap_or_else(|| s.host.clone()).into();
     Ok(ServiceTarget {
         id: s.id,
+        subject: Arc::new(ServiceSubject { id: s.id, label, entity: null_entity() }),
         enabled: s.enabled,
         https,
         host: s.host.clone().into(),
@@ -517,6 +527,8 @@ pub fn route(r: &RouteRow) -> Result<CompiledRoute, Violations> {
     .ok_or_else(|| Violations::single("https_redirect_status_code", "expected one of: 426, 301, 302, 307, 308"))?;
     Ok(CompiledRoute {
         id: r.id,
+        label: route_label(r),
+        entity: null_entity(),
         broken: false,
         service: r.service.map(|s| s.id),
         matcher: Arc::new(matcher),
@@ -529,11 +541,28 @@ pub fn route(r: &RouteRow) -> Result<CompiledRoute, Violations> {
     })
 }
 
+fn route_label(r: &RouteRow) -> Box<str> {
+    r.name.clone().unwrap_or_else(|| r.id.to_string()).into()
+}
+
+/// JSON `null`, until the caller sets an entity's stored text.
+pub fn null_entity() -> Arc<RawValue> {
+    static NULL: std::sync::OnceLock<Arc<RawValue>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| Arc::from(entity_json("null"))).clone()
+}
+
+/// An entity's stored JSON text as a raw value (`null` if it is not JSON).
+pub fn entity_json(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap_or_default()
+}
+
 /// A route whose matching attributes compile though the rest does not: matched, answered 500.
 pub fn broken_route(r: &RouteRow) -> Option<CompiledRoute> {
     let matcher = RouteMatcher::compile(&route_spec(r)).ok()?;
     Some(CompiledRoute {
         id: r.id,
+        label: route_label(r),
+        entity: null_entity(),
         broken: true,
         service: r.service.map(|s| s.id),
         matcher: Arc::new(matcher),

@@ -26,6 +26,8 @@ use crate::tls::{CertPair, CertificateSource, CertificateTable};
 #[derive(Debug)]
 pub struct ServiceTarget {
     pub id: Uuid,
+    /// How logs and metrics name it.
+    pub subject: Arc<crate::plugins::log::ServiceSubject>,
     /// A disabled service's routes are not routed.
     pub enabled: bool,
     pub https: bool,
@@ -85,6 +87,8 @@ pub struct RouteTarget {
     pub service: Option<Arc<ServiceTarget>>,
     pub destination: Destination,
     pub chain: PluginChain,
+    /// How logs and metrics name the route and its service.
+    pub subject: Arc<crate::plugins::log::Subject>,
 }
 
 /// A stored entity that does not compile, as `/status` reports it.
@@ -109,6 +113,8 @@ pub struct Snapshot {
     pub rejected: Arc<[Rejection]>,
     /// Each upstream's balancer by upstream id (for its health on the Admin API).
     pub balancers: Arc<HashMap<Uuid, Arc<crate::balancer::LiveBalancer>>>,
+    /// When it was built (its age on `/metrics`).
+    pub built: std::time::SystemTime,
 }
 
 impl Snapshot {
@@ -120,6 +126,7 @@ impl Snapshot {
             certificates: Arc::new(CertificateTable::default()),
             rejected: Arc::new([]),
             balancers: Arc::default(),
+            built: std::time::SystemTime::now(),
         }
     }
 }

@@ -273,6 +273,7 @@ fn valid_text(field: &'static Field) -> BoxedStrategy<String> {
             "~/a|/b",
         ]),
         "method" => pick(METHODS),
+        "http_endpoint" => pick(&["http://127.0.0.1:9/log", "https://logs.test/in", "http://u:p@[::1]:8080/"]),
         "header" | "header_name" | "key_name" => pick(&["x-version", "X-Api-Key", "apikey", "x_custom", "accept"]),
         "value" => pick(&["v1", "V2", "~*^v\\d+$", "a b", "application/json"]),
         "ip" => pick(&["10.0.0.1", "10.0.0.0/8", "::1", "fe80::/10", "192.168.1.1/32"]),

@@ -25,6 +25,7 @@ use crate::identity::{ConsumerIndex, CredentialIndex, Directory, GroupEntry, Gro
 use crate::model::Kind;
 use crate::model::schema::Violations;
 use crate::plugins::chain::ChainBuilder;
+use crate::plugins::log::{ServiceSubject, Subject};
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{BuildEnv, PluginInstanceRow, RealmResolver};
 use crate::router::Router;
@@ -283,13 +284,21 @@ impl ConfigState {
                     Arc::make_mut(&mut self.credentials).insert(&key, cred);
                     id
                 }),
-            Kind::Service => typed::<compile::ServiceRow>(row.body).and_then(|row| {
+            Kind::Service => typed::<compile::ServiceRow>(row.body).and_then(|parsed| {
+                let row_body = row.body;
+                let row = parsed;
                 let entities = compile::TlsEntities {
                     certificates: Some(&self.certificates),
                     ca_certificates: Some(&self.ca_certificates),
                 };
-                let target = compile::service(&row, entities)?;
+                let mut target = compile::service(&row, entities)?;
                 let id = target.id;
+                let subject = &target.subject;
+                target.subject = Arc::new(ServiceSubject {
+                    id,
+                    label: subject.label.clone(),
+                    entity: Arc::from(compile::entity_json(row_body)),
+                });
                 self.services.insert(id, Some(Arc::new(target)));
                 if row.uses_tls_entities() {
                     self.tls_services.insert(id, row);
@@ -298,7 +307,8 @@ impl ConfigState {
                 }
                 Ok(id)
             }),
-            Kind::Route => typed::<compile::RouteRow>(row.body).and_then(|r| compile::route(&r)).map(|r| {
+            Kind::Route => typed::<compile::RouteRow>(row.body).and_then(|r| compile::route(&r)).map(|mut r| {
+                r.entity = Arc::from(compile::entity_json(row.body));
                 let id = r.id;
                 self.routes.insert(id, Arc::new(r));
                 id
@@ -342,8 +352,9 @@ impl ConfigState {
             Kind::Route => {
                 if let Ok(r) = typed::<compile::RouteRow>(row.body)
                     && !self.routes.contains_key(&r.id)
-                    && let Some(broken) = compile::broken_route(&r)
+                    && let Some(mut broken) = compile::broken_route(&r)
                 {
+                    broken.entity = Arc::from(compile::entity_json(row.body));
                     self.routes.insert(r.id, Arc::new(broken));
                 }
             }
@@ -593,6 +604,7 @@ impl ConfigState {
             certificates: self.certificate_table(),
             rejected: self.rejected().into(),
             balancers: self.balancers.clone(),
+            built: std::time::SystemTime::now(),
         }
     }
 
@@ -635,7 +647,11 @@ impl ConfigState {
             ca_certificates: Some(&self.ca_certificates),
         };
         for (id, row) in &self.tls_services {
-            if let Ok(target) = compile::service(row, entities) {
+            if let Ok(mut target) = compile::service(row, entities) {
+                // The stored text is unchanged: only the certificates moved.
+                if let Some(Some(old)) = self.services.get(id) {
+                    target.subject = old.subject.clone();
+                }
                 self.services.insert(*id, Some(Arc::new(target)));
             }
         }
@@ -698,6 +714,12 @@ impl ConfigState {
                 request_buffering: r.request_buffering,
                 broken: r.broken || service_broken,
                 chain: chains.chain_for(r.id, r.service),
+                subject: Arc::new(Subject {
+                    route_id: r.id,
+                    route_label: r.label.clone(),
+                    route: r.entity.clone(),
+                    service: service.as_ref().map(|s| s.subject.clone()),
+                }),
                 service,
             };
             compiled.push((r.matcher.clone(), Arc::new(target)));

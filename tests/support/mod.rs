@@ -3,6 +3,7 @@
 //! machine's); speaks HTTP to them. Every process it starts dies with the test process.
 #![allow(dead_code, unused_imports, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod collector;
 pub mod dns;
 pub mod postgres;
 pub mod redis;

@@ -75,6 +75,11 @@ impl Counters {
         DRY.get_or_init(|| Counters { live: false, ..Counters::new(None) })
     }
 
+    /// Whether tasks may be started (not for a compile that only checks a write).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
     /// Node-local counters only (plugin unit tests).
     pub fn local_only() -> &'static Counters {
         static LOCAL: OnceLock<Counters> = OnceLock::new();

@@ -1,0 +1,203 @@
+//! prometheus (Kong 3.x, priority 13): counts each request of a matched route in the log phase,
+//! in Kong's metric names, labels and buckets (`kong_http_requests_total`, `kong_kong_latency_ms`,
+//! `kong_upstream_latency_ms`, `kong_request_latency_ms`, `kong_bandwidth_bytes`), as its flags
+//! ask. `GET /metrics` (Admin API, status API) writes them with the node's gauges
+//! ([`exposition::render`]). Counting is per worker ([`series`]).
+
+pub mod exposition;
+pub mod series;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::log::{LogEntry, Source};
+use super::{BuildEnv, Plugin, PluginDef, typed};
+use crate::model::schema::{Field, Obj, Schema, Type, Violations};
+use series::{Family, Key};
+
+pub const DEF: PluginDef = PluginDef {
+    name: "prometheus",
+    priority: 13,
+    version: env!("CARGO_PKG_VERSION"),
+    config: schema,
+    no_consumer: true,
+    shorthands: None,
+    build,
+};
+
+const FLAGS: [&str; 7] = [
+    "per_consumer",
+    "status_code_metrics",
+    "latency_metrics",
+    "bandwidth_metrics",
+    "upstream_health_metrics",
+    "ai_metrics",
+    "wasm_metrics",
+];
+
+fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema {
+        fields: FLAGS
+            .iter()
+            .map(|name| Field::new(name, Type::Boolean).required().default(Value::Bool(false)))
+            .collect(),
+        checks: Vec::new(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Config {
+    per_consumer: bool,
+    status_code_metrics: bool,
+    latency_metrics: bool,
+    bandwidth_metrics: bool,
+    upstream_health_metrics: bool,
+}
+
+/// Live instances, and those asking for upstream health (Kong: on if any instance asks).
+static ENABLED: AtomicUsize = AtomicUsize::new(0);
+static HEALTH: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether some live instance exists: without one, a scrape shows the node's gauges only.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed) > 0
+}
+
+/// Whether some live instance asks for `kong_upstream_target_health`.
+pub fn upstream_health() -> bool {
+    HEALTH.load(Ordering::Relaxed) > 0
+}
+
+/// Counts a live instance while it exists.
+#[derive(Debug)]
+struct Live {
+    health: bool,
+}
+
+impl Live {
+    fn new(health: bool) -> Live {
+        ENABLED.fetch_add(1, Ordering::Relaxed);
+        if health {
+            HEALTH.fetch_add(1, Ordering::Relaxed);
+        }
+        Live { health }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        ENABLED.fetch_sub(1, Ordering::Relaxed);
+        if self.health {
+            HEALTH.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Prometheus {
+    per_consumer: bool,
+    status_codes: bool,
+    latency: bool,
+    bandwidth: bool,
+    /// `None` when built only to check a write.
+    live: Option<Live>,
+}
+
+fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
+    let c: Config = typed(config)?;
+    Ok(Arc::new(Prometheus {
+        per_consumer: c.per_consumer,
+        status_codes: c.status_code_metrics,
+        latency: c.latency_metrics,
+        bandwidth: c.bandwidth_metrics,
+        live: env.live().then(|| Live::new(c.upstream_health_metrics)),
+    }))
+}
+
+impl Plugin for Prometheus {
+    fn logs(&self) -> bool {
+        self.live.is_some() && (self.status_codes || self.latency || self.bandwidth)
+    }
+
+    fn log(&self, e: &Arc<LogEntry>) {
+        let Some(subject) = &e.subject else { return };
+        let route = subject.route_id;
+        let (consumer_id, consumer_name) = match (&e.consumer, self.per_consumer) {
+            (Some(c), true) => (Some(c.id), c.username.as_deref()),
+            _ => (None, None),
+        };
+        let key = |family, code, tag| Key { family, route, code, tag, consumer: None };
+        if self.status_codes {
+            let source = if e.source == Source::Service { "service" } else { "kong" };
+            let k = Key { consumer: consumer_id, ..key(Family::HttpRequestsTotal, e.status, source) };
+            series::count(k, subject, consumer_name, 1);
+        }
+        if self.latency {
+            series::observe(key(Family::KongLatencyMs, 0, ""), subject, e.latencies.kong);
+            if e.latencies.proxy >= 0 {
+                series::observe(key(Family::UpstreamLatencyMs, 0, ""), subject, e.latencies.proxy as u64);
+            }
+            series::observe(key(Family::RequestLatencyMs, 0, ""), subject, e.latencies.request);
+        }
+        if self.bandwidth {
+            for (tag, bytes) in [("ingress", e.request_size), ("egress", e.response_size)] {
+                if bytes > 0 {
+                    let k = Key { consumer: consumer_id, ..key(Family::BandwidthBytes, 0, tag) };
+                    series::count(k, subject, consumer_name, bytes);
+                }
+            }
+        }
+    }
+}
+
+/// Adds the node's gauges to a scrape (registered by the node at start).
+pub type GaugeSource = Box<dyn Fn(&mut Vec<exposition::Gauge>) + Send + Sync>;
+
+fn sources() -> &'static std::sync::RwLock<Vec<GaugeSource>> {
+    static SOURCES: OnceLock<std::sync::RwLock<Vec<GaugeSource>>> = OnceLock::new();
+    SOURCES.get_or_init(Default::default)
+}
+
+/// Registers what a scrape adds besides the request metrics.
+pub fn add_gauges(source: GaugeSource) {
+    sources().write().unwrap_or_else(std::sync::PoisonError::into_inner).push(source);
+}
+
+/// `GET /metrics`: the request metrics (when some instance is enabled) and every registered gauge,
+/// with Tollgate's own losses. Runs off the proxy's workers and takes no lock they take.
+pub fn scrape() -> String {
+    let mut gauges = Vec::new();
+    for source in sources().read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        source(&mut gauges);
+    }
+    let reg = series::registry();
+    let dropped = super::log::dropped();
+    use exposition::{Gauge, Kind};
+    gauges.push(Gauge::one(
+        "tollgate_prometheus_series",
+        Some("Request series kept by the prometheus plugin (each worker's counted apart)"),
+        Kind::Gauge,
+        reg.series_count() as f64,
+    ));
+    gauges.push(Gauge::one(
+        "tollgate_prometheus_series_dropped_total",
+        Some("Requests not counted because the series cap (prometheus_max_series) was reached"),
+        Kind::Counter,
+        reg.dropped.load(Ordering::Relaxed) as f64,
+    ));
+    gauges.push(
+        Gauge::new(
+            "tollgate_log_entries_dropped_total",
+            Some("Log entries a sink could not take (queue full, or failed for good)"),
+            Kind::Counter,
+        )
+        .with(vec![("sink", "file-log".into())], dropped.file_log.load(Ordering::Relaxed) as f64)
+        .with(vec![("sink", "http-log".into())], dropped.http_log.load(Ordering::Relaxed) as f64)
+        .with(vec![("sink", "proxy_access_log".into())], dropped.access_log.load(Ordering::Relaxed) as f64),
+    );
+    reg.with_series(|series| exposition::render(series, enabled(), &gauges))
+}

@@ -1,0 +1,190 @@
+//! The request metrics of the prometheus plugin, counted per proxy worker without a shared lock:
+//! each worker thread owns its series (found in a map of its own), and only that thread writes
+//! them, so a count is a plain load and store. A series a worker meets for the first time is
+//! handed to the registry (a lock taken once per series per worker, held for a push); a scrape
+//! takes the new ones and reads every series' atomics, so it never waits on proxying nor
+//! proxying on it. The number of series is capped: past the cap, requests that would need a new
+//! series are counted as dropped instead.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use uuid::Uuid;
+
+use super::super::log::Subject;
+
+/// Kong's `kong_latency_ms` buckets.
+pub const KONG_BUCKETS: &[u64] = &[1, 2, 5, 7, 10, 15, 20, 30, 50, 75, 100, 200, 500, 750, 1000, 3000, 6000];
+/// Kong's `upstream_latency_ms` and `request_latency_ms` buckets.
+pub const UPSTREAM_BUCKETS: &[u64] = &[25, 50, 80, 100, 250, 400, 700, 1000, 2000, 5000, 10000, 30000, 60000];
+
+/// The request metric families, in Kong's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    BandwidthBytes,
+    HttpRequestsTotal,
+    KongLatencyMs,
+    RequestLatencyMs,
+    UpstreamLatencyMs,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::BandwidthBytes => "bandwidth_bytes",
+            Family::HttpRequestsTotal => "http_requests_total",
+            Family::KongLatencyMs => "kong_latency_ms",
+            Family::RequestLatencyMs => "request_latency_ms",
+            Family::UpstreamLatencyMs => "upstream_latency_ms",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            Family::BandwidthBytes => "Total bandwidth (ingress/egress) throughput in bytes",
+            Family::HttpRequestsTotal => "HTTP status codes per consumer/service/route in Kong",
+            Family::KongLatencyMs => "Latency added by Kong and enabled plugins for each service/route in Kong",
+            Family::RequestLatencyMs => "Total latency incurred during requests for each service/route in Kong",
+            Family::UpstreamLatencyMs => "Latency added by upstream response for each service/route in Kong",
+        }
+    }
+
+    pub fn buckets(self) -> Option<&'static [u64]> {
+        match self {
+            Family::KongLatencyMs => Some(KONG_BUCKETS),
+            Family::RequestLatencyMs | Family::UpstreamLatencyMs => Some(UPSTREAM_BUCKETS),
+            _ => None,
+        }
+    }
+}
+
+/// What tells one series of a family from another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub family: Family,
+    pub route: Uuid,
+    /// `http_requests_total`: the status code; 0 otherwise.
+    pub code: u16,
+    /// `http_requests_total`: `service` or `kong`; bandwidth: `ingress` or `egress`.
+    pub tag: &'static str,
+    /// With `per_consumer`: the consumer's id.
+    pub consumer: Option<Uuid>,
+}
+
+/// One worker's series: its labels and its counts.
+#[derive(Debug)]
+pub struct Series {
+    pub key: Key,
+    pub subject: Arc<Subject>,
+    /// The consumer's username (`per_consumer`), else empty.
+    pub consumer: Box<str>,
+    /// Counter value, or a histogram's count.
+    pub count: AtomicU64,
+    /// A histogram's sum.
+    pub sum: AtomicU64,
+    /// A histogram's buckets (cumulative counts are made when rendering).
+    pub buckets: Box<[AtomicU64]>,
+}
+
+impl Series {
+    /// Adds to a series only this thread writes: a load and a store, no locked instruction.
+    fn add(cell: &AtomicU64, n: u64) {
+        cell.store(cell.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    fn observe(&self, value: u64) {
+        Series::add(&self.count, 1);
+        Series::add(&self.sum, value);
+        if let Some(bounds) = self.key.family.buckets() {
+            let i = bounds.iter().position(|b| value <= *b).unwrap_or(bounds.len());
+            if let Some(b) = self.buckets.get(i) {
+                Series::add(b, 1);
+            }
+        }
+    }
+}
+
+/// Every worker's series, for scrapes.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Series made since the last scrape (a push per new series per worker).
+    fresh: Mutex<Vec<Arc<Series>>>,
+    /// Every series, read by scrapes (which are serialized by this lock, proxying never takes it).
+    known: Mutex<Vec<Arc<Series>>>,
+    series: AtomicUsize,
+    max_series: AtomicUsize,
+    /// Requests whose series could not be made (the cap was reached).
+    pub dropped: AtomicU64,
+}
+
+/// The default cap on series.
+pub const DEFAULT_MAX_SERIES: usize = 200_000;
+
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry { max_series: AtomicUsize::new(DEFAULT_MAX_SERIES), ..Registry::default() })
+}
+
+impl Registry {
+    /// Sets the cap on series (`prometheus_max_series`).
+    pub fn set_max_series(&self, max: usize) {
+        self.max_series.store(max, Ordering::Relaxed);
+    }
+
+    /// Every series so far (for a scrape). Scrapes wait on each other, never on proxying.
+    pub fn with_series<R>(&self, f: impl FnOnce(&[Arc<Series>]) -> R) -> R {
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        known.extend(fresh);
+        f(&known)
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.load(Ordering::Relaxed)
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<HashMap<Key, Arc<Series>, foldhash::fast::RandomState>> = RefCell::new(HashMap::default());
+}
+
+/// Finds (or makes) this worker's series for `key` and runs `f` on it.
+fn with_series(key: Key, subject: &Arc<Subject>, consumer: Option<&str>, f: impl FnOnce(&Series)) {
+    LOCAL.with(|local| {
+        let Ok(mut local) = local.try_borrow_mut() else { return };
+        if let Some(s) = local.get(&key) {
+            f(s);
+            return;
+        }
+        let reg = registry();
+        if reg.series.load(Ordering::Relaxed) >= reg.max_series.load(Ordering::Relaxed) {
+            reg.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        reg.series.fetch_add(1, Ordering::Relaxed);
+        let buckets = key.family.buckets().map_or(0, |b| b.len() + 1);
+        let series = Arc::new(Series {
+            key: key.clone(),
+            subject: subject.clone(),
+            consumer: consumer.unwrap_or("").into(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+        });
+        f(&series);
+        reg.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(series.clone());
+        local.insert(key, series);
+    });
+}
+
+/// Adds `n` to a counter series.
+pub fn count(key: Key, subject: &Arc<Subject>, consumer: Option<&str>, n: u64) {
+    with_series(key, subject, consumer, |s| Series::add(&s.count, n));
+}
+
+/// Observes `value` in a histogram series.
+pub fn observe(key: Key, subject: &Arc<Subject>, value: u64) {
+    with_series(key, subject, None, |s| s.observe(value));
+}

@@ -1,0 +1,381 @@
+//! Seeing what the gateway does: Prometheus metrics in Kong's names on the Admin API and the status
+//! API, request logs (file-log, http-log, the node's access log) in Kong's serializer shape, and
+//! correlation ids, as an operator's dashboard and log pipeline meet them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::collector::Collector;
+use support::{Gateway, Options, Upstream};
+
+/// `GET /metrics` on `base` (the Admin API or the status API): its content type and text.
+async fn scrape(gw: &Gateway, base: &str) -> (String, String) {
+    let r = gw.http.get(format!("{base}/metrics")).send().await.expect("scrape");
+    assert_eq!(r.status(), 200);
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    (ct, r.text().await.expect("text"))
+}
+
+/// Scrapes the Admin API until every line of `wanted` is in the exposition (the log phase runs once
+/// each response is out), and returns it.
+async fn scrape_until(gw: &Gateway, wanted: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = scrape(gw, &gw.admin).await;
+        let lines: Vec<&str> = text.lines().collect();
+        let missing: Vec<&&str> = wanted.iter().filter(|w| !lines.contains(w)).collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:#?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `path` holds the entry of request `id` and returns it.
+async fn log_entry(path: &std::path::Path, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found =
+            text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["request"]["id"] == id);
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no entry for {id} in {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `path` holds `n` lines and returns them as JSON.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("each line is one JSON object")).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} lines in {}", lines.len(), path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn routed(gw: &Gateway, path: &str, headers: &[(&str, &str)], status: u16) -> reqwest::Response {
+    let r = gw.eventually(path, headers, Duration::from_secs(10), |r| r.status() == status).await;
+    assert_eq!(r.status(), status, "{path}");
+    r
+}
+
+#[tokio::test]
+async fn prometheus_counts_requests_in_kongs_names_on_the_admin_and_status_apis() {
+    let gw = Gateway::start().await;
+    let upstream = Upstream::start().await;
+    let up = gw.create("/upstreams", json!({"name": "backend"})).await;
+    let target = format!("127.0.0.1:{}", upstream.port());
+    gw.create(&format!("/upstreams/{}/targets", up["id"].as_str().unwrap()), json!({"target": target})).await;
+    gw.create("/services", json!({"name": "mock-service", "url": "http://backend/"})).await;
+    gw.create("/services/mock-service/routes", json!({"name": "http-route", "paths": ["/m"]})).await;
+    gw.create("/services/mock-service/plugins", json!({"name": "key-auth"})).await;
+    // A username with what label values must escape.
+    gw.create("/consumers", json!({"username": "al\"ice\\"})).await;
+    gw.create("/consumers/al%22ice%5C/key-auth", json!({"key": "k-alice"})).await;
+    let flags = json!({"per_consumer": true, "status_code_metrics": true, "latency_metrics": true,
+                       "bandwidth_metrics": true, "upstream_health_metrics": true});
+    gw.create("/plugins", json!({"name": "prometheus", "config": flags})).await;
+
+    routed(&gw, "/m", &[("apikey", "k-alice")], 200).await;
+    routed(&gw, "/m", &[("apikey", "k-alice")], 200).await;
+    routed(&gw, "/m", &[], 401).await;
+
+    let text = scrape_until(
+        &gw,
+        &[
+            r#"kong_http_requests_total{service="mock-service",route="http-route",code="401",source="kong",workspace="default",consumer=""} 1"#,
+            r#"kong_kong_latency_ms_count{service="mock-service",route="http-route",workspace="default"} 3"#,
+        ],
+    )
+    .await;
+    let lines: Vec<&str> = text.lines().collect();
+    // At least two 200s: the first `eventually` may have polled before the route was ready.
+    let ok = lines
+        .iter()
+        .find(|l| l.starts_with(r#"kong_http_requests_total{service="mock-service",route="http-route",code="200",source="service",workspace="default",consumer="al\"ice\\"} "#))
+        .unwrap_or_else(|| panic!("no 200 series for the consumer in\n{text}"));
+    assert!(ok.ends_with(" 2"), "{ok}");
+    for expected in [
+        "# HELP kong_http_requests_total HTTP status codes per consumer/service/route in Kong",
+        "# TYPE kong_http_requests_total counter",
+        "# HELP kong_kong_latency_ms Latency added by Kong and enabled plugins for each service/route in Kong",
+        "# TYPE kong_kong_latency_ms histogram",
+        r#"kong_kong_latency_ms_bucket{service="mock-service",route="http-route",workspace="default",le="+Inf"} 3"#,
+        r#"kong_upstream_latency_ms_count{service="mock-service",route="http-route",workspace="default"} 2"#,
+        r#"kong_request_latency_ms_count{service="mock-service",route="http-route",workspace="default"} 3"#,
+        "# HELP kong_bandwidth_bytes Total bandwidth (ingress/egress) throughput in bytes",
+        "kong_datastore_reachable 1",
+        &format!(
+            r#"kong_upstream_target_health{{upstream="backend",target="{target}",address="{target}",state="healthchecks_off",subsystem="http"}} 1"#
+        ),
+        &format!(
+            r#"kong_upstream_target_health{{upstream="backend",target="{target}",address="{target}",state="healthy",subsystem="http"}} 0"#
+        ),
+    ] {
+        assert!(lines.contains(&expected), "missing {expected} in\n{text}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("kong_node_info{node_id=\"") && l.ends_with(" 1")), "{text}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(r#"kong_bandwidth_bytes{service="mock-service",route="http-route",direction="egress",workspace="default",consumer="al\"ice\\"} "#)),
+        "{text}"
+    );
+    // Kong's buckets, cumulative, in order, then the count and the sum.
+    let buckets: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with(r#"kong_kong_latency_ms_bucket{service="mock-service""#))
+        .map(|l| l.split("le=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        buckets,
+        [
+            "1", "2", "5", "7", "10", "15", "20", "30", "50", "75", "100", "200", "500", "750", "1000", "3000", "6000",
+            "+Inf"
+        ]
+    );
+    // Families sorted by name, HELP and TYPE right before each family's first series.
+    let families: Vec<&str> =
+        lines.iter().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap_or("")).collect();
+    let mut sorted = families.clone();
+    sorted.sort_unstable();
+    assert_eq!(families, sorted);
+
+    let (ct, status_text) = scrape(&gw, &gw.status).await;
+    assert_eq!(ct, "text/plain; charset=UTF-8");
+    assert!(status_text.contains("kong_http_requests_total{"), "{status_text}");
+}
+
+#[tokio::test]
+async fn without_a_prometheus_instance_only_the_nodes_gauges_are_shown() {
+    let (gw, upstream) = support::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"paths": ["/p"]})).await;
+    routed(&gw, "/p", &[], 200).await;
+    let (ct, text) = scrape(&gw, &gw.admin).await;
+    assert_eq!(ct, "text/plain; charset=UTF-8");
+    assert!(text.contains("\nkong_datastore_reachable 1\n"), "{text}");
+    assert!(text.contains("kong_nginx_requests_total{node_id="), "{text}");
+    assert!(!text.contains("kong_http_requests_total"), "{text}");
+}
+
+#[tokio::test]
+async fn file_log_writes_kongs_serializer_entry_for_every_request() {
+    let (gw, upstream) = support::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("requests.log");
+    gw.service_and_route(&upstream, "svc", json!({"name": "logged", "paths": ["/logged"]})).await;
+    gw.create("/routes/logged/plugins", json!({"name": "key-auth"})).await;
+    gw.create("/consumers", json!({"username": "bob", "custom_id": "b-1"})).await;
+    gw.create("/consumers/bob/key-auth", json!({"key": "k-bob"})).await;
+    let config = json!({"path": path, "custom_fields": {"env": "prod", "team.name": "core"}});
+    gw.create("/routes/logged/plugins", json!({"name": "file-log", "config": config})).await;
+    routed(&gw, "/logged", &[], 401).await;
+
+    let r = gw
+        .http
+        .get(gw.proxy_url("/logged/x?a=1&b"))
+        .header("apikey", "k-bob")
+        .header("authorization", "Basic c2VjcmV0")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-tollgate-request-id"].to_str().expect("id").to_string();
+    let e = &log_entry(&path, &request_id).await;
+    assert_eq!(e["request"]["method"], "GET");
+    assert_eq!(e["request"]["uri"], "/logged/x?a=1&b");
+    assert_eq!(e["request"]["url"], format!("http://127.0.0.1:{}/logged/x?a=1&b", gw.proxy_port));
+    assert_eq!(e["request"]["querystring"], json!({"a": "1", "b": true}));
+    assert_eq!(e["request"]["headers"]["authorization"], "REDACTED");
+    assert_eq!(e["request"]["headers"]["apikey"], "k-bob");
+    assert_eq!(e["response"]["status"], 200);
+    assert!(e["response"]["size"].as_u64().unwrap_or(0) > 100, "{e}");
+    assert_eq!(e["response"]["headers"]["x-tollgate-request-id"], request_id);
+    // The route strips what its path matched.
+    assert_eq!(e["upstream_uri"], "/x?a=1&b");
+    assert_eq!(e["upstream_status"], "200");
+    assert_eq!(e["tries"], json!([{"ip": "127.0.0.1", "port": upstream.port()}]));
+    assert_eq!((&e["route"]["name"], &e["service"]["name"]), (&json!("logged"), &json!("svc")));
+    assert_eq!((&e["consumer"]["username"], &e["consumer"]["custom_id"]), (&json!("bob"), &json!("b-1")));
+    assert!(e["authenticated_entity"]["id"].is_string(), "{e}");
+    assert_eq!((&e["client_ip"], &e["source"]), (&json!("127.0.0.1"), &json!("service")));
+    for key in ["kong", "proxy", "request", "receive"] {
+        assert!(e["latencies"][key].is_number(), "latencies.{key}: {e}");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let started = e["started_at"].as_u64().expect("started_at in milliseconds");
+    assert!(started <= now && now - started < 60_000, "{started} vs {now}");
+    assert_eq!((&e["env"], &e["team"]["name"]), (&json!("prod"), &json!("core")));
+
+    // A refused request is logged too, answered by the gateway.
+    let r = gw.call("/logged", &[]).await;
+    let id = r.headers()["x-tollgate-request-id"].to_str().expect("id").to_string();
+    let refused = log_entry(&path, &id).await;
+    assert_eq!((&refused["response"]["status"], &refused["source"]), (&json!(401), &json!("kong")));
+    assert_eq!(refused["upstream_uri"], "");
+}
+
+#[tokio::test]
+async fn file_log_to_a_path_that_cannot_be_opened_is_reported_and_proxying_goes_on() {
+    let (gw, upstream) = support::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    let config = json!({"path": "/nonexistent-tollgate-dir/sub/requests.log"});
+    gw.create("/routes/r/plugins", json!({"name": "file-log", "config": config})).await;
+    for _ in 0..5 {
+        routed(&gw, "/p", &[], 200).await;
+    }
+    gw.wait_for_log("file-log: cannot open the log file", 1, Duration::from_secs(10)).await;
+    let text = scrape_until(&gw, &[]).await;
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"tollgate_log_entries_dropped_total{sink="file-log"} "#))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 1, "{text}");
+    // One report for the failing streak, not one per entry.
+    assert_eq!(gw.log_count("file-log: cannot open the log file"), 1);
+}
+
+#[tokio::test]
+async fn file_log_reopens_the_file_for_every_entry_when_asked() {
+    let (gw, upstream) = support::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rotated.log");
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    gw.create("/routes/r/plugins", json!({"name": "file-log", "config": {"path": path, "reopen": true}})).await;
+    routed(&gw, "/p", &[], 200).await;
+    log_lines(&path, 1).await;
+    // logrotate moves the file away: the next entry goes to a new file at the path.
+    std::fs::rename(&path, dir.path().join("rotated.log.1")).expect("rotate");
+    routed(&gw, "/p", &[], 200).await;
+    let fresh = log_lines(&path, 1).await;
+    assert_eq!(fresh.len(), 1);
+}
+
+#[tokio::test]
+async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
+    let (gw, upstream) = support::start().await;
+    let collector = Collector::start(2);
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    let endpoint = format!("http://user:p%40ss@{}/logs?ignored=1", collector.addr);
+    let config = json!({
+        "http_endpoint": endpoint, "method": "PUT", "headers": {"X-Pipeline": "edge"},
+        "custom_fields": {"dc": "eu-1"},
+        "queue": {"max_batch_size": 3, "max_coalescing_delay": 0.5, "initial_retry_delay": 0.05},
+    });
+    gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
+    // Wait for the plugin through a marker: a request that reaches the collector.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.received().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the collector");
+        gw.call("/p", &[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first two sends failed with 500 and were tried again: the same batch arrives three times.
+    let got = collector.wait_until(Duration::from_secs(10), |r| r.len() >= 3).await;
+    assert_eq!(got[0].body, got[2].body, "the failed batch is sent again whole");
+    let last = &got[2];
+    assert_eq!((last.method.as_str(), last.path.as_str()), ("PUT", "/logs"));
+    assert_eq!(last.headers["content-type"], "application/json");
+    assert_eq!(last.headers["x-pipeline"], "edge");
+    assert_eq!(last.headers["authorization"], "Basic dXNlcjpwQHNz");
+    let batch: Value = serde_json::from_slice(&last.body).expect("JSON");
+    let entries = batch.as_array().expect("a batch is a JSON array");
+    assert!(!entries.is_empty() && entries.len() <= 3, "{batch}");
+    assert_eq!((&entries[0]["dc"], &entries[0]["route"]["name"]), (&json!("eu-1"), &json!("r")));
+
+    // Three requests in a burst leave in one batch of three.
+    let before = collector.received().len();
+    for _ in 0..3 {
+        gw.call("/p", &[]).await;
+    }
+    let got = collector
+        .wait_until(Duration::from_secs(10), |r| {
+            r[before..]
+                .iter()
+                .map(|x| serde_json::from_slice::<Value>(&x.body).map_or(0, |v| v.as_array().map_or(0, Vec::len)))
+                .sum::<usize>()
+                >= 3
+        })
+        .await;
+    assert!(got[before..].iter().any(|x| serde_json::from_slice::<Value>(&x.body).is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))), "{:?}", &got[before..]);
+}
+
+#[tokio::test]
+async fn a_collector_that_hangs_never_slows_proxying_and_what_cannot_wait_is_dropped() {
+    let (gw, upstream) = support::start().await;
+    // Accepts connections and never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = hanging.local_addr().expect("addr");
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    let config = json!({"http_endpoint": format!("http://{addr}/"), "timeout": 60000, "queue": {"max_entries": 5}});
+    gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
+    routed(&gw, "/p", &[], 200).await;
+    let started = Instant::now();
+    for _ in 0..200 {
+        let r = gw.call("/p", &[]).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    let text = scrape_until(&gw, &[]).await;
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"tollgate_log_entries_dropped_total{sink="http-log"} "#))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 190, "at most the queue (5) and the batch in flight wait: {dropped} dropped\n{text}");
+    drop(hanging);
+}
+
+#[tokio::test]
+async fn correlation_id_goes_upstream_into_the_logs_and_back() {
+    let (gw, upstream) = support::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.log");
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/c"]})).await;
+    gw.create("/routes/r/plugins", json!({"name": "correlation-id", "config": {"echo_downstream": true}})).await;
+    gw.create("/routes/r/plugins", json!({"name": "file-log", "config": {"path": path}})).await;
+    let r = gw.eventually("/c", &[], Duration::from_secs(10), |r| r.headers().contains_key("kong-request-id")).await;
+    let echoed = r.headers()["kong-request-id"].to_str().expect("ascii").to_string();
+    let body: Value = r.json().await.expect("echo");
+    assert_eq!(body["headers"]["kong-request-id"], echoed, "the upstream got the same id");
+    let (worker, count) = echoed.split_once('#').expect("uuid#counter");
+    assert!(uuid::Uuid::parse_str(worker).is_ok() && count.parse::<u64>().is_ok(), "{echoed}");
+    let lines = log_lines(&path, 1).await;
+    assert!(lines.iter().any(|e| e["correlation_id"] == echoed), "{lines:?}");
+
+    // A client's own id is kept.
+    let r = gw.call("/c", &[("Kong-Request-ID", "from-client")]).await;
+    assert_eq!(r.headers()["kong-request-id"], "from-client");
+    let body: Value = r.json().await.expect("echo");
+    assert_eq!(body["headers"]["kong-request-id"], "from-client");
+}
+
+#[tokio::test]
+async fn the_nodes_access_log_records_every_request_even_unrouted_ones() {
+    let opts = Options { extra: vec![("TOLLGATE_PROXY_ACCESS_LOG".into(), "access.log".into())], ..Options::default() };
+    let gw = Gateway::start_with(opts).await;
+    let upstream = Upstream::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/a"]})).await;
+    routed(&gw, "/a", &[], 200).await;
+    let r = gw.call("/nowhere", &[]).await;
+    assert_eq!(r.status(), 404);
+    let id = r.headers()["x-tollgate-request-id"].to_str().expect("id").to_string();
+    let path = gw.prefix.join("access.log");
+    let entry = log_entry(&path, &id).await;
+    assert_eq!((&entry["response"]["status"], &entry["source"]), (&json!(404), &json!("kong")));
+    assert!(entry.get("route").is_none(), "{entry}");
+    let text = std::fs::read_to_string(&path).expect("log");
+    assert!(text.lines().any(|l| l.contains("\"upstream_status\":\"200\"")), "{text}");
+}
