@@ -1,6 +1,7 @@
 //! The Admin API (axum): Kong 3.x paths for consumers, consumer groups, services, routes, plugins,
 //! key-auth and ACL credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
-//! walkthrough, and the `/v1` and `/v2` APIs, every route described as it is added (`endpoint`). Handlers validate through `model`, persist through
+//! walkthrough, and the `/v1` and `/v2` APIs, every route described as it is added (`endpoint`,
+//! served by `/endpoints` and `/openapi.json`). Handlers validate through `model`, persist through
 //! `store`, and map errors once in `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
 
 pub mod body;
@@ -13,6 +14,7 @@ mod entities;
 pub mod error;
 mod info;
 mod legacy;
+mod openapi;
 mod pagination;
 pub mod problem;
 mod realms;
@@ -153,7 +155,8 @@ pub struct Routed {
 }
 
 /// The Admin API's routes, each registered under its template together with the description of
-/// its methods: the router and `GET /endpoints` both come from this one list, so neither can drift from what is served. Nothing routes around it (a unit test checks).
+/// its methods: the router, `GET /endpoints` and `GET /openapi.json` all come from this one list,
+/// so none can drift from what is served. Nothing routes around it (a unit test checks).
 struct Routes {
     router: Router<AdminState>,
     routed: Vec<Routed>,
@@ -217,20 +220,27 @@ impl Routes {
         self
     }
 
-    /// Adds `GET /endpoints` (the Kong paths, itself included), computed once here, and hands back
-    /// the router and the list.
-    fn finish(self) -> (Router<AdminState>, Vec<Routed>) {
+    /// Adds `GET /endpoints` (the Kong paths, itself included) and `GET /openapi.json` (every
+    /// path, itself included), both computed once here, and hands back the router.
+    fn finish(self, admin_auth: bool) -> (Router<AdminState>, Vec<Routed>) {
         let listing: Arc<OnceLock<Arc<Vec<String>>>> = Arc::default();
-        let l = listing.clone();
-        let routes = self.add(
-            "/endpoints",
-            Endpoint::other("Every Kong Admin API path this node serves")
-                .get(move || info::endpoints(l.get().cloned().unwrap_or_default())),
-        );
+        let document: Arc<OnceLock<bytes::Bytes>> = Arc::default();
+        let (l, d) = (listing.clone(), document.clone());
+        let routes = self
+            .add(
+                "/endpoints",
+                Endpoint::other("Every Kong Admin API path this node serves")
+                    .get(move || info::endpoints(l.get().cloned().unwrap_or_default())),
+            )
+            .add(
+                "/openapi.json",
+                Endpoint::other("This OpenAPI document").get(move || openapi::serve(d.get().cloned())),
+            );
         let mut templates: Vec<String> =
             routes.routed.iter().filter(|r| r.surface == Surface::Kong).map(|r| r.template.clone()).collect();
         templates.sort();
         let _ = listing.set(Arc::new(templates));
+        let _ = document.set(openapi::render(&routes.routed, admin_auth));
         (routes.router, routes.routed)
     }
 }
@@ -338,7 +348,7 @@ fn routes() -> Routes {
 
 /// The whole Admin API.
 pub fn router(state: AdminState) -> Router {
-    let (entities, _) = routes().finish();
+    let (entities, _) = routes().finish(state.settings.admin_auth);
     let entities = entities
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
