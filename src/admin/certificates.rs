@@ -6,29 +6,30 @@ use axum::Json;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
 use serde_json::Value;
 
-use super::AdminState;
 use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
 use super::pagination;
+use super::{AdminState, Endpoint};
 use crate::model::schema::{Obj, Violation, Violations, is_uuid};
 use crate::model::{EntityError, Kind, Mode};
 use crate::snapshot::compile;
 use crate::store::{ListQuery, WriteOp};
 
 /// `GET` and `POST /certificates`.
-pub fn collection() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, OriginalUri(uri): OriginalUri| async move {
-        s.list_certificates(uri.query(), uri.path()).await
-    })
-    .post(|State(s): State<AdminState>, body: AdminBody| async move { s.create_certificate(body).await })
+pub fn collection() -> Endpoint {
+    Endpoint::collection(Kind::Certificate)
+        .get(|State(s): State<AdminState>, OriginalUri(uri): OriginalUri| async move {
+            s.list_certificates(uri.query(), uri.path()).await
+        })
+        .post(|State(s): State<AdminState>, body: AdminBody| async move { s.create_certificate(body).await })
 }
 
 /// `/certificates/{id or SNI name}`.
-pub fn item() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, Path(key): Path<String>| async move { s.read_certificate(&key).await })
+pub fn item() -> Endpoint {
+    Endpoint::item(Kind::Certificate)
+        .get(|State(s): State<AdminState>, Path(key): Path<String>| async move { s.read_certificate(&key).await })
         .patch(|State(s): State<AdminState>, Path(key): Path<String>, body: AdminBody| async move {
             s.patch_certificate(&key, body).await
         })

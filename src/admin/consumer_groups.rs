@@ -6,13 +6,12 @@ use axum::Json;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value, json};
 
-use super::AdminState;
 use super::body::AdminBody;
 use super::error::{AdminError, AdminResult};
 use super::pagination;
+use super::{AdminState, Body, Endpoint};
 use crate::model::schema::Obj;
 use crate::model::{EntityError, Kind, Mode};
 use crate::snapshot::compile;
@@ -52,37 +51,43 @@ const CONSUMER: Side = Side {
 
 /// `GET /consumer_groups/{g}`: the group and its consumers; the rest of the item methods are the
 /// generic ones.
-pub fn group_item(generic: MethodRouter<AdminState>) -> MethodRouter<AdminState> {
-    generic.get(|State(s): State<AdminState>, Path(g): Path<String>| async move {
-        let group = s.find(Kind::ConsumerGroup, &g).await?;
-        let members = s.members(GROUP, &id(&group), 1000, None).await?.0;
-        Ok::<_, AdminError>(Json(json!({ "consumer_group": group, "consumers": members })))
-    })
+pub fn group_item(generic: Endpoint) -> Endpoint {
+    generic
+        .get(|State(s): State<AdminState>, Path(g): Path<String>| async move {
+            let group = s.find(Kind::ConsumerGroup, &g).await?;
+            let members = s.members(GROUP, &id(&group), 1000, None).await?.0;
+            Ok::<_, AdminError>(Json(json!({ "consumer_group": group, "consumers": members })))
+        })
+        .answers(Body::Object)
 }
 
 /// `/consumer_groups/{g}/consumers` and `/consumers/{c}/consumer_groups`.
-pub fn memberships(consumer_side: bool) -> MethodRouter<AdminState> {
+pub fn memberships(consumer_side: bool) -> Endpoint {
     let side = if consumer_side { CONSUMER } else { GROUP };
-    get(move |State(s): State<AdminState>, Path(key): Path<String>, OriginalUri(uri): OriginalUri| async move {
-        s.list_members(side, &key, uri.query(), uri.path()).await
-    })
-    .post(move |State(s): State<AdminState>, Path(key): Path<String>, body: AdminBody| async move {
-        s.add_members(side, &key, body).await
-    })
-    .delete(move |State(s): State<AdminState>, Path(key): Path<String>| async move {
-        s.remove_members(side, &key, None).await
-    })
+    let about = if consumer_side { "A consumer's groups" } else { "A consumer group's consumers" };
+    Endpoint::other(about)
+        .get(move |State(s): State<AdminState>, Path(key): Path<String>, OriginalUri(uri): OriginalUri| async move {
+            s.list_members(side, &key, uri.query(), uri.path()).await
+        })
+        .post(move |State(s): State<AdminState>, Path(key): Path<String>, body: AdminBody| async move {
+            s.add_members(side, &key, body).await
+        })
+        .delete(move |State(s): State<AdminState>, Path(key): Path<String>| async move {
+            s.remove_members(side, &key, None).await
+        })
 }
 
 /// `/consumer_groups/{g}/consumers/{c}` and `/consumers/{c}/consumer_groups/{g}`.
-pub fn membership(consumer_side: bool) -> MethodRouter<AdminState> {
+pub fn membership(consumer_side: bool) -> Endpoint {
     let side = if consumer_side { CONSUMER } else { GROUP };
-    get(move |State(s): State<AdminState>, Path((key, other)): Path<(String, String)>| async move {
-        s.read_member(side, &key, &other).await
-    })
-    .delete(move |State(s): State<AdminState>, Path((key, other)): Path<(String, String)>| async move {
-        s.remove_members(side, &key, Some(&other)).await
-    })
+    let about = if consumer_side { "A consumer's membership of a group" } else { "A consumer group's member" };
+    Endpoint::other(about)
+        .get(move |State(s): State<AdminState>, Path((key, other)): Path<(String, String)>| async move {
+            s.read_member(side, &key, &other).await
+        })
+        .delete(move |State(s): State<AdminState>, Path((key, other)): Path<(String, String)>| async move {
+            s.remove_members(side, &key, Some(&other)).await
+        })
 }
 
 fn id(obj: &Obj) -> String {

@@ -4,12 +4,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value, json};
 
-use super::AdminState;
 use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
+use super::{AdminState, Endpoint};
 use crate::config::KEYS;
 use crate::model::{Kind, Mode};
 use crate::plugins::REGISTRY;
@@ -142,32 +141,34 @@ pub async fn validate_plugin(body: AdminBody) -> AdminResult<Response> {
 }
 
 /// `/routes/{r}/service`: the route's service, addressed through the route.
-pub fn route_service() -> MethodRouter<AdminState> {
+pub fn route_service() -> Endpoint {
     owner(Kind::Route, "service", Kind::Service)
 }
 
 /// `/{entities}/{id}/{field}`: the entity an entity's foreign key `field` points at (a route's
 /// service, a credential's consumer), addressed through it, as Kong generates these paths.
-pub fn owner(kind: Kind, field: &'static str, owner: Kind) -> MethodRouter<AdminState> {
+pub fn owner(kind: Kind, field: &'static str, owner: Kind) -> Endpoint {
     async fn owner_of(s: &AdminState, kind: Kind, field: &str, key: &str) -> AdminResult<String> {
         let r = s.store.lookup(&s.cp(), kind, key).await?.ok_or(AdminError::NotFound)?;
         r.get(field).and_then(|v| v.get("id")).and_then(Value::as_str).map(str::to_string).ok_or(AdminError::NotFound)
     }
-    get(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
-        let id = owner_of(&s, kind, field, &k).await?;
-        s.read_entity(owner, None, &[id]).await
-    })
-    .patch(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
-        let id = owner_of(&s, kind, field, &k).await?;
-        s.patch_entity(owner, None, &[id], body).await
-    })
-    .put(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
-        let id = owner_of(&s, kind, field, &k).await?;
-        s.put_entity(owner, None, &[id], body).await
-    })
-    .delete(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
-        // Kong never deletes the owner through what it owns: 404 without one, 405 with one.
-        owner_of(&s, kind, field, &k).await?;
-        Err::<Response, _>(AdminError::MethodNotAllowed)
-    })
+    Endpoint::item(owner)
+        .get(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
+            let id = owner_of(&s, kind, field, &k).await?;
+            s.read_entity(owner, None, &[id]).await
+        })
+        .patch(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
+            let id = owner_of(&s, kind, field, &k).await?;
+            s.patch_entity(owner, None, &[id], body).await
+        })
+        .put(move |State(s): State<AdminState>, Path(k): Path<String>, body: AdminBody| async move {
+            let id = owner_of(&s, kind, field, &k).await?;
+            s.put_entity(owner, None, &[id], body).await
+        })
+        .delete(move |State(s): State<AdminState>, Path(k): Path<String>| async move {
+            // Kong never deletes the owner through what it owns: 404 without one, 405 with one.
+            owner_of(&s, kind, field, &k).await?;
+            Err::<Response, _>(AdminError::MethodNotAllowed)
+        })
+        .status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
 }

@@ -7,13 +7,12 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::body::{AdminBody, Encoding};
 use super::error::{AdminError, AdminResult};
 use super::pagination;
-use super::{AdminState, Routes};
+use super::{AdminState, Endpoint, Routes};
 use crate::model::schema::{Obj, is_uuid};
 use crate::model::{EntityError, Kind, Mode};
 use crate::snapshot::compile;
@@ -22,16 +21,35 @@ use crate::store::{ListQuery, WriteOp};
 /// Adds the 0.x paths to the Admin API's routes.
 pub(super) fn routes(routes: Routes) -> Routes {
     routes
-        .add("/apis", get(list_apis).post(create_api))
-        .add("/apis/{apis}", get(read_api).patch(patch_api).delete(delete_api))
-        .add("/apis/{apis}/plugins", get(list_api_plugins).post(create_api_plugin))
-        .add("/apis/{apis}/plugins/{plugins}", get(read_api_plugin).delete(delete_api_plugin))
-        .add("/plugins_configurations", get(list_plugin_configurations).post(create_plugin_configuration))
-        .add("/plugins_configurations/{plugins}", get(read_plugin_configuration).delete(delete_plugin_configuration))
-        .add("/keyauth_credentials", get(list_keyauth_credentials).post(create_keyauth_credential))
+        .add("/apis", Endpoint::other("0.x APIs").get(list_apis).post(create_api))
+        .add("/apis/{apis}", Endpoint::other("A 0.x API").get(read_api).patch(patch_api).delete(delete_api))
+        .add(
+            "/apis/{apis}/plugins",
+            Endpoint::other("A 0.x API's plugins").get(list_api_plugins).post(create_api_plugin),
+        )
+        .add(
+            "/apis/{apis}/plugins/{plugins}",
+            Endpoint::other("A 0.x API's plugin").get(read_api_plugin).delete(delete_api_plugin),
+        )
+        .add(
+            "/plugins_configurations",
+            Endpoint::other("0.1 plugin configurations")
+                .get(list_plugin_configurations)
+                .post(create_plugin_configuration),
+        )
+        .add(
+            "/plugins_configurations/{plugins}",
+            Endpoint::other("A 0.1 plugin configuration")
+                .get(read_plugin_configuration)
+                .delete(delete_plugin_configuration),
+        )
+        .add(
+            "/keyauth_credentials",
+            Endpoint::other("0.x key-auth credentials").get(list_keyauth_credentials).post(create_keyauth_credential),
+        )
         .add(
             "/keyauth_credentials/{keyauth_credentials}",
-            get(read_keyauth_credential).delete(delete_keyauth_credential),
+            Endpoint::other("A 0.x key-auth credential").get(read_keyauth_credential).delete(delete_keyauth_credential),
         )
 }
 

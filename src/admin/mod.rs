@@ -1,33 +1,35 @@
 //! The Admin API (axum): Kong 3.x paths for consumers, consumer groups, services, routes, plugins,
 //! key-auth and ACL credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
-//! walkthrough. Handlers validate through `model`, persist through `store`, and map errors once in
-//! `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
+//! walkthrough, and the `/v1` and `/v2` APIs, every route described as it is added (`endpoint`,
+//! served by `/endpoints` and `/openapi.json`). Handlers validate through `model`, persist through
+//! `store`, and map errors once in `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
 
 pub mod body;
 mod certificates;
 mod config;
 mod consumer_groups;
 mod control_planes;
+mod endpoint;
 mod entities;
 pub mod error;
 mod info;
 mod legacy;
+mod openapi;
 mod pagination;
 pub mod problem;
 mod realms;
 pub mod tokens;
 mod upstreams;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{Method, Request};
+use axum::http::{Method, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
 
 use uuid::Uuid;
 
@@ -38,6 +40,7 @@ use crate::proxy::stats::Stats;
 use crate::snapshot::SnapshotHolder;
 use crate::store::{DEFAULT_CP, Store};
 use body::AdminBody;
+use endpoint::{About, Body, Endpoint, Op};
 use entities::Parent;
 use error::AdminError;
 
@@ -88,35 +91,38 @@ tokio::task_local! {
 }
 
 /// A top-level or nested collection: GET lists, POST creates.
-fn collection(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
+fn collection(kind: Kind, parent: Option<Parent>) -> Endpoint {
+    let endpoint = Endpoint::collection(kind);
     match parent {
-        None => get(move |State(s): State<AdminState>, OriginalUri(uri): OriginalUri| async move {
-            s.list_entities(kind, None, &[], uri.query(), uri.path()).await
-        })
-        .post(move |State(s): State<AdminState>, body: AdminBody| async move {
-            s.create_entity(kind, None, &[], body).await
-        }),
-        Some(_) => get(
-            move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
-                s.list_entities(kind, parent, &p, uri.query(), uri.path()).await
-            },
-        )
-        .post(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
-            s.create_entity(kind, parent, &p, body).await
-        }),
+        None => endpoint
+            .get(move |State(s): State<AdminState>, OriginalUri(uri): OriginalUri| async move {
+                s.list_entities(kind, None, &[], uri.query(), uri.path()).await
+            })
+            .post(move |State(s): State<AdminState>, body: AdminBody| async move {
+                s.create_entity(kind, None, &[], body).await
+            }),
+        Some(_) => endpoint
+            .get(
+                move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+                    s.list_entities(kind, parent, &p, uri.query(), uri.path()).await
+                },
+            )
+            .post(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+                s.create_entity(kind, parent, &p, body).await
+            }),
     }
 }
 
 /// One entity by id or endpoint key: GET, PATCH, PUT, DELETE.
-fn item(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
+fn item(kind: Kind, parent: Option<Parent>) -> Endpoint {
     item_writes(kind, parent).get(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
         s.read_entity(kind, parent, &p).await
     })
 }
 
 /// PATCH, PUT and DELETE of one entity.
-fn item_writes(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
-    MethodRouter::new()
+fn item_writes(kind: Kind, parent: Option<Parent>) -> Endpoint {
+    Endpoint::item(kind)
         .patch(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
             s.patch_entity(kind, parent, &p, body).await
         })
@@ -128,18 +134,48 @@ fn item_writes(kind: Kind, parent: Option<Parent>) -> MethodRouter<AdminState> {
         })
 }
 
-/// The Kong Admin API's routes, each registered under its Kong template (`/consumers/{consumers}`),
-/// which is both the axum path and what `GET /endpoints` lists: the list cannot drift from what is
-/// served.
+/// Which API a path belongs to, and so which error body it answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Kong's Admin API (and Tollgate's own additions beside it): Kong's error bodies; listed by
+    /// `GET /endpoints` and served again under `/v2/control-planes/{id}/core-entities`.
+    Kong,
+    /// The Konnect-shaped `/v1` and `/v2` APIs: `application/problem+json` errors.
+    Konnect,
+}
+
+/// One routed path: its axum template (`/consumers/{consumers}`, also its OpenAPI path) and what
+/// each of its methods does.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub template: String,
+    pub surface: Surface,
+    pub about: About,
+    pub ops: Vec<Op>,
+}
+
+/// The Admin API's routes, each registered under its template together with the description of
+/// its methods: the router, `GET /endpoints` and `GET /openapi.json` all come from this one list,
+/// so none can drift from what is served. Nothing routes around it (a unit test checks).
 struct Routes {
     router: Router<AdminState>,
-    templates: Vec<String>,
+    routed: Vec<Routed>,
 }
 
 impl Routes {
-    fn add(mut self, template: &str, handler: MethodRouter<AdminState>) -> Routes {
-        self.router = self.router.route(template, handler);
-        self.templates.push(template.to_string());
+    /// A Kong Admin API path.
+    fn add(self, template: &str, endpoint: Endpoint) -> Routes {
+        self.on(Surface::Kong, template, endpoint)
+    }
+
+    /// A `/v1` or `/v2` path.
+    fn konnect(self, template: &str, endpoint: Endpoint) -> Routes {
+        self.on(Surface::Konnect, template, endpoint)
+    }
+
+    fn on(mut self, surface: Surface, template: &str, endpoint: Endpoint) -> Routes {
+        self.router = self.router.route(template, endpoint.router);
+        self.routed.push(Routed { template: template.to_string(), surface, about: endpoint.about, ops: endpoint.ops });
         self
     }
 
@@ -184,31 +220,61 @@ impl Routes {
         self
     }
 
-    /// Adds `GET /endpoints` (listing every template, itself included) and hands back the router.
-    fn finish(mut self) -> Router<AdminState> {
-        self.templates.push("/endpoints".into());
-        self.templates.sort();
-        let list: Arc<Vec<String>> = Arc::new(self.templates);
-        self.router.route("/endpoints", get(move || info::endpoints(list.clone())))
+    /// Adds `GET /endpoints` (the Kong paths, itself included) and `GET /openapi.json` (every
+    /// path, itself included), both computed once here, and hands back the router.
+    fn finish(self, admin_auth: bool) -> (Router<AdminState>, Vec<Routed>) {
+        let listing: Arc<OnceLock<Arc<Vec<String>>>> = Arc::default();
+        let document: Arc<OnceLock<bytes::Bytes>> = Arc::default();
+        let (l, d) = (listing.clone(), document.clone());
+        let routes = self
+            .add(
+                "/endpoints",
+                Endpoint::other("Every Kong Admin API path this node serves")
+                    .get(move || info::endpoints(l.get().cloned().unwrap_or_default())),
+            )
+            .add(
+                "/openapi.json",
+                Endpoint::other("This OpenAPI document").get(move || openapi::serve(d.get().cloned())),
+            );
+        let mut templates: Vec<String> =
+            routes.routed.iter().filter(|r| r.surface == Surface::Kong).map(|r| r.template.clone()).collect();
+        templates.sort();
+        let _ = listing.set(Arc::new(templates));
+        let _ = document.set(openapi::render(&routes.routed, admin_auth));
+        (routes.router, routes.routed)
     }
 }
 
-/// The whole Admin API.
-pub fn router(state: AdminState) -> Router {
-    let kong = Routes { router: Router::new(), templates: Vec::new() }
-        .add("/", get(info::root))
-        .add("/status", get(info::status))
-        .add("/metrics", get(crate::cluster::status::metrics))
+/// Every route of the Admin API, Kong's paths then the `/v1` and `/v2` ones, not yet finished.
+fn routes() -> Routes {
+    let kong = Routes { router: Router::new(), routed: Vec::new() }
+        .add("/", Endpoint::other("Node information").get(info::root))
+        .add("/status", Endpoint::other("Node status").get(info::status))
+        .add(
+            "/metrics",
+            Endpoint::other("Prometheus metrics, Kong's names")
+                .get(crate::cluster::status::metrics)
+                .answers(Body::Text),
+        )
         .add(
             "/config",
-            get(config::read).post(config::load).layer(axum::extract::DefaultBodyLimit::max(config::CONFIG_MAX)),
+            Endpoint::other("The declarative configuration (DB-less)")
+                .get(config::read)
+                .post(config::load)
+                .map(|r| r.layer(axum::extract::DefaultBodyLimit::max(config::CONFIG_MAX))),
         )
-        .add("/plugins/enabled", get(info::enabled_plugins))
-        .add("/plugins/schema/{name}", get(info::plugin_schema))
-        .add("/schemas/plugins/{name}", get(info::plugin_schema))
-        .add("/schemas/plugins/validate", axum::routing::post(info::validate_plugin))
-        .add("/schemas/{db_entity_name}", get(info::entity_schema))
-        .add("/schemas/{db_entity_name}/validate", axum::routing::post(info::validate_entity))
+        .add("/plugins/enabled", Endpoint::other("Plugins this node runs").get(info::enabled_plugins))
+        .add("/plugins/schema/{name}", Endpoint::other("A plugin's schema").get(info::plugin_schema))
+        .add("/schemas/plugins/{name}", Endpoint::other("A plugin's schema").get(info::plugin_schema))
+        .add(
+            "/schemas/plugins/validate",
+            Endpoint::other("Validates a plugin").post(info::validate_plugin).status(StatusCode::OK),
+        )
+        .add("/schemas/{db_entity_name}", Endpoint::other("An entity's schema").get(info::entity_schema))
+        .add(
+            "/schemas/{db_entity_name}/validate",
+            Endpoint::other("Validates an entity").post(info::validate_entity).status(StatusCode::OK),
+        )
         .entities()
         .add("/certificates", certificates::collection())
         .add("/certificates/{certificates}", certificates::item())
@@ -223,35 +289,73 @@ pub fn router(state: AdminState) -> Router {
         .add("/routes/{routes}/service", info::route_service())
         .add("/key-auths/{keyauth_credentials}/consumer", info::owner(Kind::KeyAuth, "consumer", Kind::Consumer))
         .add("/acls/{acls}/consumer", info::owner(Kind::Acl, "consumer", Kind::Consumer));
-    let kong = legacy::routes(kong).finish();
-    let entities = kong
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::delete))
-        .route("/v2/control-planes", get(control_planes::list).post(control_planes::create))
-        .route(
+    legacy::routes(kong)
+        .konnect("/v1/tokens", Endpoint::other("Admin tokens").get(tokens::list).post(tokens::create))
+        .konnect("/v1/tokens/{id}", Endpoint::other("An admin token").delete(tokens::delete))
+        .konnect(
+            "/v2/control-planes",
+            Endpoint::other("Control planes").get(control_planes::list).post(control_planes::create),
+        )
+        .konnect(
             "/v2/control-planes/{id}",
-            get(control_planes::read).patch(control_planes::update).delete(control_planes::delete),
+            Endpoint::other("A control plane")
+                .get(control_planes::read)
+                .patch(control_planes::update)
+                .delete(control_planes::delete),
         )
-        .route(
+        .konnect(
             "/v2/control-planes/{id}/data-plane-tokens",
-            get(control_planes::list_data_plane_tokens).post(control_planes::create_data_plane_token),
+            Endpoint::other("A control plane's data plane tokens")
+                .get(control_planes::list_data_plane_tokens)
+                .post(control_planes::create_data_plane_token),
         )
-        .route(
+        .konnect(
             "/v2/control-planes/{id}/data-plane-tokens/{token}",
-            axum::routing::delete(control_planes::delete_data_plane_token),
+            Endpoint::other("A data plane token").delete(control_planes::delete_data_plane_token),
         )
-        .route("/v2/control-planes/{id}/nodes", get(control_planes::nodes))
-        .route("/v1/realms", get(realms::list_realms).post(realms::create_realm))
-        .route("/v1/realms/{realm}", get(realms::read_realm).patch(realms::update_realm).delete(realms::delete_realm))
-        .route("/v1/realms/{realm}/consumers", get(realms::list_consumers).post(realms::create_consumer))
-        .route(
+        .konnect(
+            "/v2/control-planes/{id}/nodes",
+            Endpoint::other("A control plane's data planes").get(control_planes::nodes),
+        )
+        .konnect("/v1/realms", Endpoint::other("Realms").get(realms::list_realms).post(realms::create_realm))
+        .konnect(
+            "/v1/realms/{realm}",
+            Endpoint::other("A realm").get(realms::read_realm).patch(realms::update_realm).delete(realms::delete_realm),
+        )
+        .konnect(
+            "/v1/realms/{realm}/consumers",
+            Endpoint::other("A realm's consumers").get(realms::list_consumers).post(realms::create_consumer),
+        )
+        .konnect(
             "/v1/realms/{realm}/consumers/{consumer}",
-            get(realms::read_consumer).patch(realms::update_consumer).delete(realms::delete_consumer),
+            Endpoint::other("A realm consumer")
+                .get(realms::read_consumer)
+                .patch(realms::update_consumer)
+                .delete(realms::delete_consumer),
         )
-        .route("/v1/realms/{realm}/consumers/{consumer}/move", axum::routing::post(realms::move_consumer))
-        .route("/v1/realms/{realm}/consumers/{consumer}/keys", get(realms::list_keys).post(realms::create_key))
-        .route("/v1/realms/{realm}/consumers/{consumer}/keys/{key}", get(realms::read_key).delete(realms::delete_key))
-        .route("/v2/control-planes/{id}/expected-config-hash", get(control_planes::expected_config_hash))
+        .konnect(
+            "/v1/realms/{realm}/consumers/{consumer}/move",
+            Endpoint::other("Moves a realm consumer to another realm").post(realms::move_consumer),
+        )
+        .konnect(
+            "/v1/realms/{realm}/consumers/{consumer}/keys",
+            Endpoint::other("A realm consumer's keys").get(realms::list_keys).post(realms::create_key),
+        )
+        .konnect(
+            "/v1/realms/{realm}/consumers/{consumer}/keys/{key}",
+            Endpoint::other("A realm consumer's key").get(realms::read_key).delete(realms::delete_key),
+        )
+        .konnect(
+            "/v2/control-planes/{id}/expected-config-hash",
+            Endpoint::other("The configuration hash a control plane's data planes should have")
+                .get(control_planes::expected_config_hash),
+        )
+}
+
+/// The whole Admin API.
+pub fn router(state: AdminState) -> Router {
+    let (entities, _) = routes().finish(state.settings.admin_auth);
+    let entities = entities
         .fallback(|| async { AdminError::NotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))
@@ -363,6 +467,7 @@ pub fn trim_trailing_slash<B>(mut req: Request<B>) -> Request<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
     use tower::ServiceExt;
 
     async fn buggy() -> &'static str {

@@ -5,13 +5,12 @@
 
 use axum::extract::{OriginalUri, Path, State};
 use axum::response::IntoResponse;
-use axum::routing::{MethodRouter, get};
 use serde_json::{Value, json};
 
-use super::AdminState;
 use super::body::AdminBody;
 use super::entities::Parent;
 use super::error::{AdminError, AdminResult};
+use super::{AdminState, Body, Endpoint};
 use crate::balancer::{Balancer, Health, TargetConfig};
 use crate::model::Kind;
 use crate::model::schema::is_uuid;
@@ -20,20 +19,23 @@ use crate::model::upstreams::stored_target;
 const UNDER_UPSTREAM: Option<Parent> = Some(Parent { kind: Kind::Upstream, field: "upstream" });
 
 /// `GET` and `POST /upstreams/{u}/targets` (and `/targets/all`, the same list).
-pub fn collection() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
-        s.list_entities(Kind::Target, UNDER_UPSTREAM, &p, uri.query(), uri.path()).await
-    })
-    .post(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
-        s.create_entity(Kind::Target, UNDER_UPSTREAM, &p, body).await
-    })
+pub fn collection() -> Endpoint {
+    Endpoint::collection(Kind::Target)
+        .get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+            s.list_entities(Kind::Target, UNDER_UPSTREAM, &p, uri.query(), uri.path()).await
+        })
+        .post(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.create_entity(Kind::Target, UNDER_UPSTREAM, &p, body).await
+        })
 }
 
 /// `GET /upstreams/{u}/targets/all`.
-pub fn all() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
-        s.list_entities(Kind::Target, UNDER_UPSTREAM, &p, uri.query(), uri.path()).await
-    })
+pub fn all() -> Endpoint {
+    Endpoint::collection(Kind::Target).get(
+        |State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+            s.list_entities(Kind::Target, UNDER_UPSTREAM, &p, uri.query(), uri.path()).await
+        },
+    )
 }
 
 /// The path's `[upstream, target]` with the target in its stored form (`host:port`).
@@ -45,37 +47,44 @@ fn stored_key(mut params: Vec<String>) -> Vec<String> {
 }
 
 /// `/upstreams/{u}/targets/{id or host:port}`.
-pub fn item() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
-        s.read_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p)).await
-    })
-    .patch(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
-        s.patch_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p), body).await
-    })
-    .put(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
-        s.put_target(stored_key(p), body).await
-    })
-    .delete(|State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
-        s.delete_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p)).await
-    })
+pub fn item() -> Endpoint {
+    Endpoint::item(Kind::Target)
+        .get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+            s.read_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p)).await
+        })
+        .patch(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.patch_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p), body).await
+        })
+        .put(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, body: AdminBody| async move {
+            s.put_target(stored_key(p), body).await
+        })
+        .delete(|State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+            s.delete_entity(Kind::Target, UNDER_UPSTREAM, &stored_key(p)).await
+        })
 }
 
 /// `PUT /upstreams/{u}/targets/{t}[/{address}]/healthy` (or `unhealthy`): sets the target's health on
 /// this node until checks say otherwise.
-pub fn set_health(health: Health) -> MethodRouter<AdminState> {
-    axum::routing::put(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
-        s.set_target_health(stored_key(p), health).await
-    })
+pub fn set_health(health: Health) -> Endpoint {
+    Endpoint::other("Sets a target's health on this node")
+        .put(move |State(s): State<AdminState>, Path(p): Path<Vec<String>>| async move {
+            s.set_target_health(stored_key(p), health).await
+        })
+        .takes(Body::Nothing)
+        .status(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// `GET /upstreams/{u}/health` (`?balancer_health=1`: the balancer's view).
-pub fn health() -> MethodRouter<AdminState> {
-    get(|State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
-        let balancer_view = uri.query().is_some_and(|q| {
-            url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "balancer_health" && v != "0" && v != "false")
-        });
-        s.upstream_health(p.first().map(String::as_str).unwrap_or_default(), balancer_view).await
-    })
+pub fn health() -> Endpoint {
+    Endpoint::other("The health of an upstream's targets").get(
+        |State(s): State<AdminState>, Path(p): Path<Vec<String>>, OriginalUri(uri): OriginalUri| async move {
+            let balancer_view = uri.query().is_some_and(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .any(|(k, v)| k == "balancer_health" && v != "0" && v != "false")
+            });
+            s.upstream_health(p.first().map(String::as_str).unwrap_or_default(), balancer_view).await
+        },
+    )
 }
 
 /// One target's part in a health report (Kong's `data` of a target) and its health: `DNS_ERROR`
