@@ -98,6 +98,8 @@ pub fn spawn_on(cpu: Option<&str>, bin: &Path, env: &[(&str, String)], log: &Pat
     let child = command
         .arg("start")
         .env_clear()
+        // Kong Manager's default (0.0.0.0:8002) would be shared by every node of a bench.
+        .env("TOLLGATE_ADMIN_GUI_LISTEN", "off")
         .envs(cluster.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("TOLLGATE_LOG_LEVEL", "notice")

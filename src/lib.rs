@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod declarative;
 pub mod dns;
+pub mod gui;
 pub mod headers;
 pub mod identity;
 pub mod metrics;

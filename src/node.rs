@@ -1,6 +1,6 @@
 //! A running gateway node (`tollgate start`): opens the store, loads the first snapshot, keeps it
-//! current, serves the proxy and the Admin API, and on SIGTERM/SIGINT stops accepting, lets in-flight
-//! requests finish and exits.
+//! current, serves the proxy, the Admin API and the admin page, and on SIGTERM/SIGINT stops
+//! accepting, lets in-flight requests finish and exits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,6 +268,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
                 .and_then(|s| TcpListener::from_std(s).map_err(|source| NodeError::Listen { addr: l.addr, source }))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let gui_listeners = gui_listeners(&settings)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = serve_workers(proxy, sockets, &settings, &stop_rx)?;
@@ -331,10 +332,18 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
             }
         }));
     }
+    let gui_tls = acceptors(&settings.admin_gui_listen, &settings.admin_ssl_certs, &settings, None)?;
+    for (listener, tls) in gui_listeners.into_iter().zip(gui_tls) {
+        admin_tasks.push(serve_gui(listener, tls, crate::gui::router(&settings), stop_rx.clone()));
+    }
     let addrs: Vec<String> =
         if proxying { settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect() } else { vec!["off".into()] };
     let admin: Vec<String> = settings.admin_listen.iter().map(|l| l.addr.to_string()).collect();
-    tracing::info!(proxy = %addrs.join(","), admin = %admin.join(","), workers = settings.worker_threads, database = settings.database.as_str(), "Tollgate started");
+    let gui: Vec<String> = match settings.admin_listen.is_empty() {
+        true => Vec::new(),
+        false => settings.admin_gui_listen.iter().map(|l| l.addr.to_string()).collect(),
+    };
+    tracing::info!(proxy = %addrs.join(","), admin = %admin.join(","), gui = %gui.join(","), workers = settings.worker_threads, database = settings.database.as_str(), "Tollgate started");
     eprintln!(
         "Tollgate started (proxy {}, admin {})",
         addrs.join(","),
@@ -526,6 +535,48 @@ async fn serve_tls<S>(
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("some Admin API connections did not finish within the drain timeout");
     }
+}
+
+/// The admin page's sockets (`admin_gui_listen`), bound at start so that a port in use stops the
+/// node. As in Kong, the page is not served when the Admin API does not listen (it would have
+/// nothing to talk to).
+fn gui_listeners(settings: &Settings) -> Result<Vec<TcpListener>, NodeError> {
+    if settings.admin_listen.is_empty() {
+        if !settings.admin_gui_listen.is_empty() {
+            tracing::warn!("the admin page is not served because the Admin API does not listen (admin_listen = off)");
+        }
+        return Ok(Vec::new());
+    }
+    settings
+        .admin_gui_listen
+        .iter()
+        .map(|l| {
+            bind(l, l.reuseport)
+                .and_then(|s| TcpListener::from_std(s).map_err(|source| NodeError::Listen { addr: l.addr, source }))
+        })
+        .collect()
+}
+
+/// Serves the admin page on one listener until `stop` flips.
+fn serve_gui(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        match tls {
+            Some(acceptor) => serve_tls(listener, acceptor, app, stopped).await,
+            None => {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "admin page stopped");
+                }
+            }
+        }
+    })
 }
 
 /// Serves the status API on `status_listen` until `stop` flips.

@@ -2,13 +2,16 @@
 //! key-auth and ACL credentials (top-level and nested), node information, and the 0.x legacy paths of the seed
 //! walkthrough, and the `/v1` and `/v2` APIs, every route described as it is added (`endpoint`,
 //! served by `/endpoints` and `/openapi.json`). Handlers validate through `model`, persist through
-//! `store`, and map errors once in `error`. A write is live on the proxy as soon as the snapshot builder has replayed it.
+//! `store`, and map errors once in `error`. Every answer carries Kong's CORS headers (`cors`), for
+//! the admin page's browser. A write is live on the proxy as soon as the snapshot builder has
+//! replayed it.
 
 pub mod body;
 mod certificates;
 mod config;
 mod consumer_groups;
 mod control_planes;
+mod cors;
 mod endpoint;
 mod entities;
 pub mod error;
@@ -361,12 +364,13 @@ pub fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_your_writes))
         .with_state(state.clone());
     // Before routing: the token check, then the control-plane prefix; around everything, the
-    // catch of a panic.
+    // catch of a panic, and outside it the CORS headers every answer carries (401s included).
     Router::new()
         .fallback_service(entities)
         .layer(axum::middleware::from_fn_with_state(state.clone(), core_entities))
-        .layer(axum::middleware::from_fn_with_state(state, require_token))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::middleware::from_fn(catch_panic))
+        .layer(axum::middleware::from_fn_with_state(state, cors::cors))
 }
 
 /// A panic in a handler (a bug) is answered 500 with Kong's body; the node and every other request
@@ -414,9 +418,10 @@ async fn core_entities(State(s): State<AdminState>, mut req: Request<axum::body:
 }
 
 /// On a control plane (or with `admin_auth = on`) every path needs a token whose role allows the
-/// method: 401 without a valid token, 403 for a viewer's write.
+/// method: 401 without a valid token, 403 for a viewer's write. A CORS preflight (`OPTIONS`)
+/// passes: browsers send it without the token, and no handler serves it (see `cors`).
 async fn require_token(State(s): State<AdminState>, req: Request<axum::body::Body>, next: Next) -> Response {
-    if !s.settings.admin_auth {
+    if !s.settings.admin_auth || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
     let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());

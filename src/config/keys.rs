@@ -67,6 +67,21 @@ pub const KEYS: &[KeyDef] = &[
         "Addresses of the Admin API (same flags as `proxy_listen`), or `off`.",
     ),
     key(
+        "admin_gui_listen",
+        "0.0.0.0:8002",
+        "Addresses of the admin page (Kong Manager's listener; same flags as `admin_listen`, `ssl` with `admin_ssl_cert`), or `off`. Served by traditional and control plane nodes whose Admin API listens.",
+    ),
+    key(
+        "admin_gui_url",
+        "",
+        "Comma-separated URLs the admin page is reached at (`http://host:8002`): their origins are the ones the Admin API allows in browsers (`Access-Control-Allow-Origin`); empty: any origin.",
+    ),
+    key(
+        "admin_gui_api_url",
+        "",
+        "Where the admin page's browser reaches the Admin API (`http://host:8001`, or `host:port[/path]` with the page's scheme); empty: the page's host with the port of the first `admin_listen` entry of the page's scheme.",
+    ),
+    key(
         "ssl_cert",
         "",
         "Comma-separated certificates (file path, inline PEM or base64 of the PEM) of the proxy's TLS listeners, RSA and ECDSA side by side. Empty: a self-signed ECDSA pair is made under `<prefix>/ssl/` on first start.",

@@ -184,6 +184,13 @@ pub struct Settings {
     pub status_listen: Option<std::net::SocketAddr>,
     pub proxy_listen: Vec<Listen>,
     pub admin_listen: Vec<Listen>,
+    /// The admin page's listeners (`admin_gui_listen`; empty when `off`).
+    pub admin_gui_listen: Vec<Listen>,
+    /// The origins (`scheme://host[:port]`) of `admin_gui_url`, which the Admin API allows in
+    /// browsers; empty: any origin.
+    pub admin_gui_origins: Vec<String>,
+    /// `admin_gui_api_url`: where the page's browser reaches the Admin API.
+    pub admin_gui_api_url: Option<String>,
     /// `ssl_cert`/`ssl_cert_key` (empty: the generated default pair).
     pub ssl_certs: Vec<PemPair>,
     /// `admin_ssl_cert`/`admin_ssl_cert_key` (empty: the generated default pair).
@@ -327,6 +334,12 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
     if admin_listen.iter().any(|l| l.proxy_protocol) {
         check.fail("admin_listen", "proxy_protocol is offered on proxy_listen only".into());
     }
+    let admin_gui_listen = check.listens("admin_gui_listen", true);
+    if admin_gui_listen.iter().any(|l| l.proxy_protocol) {
+        check.fail("admin_gui_listen", "proxy_protocol is offered on proxy_listen only".into());
+    }
+    let admin_gui_origins = check.gui_origins();
+    let admin_gui_api_url = check.gui_api_url();
     let ssl_certs = check.pem_pairs("ssl_cert", "ssl_cert_key");
     let admin_ssl_certs = check.pem_pairs("admin_ssl_cert", "admin_ssl_cert_key");
     let (tls_policy, tls_warnings) = match TlsPolicy::parse(
@@ -405,6 +418,9 @@ pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Sett
         status_listen,
         proxy_listen,
         admin_listen,
+        admin_gui_listen,
+        admin_gui_origins,
+        admin_gui_api_url,
         ssl_certs,
         admin_ssl_certs,
         tls_policy,
@@ -688,6 +704,33 @@ impl Checker<'_> {
         }
     }
 
+    /// `admin_gui_url`: each URL's origin (Kong keeps `scheme://authority`, dropping any path).
+    fn gui_origins(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for part in split_list(self.raw("admin_gui_url").0) {
+            match url::Url::parse(&part) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    out.push(u.origin().ascii_serialization());
+                }
+                _ => self.fail("admin_gui_url", format!("expected http(s)://host[:port][/path], got '{part}'")),
+            }
+        }
+        out
+    }
+
+    /// `admin_gui_api_url`: an `http(s)://` URL, or `host[:port][/path]` (the page's scheme).
+    fn gui_api_url(&mut self) -> Option<String> {
+        let v = self.optional("admin_gui_api_url")?;
+        let full = if v.contains("://") { v.clone() } else { format!("http://{}", v.trim_start_matches("//")) };
+        match url::Url::parse(&full) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => Some(v),
+            _ => {
+                self.fail("admin_gui_api_url", format!("expected [http(s)://]host[:port][/path], got '{v}'"));
+                None
+            }
+        }
+    }
+
     fn worker_threads(&mut self) -> usize {
         let v = self.raw("worker_threads").0.to_string();
         if v == "auto" {
@@ -802,6 +845,23 @@ mod tests {
             let shown = if key.default.is_empty() { "(empty)".to_string() } else { format!("`{}`", key.default) };
             assert!(readme.contains(&format!("| `{}` | {shown} |", key.name)), "README: {}", key.name);
         }
+    }
+
+    #[test]
+    fn admin_gui_settings() {
+        let s = from_sources(None, &[]).expect("defaults");
+        assert_eq!(s.admin_gui_listen[0].addr.to_string(), "0.0.0.0:8002");
+        assert!(s.admin_gui_origins.is_empty() && s.admin_gui_api_url.is_none());
+        let file = "admin_gui_listen = off\nadmin_gui_url = http://a.test:9100/manager, HTTPS://B.test\n\
+                    admin_gui_api_url = api.test:8001/admin\n";
+        let s = from_sources(Some(file), &[]).expect("valid");
+        assert!(s.admin_gui_listen.is_empty());
+        assert_eq!(s.admin_gui_origins, ["http://a.test:9100", "https://b.test"]);
+        assert_eq!(s.admin_gui_api_url.as_deref(), Some("api.test:8001/admin"));
+        let file = "admin_gui_url = ftp://x, nowhere\nadmin_gui_api_url = http://\nadmin_gui_listen = x\n";
+        let all = from_sources(Some(file), &[]).expect_err("invalid").0.join("\n");
+        assert_eq!(all.matches("admin_gui_url (line 1)").count(), 2, "{all}");
+        assert!(all.contains("admin_gui_api_url (line 2)") && all.contains("admin_gui_listen (line 3)"), "{all}");
     }
 
     #[test]

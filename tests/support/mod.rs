@@ -119,6 +119,8 @@ pub struct Gateway {
     /// The TLS proxy and Admin API listeners, with [`Options::tls`].
     pub proxy_tls: Option<std::net::SocketAddr>,
     pub admin_tls: Option<std::net::SocketAddr>,
+    /// The admin page (`admin_gui_listen`), with [`Options::gui`].
+    pub gui: Option<String>,
     pub prefix: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub log: PathBuf,
@@ -135,11 +137,13 @@ pub struct Options {
     pub token: Option<String>,
     /// Also listen with TLS (`ssl http2`) beside the cleartext proxy and Admin API listeners.
     pub tls: bool,
+    /// Serve the admin page on a free port (otherwise `admin_gui_listen = off`).
+    pub gui: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { db: Db::Sqlite, prefix: None, extra: Vec::new(), token: None, tls: false }
+        Options { db: Db::Sqlite, prefix: None, extra: Vec::new(), token: None, tls: false, gui: false }
     }
 }
 
@@ -151,18 +155,21 @@ impl Gateway {
     /// A `role = control_plane` node, with an `org_admin` token minted by the CLI beforehand; the
     /// harness's client sends it. Returns the node and the token.
     pub async fn start_control_plane() -> (Gateway, String) {
+        Gateway::start_control_plane_with(Options::default()).await
+    }
+
+    /// [`Gateway::start_control_plane`] with more options (`prefix`, the role and the token are
+    /// the control plane's).
+    pub async fn start_control_plane_with(more: Options) -> (Gateway, String) {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = dir.path().to_path_buf();
         let env = [("TOLLGATE_PREFIX", prefix.to_str().unwrap_or_default()), ("TOLLGATE_ROLE", "control_plane")];
         let (code, out, err) = run_cli(&["tokens", "create", "--name", "ci", "--role", "org_admin"], &env, &prefix);
         assert_eq!(code, 0, "tokens create: {err}");
         let token = out.trim().to_string();
-        let opts = Options {
-            prefix: Some(prefix),
-            extra: vec![("TOLLGATE_ROLE".into(), "control_plane".into())],
-            token: Some(token.clone()),
-            ..Options::default()
-        };
+        let mut extra = vec![("TOLLGATE_ROLE".to_string(), "control_plane".to_string())];
+        extra.extend(more.extra.iter().cloned());
+        let opts = Options { prefix: Some(prefix), extra, token: Some(token.clone()), ..more };
         let mut gw = Gateway::start_with(opts).await;
         gw._dir = Some(dir);
         (gw, token)
@@ -183,6 +190,8 @@ impl Gateway {
             let admin_port = free_port();
             let (status_port, cluster_port) = (free_port(), free_port());
             let (proxy_tls_port, admin_tls_port) = (free_port(), free_port());
+            let gui_port = free_port();
+            let gui_listen = if opts.gui { format!("127.0.0.1:{gui_port}") } else { "off".to_string() };
             let (proxy_listen, admin_listen) = if opts.tls {
                 (
                     format!("127.0.0.1:{proxy_port}, 127.0.0.1:{proxy_tls_port} http2 ssl"),
@@ -202,6 +211,8 @@ impl Gateway {
                 .env("TOLLGATE_ADMIN_LISTEN", &admin_listen)
                 .env("TOLLGATE_STATUS_LISTEN", format!("127.0.0.1:{status_port}"))
                 .env("TOLLGATE_CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
+                // Kong Manager's default (0.0.0.0:8002) would be shared by every node of the run.
+                .env("TOLLGATE_ADMIN_GUI_LISTEN", &gui_listen)
                 .env("TOLLGATE_LOG_LEVEL", "info")
                 .env("TOLLGATE_WORKER_THREADS", "2")
                 // Names resolve through the harness's DNS server, never the machine's.
@@ -228,6 +239,7 @@ impl Gateway {
                 data_plane: opts.extra.iter().any(|(k, v)| k == "TOLLGATE_ROLE" && v == "data_plane"),
                 proxy_tls: opts.tls.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], proxy_tls_port))),
                 admin_tls: opts.tls.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], admin_tls_port))),
+                gui: opts.gui.then(|| format!("http://127.0.0.1:{gui_port}")),
                 prefix: prefix.clone(),
                 _dir: None,
                 log: log.clone(),
