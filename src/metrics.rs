@@ -79,6 +79,28 @@ impl NodeGauges {
                     .with(vec![node(), http()], t.requests as f64),
             );
         }
+        if self.stats.is_some() {
+            use crate::proxy::upstream::{POOL_DROPPED, POOL_EVENTS, POOL_OPENED, POOL_PARKED, POOL_REUSED};
+            let total = |i| POOL_EVENTS.total(i);
+            out.push(
+                Gauge::new(
+                    "tollgate_upstream_connections_total",
+                    Some("Upstream connections opened, and requests sent on a pooled keep-alive connection"),
+                    Kind::Counter,
+                )
+                .with(vec![("event", "opened".into())], total(POOL_OPENED) as f64)
+                .with(vec![("event", "reused".into())], total(POOL_REUSED) as f64),
+            );
+            // Parked minus taken back or dropped: what the pools hold now (about: a worker that
+            // stopped took its idle connections along).
+            let idle = total(POOL_PARKED).saturating_sub(total(POOL_REUSED) + total(POOL_DROPPED));
+            out.push(Gauge::one(
+                "tollgate_upstream_idle_connections",
+                Some("Idle keep-alive connections to upstreams, over every worker"),
+                Kind::Gauge,
+                idle as f64,
+            ));
+        }
         let reachable = self.reachable.as_ref().is_none_or(|r| r.load(Ordering::Relaxed));
         out.push(Gauge::one(
             "kong_datastore_reachable",
@@ -107,6 +129,20 @@ impl NodeGauges {
                 Kind::Gauge,
                 f64::from(u8::from(status.connected)),
             ));
+            use crate::cluster::data_plane::{LOOKUP_ASKED, LOOKUP_FAILED, LOOKUP_HIT, LOOKUP_MISS, REALM_LOOKUPS};
+            let mut lookups = Gauge::new(
+                "tollgate_realm_lookups_total",
+                Some(
+                    "Realm key lookups: answered from the cache (hit: a consumer, miss: a known unknown key), asked of the control plane, failed",
+                ),
+                Kind::Counter,
+            );
+            for (result, i) in
+                [("hit", LOOKUP_HIT), ("miss", LOOKUP_MISS), ("asked", LOOKUP_ASKED), ("failed", LOOKUP_FAILED)]
+            {
+                lookups = lookups.with(vec![("result", result.to_string())], REALM_LOOKUPS.total(i) as f64);
+            }
+            out.push(lookups);
             if let Some(expiry) = self.cert_expiry {
                 out.push(Gauge::one(
                     "kong_data_plane_cluster_cert_expiry_timestamp",

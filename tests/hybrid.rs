@@ -151,7 +151,13 @@ async fn a_data_plane_restarted_while_the_control_plane_is_down_serves_its_cache
     let dir = tempfile::tempdir().unwrap();
     let mut dp = data_plane(&cp, &token, Some(dir.path().to_path_buf())).await;
     serves(&dp, "/dev", 200, Duration::from_secs(5)).await;
-    assert!(dir.path().join("config.cache").exists());
+    // The cache is written once the configuration is served, not before.
+    let cache = dir.path().join("config.cache");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cache.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cache.exists());
 
     cp.kill();
     dp.kill();

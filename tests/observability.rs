@@ -169,6 +169,30 @@ async fn without_a_prometheus_instance_only_the_nodes_gauges_are_shown() {
     assert!(!text.contains("kong_http_requests_total"), "{text}");
 }
 
+/// Tollgate's own families: rate-limit decisions, upstream connections, the configuration served.
+#[tokio::test]
+async fn tollgates_own_families_count_decisions_connections_and_the_configuration() {
+    let (gw, upstream) = support::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/rl"]})).await;
+    gw.create("/routes/r/plugins", json!({"name": "rate-limiting", "config": {"minute": 1, "policy": "local"}})).await;
+    routed(&gw, "/rl", &[], 429).await;
+    // Decisions are counted as they are made: the 429 is already in.
+    let text = scrape_until(&gw, &[]).await;
+    let value = |prefix: &str| {
+        text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    let decisions = |plugin: &str, outcome: &str| {
+        value(&format!(r#"tollgate_rate_limiting_decisions_total{{plugin="{plugin}",outcome="{outcome}"}} "#))
+    };
+    assert!(decisions("rate-limiting", "allowed") >= 1.0, "{text}");
+    assert!(decisions("rate-limiting", "limited") >= 1.0, "{text}");
+    assert_eq!(decisions("rate-limiting-advanced", "allowed"), 0.0, "{text}");
+    assert!(value(r#"tollgate_upstream_connections_total{event="opened"} "#) >= 1.0, "{text}");
+    assert!(value("tollgate_configuration_version ") >= 1.0, "{text}");
+    assert!(value("tollgate_configuration_age_seconds ") >= 0.0, "{text}");
+    assert!(value("tollgate_prometheus_series_dropped_total ") == 0.0, "{text}");
+}
+
 #[tokio::test]
 async fn file_log_writes_kongs_serializer_entry_for_every_request() {
     let (gw, upstream) = support::start().await;

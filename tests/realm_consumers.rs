@@ -137,6 +137,17 @@ async fn cached_realm_consumers_keep_working_while_the_control_plane_is_away_and
     assert_eq!(dp.call("/billing", &[("apikey", &secret)]).await.status(), 200, "cached for the realm's ttl");
     let r = dp.call("/billing", &[("apikey", "never-seen")]).await;
     assert_eq!(r.status(), 401, "never open, never 5xx");
+
+    // The data plane's /metrics tells the cache's answers from the lookups it asked for.
+    let text = dp.http.get(format!("{}/metrics", dp.status)).send().await.unwrap().text().await.unwrap();
+    let count = |result: &str| {
+        let prefix = format!("tollgate_realm_lookups_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(count("hit").is_some_and(|n| n >= 1), "{text}");
+    assert!(count("asked").is_some_and(|n| n >= 2), "the new key, then the unknown one: {text}");
+    assert!(count("failed").is_some_and(|n| n >= 1), "the unknown key, asked with the link down: {text}");
+    assert!(text.contains("\nkong_control_plane_connected 0\n"), "{text}");
 }
 
 #[tokio::test]

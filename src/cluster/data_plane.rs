@@ -431,6 +431,15 @@ impl RealmResolver for DataPlane {
     }
 }
 
+/// Realm key lookups on this data plane: answered from the cache (a consumer found, or a key known
+/// to be unknown), asked of the control plane, and asks that failed.
+pub static REALM_LOOKUPS: crate::plugins::prometheus::counters::Counters<4> =
+    crate::plugins::prometheus::counters::Counters::new();
+pub const LOOKUP_HIT: usize = 0;
+pub const LOOKUP_MISS: usize = 1;
+pub const LOOKUP_ASKED: usize = 2;
+pub const LOOKUP_FAILED: usize = 3;
+
 /// The cached lookups of one list of realms, by key. Hits and misses are kept apart, so that a storm
 /// of unknown keys fills (and maintains) only the misses: it neither evicts a known key nor slows
 /// its look-ups.
@@ -451,9 +460,11 @@ impl RealmScope for LookupScope {
         Box::pin(async move {
             // A cached answer costs one lookup by the key as given: no hashing, no allocation.
             if let Some(hit) = self.hits.get(key).await {
+                REALM_LOOKUPS.add(LOOKUP_HIT, 1);
                 return Ok(hit.found.clone());
             }
             if let Some(miss) = self.misses.get(key).await {
+                REALM_LOOKUPS.add(if miss.found.is_some() { LOOKUP_HIT } else { LOOKUP_MISS }, 1);
                 return Ok(miss.found.clone());
             }
             let dp = self.data_plane.upgrade().ok_or("the data plane is stopping")?;
@@ -462,7 +473,12 @@ impl RealmScope for LookupScope {
             let lookup = self
                 .misses
                 .try_get_with(key.to_string(), async {
-                    let (found, negative_ttl) = dp.ask(crate::auth::hash(key), self.realms.clone()).await?;
+                    REALM_LOOKUPS.add(LOOKUP_ASKED, 1);
+                    let asked = dp.ask(crate::auth::hash(key), self.realms.clone()).await;
+                    if asked.is_err() {
+                        REALM_LOOKUPS.add(LOOKUP_FAILED, 1);
+                    }
+                    let (found, negative_ttl) = asked?;
                     let lookup = match found {
                         Some(rc) => {
                             let found = compile::realm_consumer(

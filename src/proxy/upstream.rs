@@ -400,6 +400,15 @@ struct Idle {
     since: Instant,
 }
 
+/// Upstream connections: opened, taken again from the pool, put in the pool, dropped from it
+/// (expired, closed by the upstream, or of an older DNS answer), for `/metrics`.
+pub static POOL_EVENTS: crate::plugins::prometheus::counters::Counters<4> =
+    crate::plugins::prometheus::counters::Counters::new();
+pub const POOL_OPENED: usize = 0;
+pub const POOL_REUSED: usize = 1;
+pub const POOL_PARKED: usize = 2;
+pub const POOL_DROPPED: usize = 3;
+
 thread_local! {
     /// This worker's idle connections by upstream `host:port`.
     static POOL: RefCell<HashMap<Arc<str>, Vec<Idle>, Hasher>> = RefCell::new(HashMap::default());
@@ -413,8 +422,10 @@ fn checkout(key: &str, generation: u64) -> Option<Conn> {
         let list = pool.get_mut(key)?;
         while let Some(mut idle) = list.pop() {
             if idle.conn.generation == generation && idle.since.elapsed() < timeout && idle.conn.is_open() {
+                POOL_EVENTS.add(POOL_REUSED, 1);
                 return Some(idle.conn);
             }
+            POOL_EVENTS.add(POOL_DROPPED, 1);
         }
         None
     })
@@ -438,6 +449,7 @@ fn release(mut conn: Conn, reusable: bool) {
             None => pool.entry(conn.key.clone()).or_default(),
         };
         if list.len() < max {
+            POOL_EVENTS.add(POOL_PARKED, 1);
             list.push(Idle { conn, since: Instant::now() });
         }
     });
@@ -534,6 +546,7 @@ async fn connect(target: Target<'_>) -> Result<Conn, UpstreamError> {
     for addr in addrs {
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
+                POOL_EVENTS.add(POOL_OPENED, 1);
                 let _ = stream.set_nodelay(true);
                 let Some((config, server_name)) = target.tls else {
                     return Ok(Conn::new(Io::Plain(stream), target));

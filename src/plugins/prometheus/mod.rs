@@ -4,6 +4,7 @@
 //! ask. `GET /metrics` (Admin API, status API) writes them with the node's gauges
 //! ([`exposition::render`]). Counting is per worker ([`series`]).
 
+pub mod counters;
 pub mod exposition;
 pub mod series;
 
@@ -199,5 +200,17 @@ pub fn scrape() -> String {
         .with(vec![("sink", "http-log".into())], dropped.http_log.load(Ordering::Relaxed) as f64)
         .with(vec![("sink", "proxy_access_log".into())], dropped.access_log.load(Ordering::Relaxed) as f64),
     );
+    let mut decisions = Gauge::new(
+        "tollgate_rate_limiting_decisions_total",
+        Some("Rate-limiting decisions by plugin and outcome (allowed, limited, error: the counter store failed)"),
+        Kind::Counter,
+    );
+    for (i, plugin) in ["rate-limiting", "rate-limiting-advanced"].into_iter().enumerate() {
+        for (j, outcome) in ["allowed", "limited", "error"].into_iter().enumerate() {
+            let n = super::rate_limiting::DECISIONS.total(i * 3 + j);
+            decisions = decisions.with(vec![("plugin", plugin.into()), ("outcome", outcome.into())], n as f64);
+        }
+    }
+    gauges.push(decisions);
     reg.with_series(|series| exposition::render(series, enabled(), &gauges))
 }

@@ -55,6 +55,7 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations
         None => env.instance.map_or_else(|| "rate-limiting-advanced".to_string(), |id| id.to_string()),
     };
     let common = Common {
+        advanced: true,
         shared: config.shared,
         namespace,
         windows,

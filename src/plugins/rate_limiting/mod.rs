@@ -161,6 +161,7 @@ enum CounterStore {
 /// The limiting logic shared by both plugins.
 #[derive(Debug)]
 pub struct Limiter {
+    advanced: bool,
     /// Counters of instances with the same namespace are shared.
     namespace: String,
     namespace_hash: u64,
@@ -185,6 +186,8 @@ pub struct Limiter {
 
 /// What both plugins hand the limiter once their own fields are read.
 struct Common {
+    /// rate-limiting-advanced (for the decision counts).
+    advanced: bool,
     shared: SharedConfig,
     namespace: String,
     windows: Vec<WindowSpec>,
@@ -249,6 +252,7 @@ impl Limiter {
         let mut hasher = foldhash::fast::FixedState::with_seed(0x746f_6c6c_6761_7465).build_hasher();
         hasher.write(c.namespace.as_bytes());
         Ok(Limiter {
+            advanced: c.advanced,
             namespace_hash: hasher.finish(),
             namespace: c.namespace,
             limit_values: c.windows.iter().map(|w| number_header(w.limit)).collect(),
@@ -356,6 +360,7 @@ impl Limiter {
             Ok(decision) => self.apply(ctx, windows, decision),
             Err(e) => {
                 target.log_failure(&e);
+                self.count(Outcome::Error);
                 if self.fault_tolerant { Flow::Continue } else { Flow::Respond(self.unexpected.clone()) }
             }
         }
@@ -409,9 +414,11 @@ impl Limiter {
             }
         }
         if d.allowed {
+            self.count(Outcome::Allowed);
             ctx.response_headers = headers;
             return Flow::Continue;
         }
+        self.count(Outcome::Limited);
         // With `hide_client_headers` the rejection carries no rate-limit header at all, Retry-After
         // included (Kong sets it among the client headers it hides).
         Flow::Respond(Reply { status: self.reject_status, message: self.reject_message.clone(), headers })
@@ -420,7 +427,22 @@ impl Limiter {
     fn is_async(&self) -> bool {
         matches!(self.store, CounterStore::Redis(_))
     }
+
+    fn count(&self, outcome: Outcome) {
+        DECISIONS.add(usize::from(self.advanced) * 3 + outcome as usize, 1);
+    }
 }
+
+/// What a limiter decided, for `tollgate_rate_limiting_decisions_total`.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Allowed = 0,
+    Limited = 1,
+    Error = 2,
+}
+
+/// Decisions by plugin (rate-limiting, then -advanced) and [`Outcome`].
+pub static DECISIONS: super::prometheus::counters::Counters<6> = super::prometheus::counters::Counters::new();
 
 /// A limit or remaining count as a header value (integers without a decimal point).
 fn number_header(n: f64) -> HeaderValue {
@@ -476,6 +498,7 @@ fn build_rate_limiting(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugi
         .collect();
     let namespace = env.instance.map_or_else(|| "rate-limiting".to_string(), |id| id.to_string());
     let common = Common {
+        advanced: false,
         shared: config.shared,
         namespace,
         windows,
