@@ -201,7 +201,7 @@ fn check_cookie_name(v: &Value) -> Result<(), String> {
 
 /// Kong's shorthands, in its order, on the input as given: `least-connections` and `latency` take
 /// no hash (`hash_on` becomes `none`); then a given `hash_on` picks the algorithm (`none`:
-/// round-robin; any other: consistent hashing).
+/// round-robin unless consistent hashing is named with it; any other: consistent hashing).
 pub fn apply_shorthands(input: &mut Obj) {
     if let Some(Value::String(algorithm)) = input.get("algorithm")
         && matches!(algorithm.as_str(), "least-connections" | "latency")
@@ -213,8 +213,13 @@ pub fn apply_shorthands(input: &mut Obj) {
         Some(Value::Null) => {
             input.insert("hash_on".into(), json!("none"));
         }
+        // Kong would also turn `consistent-hashing` given with `hash_on: none` into round-robin;
+        // kept here, so that a stored upstream (which names both) reads back unchanged, an export
+        // imports as it was exported.
         Some(Value::String(on)) if on == "none" => {
-            input.insert("algorithm".into(), json!("round-robin"));
+            if input.get("algorithm").and_then(Value::as_str) != Some("consistent-hashing") {
+                input.insert("algorithm".into(), json!("round-robin"));
+            }
         }
         Some(Value::String(_)) => {
             input.insert("algorithm".into(), json!("consistent-hashing"));
@@ -343,8 +348,17 @@ mod tests {
         assert_eq!((u["algorithm"].as_str(), u["hash_on"].as_str()), (Some("consistent-hashing"), Some("ip")));
         let u = upstream(json!({"name": "a", "algorithm": "least-connections", "hash_on": "ip"})).expect("valid");
         assert_eq!((u["algorithm"].as_str(), u["hash_on"].as_str()), (Some("least-connections"), Some("none")));
-        let u = upstream(json!({"name": "a", "algorithm": "consistent-hashing", "hash_on": "none"})).expect("valid");
+        let u = upstream(json!({"name": "a", "hash_on": "none"})).expect("valid");
         assert_eq!(u["algorithm"], "round-robin");
+        // Unlike Kong, consistent hashing named with `hash_on: none` stays: what is stored (as
+        // `{"algorithm": "consistent-hashing"}` alone stores it) validates back to itself.
+        let created = upstream(json!({"name": "a", "algorithm": "consistent-hashing"})).expect("valid");
+        assert_eq!(
+            (created["algorithm"].as_str(), created["hash_on"].as_str()),
+            (Some("consistent-hashing"), Some("none"))
+        );
+        let again = upstream(Value::Object(created.clone())).expect("valid");
+        assert_eq!(again["algorithm"], created["algorithm"]);
     }
 
     #[test]
