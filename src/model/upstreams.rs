@@ -216,11 +216,12 @@ pub fn apply_shorthands(input: &mut Obj) {
         // Kong would also turn `consistent-hashing` given with `hash_on: none` into round-robin;
         // kept here, so that a stored upstream (which names both) reads back unchanged, an export
         // imports as it was exported.
-        Some(Value::String(on)) if on == "none" => {
-            if input.get("algorithm").and_then(Value::as_str) != Some("consistent-hashing") {
-                input.insert("algorithm".into(), json!("round-robin"));
-            }
+        Some(Value::String(on))
+            if on == "none" && input.get("algorithm").and_then(Value::as_str) != Some("consistent-hashing") =>
+        {
+            input.insert("algorithm".into(), json!("round-robin"));
         }
+        Some(Value::String(on)) if on == "none" => {}
         Some(Value::String(_)) => {
             input.insert("algorithm".into(), json!("consistent-hashing"));
         }
