@@ -155,6 +155,24 @@ async fn prometheus_counts_requests_in_kongs_names_on_the_admin_and_status_apis(
     let (ct, status_text) = scrape(&gw, &gw.status).await;
     assert_eq!(ct, "text/plain; charset=UTF-8");
     assert!(status_text.contains("kong_http_requests_total{"), "{status_text}");
+
+    // A renamed route counts under its new name, as in Kong; the old series stays as it was.
+    let (status, _) = gw.patch("/routes/http-route", json!({"name": "renamed"})).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        gw.call("/m", &[]).await;
+        let (_, text) = scrape(&gw, &gw.admin).await;
+        if text.contains(r#"kong_http_requests_total{service="mock-service",route="renamed",code="401""#) {
+            assert!(
+                text.contains(r#"route="http-route",code="401",source="kong",workspace="default",consumer=""} 1"#),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no series for the renamed route in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -19,11 +19,30 @@ use crate::identity::Consumer;
 #[derive(Debug)]
 pub struct Subject {
     pub route_id: Uuid,
+    /// Tells label sets apart: a renamed route (or service) counts in new series, as in Kong, while
+    /// a rebuild of the same configuration keeps counting in the same ones.
+    pub labels_hash: u64,
     /// Prometheus' `route` label: the route's name, else its id.
     pub route_label: Box<str>,
     /// The route as stored (Kong's serializer logs the whole entity).
     pub route: Arc<RawValue>,
     pub service: Option<Arc<ServiceSubject>>,
+}
+
+impl Subject {
+    pub fn new(
+        route_id: Uuid,
+        route_label: Box<str>,
+        route: Arc<RawValue>,
+        service: Option<Arc<ServiceSubject>>,
+    ) -> Subject {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0x6c61_6265_6c73).build_hasher();
+        h.write(route_label.as_bytes());
+        h.write_u8(0xff);
+        h.write(service.as_ref().map_or(&b""[..], |s| s.label.as_bytes()));
+        Subject { route_id, labels_hash: h.finish(), route_label, route, service }
+    }
 }
 
 /// A service as logs and metrics name it.

@@ -767,12 +767,12 @@ mod tests {
             service: None,
             destination: Destination::Address,
             chain: PluginChain::of(vec![Arc::new(Buggy)]),
-            subject: Arc::new(crate::plugins::log::Subject {
-                route_id: uuid::Uuid::nil(),
-                route_label: "r".into(),
-                route: crate::snapshot::compile::null_entity(),
-                service: None,
-            }),
+            subject: Arc::new(crate::plugins::log::Subject::new(
+                uuid::Uuid::nil(),
+                "r".into(),
+                crate::snapshot::compile::null_entity(),
+                None,
+            )),
         };
         let spec = RouteSpec {
             methods: vec![],

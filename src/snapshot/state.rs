@@ -714,12 +714,12 @@ impl ConfigState {
                 request_buffering: r.request_buffering,
                 broken: r.broken || service_broken,
                 chain: chains.chain_for(r.id, r.service),
-                subject: Arc::new(Subject {
-                    route_id: r.id,
-                    route_label: r.label.clone(),
-                    route: r.entity.clone(),
-                    service: service.as_ref().map(|s| s.subject.clone()),
-                }),
+                subject: Arc::new(Subject::new(
+                    r.id,
+                    r.label.clone(),
+                    r.entity.clone(),
+                    service.as_ref().map(|s| s.subject.clone()),
+                )),
                 service,
             };
             compiled.push((r.matcher.clone(), Arc::new(target)));

@@ -131,7 +131,8 @@ impl Plugin for Prometheus {
             (Some(c), true) => (Some(c.id), c.username.as_deref()),
             _ => (None, None),
         };
-        let key = |family, code, tag| Key { family, route, code, tag, consumer: None };
+        let labels = subject.labels_hash;
+        let key = |family, code, tag| Key { family, route, labels, code, tag, consumer: None };
         if self.status_codes {
             let source = if e.source == Source::Service { "service" } else { "kong" };
             let k = Key { consumer: consumer_id, ..key(Family::HttpRequestsTotal, e.status, source) };

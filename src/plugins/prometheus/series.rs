@@ -65,6 +65,8 @@ impl Family {
 pub struct Key {
     pub family: Family,
     pub route: Uuid,
+    /// The route's and service's labels ([`Subject::labels_hash`]).
+    pub labels: u64,
     /// `http_requests_total`: the status code; 0 otherwise.
     pub code: u16,
     /// `http_requests_total`: `service` or `kong`; bandwidth: `ingress` or `egress`.
