@@ -155,7 +155,8 @@ impl NodeGauges {
         if let Some(hub) = &self.hub {
             self.hub_gauges(hub, out);
         }
-        if upstream_health() {
+        // A control plane balances nothing (Kong leaves the family out there too).
+        if upstream_health() && self.hub.is_none() {
             self.target_health(&snapshot, out);
         }
     }

@@ -175,6 +175,30 @@ async fn prometheus_counts_requests_in_kongs_names_on_the_admin_and_status_apis(
     }
 }
 
+/// Label cardinality is bounded: past `prometheus_max_series`, requests are counted as dropped.
+#[tokio::test]
+async fn series_past_the_cap_are_counted_as_dropped_not_kept() {
+    let opts = Options { extra: vec![("TOLLGATE_PROMETHEUS_MAX_SERIES".into(), "3".into())], ..Options::default() };
+    let gw = Gateway::start_with(opts).await;
+    let upstream = Upstream::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"name": "codes", "paths": ["/status"], "strip_path": false})).await;
+    gw.create("/plugins", json!({"name": "prometheus", "config": {"status_code_metrics": true}})).await;
+    routed(&gw, "/status/200", &[], 200).await;
+    // One series per status code; only three may exist (each worker's counted apart).
+    for code in [201, 202, 203, 204, 205, 206, 207, 208] {
+        routed(&gw, &format!("/status/{code}"), &[], code).await;
+    }
+    let text = scrape_until(&gw, &[]).await;
+    let series = text.lines().filter(|l| l.starts_with("kong_http_requests_total{")).count();
+    assert!(series <= 3, "{text}");
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_prometheus_series_dropped_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 6, "{text}");
+}
+
 #[tokio::test]
 async fn without_a_prometheus_instance_only_the_nodes_gauges_are_shown() {
     let (gw, upstream) = support::start().await;
