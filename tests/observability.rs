@@ -36,6 +36,12 @@ async fn scrape_until(gw: &Gateway, wanted: &[&str]) -> String {
     }
 }
 
+/// The value of the series named `series` (name and labels as printed), or -1 when it is absent.
+fn value(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse::<f64>().ok()).unwrap_or(-1.0)
+}
+
 /// Waits until `path` holds the entry of request `id` and returns it.
 async fn log_entry(path: &std::path::Path, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -191,12 +197,7 @@ async fn series_past_the_cap_are_counted_as_dropped_not_kept() {
     let text = scrape_until(&gw, &[]).await;
     let series = text.lines().filter(|l| l.starts_with("kong_http_requests_total{")).count();
     assert!(series <= 3, "{text}");
-    let dropped = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tollgate_prometheus_series_dropped_total "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(dropped >= 6, "{text}");
+    assert!(value(&text, "tollgate_prometheus_series_dropped_total") >= 6.0, "{text}");
 }
 
 #[tokio::test]
@@ -220,19 +221,16 @@ async fn tollgates_own_families_count_decisions_connections_and_the_configuratio
     routed(&gw, "/rl", &[], 429).await;
     // Decisions are counted as they are made: the 429 is already in.
     let text = scrape_until(&gw, &[]).await;
-    let value = |prefix: &str| {
-        text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
-    };
     let decisions = |plugin: &str, outcome: &str| {
-        value(&format!(r#"tollgate_rate_limiting_decisions_total{{plugin="{plugin}",outcome="{outcome}"}} "#))
+        value(&text, &format!(r#"tollgate_rate_limiting_decisions_total{{plugin="{plugin}",outcome="{outcome}"}}"#))
     };
     assert!(decisions("rate-limiting", "allowed") >= 1.0, "{text}");
     assert!(decisions("rate-limiting", "limited") >= 1.0, "{text}");
     assert_eq!(decisions("rate-limiting-advanced", "allowed"), 0.0, "{text}");
-    assert!(value(r#"tollgate_upstream_connections_total{event="opened"} "#) >= 1.0, "{text}");
-    assert!(value("tollgate_configuration_version ") >= 1.0, "{text}");
-    assert!(value("tollgate_configuration_age_seconds ") >= 0.0, "{text}");
-    assert!(value("tollgate_prometheus_series_dropped_total ") == 0.0, "{text}");
+    assert!(value(&text, r#"tollgate_upstream_connections_total{event="opened"}"#) >= 1.0, "{text}");
+    assert!(value(&text, "tollgate_configuration_version") >= 1.0, "{text}");
+    assert!(value(&text, "tollgate_configuration_age_seconds") >= 0.0, "{text}");
+    assert!(value(&text, "tollgate_prometheus_series_dropped_total") == 0.0, "{text}");
 }
 
 #[tokio::test]
@@ -303,12 +301,7 @@ async fn file_log_to_a_path_that_cannot_be_opened_is_reported_and_proxying_goes_
     }
     gw.wait_for_log("file-log: cannot open the log file", 1, Duration::from_secs(10)).await;
     let text = scrape_until(&gw, &[]).await;
-    let dropped = text
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"tollgate_log_entries_dropped_total{sink="file-log"} "#))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(dropped >= 1, "{text}");
+    assert!(value(&text, r#"tollgate_log_entries_dropped_total{sink="file-log"}"#) >= 1.0, "{text}");
     // One report for the failing streak, not one per entry.
     assert_eq!(gw.log_count("file-log: cannot open the log file"), 1);
 }
@@ -395,12 +388,8 @@ async fn a_collector_that_hangs_never_slows_proxying_and_what_cannot_wait_is_dro
     }
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     let text = scrape_until(&gw, &[]).await;
-    let dropped = text
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"tollgate_log_entries_dropped_total{sink="http-log"} "#))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(dropped >= 190, "at most the queue (5) and the batch in flight wait: {dropped} dropped\n{text}");
+    let dropped = value(&text, r#"tollgate_log_entries_dropped_total{sink="http-log"}"#);
+    assert!(dropped >= 190.0, "at most the queue (5) and the batch in flight wait: {dropped} dropped\n{text}");
     drop(hanging);
 }
 

@@ -289,6 +289,29 @@ pub fn dropped() -> &'static Dropped {
     DROPPED.get_or_init(Dropped::default)
 }
 
+/// A log plugin instance whose phase puts the entry in its sink's queue (file-log, http-log); no
+/// queue when it was built only to check a write.
+#[derive(Debug)]
+pub struct Logger {
+    pub queue: Option<Arc<Queue>>,
+}
+
+impl super::Plugin for Logger {
+    fn logs(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    fn logs_headers(&self) -> bool {
+        true
+    }
+
+    fn log(&self, entry: &Arc<LogEntry>) {
+        if let Some(queue) = &self.queue {
+            queue.push(entry);
+        }
+    }
+}
+
 /// The sending end of a sink's bounded queue: [`Queue::push`] never waits; a full queue drops the
 /// entry and counts it.
 #[derive(Debug)]

@@ -1,39 +1,16 @@
 //! Request and connection counters for `GET /status`, sharded per thread so the proxy's workers never
 //! write the same cache line.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::plugins::prometheus::counters::Counters;
 
-const SHARDS: usize = 16;
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Shard {
-    requests: AtomicU64,
-    accepted: AtomicU64,
-    closed: AtomicU64,
-}
+const REQUESTS: usize = 0;
+const ACCEPTED: usize = 1;
+const CLOSED: usize = 2;
 
 /// Monotonic counters; totals are summed on read.
 #[derive(Debug, Default)]
 pub struct Stats {
-    shards: [Shard; SHARDS],
-}
-
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn shard_index() -> usize {
-    SHARD.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            i = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
-            s.set(i);
-        }
-        i
-    })
+    counters: Counters<3>,
 }
 
 /// Totals at one moment.
@@ -45,32 +22,25 @@ pub struct Totals {
 }
 
 impl Stats {
-    fn shard(&self) -> &Shard {
-        &self.shards[shard_index()]
-    }
-
     pub fn request(&self) {
-        self.shard().requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(REQUESTS, 1);
     }
 
     pub fn connection_opened(&self) {
-        self.shard().accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(ACCEPTED, 1);
     }
 
     pub fn connection_closed(&self) {
-        self.shard().closed.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(CLOSED, 1);
     }
 
     pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
-        let mut closed = 0;
-        for s in &self.shards {
-            t.requests += s.requests.load(Ordering::Relaxed);
-            t.accepted += s.accepted.load(Ordering::Relaxed);
-            closed += s.closed.load(Ordering::Relaxed);
+        let accepted = self.counters.total(ACCEPTED);
+        Totals {
+            requests: self.counters.total(REQUESTS),
+            accepted,
+            active: accepted.saturating_sub(self.counters.total(CLOSED)),
         }
-        t.active = t.accepted.saturating_sub(closed);
-        t
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::log::{LogEntry, Queue, dropped};
+use super::log::{LogEntry, Logger, Queue, dropped};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, Field, Obj, Schema, Type, Violations};
 
@@ -82,30 +82,15 @@ struct Config {
     custom_fields: Option<Map<String, Value>>,
 }
 
-/// One file's writer: the queue to its thread.
-#[derive(Debug)]
-struct Sink {
-    queue: Queue,
-}
-
-#[derive(Debug)]
-struct FileLog {
-    /// `None` when built only to check a write.
-    sink: Option<Arc<Sink>>,
-}
-
 fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
     let config: Config = typed(config)?;
-    if !env.live() {
-        return Ok(Arc::new(FileLog { sink: None }));
-    }
-    Ok(Arc::new(FileLog { sink: Some(sink(config)) }))
+    Ok(Arc::new(Logger { queue: env.live().then(|| sink(config)) }))
 }
 
 /// The running sink for this configuration, or a new one: a configuration change that keeps the
 /// file keeps its writer.
-fn sink(config: Config) -> Arc<Sink> {
-    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Sink>>>> = OnceLock::new();
+fn sink(config: Config) -> Arc<Queue> {
+    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Queue>>>> = OnceLock::new();
     let custom = config.custom_fields.unwrap_or_default();
     let key = format!("{}\u{0}{}\u{0}{}", config.path, config.reopen, Value::Object(custom.clone()));
     let mut sinks = SINKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -113,8 +98,7 @@ fn sink(config: Config) -> Arc<Sink> {
     if let Some(s) = sinks.get(&key).and_then(Weak::upgrade) {
         return s;
     }
-    let queue = writer(config.path, config.reopen, custom, &dropped().file_log);
-    let s = Arc::new(Sink { queue });
+    let s = Arc::new(writer(config.path, config.reopen, custom, &dropped().file_log));
     sinks.insert(key, Arc::downgrade(&s));
     s
 }
@@ -194,22 +178,6 @@ fn open(path: &str) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
     options.open(path)
-}
-
-impl Plugin for FileLog {
-    fn logs(&self) -> bool {
-        self.sink.is_some()
-    }
-
-    fn logs_headers(&self) -> bool {
-        true
-    }
-
-    fn log(&self, entry: &Arc<LogEntry>) {
-        if let Some(sink) = &self.sink {
-            sink.queue.push(entry);
-        }
-    }
 }
 
 #[cfg(test)]

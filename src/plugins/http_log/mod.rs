@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::file_log::{custom_fields, no_lua};
-use super::log::{LogEntry, Queue, dropped};
+use super::log::{LogEntry, Logger, Queue, dropped};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, EntityCheck, Field, Obj, Schema, Type, Violation, Violations};
 use crate::model::typedefs;
@@ -170,29 +170,19 @@ struct Config {
     custom_fields: Option<Map<String, Value>>,
 }
 
-#[derive(Debug)]
-struct Sink {
-    queue: Queue,
-}
-
-#[derive(Debug)]
-struct HttpLog {
-    sink: Option<Arc<Sink>>,
-}
-
 fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
     let parsed: Config = typed(config)?;
     if !env.live() {
-        return Ok(Arc::new(HttpLog { sink: None }));
+        return Ok(Arc::new(Logger { queue: None }));
     }
     let key = format!("{}\u{0}{}", env.instance.unwrap_or_default(), Value::Object(config.clone()));
-    Ok(Arc::new(HttpLog { sink: sink(key, parsed) }))
+    Ok(Arc::new(Logger { queue: sink(key, parsed) }))
 }
 
 /// The running sink of this instance and configuration, or a new one (a rebuild of the snapshot
 /// keeps the queue and what is in it).
-fn sink(key: String, config: Config) -> Option<Arc<Sink>> {
-    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Sink>>>> = OnceLock::new();
+fn sink(key: String, config: Config) -> Option<Arc<Queue>> {
+    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Queue>>>> = OnceLock::new();
     let mut sinks = SINKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     sinks.retain(|_, s| s.strong_count() > 0);
     if let Some(s) = sinks.get(&key).and_then(Weak::upgrade) {
@@ -211,7 +201,7 @@ fn sink(key: String, config: Config) -> Option<Arc<Sink>> {
     };
     let (queue, rx) = Queue::new(config.queue.max_entries, &dropped().http_log);
     runtime.spawn(run(config, collector, rx));
-    let s = Arc::new(Sink { queue });
+    let s = Arc::new(queue);
     sinks.insert(key, Arc::downgrade(&s));
     Some(s)
 }
@@ -290,22 +280,6 @@ async fn deliver(collector: Arc<tokio::sync::Mutex<Collector>>, q: QueueConfig, 
         tracing::debug!(error = %error, "http-log: send failed, retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(secs(q.max_retry_delay));
-    }
-}
-
-impl Plugin for HttpLog {
-    fn logs(&self) -> bool {
-        self.sink.is_some()
-    }
-
-    fn logs_headers(&self) -> bool {
-        true
-    }
-
-    fn log(&self, entry: &Arc<LogEntry>) {
-        if let Some(sink) = &self.sink {
-            sink.queue.push(entry);
-        }
     }
 }
 
