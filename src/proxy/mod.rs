@@ -279,7 +279,7 @@ impl Proxy {
             id: id_bytes,
             client_ip: conn.peer.ip(),
             started,
-            wall: std::time::SystemTime::now() - ready,
+            wall: std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH),
             ready,
             status: resp.status().as_u16(),
             response_headers,
