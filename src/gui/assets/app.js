@@ -553,17 +553,22 @@ async function renderList(box, desc, parent, heading) {
     h('button', { type: 'button', onclick: () => load() }, 'Refresh'));
   panel.append(head, form, table);
   box.append(subBox);
-  let refs = await loadRefs(desc.refs).catch((e) => {
-    fail(e);
-    return null;
-  });
-  if (!refs) refs = { services: new Map(), routes: new Map(), consumers: new Map(), enabled: [] };
+  // The form may be opened before the entities it refers to are loaded: it waits for them.
+  const refsLoaded = loadRefs(desc.refs)
+    .catch((e) => {
+      fail(e);
+      return null;
+    })
+    .then((r) => r || { services: new Map(), routes: new Map(), consumers: new Map(), enabled: [] });
+  let refs = null;
+  refs = await refsLoaded;
   const listPath = () => (parent ? desc.list(parent) : desc.list());
   const itemPath = (e) => (parent ? desc.item(e, parent) : desc.item(e));
   const what = (e) => (desc.describe ? desc.describe(e) : `${desc.noun} ${nameOf(e)}`);
   let selected = null;
 
-  function openForm(entity) {
+  async function openForm(entity) {
+    if (!refs) refs = await refsLoaded;
     const fields = desc.fields.filter((f) => (entity ? f.edit !== false : f.create !== false));
     form.replaceChildren(
       h('h4', {}, entity ? `Edit ${what(entity)}` : `New ${desc.noun}`),
