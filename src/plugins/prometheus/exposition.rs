@@ -90,22 +90,25 @@ pub fn number(v: f64) -> String {
     }
 }
 
+/// The most buckets of a family, `+Inf` included.
+const MAX_BUCKETS: usize = 18;
+
 /// Series summed over workers, keyed as one.
-struct Summed {
-    labels: String,
+struct Summed<'a> {
+    labels: &'a str,
     count: u64,
     sum: u64,
-    buckets: Vec<u64>,
+    buckets: [u64; MAX_BUCKETS],
 }
 
-fn sum_series(series: &[Arc<Series>]) -> HashMap<Family, Vec<Summed>> {
-    let mut by_key: HashMap<&Key, Summed> = HashMap::with_capacity(series.len());
+fn sum_series(series: &[Arc<Series>]) -> HashMap<Family, Vec<Summed<'_>>> {
+    let mut by_key: HashMap<&Key, Summed<'_>> = HashMap::with_capacity(series.len());
     for s in series {
         let e = by_key.entry(&s.key).or_insert_with(|| Summed {
-            labels: series_labels(s),
+            labels: &s.labels,
             count: 0,
             sum: 0,
-            buckets: vec![0; s.buckets.len()],
+            buckets: [0; MAX_BUCKETS],
         });
         e.count += s.count.load(Ordering::Relaxed);
         e.sum += s.sum.load(Ordering::Relaxed);
@@ -113,46 +116,63 @@ fn sum_series(series: &[Arc<Series>]) -> HashMap<Family, Vec<Summed>> {
             *total += b.load(Ordering::Relaxed);
         }
     }
-    let mut families: HashMap<Family, Vec<Summed>> = HashMap::new();
+    let mut families: HashMap<Family, Vec<Summed<'_>>> = HashMap::new();
     for (key, summed) in by_key {
         families.entry(key.family).or_default().push(summed);
     }
     for list in families.values_mut() {
-        list.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+        list.sort_unstable_by(|a, b| a.labels.cmp(b.labels));
     }
     families
 }
 
-/// A series' labels in Kong's declaration order (without `le`).
-fn series_labels(s: &Series) -> String {
-    let service = s.subject.service.as_ref().map_or("", |sv| &*sv.label);
-    let route = &*s.subject.route_label;
-    match s.key.family {
+/// A series' labels in Kong's declaration order (without `le`), as the exposition writes them.
+pub fn series_labels(key: &Key, subject: &super::super::log::Subject, consumer: &str) -> String {
+    let service = subject.service.as_ref().map_or("", |sv| &*sv.label);
+    let route = &*subject.route_label;
+    match key.family {
         Family::HttpRequestsTotal => {
-            let code = s.key.code.to_string();
+            let code = key.code.to_string();
             labels_text(&[
                 ("service", service),
                 ("route", route),
                 ("code", &code),
-                ("source", s.key.tag),
+                ("source", key.tag),
                 ("workspace", "default"),
-                ("consumer", &s.consumer),
+                ("consumer", consumer),
             ])
         }
         Family::BandwidthBytes => labels_text(&[
             ("service", service),
             ("route", route),
-            ("direction", s.key.tag),
+            ("direction", key.tag),
             ("workspace", "default"),
-            ("consumer", &s.consumer),
+            ("consumer", consumer),
         ]),
         _ => labels_text(&[("service", service), ("route", route), ("workspace", "default")]),
     }
 }
 
+/// Appends `name{labels} value\n` (or `name{labels,le="…"} value\n`) without formatting machinery:
+/// a large scrape writes hundreds of thousands of these.
+fn line(out: &mut String, name: &str, suffix: &str, labels: &str, le: Option<&str>, value: u64) {
+    out.push_str(name);
+    out.push_str(suffix);
+    out.push('{');
+    out.push_str(labels);
+    if let Some(le) = le {
+        out.push_str(",le=\"");
+        out.push_str(le);
+        out.push('"');
+    }
+    out.push_str("} ");
+    out.push_str(itoa::Buffer::new().format(value));
+    out.push('\n');
+}
+
 /// One family as text: what a scrape writes for it.
 enum Block<'a> {
-    Requests(Family, &'a [Summed]),
+    Requests(Family, &'a [Summed<'a>]),
     Gauge(&'a Gauge),
 }
 
@@ -189,24 +209,25 @@ pub fn render(series: &[Arc<Series>], requests: bool, gauges: &[Gauge]) -> Strin
                     None => {
                         let _ = writeln!(out, "# TYPE {name} counter");
                         for s in *list {
-                            let _ = writeln!(out, "{name}{{{}}} {}", s.labels, s.count);
+                            line(&mut out, name, "", s.labels, None, s.count);
                         }
                     }
                     Some(bounds) => {
                         let _ = writeln!(out, "# TYPE {name} histogram");
+                        let les: Vec<String> =
+                            bounds.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string())).collect();
                         for s in *list {
                             let mut cumulative = 0;
-                            for (i, b) in s.buckets.iter().enumerate() {
+                            for (b, le) in s.buckets.iter().zip(&les) {
                                 cumulative += b;
-                                let le = bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-                                let _ = writeln!(out, "{name}_bucket{{{},le=\"{le}\"}} {cumulative}", s.labels);
+                                line(&mut out, name, "_bucket", s.labels, Some(le), cumulative);
                             }
                         }
                         for s in *list {
-                            let _ = writeln!(out, "{name}_count{{{}}} {}", s.labels, s.count);
+                            line(&mut out, name, "_count", s.labels, None, s.count);
                         }
                         for s in *list {
-                            let _ = writeln!(out, "{name}_sum{{{}}} {}", s.labels, s.sum);
+                            line(&mut out, name, "_sum", s.labels, None, s.sum);
                         }
                     }
                 }

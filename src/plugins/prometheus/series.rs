@@ -82,6 +82,8 @@ pub struct Series {
     pub subject: Arc<Subject>,
     /// The consumer's username (`per_consumer`), else empty.
     pub consumer: Box<str>,
+    /// Its labels as the exposition writes them (without `le`), made once.
+    pub labels: Box<str>,
     /// Counter value, or a histogram's count.
     pub count: AtomicU64,
     /// A histogram's sum.
@@ -167,10 +169,12 @@ fn with_series(key: Key, subject: &Arc<Subject>, consumer: Option<&str>, f: impl
         }
         reg.series.fetch_add(1, Ordering::Relaxed);
         let buckets = key.family.buckets().map_or(0, |b| b.len() + 1);
+        let labels = super::exposition::series_labels(&key, subject, consumer.unwrap_or(""));
         let series = Arc::new(Series {
             key: key.clone(),
             subject: subject.clone(),
             consumer: consumer.unwrap_or("").into(),
+            labels: labels.into(),
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
