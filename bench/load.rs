@@ -5,6 +5,9 @@
 //! users write (route `i` by `i % 4`): path prefix `/r<i>/`; host `h<i>.example.test` and that
 //! prefix; regex path `~/r<i>/\d+$`; wildcard host `*.w<i>.example.test` and the prefix.
 //! `bench/spread-routes.lua` asks for them the same way.
+//! `bench-load <admin-url> services <from> <to> <m> <upstream-url>`: services `s<i>` pointing at the
+//! upstream, each with `m` routes, route `j` of service `i` on path prefix `/s<i>/r<j>/`
+//! (`bench/spread-services.lua` asks for them the same way).
 //! `bench-load <admin-url> certificates <from> <to>`: certificates (ECDSA P-256), certificate `i`
 //! served for SNI `c<i>.bench.test`.
 //! `bench-load <host:port> tls-idle <n> <seconds>`: opens `n` TLS connections, sends one request on
@@ -42,6 +45,45 @@ fn route(i: usize) -> serde_json::Value {
         3 => json!({"paths": [prefix], "hosts": [format!("*.w{i}.example.test")]}),
         _ => json!({"paths": [prefix]}),
     }
+}
+
+/// Service `i` and its `m` routes, one after the other (the routes need their service).
+async fn service_with_routes(
+    http: &reqwest::Client,
+    admin: &str,
+    i: usize,
+    m: usize,
+    upstream: &str,
+) -> Result<(), String> {
+    post(http, format!("{admin}/services"), json!({"name": format!("s{i}"), "url": upstream})).await?;
+    for j in 0..m {
+        post(http, format!("{admin}/services/s{i}/routes"), json!({"paths": [format!("/s{i}/r{j}/")]})).await?;
+    }
+    Ok(())
+}
+
+async fn services(args: &[String]) -> Result<(), String> {
+    let [_, admin, _, from, to, m, upstream] = args else {
+        return Err("usage: bench-load <admin-url> services <from> <to> <routes per service> <upstream-url>".into());
+    };
+    let from: usize = from.parse().map_err(|_| "bad <from>")?;
+    let to: usize = to.parse().map_err(|_| "bad <to>")?;
+    let m: usize = m.parse().map_err(|_| "bad <routes per service>")?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(from..to)
+        .map(|i| {
+            let http = http.clone();
+            async move { service_with_routes(&http, admin, i, m, upstream).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return Err(e.clone());
+    }
+    eprintln!("loaded services {from}..{to} with {m} routes each in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// A TLS client that accepts whatever the server presents (the bench measures the server), with no
@@ -137,8 +179,11 @@ async fn main() -> Result<(), String> {
     if matches!(args.get(2).map(String::as_str), Some("tls-idle" | "handshakes")) {
         return tls_modes(&args).await;
     }
+    if args.get(2).map(String::as_str) == Some("services") {
+        return services(&args).await;
+    }
     let [_, admin, what, from, to] = args.as_slice() else {
-        return Err("usage: bench-load <admin-url> consumers|routes <from> <to>".into());
+        return Err("usage: bench-load <admin-url> consumers|routes|certificates <from> <to>".into());
     };
     let from: usize = from.parse().map_err(|_| "bad <from>")?;
     let to: usize = to.parse().map_err(|_| "bad <to>")?;
