@@ -204,6 +204,188 @@ impl LogEntry {
     }
 }
 
+impl LogEntry {
+    /// [`LogEntry::serialize`] as JSON text, appended to `out`. Without custom fields the entry is
+    /// written straight from its parts (the stored route and service as they are), with no tree of
+    /// values in between: this runs once per logged request.
+    pub fn write_json(&self, custom_fields: &Map<String, Value>, out: &mut Vec<u8>) {
+        let written = if custom_fields.is_empty() {
+            serde_json::to_writer(&mut *out, &Direct(self))
+        } else {
+            serde_json::to_writer(&mut *out, &self.serialize(custom_fields))
+        };
+        if written.is_err() {
+            out.clear();
+        }
+    }
+}
+
+/// The serializer's shape, written field by field (see [`LogEntry::write_json`]).
+struct Direct<'a>(&'a LogEntry);
+
+impl serde::Serialize for Direct<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("request", &RequestJson(e))?;
+        m.serialize_entry("upstream_uri", e.upstream_uri.as_deref().unwrap_or(""))?;
+        let mut status = itoa::Buffer::new();
+        m.serialize_entry("upstream_status", e.upstream_status.map_or("", |s| status.format(s)))?;
+        m.serialize_entry("response", &ResponseJson(e))?;
+        let l = &e.latencies;
+        m.serialize_entry(
+            "latencies",
+            &LatenciesJson { kong: l.kong, proxy: l.proxy, request: l.request, receive: l.receive },
+        )?;
+        m.serialize_entry("tries", &TriesJson(&e.tries))?;
+        m.serialize_entry("client_ip", &e.client_ip)?;
+        m.serialize_entry("started_at", &e.started_at)?;
+        m.serialize_entry("source", e.source.as_str())?;
+        m.serialize_entry("workspace_name", "default")?;
+        if let Some(subject) = &e.subject {
+            m.serialize_entry("route", &*subject.route)?;
+            if let Some(service) = &subject.service {
+                m.serialize_entry("service", &*service.entity)?;
+            }
+        }
+        if let Some(c) = &e.consumer {
+            m.serialize_entry(
+                "consumer",
+                &ConsumerJson { id: c.id, username: c.username.as_deref(), custom_id: c.custom_id.as_deref() },
+            )?;
+        }
+        if let Some(credential) = e.credential {
+            m.serialize_entry("authenticated_entity", &IdJson { id: credential })?;
+        }
+        if let Some(cid) = &e.correlation_id {
+            m.serialize_entry("correlation_id", &**cid)?;
+        }
+        m.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct LatenciesJson {
+    kong: u64,
+    proxy: i64,
+    request: u64,
+    receive: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ConsumerJson<'a> {
+    id: Uuid,
+    username: Option<&'a str>,
+    custom_id: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct IdJson {
+    id: Uuid,
+}
+
+struct TriesJson<'a>(&'a [Try]);
+
+impl serde::Serialize for TriesJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+        for t in self.0 {
+            struct One<'b>(&'b Try);
+            impl serde::Serialize for One<'_> {
+                fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                    let mut m = ser.serialize_map(Some(2))?;
+                    m.serialize_entry("ip", &self.0.ip)?;
+                    m.serialize_entry("port", &self.0.port)?;
+                    m.end()
+                }
+            }
+            seq.serialize_element(&One(t))?;
+        }
+        seq.end()
+    }
+}
+
+struct RequestJson<'a>(&'a LogEntry);
+
+impl serde::Serialize for RequestJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("id", e.id())?;
+        m.serialize_entry("uri", &*e.uri)?;
+        m.serialize_entry("url", &format_args!("{}{}", e.origin, e.uri))?;
+        m.serialize_entry("querystring", &querystring(&e.uri))?;
+        m.serialize_entry("method", e.method.as_str())?;
+        m.serialize_entry("headers", &HeadersJson { headers: e.request_headers.as_ref(), request: true })?;
+        m.serialize_entry("size", &e.request_size)?;
+        if let Some((version, cipher)) = e.tls {
+            m.serialize_entry("tls", &TlsJson { version, cipher, client_verify: "NONE" })?;
+        }
+        m.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct TlsJson {
+    version: &'static str,
+    cipher: &'static str,
+    client_verify: &'static str,
+}
+
+struct ResponseJson<'a>(&'a LogEntry);
+
+impl serde::Serialize for ResponseJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let mut m = ser.serialize_map(Some(3))?;
+        m.serialize_entry("status", &e.status)?;
+        m.serialize_entry("headers", &HeadersJson { headers: e.response_headers.as_ref(), request: false })?;
+        m.serialize_entry("size", &e.response_size)?;
+        m.end()
+    }
+}
+
+/// Headers as [`headers_json`] shapes them, written without building it.
+struct HeadersJson<'a> {
+    headers: Option<&'a HeaderMap>,
+    request: bool,
+}
+
+impl serde::Serialize for HeadersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let mut m = ser.serialize_map(None)?;
+        let Some(headers) = self.headers else { return m.end() };
+        struct Values<'b>(http::header::GetAll<'b, http::HeaderValue>);
+        impl serde::Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(None)?;
+                for v in self.0.iter() {
+                    seq.serialize_element(&String::from_utf8_lossy(v.as_bytes()))?;
+                }
+                seq.end()
+            }
+        }
+        for name in headers.keys() {
+            let all = headers.get_all(name);
+            let redacted = self.request
+                && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION);
+            if redacted {
+                m.serialize_entry(name.as_str(), "REDACTED")?;
+            } else if all.iter().nth(1).is_some() {
+                m.serialize_entry(name.as_str(), &Values(all))?;
+            } else if let Some(v) = all.iter().next() {
+                m.serialize_entry(name.as_str(), &String::from_utf8_lossy(v.as_bytes()))?;
+            }
+        }
+        m.end()
+    }
+}
+
 fn raw(v: &RawValue) -> Value {
     serde_json::from_str(v.get()).unwrap_or(Value::Null)
 }
@@ -381,6 +563,18 @@ mod tests {
         assert_eq!((&v["env"], &v["team"]["name"]), (&json!("prod"), &json!("core")));
         assert_eq!(v["upstream_status"], "200");
         assert!(v.get("consumer").is_none() && v.get("route").is_none());
+    }
+
+    #[test]
+    fn the_direct_writer_writes_what_the_serializer_shows() {
+        let mut e = entry();
+        e.tls = Some(("TLSv1.3", "TLS13_AES_128_GCM_SHA256"));
+        e.correlation_id = Some("c-1".into());
+        e.credential = Some(Uuid::nil());
+        let mut out = Vec::new();
+        e.write_json(&Map::new(), &mut out);
+        let direct: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(direct, e.serialize(&Map::new()));
     }
 
     #[test]

@@ -206,6 +206,9 @@ fn sink(key: String, config: Config) -> Option<Arc<Queue>> {
     Some(s)
 }
 
+/// How often a batch being gathered looks for new entries.
+const GATHER_POLL: Duration = Duration::from_millis(10);
+
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(3600))
 }
@@ -220,16 +223,24 @@ async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Re
         let mut batch = vec![encode(&first, &custom)];
         let mut bytes = batch[0].len();
         if q.max_batch_size > 1 {
+            // Gathered on a clock, not woken per entry: a busy proxy pays no wake-up per request.
             let deadline = tokio::time::Instant::now() + secs(q.max_coalescing_delay);
-            while batch.len() < q.max_batch_size {
-                let Ok(Some(next)) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
-                let line = encode(&next, &custom);
-                if q.max_bytes.is_some_and(|max| bytes + line.len() > max) {
-                    dropped().http_log.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
+            loop {
+                while batch.len() < q.max_batch_size {
+                    let Ok(next) = rx.try_recv() else { break };
+                    let line = encode(&next, &custom);
+                    if q.max_bytes.is_some_and(|max| bytes + line.len() > max) {
+                        dropped().http_log.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    bytes += line.len();
+                    batch.push(line);
                 }
-                bytes += line.len();
-                batch.push(line);
+                let now = tokio::time::Instant::now();
+                if batch.len() >= q.max_batch_size || now >= deadline || rx.is_closed() && rx.is_empty() {
+                    break;
+                }
+                tokio::time::sleep((deadline - now).min(GATHER_POLL)).await;
             }
         }
         let body = if q.max_batch_size == 1 { batch.swap_remove(0) } else { array(&batch) };
@@ -243,7 +254,9 @@ async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Re
 }
 
 fn encode(entry: &LogEntry, custom: &Map<String, Value>) -> Vec<u8> {
-    serde_json::to_vec(&entry.serialize(custom)).unwrap_or_default()
+    let mut out = Vec::with_capacity(2048);
+    entry.write_json(custom, &mut out);
+    out
 }
 
 /// Entries joined into a JSON array.
