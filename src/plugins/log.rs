@@ -372,8 +372,8 @@ impl serde::Serialize for HeadersJson<'_> {
         }
         for name in headers.keys() {
             let all = headers.get_all(name);
-            let redacted = self.request
-                && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION);
+            let redacted =
+                self.request && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION);
             if redacted {
                 m.serialize_entry(name.as_str(), "REDACTED")?;
             } else if all.iter().nth(1).is_some() {
