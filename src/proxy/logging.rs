@@ -61,7 +61,8 @@ impl LogDraft {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        self.request_size = (parts.method.as_str().len() + uri.len() + 13 + head) as u64 + body;
+        // A client's `Content-Length` may be anything up to u64::MAX.
+        self.request_size = ((parts.method.as_str().len() + uri.len() + 13 + head) as u64).saturating_add(body);
         // Counting plugins (prometheus) need none of what follows: nothing is copied for them.
         if keep_headers {
             self.uri = uri.into();
@@ -130,7 +131,7 @@ impl LogTicket {
             response_headers: self.response_headers,
             request_size: d.request_size,
             status: self.status,
-            response_size: self.head_size + body_bytes,
+            response_size: self.head_size.saturating_add(body_bytes),
             source,
             upstream_uri: d.upstream_uri,
             upstream_status: d.upstream_status,

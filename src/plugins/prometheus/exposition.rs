@@ -110,10 +110,11 @@ fn sum_series(series: &[Arc<Series>]) -> HashMap<Family, Vec<Summed<'_>>> {
             sum: 0,
             buckets: [0; MAX_BUCKETS],
         });
-        e.count += s.count.load(Ordering::Relaxed);
-        e.sum += s.sum.load(Ordering::Relaxed);
+        // Counters wrap as the workers' own do (bandwidth sums grow fastest).
+        e.count = e.count.wrapping_add(s.count.load(Ordering::Relaxed));
+        e.sum = e.sum.wrapping_add(s.sum.load(Ordering::Relaxed));
         for (total, b) in e.buckets.iter_mut().zip(s.buckets.iter()) {
-            *total += b.load(Ordering::Relaxed);
+            *total = total.wrapping_add(b.load(Ordering::Relaxed));
         }
     }
     let mut families: HashMap<Family, Vec<Summed<'_>>> = HashMap::new();
@@ -217,9 +218,9 @@ pub fn render(series: &[Arc<Series>], requests: bool, gauges: &[Gauge]) -> Strin
                         let les: Vec<String> =
                             bounds.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string())).collect();
                         for s in *list {
-                            let mut cumulative = 0;
+                            let mut cumulative: u64 = 0;
                             for (b, le) in s.buckets.iter().zip(&les) {
-                                cumulative += b;
+                                cumulative = cumulative.wrapping_add(*b);
                                 line(&mut out, name, "_bucket", s.labels, Some(le), cumulative);
                             }
                         }
