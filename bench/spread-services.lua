@@ -9,3 +9,10 @@ request = function()
   local i = math.random(0, n - 1)
   return wrk.format(nil, "/s" .. math.floor(i / m) .. "/r" .. (i % m) .. "/x", {})
 end
+
+-- SPREAD_PACE_MS: each connection waits this long after an answer before its next request, so
+-- the offered load stays below what the node can take (what a node with headroom sees).
+local pace = tonumber(os.getenv("SPREAD_PACE_MS"))
+if pace and pace > 0 then
+  delay = function() return pace end
+end

@@ -31,10 +31,25 @@ impl StatusSource {
     }
 }
 
-/// `GET /metrics` (Prometheus' text format, Kong's names).
+/// `GET /metrics` (Prometheus' text format, Kong's names): written on a thread of its own at the
+/// lowest CPU priority and sent in chunks as they are written, so a large scrape neither sits whole
+/// in memory nor takes the CPU from proxying (it uses what proxying leaves); a scraper that leaves
+/// stops the writing.
 pub async fn metrics() -> Response {
-    let text = tokio::task::spawn_blocking(crate::plugins::prometheus::scrape).await.unwrap_or_default();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=UTF-8")], text).into_response()
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let scrape = move || {
+        // Nice 19 for this thread alone (Linux applies it per thread); proxy workers wake ahead of it.
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+        crate::plugins::prometheus::scrape_into(|chunk| tx.blocking_send(chunk).is_ok());
+    };
+    if let Err(e) = std::thread::Builder::new().name("tollgate-scrape".into()).spawn(scrape) {
+        tracing::error!(error = %e, "no thread for a scrape");
+    }
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=UTF-8")], axum::body::Body::from_stream(chunks))
+        .into_response()
 }
 
 pub fn router(source: StatusSource) -> Router {

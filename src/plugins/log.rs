@@ -209,13 +209,14 @@ impl LogEntry {
     /// written straight from its parts (the stored route and service as they are), with no tree of
     /// values in between: this runs once per logged request.
     pub fn write_json(&self, custom_fields: &Map<String, Value>, out: &mut Vec<u8>) {
+        let start = out.len();
         let written = if custom_fields.is_empty() {
             serde_json::to_writer(&mut *out, &Direct(self))
         } else {
             serde_json::to_writer(&mut *out, &self.serialize(custom_fields))
         };
         if written.is_err() {
-            out.clear();
+            out.truncate(start);
         }
     }
 }
@@ -360,29 +361,46 @@ impl serde::Serialize for HeadersJson<'_> {
         use serde::ser::{SerializeMap, SerializeSeq};
         let mut m = ser.serialize_map(None)?;
         let Some(headers) = self.headers else { return m.end() };
-        struct Values<'b>(http::header::GetAll<'b, http::HeaderValue>);
+        struct Values<'b>(&'b [&'b http::HeaderValue]);
         impl serde::Serialize for Values<'_> {
             fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-                let mut seq = ser.serialize_seq(None)?;
-                for v in self.0.iter() {
-                    seq.serialize_element(&String::from_utf8_lossy(v.as_bytes()))?;
+                let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+                for v in self.0 {
+                    seq.serialize_element(&text(v))?;
                 }
                 seq.end()
             }
         }
-        for name in headers.keys() {
-            let all = headers.get_all(name);
+        // A map yields the values of a name one after the other: grouped as they come, with no
+        // look-up per name.
+        let mut iter = headers.iter().peekable();
+        let mut more: Vec<&http::HeaderValue> = Vec::new();
+        while let Some((name, first)) = iter.next() {
+            more.clear();
+            while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
+                more.push(v);
+            }
             let redacted =
                 self.request && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION);
             if redacted {
                 m.serialize_entry(name.as_str(), "REDACTED")?;
-            } else if all.iter().nth(1).is_some() {
-                m.serialize_entry(name.as_str(), &Values(all))?;
-            } else if let Some(v) = all.iter().next() {
-                m.serialize_entry(name.as_str(), &String::from_utf8_lossy(v.as_bytes()))?;
+            } else if more.is_empty() {
+                m.serialize_entry(name.as_str(), &text(first))?;
+            } else {
+                more.insert(0, first);
+                m.serialize_entry(name.as_str(), &Values(&more))?;
             }
         }
         m.end()
+    }
+}
+
+/// A header value as text: as it is when it is UTF-8 (nearly always), else with U+FFFD for what
+/// is not.
+fn text(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(v.as_bytes()) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()),
     }
 }
 

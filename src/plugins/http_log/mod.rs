@@ -219,58 +219,52 @@ async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Re
     let q = &config.queue;
     let custom = config.custom_fields.clone().unwrap_or_default();
     let collector = Arc::new(tokio::sync::Mutex::new(collector));
+    // A batch's size, to size the next one's buffer at once (no growing a large buffer by copies).
+    let mut last_size = 2048;
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![encode(&first, &custom)];
-        let mut bytes = batch[0].len();
-        if q.max_batch_size > 1 {
+        // Entries are written straight into the body: a JSON array when batching, else the entry.
+        let batching = q.max_batch_size > 1;
+        let mut body = Vec::with_capacity(last_size + last_size / 4);
+        if batching {
+            body.push(b'[');
+        }
+        first.write_json(&custom, &mut body);
+        drop(first);
+        let mut entries = 1;
+        if batching {
             // Gathered on a clock, not woken per entry: a busy proxy pays no wake-up per request.
             let deadline = tokio::time::Instant::now() + secs(q.max_coalescing_delay);
             loop {
-                while batch.len() < q.max_batch_size {
+                while entries < q.max_batch_size {
                     let Ok(next) = rx.try_recv() else { break };
-                    let line = encode(&next, &custom);
-                    if q.max_bytes.is_some_and(|max| bytes + line.len() > max) {
+                    let before = body.len();
+                    body.push(b',');
+                    next.write_json(&custom, &mut body);
+                    // `max_bytes` bounds the entries' text, as Kong counts it.
+                    let written = body.len() > before + 1;
+                    if !written || q.max_bytes.is_some_and(|max| body.len() - entries - 1 > max) {
+                        body.truncate(before);
                         dropped().http_log.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     }
-                    bytes += line.len();
-                    batch.push(line);
+                    entries += 1;
                 }
                 let now = tokio::time::Instant::now();
-                if batch.len() >= q.max_batch_size || now >= deadline || rx.is_closed() && rx.is_empty() {
+                if entries >= q.max_batch_size || now >= deadline || rx.is_closed() && rx.is_empty() {
                     break;
                 }
                 tokio::time::sleep((deadline - now).min(GATHER_POLL)).await;
             }
+            body.push(b']');
         }
-        let body = if q.max_batch_size == 1 { batch.swap_remove(0) } else { array(&batch) };
-        let job = deliver(collector.clone(), q.clone(), body, batch.len().max(1));
+        last_size = body.len();
+        let job = deliver(collector.clone(), q.clone(), body, entries);
         if q.concurrency_limit == -1 {
             tokio::spawn(job);
         } else {
             job.await;
         }
     }
-}
-
-fn encode(entry: &LogEntry, custom: &Map<String, Value>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2048);
-    entry.write_json(custom, &mut out);
-    out
-}
-
-/// Entries joined into a JSON array.
-fn array(entries: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, e) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(e);
-    }
-    out.push(b']');
-    out
 }
 
 /// Sends one batch, retrying as the queue settings say.

@@ -3,12 +3,13 @@
 //! `_bucket` lines (cumulative, `le` last, ending with `+Inf`), then its `_count`, then its `_sum`;
 //! label values escaped as Prometheus requires (`\\`, `\"`, `\n`).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::series::{Family, Key, Series};
+use bytes::Bytes;
+
+use super::series::{Family, Key, Plan, Series};
 
 /// A metric kind, as `# TYPE` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,43 +91,6 @@ pub fn number(v: f64) -> String {
     }
 }
 
-/// The most buckets of a family, `+Inf` included.
-const MAX_BUCKETS: usize = 18;
-
-/// Series summed over workers, keyed as one.
-struct Summed<'a> {
-    labels: &'a str,
-    count: u64,
-    sum: u64,
-    buckets: [u64; MAX_BUCKETS],
-}
-
-fn sum_series(series: &[Arc<Series>]) -> HashMap<Family, Vec<Summed<'_>>> {
-    let mut by_key: HashMap<&Key, Summed<'_>> = HashMap::with_capacity(series.len());
-    for s in series {
-        let e = by_key.entry(&s.key).or_insert_with(|| Summed {
-            labels: &s.labels,
-            count: 0,
-            sum: 0,
-            buckets: [0; MAX_BUCKETS],
-        });
-        // Counters wrap as the workers' own do (bandwidth sums grow fastest).
-        e.count = e.count.wrapping_add(s.count.load(Ordering::Relaxed));
-        e.sum = e.sum.wrapping_add(s.sum.load(Ordering::Relaxed));
-        for (total, b) in e.buckets.iter_mut().zip(s.buckets.iter()) {
-            *total = total.wrapping_add(b.load(Ordering::Relaxed));
-        }
-    }
-    let mut families: HashMap<Family, Vec<Summed<'_>>> = HashMap::new();
-    for (key, summed) in by_key {
-        families.entry(key.family).or_default().push(summed);
-    }
-    for list in families.values_mut() {
-        list.sort_unstable_by(|a, b| a.labels.cmp(b.labels));
-    }
-    families
-}
-
 /// A series' labels in Kong's declaration order (without `le`), as the exposition writes them.
 pub fn series_labels(key: &Key, subject: &super::super::log::Subject, consumer: &str) -> String {
     let service = subject.service.as_ref().map_or("", |sv| &*sv.label);
@@ -154,90 +118,167 @@ pub fn series_labels(key: &Key, subject: &super::super::log::Subject, consumer: 
     }
 }
 
-/// Appends `name{labels} value\n` (or `name{labels,le="…"} value\n`) without formatting machinery:
-/// a large scrape writes hundreds of thousands of these.
-fn line(out: &mut String, name: &str, suffix: &str, labels: &str, le: Option<&str>, value: u64) {
-    out.push_str(name);
-    out.push_str(suffix);
-    out.push('{');
-    out.push_str(labels);
-    if let Some(le) = le {
-        out.push_str(",le=\"");
-        out.push_str(le);
-        out.push('"');
+/// How much text a scrape gathers before handing it on: large enough that each chunk is one
+/// write, small enough that a scrape of any size holds little memory (its reader takes chunks as
+/// they come, so a 68 MB scrape never sits whole in memory).
+const CHUNK: usize = 256 * 1024;
+
+/// A scrape's text, handed on in chunks as it is written.
+struct Chunks<F: FnMut(Bytes) -> bool> {
+    buf: Vec<u8>,
+    sink: F,
+    /// The reader still takes chunks.
+    open: bool,
+}
+
+impl<F: FnMut(Bytes) -> bool> Chunks<F> {
+    fn new(sink: F) -> Chunks<F> {
+        Chunks { buf: Vec::with_capacity(CHUNK + 4096), sink, open: true }
     }
-    out.push_str("} ");
-    out.push_str(itoa::Buffer::new().format(value));
-    out.push('\n');
-}
 
-/// One family as text: what a scrape writes for it.
-enum Block<'a> {
-    Requests(Family, &'a [Summed<'a>]),
-    Gauge(&'a Gauge),
-}
+    fn push(&mut self, s: &str) {
+        self.buf.extend_from_slice(s.as_bytes());
+    }
 
-impl Block<'_> {
-    fn name(&self) -> String {
-        match self {
-            Block::Requests(f, _) => format!("kong_{}", f.name()),
-            Block::Gauge(g) => g.name.clone(),
+    /// Hands the text on once a chunk is full; false when the reader left (stop writing).
+    fn full(&mut self) -> bool {
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+        self.open
+    }
+
+    fn flush(&mut self) {
+        if self.open && !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096));
+            self.open = (self.sink)(Bytes::from(chunk));
         }
     }
 }
 
-/// The whole exposition: the request families (when `requests`), then with them the gauges, all
-/// sorted by name.
-pub fn render(series: &[Arc<Series>], requests: bool, gauges: &[Gauge]) -> String {
-    let summed = if requests { sum_series(series) } else { HashMap::new() };
+/// One request family's lines without formatting machinery (a large scrape writes over a million):
+/// each line is the family's `name{` opening, the series' labels, a closing made once per bucket
+/// (`,le="…"} ` or `} `) and the value.
+fn write_family<F: FnMut(Bytes) -> bool>(
+    out: &mut Chunks<F>,
+    name: &str,
+    family: Family,
+    list: &[Box<[u32]>],
+    series: &[Arc<Series>],
+) {
+    // Sums one summed series' counts over the workers that have it (they wrap as the workers' own
+    // counters do).
+    let summed = |members: &[u32], buckets: &mut [u64; MAX_BUCKETS]| -> (&str, u64, u64) {
+        let (mut count, mut sum) = (0u64, 0u64);
+        *buckets = [0; MAX_BUCKETS];
+        for &i in members {
+            let s = &series[i as usize];
+            count = count.wrapping_add(s.count.load(Ordering::Relaxed));
+            sum = sum.wrapping_add(s.sum.load(Ordering::Relaxed));
+            for (total, b) in buckets.iter_mut().zip(s.buckets.iter()) {
+                *total = total.wrapping_add(b.load(Ordering::Relaxed));
+            }
+        }
+        (&series[members[0] as usize].labels, count, sum)
+    };
+    let mut value = itoa::Buffer::new();
+    let mut buckets = [0u64; MAX_BUCKETS];
+    out.push(&format!("# HELP {name} {}\n", family.help()));
+    let Some(bounds) = family.buckets() else {
+        out.push(&format!("# TYPE {name} counter\n"));
+        let open = format!("{name}{{");
+        for members in list {
+            let (labels, count, _) = summed(members, &mut buckets);
+            for part in [open.as_str(), labels, "} ", value.format(count), "\n"] {
+                out.push(part);
+            }
+            if !out.full() {
+                return;
+            }
+        }
+        return;
+    };
+    out.push(&format!("# TYPE {name} histogram\n"));
+    let closings: Vec<String> = bounds
+        .iter()
+        .map(u64::to_string)
+        .chain(std::iter::once("+Inf".to_string()))
+        .map(|le| format!(",le=\"{le}\"}} "))
+        .collect();
+    // Kong writes every series' buckets, then every series' count, then every sum.
+    let open = format!("{name}_bucket{{");
+    let mut prefix = String::new();
+    for members in list {
+        let (labels, _, _) = summed(members, &mut buckets);
+        // The bucket lines of a series share their start; most of their values repeat (every
+        // bucket past the slowest request holds the count), so each is formatted once.
+        prefix.clear();
+        prefix.push_str(&open);
+        prefix.push_str(labels);
+        let mut cumulative: u64 = 0;
+        let mut shown = (u64::MAX, String::new());
+        for (b, closing) in buckets.iter().zip(&closings) {
+            cumulative = cumulative.wrapping_add(*b);
+            if shown.0 != cumulative {
+                shown.1.clear();
+                shown.1.push_str(value.format(cumulative));
+                shown.1.push('\n');
+                shown.0 = cumulative;
+            }
+            for part in [prefix.as_str(), closing, shown.1.as_str()] {
+                out.push(part);
+            }
+        }
+        if !out.full() {
+            return;
+        }
+    }
+    for (suffix, pick_sum) in [("_count", false), ("_sum", true)] {
+        let open = format!("{name}{suffix}{{");
+        for members in list {
+            let (labels, count, sum) = summed(members, &mut buckets);
+            let v = if pick_sum { sum } else { count };
+            for part in [open.as_str(), labels, "} ", value.format(v), "\n"] {
+                out.push(part);
+            }
+            if !out.full() {
+                return;
+            }
+        }
+    }
+}
+
+/// The most buckets of a family, `+Inf` included.
+const MAX_BUCKETS: usize = 18;
+
+/// The whole exposition, handed to `sink` in chunks (it answers false once its reader left, which
+/// ends the scrape): the request families (when `requests`) in `plan`'s order, then with them the
+/// gauges, all sorted by name.
+pub fn render(series: &[Arc<Series>], plan: &Plan, requests: bool, gauges: &[Gauge], sink: impl FnMut(Bytes) -> bool) {
+    enum Block<'a> {
+        Requests(Family, &'a [Box<[u32]>]),
+        Gauge(&'a Gauge),
+    }
     let mut blocks: Vec<(String, Block<'_>)> = Vec::new();
-    for (family, list) in &summed {
-        let b = Block::Requests(*family, list);
-        blocks.push((b.name(), b));
+    if requests {
+        for (family, list) in &plan.families {
+            blocks.push((format!("kong_{}", family.name()), Block::Requests(*family, list)));
+        }
     }
     for g in gauges.iter().filter(|g| !g.series.is_empty()) {
-        let b = Block::Gauge(g);
-        blocks.push((b.name(), b));
+        blocks.push((g.name.clone(), Block::Gauge(g)));
     }
     blocks.sort_by(|a, b| a.0.cmp(&b.0));
-    let lines: usize = summed.values().map(|l| l.len() * 16).sum::<usize>() + gauges.len() * 4;
-    let mut out = String::with_capacity(lines * 100);
+    let mut out = Chunks::new(sink);
     for (name, block) in &blocks {
         match block {
-            Block::Requests(family, list) => {
-                let _ = writeln!(out, "# HELP {name} {}", family.help());
-                match family.buckets() {
-                    None => {
-                        let _ = writeln!(out, "# TYPE {name} counter");
-                        for s in *list {
-                            line(&mut out, name, "", s.labels, None, s.count);
-                        }
-                    }
-                    Some(bounds) => {
-                        let _ = writeln!(out, "# TYPE {name} histogram");
-                        let les: Vec<String> =
-                            bounds.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string())).collect();
-                        for s in *list {
-                            let mut cumulative: u64 = 0;
-                            for (b, le) in s.buckets.iter().zip(&les) {
-                                cumulative = cumulative.wrapping_add(*b);
-                                line(&mut out, name, "_bucket", s.labels, Some(le), cumulative);
-                            }
-                        }
-                        for s in *list {
-                            line(&mut out, name, "_count", s.labels, None, s.count);
-                        }
-                        for s in *list {
-                            line(&mut out, name, "_sum", s.labels, None, s.sum);
-                        }
-                    }
-                }
-            }
+            Block::Requests(family, list) => write_family(&mut out, name, *family, list, series),
             Block::Gauge(g) => {
+                let mut text = String::new();
                 if let Some(help) = g.help {
-                    let _ = writeln!(out, "# HELP {name} {help}");
+                    let _ = writeln!(text, "# HELP {name} {help}");
                 }
-                let _ = writeln!(out, "# TYPE {name} {}", g.kind.as_str());
+                let _ = writeln!(text, "# TYPE {name} {}", g.kind.as_str());
                 let mut series: Vec<(String, f64)> = g
                     .series
                     .iter()
@@ -249,15 +290,29 @@ pub fn render(series: &[Arc<Series>], requests: bool, gauges: &[Gauge]) -> Strin
                 series.sort_by(|a, b| a.0.cmp(&b.0));
                 for (labels, v) in series {
                     if labels.is_empty() {
-                        let _ = writeln!(out, "{name} {}", number(v));
+                        let _ = writeln!(text, "{name} {}", number(v));
                     } else {
-                        let _ = writeln!(out, "{name}{{{labels}}} {}", number(v));
+                        let _ = writeln!(text, "{name}{{{labels}}} {}", number(v));
                     }
                 }
+                out.push(&text);
             }
         }
+        if !out.full() {
+            return;
+        }
     }
-    out
+    out.flush();
+}
+
+/// The whole exposition as one text (tests, small scrapes).
+pub fn render_text(series: &[Arc<Series>], plan: &Plan, requests: bool, gauges: &[Gauge]) -> String {
+    let mut text = Vec::new();
+    render(series, plan, requests, gauges, |chunk| {
+        text.extend_from_slice(&chunk);
+        true
+    });
+    String::from_utf8(text).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -286,7 +341,7 @@ mod tests {
                 .with(vec![("subsystem", "http".into())], 2.5)
                 .with(vec![("subsystem", "a".into())], 7.0),
         ];
-        let text = render(&[], false, &gauges);
+        let text = render_text(&[], &Plan::default(), false, &gauges);
         let expected = "# HELP kong_datastore_reachable Datastore reachable from Kong, 0 is unreachable\n\
             # TYPE kong_datastore_reachable gauge\n\
             kong_datastore_reachable 1\n\

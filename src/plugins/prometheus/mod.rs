@@ -2,7 +2,7 @@
 //! in Kong's metric names, labels and buckets (`kong_http_requests_total`, `kong_kong_latency_ms`,
 //! `kong_upstream_latency_ms`, `kong_request_latency_ms`, `kong_bandwidth_bytes`), as its flags
 //! ask. `GET /metrics` (Admin API, status API) writes them with the node's gauges
-//! ([`exposition::render`]). Counting is per worker ([`series`]).
+//! ([`scrape_into`]). Counting is per worker ([`series`]).
 
 pub mod counters;
 pub mod exposition;
@@ -169,9 +169,20 @@ pub fn add_gauges(source: GaugeSource) {
     sources().write().unwrap_or_else(std::sync::PoisonError::into_inner).push(source);
 }
 
-/// `GET /metrics`: the request metrics (when some instance is enabled) and every registered gauge,
-/// with Tollgate's own losses. Runs off the proxy's workers and takes no lock they take.
+/// `GET /metrics` as one text (see [`scrape_into`]).
 pub fn scrape() -> String {
+    let mut text = Vec::new();
+    scrape_into(|chunk| {
+        text.extend_from_slice(&chunk);
+        true
+    });
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// `GET /metrics`: the request metrics (when some instance is enabled) and every registered gauge,
+/// with Tollgate's own losses, handed to `sink` in chunks as they are written (it answers false
+/// when its reader left). Runs off the proxy's workers and takes no lock they take.
+pub fn scrape_into(sink: impl FnMut(bytes::Bytes) -> bool) {
     let mut gauges = Vec::new();
     for source in sources().read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
         source(&mut gauges);
@@ -213,5 +224,5 @@ pub fn scrape() -> String {
         }
     }
     gauges.push(decisions);
-    reg.with_series(|series| exposition::render(series, enabled(), &gauges))
+    reg.with_series(|series, plan| exposition::render(series, plan, enabled(), &gauges, sink));
 }
