@@ -278,7 +278,7 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         tokio::spawn(follow_health_events(store.clone(), proxy.holder.clone(), node_id, stop_rx.clone()));
     }
     let hub = if settings.role == NodeRole::ControlPlane {
-        let hub = Hub::new(store.clone());
+        let hub = Hub::new(store.clone(), settings.cluster_max_payload);
         let tls = crate::cluster::tls::server(&settings.cluster_tls).map_err(NodeError::Tls)?;
         let listener = TcpListener::bind(settings.cluster_listen)
             .await

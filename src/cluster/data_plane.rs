@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,7 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::protocol::{
-    ConfigRows, Notice, OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
+    ConfigDigest, ConfigPart, ConfigRows, ENCODING_HEADER, Encoding, Notice, OFFERED_ENCODINGS, OUTLET_PATH,
+    RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
 };
 use crate::config::Settings;
 use crate::identity::{Authenticated, Directory};
@@ -31,6 +33,35 @@ use crate::snapshot::state::ConfigState;
 use crate::snapshot::{Rejection, SnapshotHolder};
 
 const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// The start of a cache file of configuration parts.
+const CACHE_MAGIC: &[u8] = b"TGCACHE2\n";
+
+fn encoding_code(e: Encoding) -> u8 {
+    match e {
+        Encoding::Identity => 0,
+        Encoding::Zstd => 1,
+        Encoding::Gzip => 2,
+    }
+}
+
+fn encoding_of(code: u8) -> Option<Encoding> {
+    [Encoding::Identity, Encoding::Zstd, Encoding::Gzip].into_iter().find(|e| encoding_code(*e) == code)
+}
+
+/// A configuration arriving in parts.
+#[derive(Debug, Default)]
+struct Assembly {
+    version: i64,
+    hash: String,
+    count: usize,
+    /// The index of the part expected next.
+    next: usize,
+    digest: ConfigDigest,
+    rows: ConfigRows,
+    /// The parts as received, for the cache.
+    received: Vec<(Encoding, Bytes)>,
+}
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -169,8 +200,13 @@ impl DataPlane {
 
     /// Serves the cached configuration, if there is one.
     pub fn load_cache(&self) {
-        let Ok(text) = std::fs::read_to_string(&self.cache) else { return };
-        match self.apply(&text) {
+        let Ok(data) = std::fs::read(&self.cache) else { return };
+        let applied = match data.strip_prefix(CACHE_MAGIC) {
+            Some(records) => self.apply_cached_parts(records),
+            // A cache written by an earlier version: the whole message as text.
+            None => String::from_utf8(data).map_err(|e| e.to_string()).and_then(|text| self.apply(&text)),
+        };
+        match applied {
             Ok(Applied::Whole(hash)) => {
                 tracing::info!(hash, "serving the cached configuration until the control plane answers");
             }
@@ -181,9 +217,74 @@ impl DataPlane {
         }
     }
 
-    /// Compiles a `reconfigure` message and swaps it in. A configuration with entities that do not
-    /// compile is refused whole while another is served (the last good one stays); with nothing
-    /// served yet, it is served as far as it compiles.
+    /// The parts of a cache file's records, read and applied one by one.
+    fn apply_cached_parts(&self, mut records: &[u8]) -> Result<Applied, String> {
+        let mut assembly = None;
+        while let [code, l0, l1, l2, l3, rest @ ..] = records {
+            let len = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
+            let (data, rest) = rest.split_at_checked(len).ok_or("truncated cache")?;
+            records = rest;
+            let encoding = encoding_of(*code).ok_or("unknown encoding in the cache")?;
+            let text = encoding.decode(data, self.max_payload)?;
+            let text = std::str::from_utf8(&text).map_err(|e| e.to_string())?;
+            if let Some(whole) = self.take_part(&mut assembly, encoding, Bytes::copy_from_slice(data), text)? {
+                return self.install(whole.version, whole.hash, &whole.rows);
+            }
+        }
+        Err("truncated cache".into())
+    }
+
+    /// Adds a received part to the configuration being assembled; gives the whole once its last
+    /// part arrived and the hash of all of them matches. A part out of order drops what was
+    /// gathered (the next configuration starts at part 0).
+    fn take_part(
+        &self,
+        assembly: &mut Option<Assembly>,
+        encoding: Encoding,
+        raw: Bytes,
+        text: &str,
+    ) -> Result<Option<Assembly>, String> {
+        let part: ConfigPart = serde_json::from_str(text).map_err(|e| format!("unreadable configuration: {e}"))?;
+        if part.index == 0 {
+            *assembly = Some(Assembly {
+                version: part.version,
+                hash: part.hash.clone(),
+                count: part.count,
+                ..Assembly::default()
+            });
+        }
+        let a = match assembly.as_mut() {
+            Some(a)
+                if a.version == part.version && a.hash == part.hash && a.next == part.index && part.index < a.count =>
+            {
+                a
+            }
+            _ => {
+                *assembly = None;
+                return Err(format!("configuration part {} of {} came out of order", part.index, part.hash));
+            }
+        };
+        let rows: ConfigRows =
+            serde_json::from_str(part.rows.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
+        for (table, list) in rows {
+            for row in &list {
+                a.digest.add(&table, row);
+            }
+            a.rows.entry(table).or_default().extend(list);
+        }
+        a.received.push((encoding, raw));
+        a.next += 1;
+        if a.next < a.count {
+            return Ok(None);
+        }
+        let Some(whole) = assembly.take() else { return Ok(None) };
+        if whole.digest.hex() != whole.hash {
+            return Err("configuration does not match its hash".into());
+        }
+        Ok(Some(whole))
+    }
+
+    /// Compiles a whole `reconfigure` message (a cache of an earlier version) and swaps it in.
     fn apply(&self, text: &str) -> Result<Applied, String> {
         let ToDataPlane { kind, version, hash, config } =
             serde_json::from_str(text).map_err(|e| format!("unreadable configuration: {e}"))?;
@@ -195,7 +296,14 @@ impl DataPlane {
         }
         let rows: ConfigRows =
             serde_json::from_str(config.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
-        let mut state = ConfigState::from_rows(version, rows_in_load_order(&rows)?);
+        self.install(version, hash, &rows)
+    }
+
+    /// Compiles a received configuration and swaps it in. A configuration with entities that do
+    /// not compile is refused whole while another is served (the last good one stays); with
+    /// nothing served yet, it is served as far as it compiles.
+    fn install(&self, version: i64, hash: String, rows: &ConfigRows) -> Result<Applied, String> {
+        let mut state = ConfigState::from_rows(version, rows_in_load_order(rows)?);
         let rejected = describe(&state.rejected());
         if rejected.is_some() && self.status().config_hash.is_some() {
             return Err(rejected.unwrap_or_default());
@@ -219,12 +327,21 @@ impl DataPlane {
         })
     }
 
-    /// Writes the configuration next to the cache, flushes it, then renames it over the cache.
-    fn write_cache(&self, text: &str) -> std::io::Result<()> {
+    /// Writes the configuration's parts as received next to the cache (records of an encoding
+    /// byte, a length and the bytes, after [`CACHE_MAGIC`]), flushes it, then renames it over the
+    /// cache.
+    fn write_cache(&self, parts: &[(Encoding, Bytes)]) -> std::io::Result<()> {
         use std::io::Write;
         let tmp = self.cache.with_extension("cache.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(CACHE_MAGIC)?;
+        for (encoding, data) in parts {
+            let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+            f.write_all(&[encoding_code(*encoding)])?;
+            f.write_all(&len.to_le_bytes())?;
+            f.write_all(data)?;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.cache)?;
         if let Some(dir) = self.cache.parent() {
@@ -273,6 +390,7 @@ impl DataPlane {
         let bearer =
             format!("Bearer {}", self.token).parse().map_err(|_| "cluster_token is not a valid header value")?;
         request.headers_mut().insert(http::header::AUTHORIZATION, bearer);
+        request.headers_mut().insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static(OFFERED_ENCODINGS));
         let config =
             WebSocketConfig::default().max_message_size(Some(self.max_payload)).max_frame_size(Some(self.max_payload));
         let (tls_config, server_name) = self.tls.as_ref().map_err(Clone::clone)?;
@@ -284,26 +402,38 @@ impl DataPlane {
             .connect(server_name.clone(), tcp)
             .await
             .map_err(|e| format!("TLS handshake with the control plane failed: {e}"))?;
-        let (ws, _) = match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+        let (ws, answer) = match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
             Ok(c) => c,
             Err(WsError::Http(resp)) if resp.status() == http::StatusCode::UNAUTHORIZED => {
                 return Err("the control plane refused the cluster token".into());
             }
             Err(e) => return Err(format!("cannot reach the control plane: {e}")),
         };
-        tracing::info!(control_plane = %self.control_plane, "connected to the control plane");
+        let encoding = answer
+            .headers()
+            .get(ENCODING_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or(Some(Encoding::Identity), Encoding::parse)
+            .ok_or("the control plane chose an unknown encoding")?;
+        tracing::info!(control_plane = %self.control_plane, encoding = encoding.name(), "connected to the control plane");
         self.set_status(|s| s.connected = true);
         let (mut tx, mut rx) = ws.split();
         let (outbox, mut outgoing) = mpsc::channel::<String>(1024);
         *self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outbox);
-        let result = self.exchange(&mut tx, &mut rx, &mut outgoing).await;
+        let result = self.exchange(&mut tx, &mut rx, &mut outgoing, encoding).await;
         // Lookups in flight cannot be answered any more: their keys are refused.
         *self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         result
     }
 
-    async fn exchange<T, R>(&self, tx: &mut T, rx: &mut R, outgoing: &mut mpsc::Receiver<String>) -> Result<(), String>
+    async fn exchange<T, R>(
+        &self,
+        tx: &mut T,
+        rx: &mut R,
+        outgoing: &mut mpsc::Receiver<String>,
+        encoding: Encoding,
+    ) -> Result<(), String>
     where
         T: futures_util::Sink<Message, Error = WsError> + Unpin,
         R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
@@ -315,6 +445,7 @@ impl DataPlane {
             config_hash: self.status().config_hash,
         };
         send(tx, &hello).await?;
+        let mut assembly: Option<Assembly> = None;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
@@ -334,31 +465,22 @@ impl DataPlane {
                 message = rx.next() => match message {
                     None | Some(Ok(Message::Close(_))) => return Err("the control plane closed the link".into()),
                     Some(Err(e)) => return Err(format!("cluster link broken: {e}")),
-                    Some(Ok(Message::Text(text))) if !text.starts_with(r#"{"type":"reconfigure""#) => self.notice(&text),
-                    Some(Ok(Message::Text(text))) => {
-                        let reply = match self.apply(&text) {
-                            Ok(Applied::Whole(hash)) => {
-                                if let Err(e) = self.write_cache(&text) {
-                                    tracing::error!(error = %e, "configuration cache not written");
-                                }
-                                tracing::info!(hash, "configuration applied");
-                                ToControlPlane::Applied { hash }
-                            }
-                            Ok(Applied::Partly(hash, error)) => {
-                                tracing::error!(hash, error, "configuration served where it compiles");
-                                ToControlPlane::Rejected { hash, error }
-                            }
-                            Err(error) => {
-                                tracing::error!(error, "configuration refused; keeping the last good one");
-                                let hash = serde_json::from_str::<serde_json::Value>(&text)
-                                    .ok()
-                                    .and_then(|v| v.get("hash").and_then(|h| h.as_str()).map(str::to_string))
-                                    .unwrap_or_default();
-                                self.set_status(|s| s.rejected = Some(error.clone()));
-                                ToControlPlane::Rejected { hash, error }
-                            }
+                    Some(Ok(Message::Binary(data))) => {
+                        let text = encoding.decode(&data, self.max_payload).and_then(|t| String::from_utf8(t).map_err(|e| e.to_string()));
+                        let reply = match text {
+                            Ok(text) => self.received(&mut assembly, encoding, data, &text),
+                            Err(error) => Some(self.refused(error, &mut assembly)),
                         };
-                        send(tx, &reply).await?;
+                        if let Some(reply) = reply {
+                            send(tx, &reply).await?;
+                        }
+                    }
+                    Some(Ok(Message::Text(text))) if !text.starts_with(r#"{"type":"config_part""#) => self.notice(&text),
+                    Some(Ok(Message::Text(text))) => {
+                        let raw = Bytes::copy_from_slice(text.as_bytes());
+                        if let Some(reply) = self.received(&mut assembly, Encoding::Identity, raw, &text) {
+                            send(tx, &reply).await?;
+                        }
                     }
                     Some(Ok(_)) => {}
                 },
@@ -368,6 +490,50 @@ impl DataPlane {
 }
 
 impl DataPlane {
+    /// A configuration part: gathered, and once whole, applied (and cached when it compiled
+    /// whole); returns what to tell the control plane.
+    fn received(
+        &self,
+        assembly: &mut Option<Assembly>,
+        encoding: Encoding,
+        raw: Bytes,
+        text: &str,
+    ) -> Option<ToControlPlane> {
+        let whole = match self.take_part(assembly, encoding, raw, text) {
+            Ok(None) => return None,
+            Ok(Some(whole)) => whole,
+            Err(error) => return Some(self.refused(error, assembly)),
+        };
+        Some(match self.install(whole.version, whole.hash.clone(), &whole.rows) {
+            Ok(Applied::Whole(hash)) => {
+                if let Err(e) = self.write_cache(&whole.received) {
+                    tracing::error!(error = %e, "configuration cache not written");
+                }
+                tracing::info!(hash, "configuration applied");
+                ToControlPlane::Applied { hash }
+            }
+            Ok(Applied::Partly(hash, error)) => {
+                tracing::error!(hash, error, "configuration served where it compiles");
+                ToControlPlane::Rejected { hash, error }
+            }
+            Err(error) => {
+                let hash = whole.hash;
+                tracing::error!(error, "configuration refused; keeping the last good one");
+                self.set_status(|s| s.rejected = Some(error.clone()));
+                ToControlPlane::Rejected { hash, error }
+            }
+        })
+    }
+
+    /// A configuration message that cannot be used: what was gathered is dropped, the last good
+    /// configuration stays, and the control plane is told.
+    fn refused(&self, error: String, assembly: &mut Option<Assembly>) -> ToControlPlane {
+        let hash = assembly.take().map(|a| a.hash).unwrap_or_default();
+        tracing::error!(error, "configuration refused; keeping the last good one");
+        self.set_status(|s| s.rejected = Some(error.clone()));
+        ToControlPlane::Rejected { hash, error }
+    }
+
     /// A lookup answer or a purge from the control plane.
     fn notice(&self, text: &str) {
         match serde_json::from_str::<Notice>(text) {

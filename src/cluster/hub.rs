@@ -5,8 +5,10 @@
 //! the store's change feed says it changed, and tracks each data plane for `/nodes`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
@@ -17,7 +19,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
-use super::protocol::{Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export};
+use super::protocol::{
+    ENCODING_HEADER, Encoding, Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export, part_text,
+};
 use crate::clock::now_secs;
 use crate::store::{DataPlaneToken, KeyHolder, Store};
 
@@ -44,7 +48,61 @@ pub struct NodeInfo {
 pub struct Latest {
     pub hash: String,
     pub version: i64,
-    pub message: Utf8Bytes,
+    pub encoded: Arc<Encoded>,
+}
+
+/// A configuration's part messages in each encoding, each made once whatever the number of data
+/// planes: text at once, zstd (what data planes ask for) when published, gzip on first need.
+#[derive(Debug)]
+pub struct Encoded {
+    text: Vec<Utf8Bytes>,
+    zstd: OnceLock<Result<Vec<Bytes>, String>>,
+    gzip: OnceLock<Result<Vec<Bytes>, String>>,
+    /// `cluster_max_payload`: no message larger than this is sent (data planes refuse them).
+    max_payload: usize,
+}
+
+impl Encoded {
+    fn new(parts: Vec<String>, max_payload: usize) -> Encoded {
+        Encoded {
+            text: parts.into_iter().map(Utf8Bytes::from).collect(),
+            zstd: OnceLock::new(),
+            gzip: OnceLock::new(),
+            max_payload,
+        }
+    }
+
+    /// The compressed parts (made on first call; blocking).
+    fn compressed(&self, encoding: Encoding) -> Result<Vec<Bytes>, String> {
+        let cell = if encoding == Encoding::Gzip { &self.gzip } else { &self.zstd };
+        let made = cell.get_or_init(|| {
+            self.text
+                .iter()
+                .map(|t| encoding.encode(t.as_bytes()).map(Bytes::from))
+                .collect::<Result<Vec<Bytes>, String>>()
+        });
+        made.clone()
+    }
+
+    /// The messages to send in `encoding`, or why they cannot be sent.
+    async fn messages(self: &Arc<Self>, encoding: Encoding) -> Result<Vec<Message>, String> {
+        let messages: Vec<Message> = if encoding == Encoding::Identity {
+            self.text.iter().cloned().map(Message::Text).collect()
+        } else {
+            let this = self.clone();
+            let parts = tokio::task::spawn_blocking(move || this.compressed(encoding))
+                .await
+                .map_err(|e| format!("compressing the configuration failed: {e}"))??;
+            parts.into_iter().map(Message::Binary).collect()
+        };
+        match messages.iter().map(Message::len).max() {
+            Some(largest) if largest > self.max_payload => Err(format!(
+                "a configuration part of {largest} bytes is larger than cluster_max_payload ({})",
+                self.max_payload
+            )),
+            _ => Ok(messages),
+        }
+    }
 }
 
 /// A data plane's lookup: its request number, the key's hash, the realms to try in order.
@@ -112,6 +170,8 @@ impl RealmPolicy {
 #[derive(Debug)]
 pub struct Hub {
     store: Store,
+    /// `cluster_max_payload`.
+    max_payload: usize,
     /// By control plane id: the latest configuration (None until first exported).
     channels: Mutex<HashMap<String, watch::Sender<Option<Latest>>>>,
     nodes: Mutex<HashMap<String, NodeInfo>>,
@@ -126,9 +186,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Store) -> Arc<Hub> {
+    pub fn new(store: Store, max_payload: usize) -> Arc<Hub> {
         Arc::new(Hub {
             store,
+            max_payload,
             channels: Mutex::default(),
             nodes: Mutex::default(),
             links: Mutex::default(),
@@ -250,18 +311,27 @@ impl Hub {
 
     /// Exports `control_plane_id` (store key `cp`) and publishes it when its hash changed.
     async fn publish(&self, control_plane_id: &str, cp: &str) {
-        match export(&self.store, cp).await {
-            Ok(Published { version, hash, message }) => {
-                let channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(tx) = channels.get(control_plane_id) {
-                    tx.send_if_modified(|latest| {
-                        if latest.as_ref().is_some_and(|l| l.hash == hash) {
-                            return false;
-                        }
-                        *latest = Some(Latest { hash, version, message: Utf8Bytes::from(message) });
-                        true
-                    });
-                }
+        match export(&self.store, cp, part_text(self.max_payload)).await {
+            Ok(Published { version, hash, parts }) => {
+                let unchanged = |latest: &Option<Latest>| latest.as_ref().is_some_and(|l| l.hash == hash);
+                let tx = self
+                    .channels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(control_plane_id)
+                    .cloned();
+                let Some(tx) = tx.filter(|tx| !unchanged(&tx.borrow())) else { return };
+                // Compressed once here, off the runtime's workers, for every data plane.
+                let encoded = Arc::new(Encoded::new(parts, self.max_payload));
+                let made = encoded.clone();
+                let _ = tokio::task::spawn_blocking(move || made.compressed(Encoding::Zstd)).await;
+                tx.send_if_modified(|latest| {
+                    if unchanged(latest) {
+                        return false;
+                    }
+                    *latest = Some(Latest { hash: hash.clone(), version, encoded });
+                    true
+                });
             }
             Err(e) => tracing::error!(control_plane = control_plane_id, error = %e, "configuration export failed"),
         }
@@ -367,6 +437,7 @@ impl Hub {
         let tokens = self.store.data_plane_tokens(None).await.map_err(|e| e.to_string())?;
         let mut accepted: Option<DataPlaneToken> = None;
         let mut query = String::new();
+        let mut encoding = Encoding::Identity;
         // The callback's signature is tungstenite's.
         #[allow(clippy::result_large_err)]
         let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -386,7 +457,16 @@ impl Hub {
                     accepted = Some(t.clone());
                 }
             }
-            if accepted.is_some() { Ok(resp) } else { Err(refusal(401, "A valid data plane token is required")) }
+            if accepted.is_none() {
+                return Err(refusal(401, "A valid data plane token is required"));
+            }
+            let offered = req.headers().get(http::header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+            encoding = Encoding::negotiate(offered.unwrap_or_default());
+            let mut resp = resp;
+            if encoding != Encoding::Identity {
+                resp.headers_mut().insert(ENCODING_HEADER, http::HeaderValue::from_static(encoding.name()));
+            }
+            Ok(resp)
         };
         let config = WebSocketConfig::default().max_message_size(Some(64 * 1024)).max_frame_size(Some(64 * 1024));
         let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
@@ -421,7 +501,7 @@ impl Hub {
                 },
             );
         }
-        tracing::info!(node = %node_id, control_plane = %token.control_plane_id, "data plane connected");
+        tracing::info!(node = %node_id, control_plane = %token.control_plane_id, encoding = encoding.name(), "data plane connected");
         let mut latest = self.subscribe(&token.control_plane_id);
         let mut purged = self.purge.subscribe();
         // Lookups are answered beside the link, in batches.
@@ -433,8 +513,20 @@ impl Hub {
         let result: Result<(), String> = loop {
             let to_send = latest.borrow_and_update().as_ref().filter(|l| running.as_ref() != Some(&l.hash)).cloned();
             if let Some(l) = to_send {
-                if let Err(e) = tx.send(Message::Text(l.message.clone())).await {
-                    break Err(e.to_string());
+                match l.encoded.messages(encoding).await {
+                    Ok(messages) => {
+                        // The parts back to back, in one flush.
+                        let sent = async {
+                            for m in messages {
+                                tx.feed(m).await?;
+                            }
+                            tx.flush().await
+                        };
+                        if let Err(e) = sent.await {
+                            break Err(e.to_string());
+                        }
+                    }
+                    Err(e) => tracing::error!(node = %node_id, hash = %l.hash, "configuration not sent: {e}"),
                 }
                 running = Some(l.hash.clone());
             }

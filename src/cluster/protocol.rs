@@ -1,10 +1,14 @@
-//! The wire between a control plane and its data planes: JSON text messages over one WebSocket. The
+//! The wire between a control plane and its data planes: JSON messages over one WebSocket. The
 //! control plane sends the whole configuration of the data plane's control plane on connect and
-//! after every change (`reconfigure`, versioned, with a hash; a data plane that already runs that
-//! hash is not sent it again); the data plane says hello, pings with the hash it runs, and reports
-//! each configuration as applied or rejected.
+//! after every change, in parts (`config_part`, each a slice of the rows, versioned, with the hash
+//! of the whole; a data plane that already runs that hash is not sent it again), compressed as
+//! negotiated at connect ([`Encoding`]); the data plane says hello, pings with the hash it runs,
+//! and reports each configuration as applied or rejected. Parts keep every message far below
+//! `cluster_max_payload` whatever the configuration's size, and let a data plane read a large one
+//! part by part.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -101,12 +105,60 @@ pub enum ToControlPlane {
     },
 }
 
-/// A configuration ready to send: its message text is built once for every data plane.
+/// Control plane → data plane: one part of a configuration. Every part carries the version and the
+/// hash of the whole ([`ConfigDigest`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: i64,
+    pub hash: String,
+    pub index: usize,
+    pub count: usize,
+    pub rows: Box<RawValue>,
+}
+
+pub const CONFIG_PART: &str = "config_part";
+
+/// How much row text goes in one part at most (a row larger than that travels alone): a MiB, or
+/// half of `cluster_max_payload` when that is smaller, so that a part inflated stays within it.
+pub fn part_text(max_payload: usize) -> usize {
+    (1 << 20).min(max_payload / 2)
+}
+
+/// The hash of a configuration: Kong's 32 hex digits, of the wrapping sum of a 128-bit hash of each
+/// row (its table, body and expiry). A sum does not depend on how rows are cut into parts or
+/// ordered, and a row added, changed or removed moves it by that row's hash alone; an empty
+/// configuration hashes to 32 zeros, as in Kong.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDigest(u128);
+
+impl ConfigDigest {
+    pub fn row_hash(table: &str, body: &str, expires_at: Option<i64>) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(table.as_bytes());
+        h.update(&[0]);
+        h.update(body.as_bytes());
+        h.update(&[0]);
+        h.update(&expires_at.unwrap_or(i64::MIN).to_le_bytes());
+        h.digest128()
+    }
+
+    pub fn add(&mut self, table: &str, row: &Row) {
+        self.0 = self.0.wrapping_add(ConfigDigest::row_hash(table, row.b.get(), row.e));
+    }
+
+    pub fn hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
+/// A configuration ready to send: its parts' message texts, made once for every data plane.
 #[derive(Debug)]
 pub struct Published {
     pub version: i64,
     pub hash: String,
-    pub message: String,
+    pub parts: Vec<String>,
 }
 
 /// Kong-style 32-hex hash of a configuration's text.
@@ -115,30 +167,135 @@ pub fn config_hash(config: &str) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads control plane `cp`'s whole configuration from the store.
-pub async fn export(store: &Store, cp: &str) -> Result<Published, EntityError> {
+/// Reads control plane `cp`'s whole configuration from the store, in parts of at most
+/// `part_text` of rows each ([`part_text`]).
+pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Published, EntityError> {
     let version = store.version().await?;
-    let mut rows: ConfigRows = BTreeMap::new();
+    let mut texts: Vec<String> = Vec::new();
+    let mut part: ConfigRows = BTreeMap::new();
+    let mut size = 0;
+    let mut digest = ConfigDigest::default();
+    let close = |part: &mut ConfigRows, texts: &mut Vec<String>| -> Result<(), EntityError> {
+        texts.push(serde_json::to_string(&*part).map_err(|e| EntityError::Database(e.to_string()))?);
+        part.clear();
+        Ok(())
+    };
     for kind in LOAD_ORDER {
-        let list = rows.entry(kind.table().to_string()).or_default();
+        let mut rows = Vec::new();
         let mut bad = None;
         store
             .for_each_body(cp, kind, |body, e| match RawValue::from_string(body.to_string()) {
-                Ok(b) => list.push(Row { b, e }),
+                Ok(b) => rows.push(Row { b, e }),
                 Err(err) => bad = Some(err.to_string()),
             })
             .await?;
         if let Some(err) = bad {
             return Err(EntityError::Database(format!("corrupt {} row: {err}", kind.table())));
         }
+        for row in rows {
+            digest.add(kind.table(), &row);
+            let len = row.b.get().len() + 16;
+            if size > 0 && size + len > part_text {
+                close(&mut part, &mut texts)?;
+                size = 0;
+            }
+            size += len;
+            part.entry(kind.table().to_string()).or_default().push(row);
+        }
     }
-    let config = serde_json::to_string(&rows).map_err(|e| EntityError::Database(e.to_string()))?;
-    let hash = config_hash(&config);
-    let raw = RawValue::from_string(config).map_err(|e| EntityError::Database(e.to_string()))?;
-    let message =
-        serde_json::to_string(&ToDataPlane { kind: RECONFIGURE.into(), version, hash: hash.clone(), config: raw })
-            .map_err(|e| EntityError::Database(e.to_string()))?;
-    Ok(Published { version, hash, message })
+    if size > 0 || texts.is_empty() {
+        close(&mut part, &mut texts)?;
+    }
+    let hash = digest.hex();
+    let count = texts.len();
+    let parts = texts
+        .into_iter()
+        .enumerate()
+        .map(|(index, rows)| {
+            let rows = RawValue::from_string(rows).map_err(|e| EntityError::Database(e.to_string()))?;
+            let part = ConfigPart { kind: CONFIG_PART.into(), version, hash: hash.clone(), index, count, rows };
+            serde_json::to_string(&part).map_err(|e| EntityError::Database(e.to_string()))
+        })
+        .collect::<Result<Vec<String>, EntityError>>()?;
+    Ok(Published { version, hash, parts })
+}
+
+/// How configuration messages travel: as text, or compressed (binary messages). A data plane says
+/// what it takes in its upgrade request (`Accept-Encoding: zstd, gzip`); the control plane picks
+/// the first it knows and says so in its answer ([`ENCODING_HEADER`]); without an answer, text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Identity,
+    Zstd,
+    Gzip,
+}
+
+/// The control plane's answer naming the encoding of configuration messages.
+pub const ENCODING_HEADER: &str = "tollgate-config-encoding";
+
+/// What a data plane offers, in its order of preference.
+pub const OFFERED_ENCODINGS: &str = "zstd, gzip";
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Encoding> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "identity" => Some(Encoding::Identity),
+            "zstd" => Some(Encoding::Zstd),
+            "gzip" => Some(Encoding::Gzip),
+            _ => None,
+        }
+    }
+
+    /// The first encoding of an `Accept-Encoding` list this side knows (`q` values are ignored:
+    /// the list's order is the preference), else text.
+    pub fn negotiate(accept: &str) -> Encoding {
+        accept
+            .split(',')
+            .filter_map(|e| Encoding::parse(e.split(';').next().unwrap_or("")))
+            .next()
+            .unwrap_or(Encoding::Identity)
+    }
+
+    /// Compresses a message (zstd level 3; gzip level 4).
+    pub fn encode(self, text: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Encoding::Identity => Ok(text.to_vec()),
+            Encoding::Zstd => zstd::bulk::compress(text, 3).map_err(|e| e.to_string()),
+            Encoding::Gzip => {
+                use std::io::Write as _;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(4));
+                gz.write_all(text).map_err(|e| e.to_string())?;
+                gz.finish().map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Inflates a message, refusing one that would inflate past `max` bytes before inflating
+    /// more than that (a decompression bomb costs `max` bytes at most).
+    pub fn decode(self, data: &[u8], max: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let limit = max as u64 + 1;
+        let read = match self {
+            Encoding::Identity => data.take(limit).read_to_end(&mut out),
+            Encoding::Zstd => {
+                zstd::stream::read::Decoder::new(data).map_err(|e| e.to_string())?.take(limit).read_to_end(&mut out)
+            }
+            Encoding::Gzip => flate2::read::GzDecoder::new(data).take(limit).read_to_end(&mut out),
+        };
+        read.map_err(|e| format!("undecodable {} message: {e}", self.name()))?;
+        if out.len() > max {
+            return Err(format!("a configuration message inflates past cluster_max_payload ({max} bytes)"));
+        }
+        Ok(out)
+    }
 }
 
 /// The rows of a received configuration, in the order a data plane loads them; unknown tables are
@@ -163,11 +320,11 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let raw = RawValue::from_string(r#"{"consumers":[{"b":{"id":"x"}}]}"#.to_string()).expect("raw");
-        let msg = ToDataPlane { kind: RECONFIGURE.into(), version: 3, hash: "h".into(), config: raw };
-        let text = serde_json::to_string(&msg).expect("json");
-        assert!(text.starts_with(r#"{"type":"reconfigure","version":3"#), "{text}");
-        let ToDataPlane { config, .. } = serde_json::from_str(&text).expect("parse");
-        let rows: ConfigRows = serde_json::from_str(config.get()).expect("rows");
+        let part = ConfigPart { kind: CONFIG_PART.into(), version: 3, hash: "h".into(), index: 0, count: 1, rows: raw };
+        let text = serde_json::to_string(&part).expect("json");
+        assert!(text.starts_with(r#"{"type":"config_part","version":3"#), "{text}");
+        let ConfigPart { rows, .. } = serde_json::from_str(&text).expect("parse");
+        let rows: ConfigRows = serde_json::from_str(rows.get()).expect("rows");
         let ordered = rows_in_load_order(&rows).expect("known tables");
         assert_eq!(ordered.len(), 1);
         assert_eq!(ordered[0].0, Kind::Consumer);
@@ -176,5 +333,61 @@ mod tests {
         let ping = serde_json::to_string(&ToControlPlane::Ping { config_hash: None }).expect("json");
         assert_eq!(ping, r#"{"type":"ping","config_hash":null}"#);
         assert_eq!(config_hash("").len(), 32);
+        let row = |body: &str| Row { b: RawValue::from_string(body.to_string()).expect("raw"), e: None };
+        let (a, b) = (row(r#"{"id":"a"}"#), row(r#"{"id":"b"}"#));
+        let (mut ab, mut ba) = (ConfigDigest::default(), ConfigDigest::default());
+        ab.add("routes", &a);
+        ab.add("routes", &b);
+        ba.add("routes", &b);
+        ba.add("routes", &a);
+        assert_eq!(ab, ba, "the hash does not depend on the rows' order");
+        assert_eq!(ConfigDigest::default().hex(), "0".repeat(32), "an empty configuration, as in Kong");
+        let mut other = ConfigDigest::default();
+        other.add("services", &a);
+        other.add("routes", &b);
+        assert_ne!(ab, other, "a row's table counts");
+    }
+
+    #[test]
+    fn the_first_offered_encoding_known_is_chosen() {
+        assert_eq!(Encoding::negotiate("zstd, gzip"), Encoding::Zstd);
+        assert_eq!(Encoding::negotiate("br;q=1, GZIP;q=0.5"), Encoding::Gzip);
+        assert_eq!(Encoding::negotiate("br"), Encoding::Identity);
+        assert_eq!(Encoding::negotiate(""), Encoding::Identity);
+    }
+
+    #[test]
+    fn messages_compress_and_inflate_in_every_encoding() {
+        let text = r#"{"type":"config_part","rows":{}}"#.repeat(1000);
+        for e in [Encoding::Identity, Encoding::Zstd, Encoding::Gzip] {
+            let packed = e.encode(text.as_bytes()).expect("encode");
+            if e != Encoding::Identity {
+                assert!(packed.len() < text.len() / 10, "{e:?} compresses repeated text");
+            }
+            assert_eq!(e.decode(&packed, text.len()).expect("decode"), text.as_bytes());
+            assert!(e.decode(&packed, text.len() - 1).is_err(), "{e:?}: one byte over the bound is refused");
+        }
+        assert!(Encoding::Zstd.decode(b"not zstd", 100).is_err());
+        assert!(Encoding::Gzip.decode(b"not gzip", 100).is_err());
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_inflating_it_whole() {
+        // 64 MiB of zeros, a few tens of kilobytes compressed, against a bound of 1 MiB: decoding
+        // stops one byte past the bound.
+        let zeros = vec![0u8; 64 << 20];
+        for e in [Encoding::Zstd, Encoding::Gzip] {
+            let bomb = match e {
+                Encoding::Zstd => zstd::bulk::compress(&zeros, 3).expect("zstd"),
+                _ => {
+                    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut g, &zeros).expect("write");
+                    g.finish().expect("finish")
+                }
+            };
+            assert!(bomb.len() < 1 << 20, "{e:?}: {} bytes", bomb.len());
+            let err = e.decode(&bomb, 1 << 20).expect_err("refused");
+            assert!(err.contains("inflates past cluster_max_payload"), "{err}");
+        }
     }
 }

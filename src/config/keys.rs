@@ -39,7 +39,11 @@ pub const KEYS: &[KeyDef] = &[
         doc: "The data plane token a data plane presents (from `POST /v2/control-planes/{id}/data-plane-tokens`).",
         secret: true,
     },
-    key("cluster_max_payload", "16777216", "The largest configuration message, in bytes, a data plane accepts."),
+    key(
+        "cluster_max_payload",
+        "16777216",
+        "The largest configuration message, in bytes, as sent (compressed) and as inflated; the control plane cuts configurations into parts that fit.",
+    ),
     key(
         "realm_cache_size",
         "100000",
