@@ -158,11 +158,16 @@ async fn a_data_plane_restarted_while_the_control_plane_is_down_serves_its_cache
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(cache.exists());
+    // A change after it arrives as a delta, appended to the cache.
+    cp.create(&core(&id, "/services/dev/routes"), json!({"paths": ["/dev-later"]})).await;
+    serves(&dp, "/dev-later", 200, Duration::from_secs(5)).await;
+    dp.wait_for_log("configuration delta applied", 1, Duration::from_secs(5)).await;
 
     cp.kill();
     dp.kill();
     let dp = data_plane(&cp, &token, Some(dir.path().to_path_buf())).await;
     assert_eq!(dp.call("/dev", &[]).await.status(), 200, "served from the cache, the control plane being down");
+    assert_eq!(dp.call("/dev-later", &[]).await.status(), 200, "with the deltas that followed it");
     assert_eq!(ready(&dp).await, 200);
     assert!(dp.logs().contains("cannot reach the control plane"), "{}", dp.logs());
 }
@@ -290,13 +295,13 @@ async fn a_message_inflating_past_the_data_planes_payload_limit_is_refused_witho
     let dp = data_plane_with(&cp, &token, None, &[("TOLLGATE_CLUSTER_MAX_PAYLOAD", "4096")]).await;
     serves(&dp, "/small", 200, Duration::from_secs(5)).await;
 
-    // Grow the configuration past 4 KiB: the control plane (16 MiB) sends it in one part, a
-    // kilobyte or two compressed, which would inflate past the data plane's 4 KiB.
-    for k in 0..40 {
-        cp.create(&core(&id, "/consumers"), json!({"username": format!("consumer-with-a-long-name-{k}")})).await;
-    }
+    // One write of over 4 KiB (a consumer with 150 long tags): its delta is a few hundred bytes
+    // compressed and would inflate past the data plane's 4 KiB. What follows is sent whole (after a
+    // refusal), which holds it too.
+    let tags: Vec<String> = (0..150).map(|t| format!("tag-{t}-of-a-rather-long-list")).collect();
+    cp.create(&core(&id, "/consumers"), json!({"username": "tagged", "tags": tags})).await;
     cp.create(&core(&id, "/services/s/routes"), json!({"paths": ["/big"]})).await;
-    dp.wait_for_log("inflates past cluster_max_payload (4096 bytes)", 1, Duration::from_secs(15)).await;
+    dp.wait_for_log("inflates past cluster_max_payload (4096 bytes)", 2, Duration::from_secs(15)).await;
     assert_eq!(dp.call("/big", &[]).await.status(), 404, "the oversized configuration was not taken");
     assert_eq!(dp.call("/small", &[]).await.status(), 200, "the data plane still serves the last one");
     let status: Value = dp.http.get(format!("{}/status", dp.status)).send().await.unwrap().json().await.unwrap();
@@ -357,4 +362,80 @@ async fn a_data_plane_balances_over_the_upstreams_of_its_control_plane() {
         assert_eq!(dp.call("/lb", &[]).await.status(), 200);
     }
     assert_eq!((first.hits() - before.0, second.hits() - before.1), (5, 5), "round-robin on the data plane");
+}
+
+/// One random write of the test below, on control plane `id`: services, routes, consumers, keys and
+/// plugins made, changed (renamed, re-keyed) and deleted, deletes cascading to what hangs off them.
+async fn random_write(cp: &Gateway, id: &str, up: &Upstream, rng: &mut rand::rngs::StdRng, n: usize) {
+    use rand::Rng;
+    let pick = |rng: &mut rand::rngs::StdRng, of: usize| rng.random_range(0..of);
+    let (s, c) = (pick(rng, 8), pick(rng, 30));
+    let path = |p: &str| core(id, p);
+    let status = match pick(rng, 12) {
+        0 | 1 => cp.put(&path(&format!("/services/s{s}")), json!({"url": up.url(&format!("/v{n}"))})).await.0,
+        2 => cp.delete(&path(&format!("/services/s{s}"))).await,
+        3 | 4 => {
+            let r = pick(rng, 4);
+            let body = json!({"paths": [format!("/s{s}/r{r}")], "service": {"name": format!("s{s}")}, "tags": [format!("t{n}")]});
+            cp.put(&path(&format!("/routes/s{s}-r{r}")), body).await.0
+        }
+        5 => cp.delete(&path(&format!("/routes/s{s}-r{}", pick(rng, 4)))).await,
+        6 => cp.put(&path(&format!("/consumers/c{c}")), json!({"custom_id": format!("custom-{n}")})).await.0,
+        7 => cp.delete(&path(&format!("/consumers/c{c}"))).await,
+        8 | 9 => {
+            // A key made or changed (re-keyed: the old key must stop working).
+            let k = format!("00000000-0000-4000-8000-{:012}", c);
+            cp.put(&path(&format!("/consumers/c{c}/key-auth/{k}")), json!({"key": format!("key-{c}-{n}")})).await.0
+        }
+        10 => {
+            let body =
+                json!({"name": "rate-limiting", "config": {"minute": 1000 + n}, "route": {"name": format!("s{s}-r0")}});
+            let p = format!("00000000-0000-4000-9000-{:012}", s);
+            cp.put(&path(&format!("/plugins/{p}")), body).await.0
+        }
+        _ => cp.delete(&path(&format!("/plugins/00000000-0000-4000-9000-{:012}", s))).await,
+    };
+    // Writes naming what does not exist (a route of a deleted service, a key of a deleted
+    // consumer) are refused; they change nothing.
+    assert!(status < 500, "write {n} answered {status}");
+}
+
+#[tokio::test]
+async fn a_data_plane_following_a_thousand_random_changes_by_deltas_ends_on_the_control_planes_hash() {
+    use rand::SeedableRng;
+    let up = Upstream::start().await;
+    let (cp, _) = Gateway::start_control_plane().await;
+    let (id, token) = control_plane(&cp, "Churn").await;
+    cp.create(&core(&id, "/services"), json!({"name": "marker", "url": up.url("/")})).await;
+    cp.create(&core(&id, "/services/marker/routes"), json!({"name": "marker", "paths": ["/marker-0"]})).await;
+    let follower = data_plane(&cp, &token, None).await;
+    serves(&follower, "/marker-0", 200, Duration::from_secs(5)).await;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    for n in 0..1000 {
+        random_write(&cp, &id, &up, &mut rng, n).await;
+    }
+    // A barrier: the last write, then the data plane serving it.
+    cp.patch(&core(&id, "/routes/marker"), json!({"paths": ["/marker-1"]})).await;
+    serves(&follower, "/marker-1", 200, Duration::from_secs(10)).await;
+    let (nodes, expected) = nodes_in_sync(&cp, &id).await;
+    assert_eq!(nodes["items"][0]["config_hash"], expected["expected_hash"], "{nodes}");
+
+    // A data plane joining now is sent the whole configuration: the same hash, and the same answers.
+    let fresh = data_plane(&cp, &token, None).await;
+    serves(&fresh, "/marker-1", 200, Duration::from_secs(10)).await;
+    let (nodes, expected) = nodes_in_sync(&cp, &id).await;
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|n| n["config_hash"] == expected["expected_hash"]), "{nodes}");
+    for s in 0..8 {
+        for r in 0..4 {
+            let p = format!("/s{s}/r{r}");
+            assert_eq!(follower.call(&p, &[]).await.status(), fresh.call(&p, &[]).await.status(), "{p}");
+        }
+    }
+    let logs = follower.logs();
+    let deltas = logs.matches("configuration delta applied").count();
+    assert!(deltas > 100, "changes arrived as deltas ({deltas}):\n{logs}");
+    assert!(!logs.contains("asking the control plane for the whole configuration"), "{logs}");
 }

@@ -21,21 +21,25 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::protocol::{
-    ConfigDigest, ConfigPart, ConfigRows, ENCODING_HEADER, Encoding, Notice, OFFERED_ENCODINGS, OUTLET_PATH,
-    RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
+    ConfigDelta, ConfigDigest, ConfigPart, ConfigRows, ENCODING_HEADER, Encoding, Notice, OFFERED_ENCODINGS,
+    OUTLET_PATH, RealmConsumer, ToControlPlane, ToDataPlane, rows_in_load_order,
 };
 use crate::config::Settings;
 use crate::identity::{Authenticated, Directory};
+use crate::model::Kind;
 use crate::plugins::rate_limiting::Counters;
 use crate::plugins::{RealmResolver, RealmScope};
 use crate::snapshot::compile;
-use crate::snapshot::state::ConfigState;
+use crate::snapshot::state::{Changes, ConfigState};
 use crate::snapshot::{Rejection, SnapshotHolder};
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 
-/// The start of a cache file of configuration parts.
+/// The start of a cache file of configuration parts (then the deltas that followed them).
 const CACHE_MAGIC: &[u8] = b"TGCACHE2\n";
+
+/// Marks a cache record holding a delta (its low bits name the encoding).
+const DELTA_RECORD: u8 = 0x80;
 
 fn encoding_code(e: Encoding) -> u8 {
     match e {
@@ -70,6 +74,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct DataPlaneStatus {
     /// Hash of the configuration being served (None before the first one).
     pub config_hash: Option<String>,
+    /// Its version.
+    pub config_version: Option<i64>,
     pub connected: bool,
     /// Why the last configuration received was refused (`sync_status: config_rejected`), until
     /// one is applied whole.
@@ -116,7 +122,32 @@ pub struct DataPlane {
     purges: AtomicU64,
     /// Itself, for configurations to resolve realm keys through (set once built).
     this: std::sync::Weak<DataPlane>,
+    /// What it runs, kept to apply deltas to (None until a configuration is installed, and after
+    /// a delta failed halfway).
+    mirror: Mutex<Option<Mirror>>,
+    /// Deltas appended to the cache since it was last written whole.
+    cached_deltas: AtomicU64,
+    /// The whole configuration was asked for and has not arrived yet.
+    resync_asked: std::sync::atomic::AtomicBool,
 }
+
+/// The configuration a data plane runs, as deltas change it.
+#[derive(Debug)]
+struct Mirror {
+    state: ConfigState,
+    version: i64,
+    digest: ConfigDigest,
+    /// Each row's hash by table and id, to move the digest by what a delta changes (None for a
+    /// configuration received without ids: the next delta asks for the whole).
+    rows: Option<HashMap<RowKey, u128>>,
+}
+
+/// A row by table and id.
+type RowKey = (Kind, Box<str>);
+
+/// Deltas appended to the cache before the data plane asks for the whole configuration again (so
+/// the cache is written whole and stays small).
+const CACHED_DELTAS_MAX: u64 = 1000;
 
 /// A control plane's answer to a lookup: the consumer, and how long to cache a miss (seconds).
 type Answer = (Option<RealmConsumer>, u64);
@@ -168,6 +199,9 @@ impl DataPlane {
             next_request: AtomicU64::new(1),
             purges: AtomicU64::new(0),
             this: this.clone(),
+            mirror: Mutex::new(None),
+            cached_deltas: AtomicU64::new(0),
+            resync_asked: std::sync::atomic::AtomicBool::new(false),
             node_id: node_id(prefix),
             hostname,
             control_plane: settings.cluster_control_plane.clone(),
@@ -220,18 +254,31 @@ impl DataPlane {
     /// The parts of a cache file's records, read and applied one by one.
     fn apply_cached_parts(&self, mut records: &[u8]) -> Result<Applied, String> {
         let mut assembly = None;
+        let mut installed: Option<Applied> = None;
         while let [code, l0, l1, l2, l3, rest @ ..] = records {
             let len = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
             let (data, rest) = rest.split_at_checked(len).ok_or("truncated cache")?;
             records = rest;
-            let encoding = encoding_of(*code).ok_or("unknown encoding in the cache")?;
+            let encoding = encoding_of(*code & !DELTA_RECORD).ok_or("unknown encoding in the cache")?;
             let text = encoding.decode(data, self.max_payload)?;
             let text = std::str::from_utf8(&text).map_err(|e| e.to_string())?;
-            if let Some(whole) = self.take_part(&mut assembly, encoding, Bytes::copy_from_slice(data), text)? {
-                return self.install(whole.version, whole.hash, &whole.rows);
+            if *code & DELTA_RECORD != 0 {
+                // Deltas after the parts: applied in order; one that does not apply ends the
+                // replay where it is (the control plane sends the rest).
+                let delta: ConfigDelta = serde_json::from_str(text).map_err(|e| e.to_string())?;
+                match self.apply_delta(&delta) {
+                    Ok(hash) => installed = Some(Applied::Whole(hash)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cached delta not applied");
+                        break;
+                    }
+                }
+                self.cached_deltas.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(whole) = self.take_part(&mut assembly, encoding, Bytes::copy_from_slice(data), text)? {
+                installed = Some(self.install(whole.version, whole.hash, &whole.rows)?);
             }
         }
-        Err("truncated cache".into())
+        installed.ok_or_else(|| "truncated cache".into())
     }
 
     /// Adds a received part to the configuration being assembled; gives the whole once its last
@@ -303,6 +350,21 @@ impl DataPlane {
     /// not compile is refused whole while another is served (the last good one stays); with
     /// nothing served yet, it is served as far as it compiles.
     fn install(&self, version: i64, hash: String, rows: &ConfigRows) -> Result<Applied, String> {
+        let mut digest = ConfigDigest::default();
+        let mut ids: Option<HashMap<RowKey, u128>> = Some(HashMap::new());
+        for (table, list) in rows {
+            let kind = Kind::from_table(table);
+            for row in list {
+                let h = ConfigDigest::row_hash(table, row.b.get(), row.e);
+                digest.add(table, row);
+                match (kind, &row.i, ids.as_mut()) {
+                    (Some(kind), Some(id), Some(map)) => {
+                        map.insert((kind, id.as_str().into()), h);
+                    }
+                    _ => ids = None,
+                }
+            }
+        }
         let mut state = ConfigState::from_rows(version, rows_in_load_order(rows)?);
         let rejected = describe(&state.rejected());
         if rejected.is_some() && self.status().config_hash.is_some() {
@@ -315,16 +377,118 @@ impl DataPlane {
         }
         let snapshot = crate::sync::build(&mut state, true).ok_or("building the configuration failed")?;
         self.holder.store(snapshot);
+        // Deltas follow only a configuration that went in whole.
+        let mirror = rejected.is_none().then(|| Mirror { state, version, digest, rows: ids });
+        *self.mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = mirror;
+        self.resync_asked.store(false, Ordering::Relaxed);
         // Cached realm consumers carry group ids of the previous configuration.
         self.purge_lookups();
         self.set_status(|s| {
             s.config_hash = Some(hash.clone());
+            s.config_version = Some(version);
             s.rejected = rejected.clone();
         });
         Ok(match rejected {
             None => Applied::Whole(hash),
             Some(error) => Applied::Partly(hash, error),
         })
+    }
+
+    /// Applies a delta to the configuration held, checking first that it follows it and that the
+    /// hash it leads to is the one announced; the new snapshot is swapped in only once whole. An
+    /// error means: ask for the whole configuration (what is served stays as it was).
+    fn apply_delta(&self, delta: &ConfigDelta) -> Result<String, String> {
+        let mut guard = self.mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = guard.as_mut().ok_or("no configuration held to apply a delta to")?;
+        if m.version != delta.from_version {
+            return Err(format!("a delta from version {} does not follow version {}", delta.from_version, m.version));
+        }
+        let rows = m.rows.as_ref().ok_or("the configuration held has no row ids")?;
+        let mut digest = m.digest;
+        let mut edits: Vec<(RowKey, Option<u128>)> = Vec::new();
+        let mut changes = Changes { version: delta.version, ..Changes::default() };
+        for (table, t) in &delta.tables {
+            let kind = Kind::from_table(table).ok_or_else(|| format!("a delta names unknown table '{table}'"))?;
+            let batch = changes.kinds.entry(kind).or_default();
+            for id in &t.deletes {
+                // Deleting what is not held (made and removed since) changes nothing.
+                if let Some(old) = rows.get(&(kind, id.as_str().into())) {
+                    digest.remove(*old);
+                }
+                edits.push(((kind, id.as_str().into()), None));
+                batch.deletes.push(id.clone());
+            }
+            for row in &t.upserts {
+                let id = row.i.as_deref().ok_or("a delta row has no id")?;
+                if let Some(old) = rows.get(&(kind, id.into())) {
+                    digest.remove(*old);
+                }
+                let h = ConfigDigest::row_hash(table, row.b.get(), row.e);
+                digest.add_hash(h);
+                edits.push(((kind, id.into()), Some(h)));
+                batch.upserts.push((id.to_string(), row.b.get().to_string(), row.e));
+            }
+        }
+        if digest.hex() != delta.hash {
+            return Err(format!("the configuration's hash after the delta is not {}", delta.hash));
+        }
+        for (id, key) in &delta.stale_keys {
+            let id = uuid::Uuid::parse_str(id).map_err(|_| "a delta names a credential by a bad id")?;
+            changes.stale_keys.push((id, key.clone()));
+        }
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let routing = m.state.apply(&changes);
+            (routing, describe(&m.state.rejected()))
+        }));
+        let built = match applied {
+            Ok((routing, None)) => crate::sync::build(&mut m.state, routing),
+            Ok((_, Some(rejected))) => {
+                *guard = None;
+                return Err(rejected);
+            }
+            Err(_) => None,
+        };
+        let Some(snapshot) = built else {
+            // The mirror may be half-changed: it is dropped, the snapshot served stays.
+            *guard = None;
+            return Err("applying the delta failed".into());
+        };
+        self.holder.store(snapshot);
+        m.version = delta.version;
+        m.digest = digest;
+        if let Some(rows) = m.rows.as_mut() {
+            for (key, h) in edits {
+                match h {
+                    Some(h) => {
+                        rows.insert(key, h);
+                    }
+                    None => {
+                        rows.remove(&key);
+                    }
+                }
+            }
+        }
+        drop(guard);
+        self.purge_lookups();
+        self.set_status(|s| {
+            s.config_hash = Some(delta.hash.clone());
+            s.config_version = Some(delta.version);
+            s.rejected = None;
+        });
+        Ok(delta.hash.clone())
+    }
+
+    /// Appends a delta as received to the cache (after the parts it follows), flushed.
+    fn append_cache(&self, encoding: Encoding, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.cache)?;
+        let mut record = Vec::with_capacity(data.len() + 5);
+        record.push(encoding_code(encoding) | DELTA_RECORD);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(data);
+        f.write_all(&record)?;
+        f.sync_data()
     }
 
     /// Writes the configuration's parts as received next to the cache (records of an encoding
@@ -343,6 +507,7 @@ impl DataPlane {
         }
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
+        self.cached_deltas.store(0, Ordering::Relaxed);
         std::fs::rename(&tmp, &self.cache)?;
         if let Some(dir) = self.cache.parent() {
             std::fs::File::open(dir)?.sync_all()?;
@@ -377,14 +542,22 @@ impl DataPlane {
 
     /// One connection: hello, then configurations in and pings out until it breaks.
     async fn session(&self) -> Result<(), String> {
-        let hash = self.status().config_hash.unwrap_or_default();
+        let status = self.status();
+        let hash = status.config_hash.unwrap_or_default();
+        // A version only while a delta can follow it.
+        let version = status
+            .config_version
+            .filter(|_| self.mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         let url = format!(
-            "wss://{}{OUTLET_PATH}?node_id={}&node_hostname={}&node_version={}&config_hash={}",
+            "wss://{}{OUTLET_PATH}?node_id={}&node_hostname={}&node_version={}&config_hash={}&config_version={}",
             self.control_plane,
             self.node_id,
             url::form_urlencoded::byte_serialize(self.hostname.as_bytes()).collect::<String>(),
             crate::VERSION,
-            hash
+            hash,
+            version
         );
         let mut request = url.into_client_request().map_err(|e| format!("bad cluster_control_plane: {e}"))?;
         let bearer =
@@ -443,6 +616,7 @@ impl DataPlane {
             hostname: self.hostname.clone(),
             version: crate::VERSION.to_string(),
             config_hash: self.status().config_hash,
+            config_version: self.status().config_version,
         };
         send(tx, &hello).await?;
         let mut assembly: Option<Assembly> = None;
@@ -475,7 +649,11 @@ impl DataPlane {
                             send(tx, &reply).await?;
                         }
                     }
-                    Some(Ok(Message::Text(text))) if !text.starts_with(r#"{"type":"config_part""#) => self.notice(&text),
+                    Some(Ok(Message::Text(text)))
+                        if !text.starts_with(r#"{"type":"config_part""#) && !text.starts_with(r#"{"type":"config_delta""#) =>
+                    {
+                        self.notice(&text)
+                    }
                     Some(Ok(Message::Text(text))) => {
                         let raw = Bytes::copy_from_slice(text.as_bytes());
                         if let Some(reply) = self.received(&mut assembly, Encoding::Identity, raw, &text) {
@@ -499,6 +677,9 @@ impl DataPlane {
         raw: Bytes,
         text: &str,
     ) -> Option<ToControlPlane> {
+        if text.starts_with(r#"{"type":"config_delta""#) {
+            return self.received_delta(encoding, &raw, text);
+        }
         let whole = match self.take_part(assembly, encoding, raw, text) {
             Ok(None) => return None,
             Ok(Some(whole)) => whole,
@@ -523,6 +704,39 @@ impl DataPlane {
                 ToControlPlane::Rejected { hash, error }
             }
         })
+    }
+
+    /// A delta: applied, appended to the cache, reported; one that does not follow or apply
+    /// cleanly asks for the whole configuration (said once in the log per reason).
+    fn received_delta(&self, encoding: Encoding, raw: &[u8], text: &str) -> Option<ToControlPlane> {
+        let delta: ConfigDelta = match serde_json::from_str(text) {
+            Ok(d) => d,
+            Err(e) => return self.resync(format!("unreadable delta: {e}")),
+        };
+        match self.apply_delta(&delta) {
+            Ok(hash) => {
+                if let Err(e) = self.append_cache(encoding, raw) {
+                    tracing::error!(error = %e, "configuration cache not written");
+                }
+                tracing::info!(hash, version = delta.version, "configuration delta applied");
+                if self.cached_deltas.fetch_add(1, Ordering::Relaxed) + 1 >= CACHED_DELTAS_MAX {
+                    return self.resync("rewriting the configuration cache whole".into());
+                }
+                Some(ToControlPlane::Applied { hash })
+            }
+            Err(reason) => self.resync(reason),
+        }
+    }
+
+    /// Asks for the whole configuration, once (logged once) until it arrives: deltas already on
+    /// their way are dropped unanswered.
+    fn resync(&self, reason: String) -> Option<ToControlPlane> {
+        *self.mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        if self.resync_asked.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        tracing::warn!(reason, "asking the control plane for the whole configuration");
+        Some(ToControlPlane::Resync { reason })
     }
 
     /// A configuration message that cannot be used: what was gathered is dropped, the last good
@@ -695,4 +909,128 @@ fn node_id(prefix: &Path) -> uuid::Uuid {
     let _ = std::fs::create_dir_all(prefix);
     let _ = std::fs::write(&path, id.to_string());
     id
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+    use super::super::protocol::TableDelta;
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    const SERVICE: &str = "00000000-0000-4000-8000-0000000000a1";
+
+    fn data_plane(dir: &Path) -> Arc<DataPlane> {
+        let env = [("TOLLGATE_PREFIX".to_string(), dir.display().to_string())];
+        let settings = crate::config::from_sources(None, &env).expect("settings");
+        DataPlane::new(&settings, "test".into(), Arc::new(SnapshotHolder::new()))
+    }
+
+    fn route(id: &str, path: &str) -> serde_json::Value {
+        json!({"id": id, "protocols": ["http"], "methods": null, "hosts": null, "paths": [path], "headers": null,
+            "snis": null, "strip_path": true, "preserve_host": false, "regex_priority": 0,
+            "https_redirect_status_code": 426, "service": {"id": SERVICE}})
+    }
+
+    fn row(body: serde_json::Value) -> super::super::protocol::Row {
+        let i = body["id"].as_str().map(str::to_string);
+        super::super::protocol::Row {
+            b: serde_json::value::RawValue::from_string(body.to_string()).expect("raw"),
+            e: None,
+            i,
+        }
+    }
+
+    /// A whole configuration of one service and one route, at version 5, as received.
+    fn install_first(dp: &DataPlane) -> ConfigDigest {
+        let service = json!({"id": SERVICE, "protocol": "http", "host": "127.0.0.1", "port": 9, "path": null,
+            "retries": 5, "connect_timeout": 60000, "write_timeout": 60000, "read_timeout": 60000,
+            "enabled": true, "tls_verify": null});
+        let mut rows = ConfigRows::new();
+        rows.insert("services".into(), vec![row(service)]);
+        rows.insert("routes".into(), vec![row(route("00000000-0000-4000-8000-0000000000a2", "/one"))]);
+        let mut digest = ConfigDigest::default();
+        for (t, list) in &rows {
+            list.iter().for_each(|r| digest.add(t, r));
+        }
+        assert!(matches!(dp.install(5, digest.hex(), &rows), Ok(Applied::Whole(_))));
+        digest
+    }
+
+    /// A delta adding route `/two` to version 5's configuration, announcing `hash` (the right one
+    /// when `None`).
+    fn delta(from: i64, base: ConfigDigest, hash: Option<String>) -> String {
+        let added = row(route("00000000-0000-4000-8000-0000000000a3", "/two"));
+        let mut digest = base;
+        digest.add("routes", &added);
+        let mut tables = BTreeMap::new();
+        tables.insert("routes".to_string(), TableDelta { upserts: vec![added], deletes: vec![] });
+        let d = ConfigDelta {
+            kind: "config_delta".into(),
+            from_version: from,
+            version: 6,
+            hash: hash.unwrap_or_else(|| digest.hex()),
+            tables,
+            stale_keys: vec![],
+        };
+        serde_json::to_string(&d).expect("json")
+    }
+
+    #[test]
+    fn a_delta_that_follows_what_is_held_is_applied_and_moves_the_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dp = data_plane(dir.path());
+        let base = install_first(&dp);
+        let text = delta(5, base, None);
+        match dp.received_delta(Encoding::Identity, text.as_bytes(), &text) {
+            Some(ToControlPlane::Applied { hash }) => assert_eq!(Some(hash), dp.status().config_hash),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dp.holder.load().version, 6);
+        assert_eq!(dp.status().config_version, Some(6));
+    }
+
+    #[test]
+    fn a_delta_out_of_order_or_with_another_hash_asks_for_the_whole_and_changes_nothing_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dp = data_plane(dir.path());
+        let base = install_first(&dp);
+        let served = dp.status().config_hash;
+
+        // From a version it does not hold.
+        let text = delta(4, base, None);
+        let Some(ToControlPlane::Resync { reason }) = dp.received_delta(Encoding::Identity, text.as_bytes(), &text)
+        else {
+            panic!("resync expected")
+        };
+        assert!(reason.contains("does not follow version 5"), "{reason}");
+        assert_eq!(dp.holder.load().version, 5, "what is served is untouched");
+
+        // Asked once: the deltas already on their way are dropped unanswered.
+        let text = delta(5, base, None);
+        assert!(dp.received_delta(Encoding::Identity, text.as_bytes(), &text).is_none());
+
+        // With a hash the result does not have (nothing is applied).
+        let dp = data_plane(dir.path());
+        let base = install_first(&dp);
+        let text = delta(5, base, Some("f".repeat(32)));
+        let Some(ToControlPlane::Resync { reason }) = dp.received_delta(Encoding::Identity, text.as_bytes(), &text)
+        else {
+            panic!("resync expected")
+        };
+        assert!(reason.contains("hash after the delta"), "{reason}");
+        assert_eq!(dp.holder.load().version, 5);
+        assert_eq!(dp.status().config_hash, served);
+        // Having asked, it takes no more deltas until the whole configuration arrives.
+        let text = delta(5, base, None);
+        assert!(dp.received_delta(Encoding::Identity, text.as_bytes(), &text).is_none());
+        assert_eq!(dp.holder.load().version, 5);
+
+        // Unreadable: asked for the whole once the last whole configuration arrived.
+        let dp = data_plane(dir.path());
+        install_first(&dp);
+        assert!(matches!(dp.received_delta(Encoding::Identity, b"{", "{"), Some(ToControlPlane::Resync { .. })));
+    }
 }

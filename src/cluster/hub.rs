@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 use super::protocol::{
-    ENCODING_HEADER, Encoding, Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, export, part_text,
+    ENCODING_HEADER, Encoding, Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, delta, export, part_text,
 };
 use crate::clock::now_secs;
 use crate::store::{DataPlaneToken, KeyHolder, Store};
@@ -49,6 +49,37 @@ pub struct Latest {
     pub hash: String,
     pub version: i64,
     pub encoded: Arc<Encoded>,
+    /// The control plane's key in the store (where deltas are read from).
+    cp: Arc<str>,
+    /// Deltas to this configuration by the version they start from, each made once (from the
+    /// store's change log) for every data plane at that version; `None`: send the whole.
+    deltas: Arc<Mutex<HashMap<i64, DeltaCell>>>,
+}
+
+/// A delta made once, on first need (`None`: send the whole configuration).
+type DeltaCell = Arc<tokio::sync::OnceCell<Option<Arc<Encoded>>>>;
+
+impl Latest {
+    /// The delta from `from` to this configuration, made on first need.
+    async fn delta_from(&self, store: &Store, from: i64, max_payload: usize) -> Option<Arc<Encoded>> {
+        let cell = {
+            let mut deltas = self.deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            deltas.entry(from).or_default().clone()
+        };
+        let made = cell
+            .get_or_init(|| async {
+                match delta(store, &self.cp, from, self.version, &self.hash).await {
+                    Ok(Some(text)) => Some(Arc::new(Encoded::new(vec![text], max_payload))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delta unreadable; sending the whole configuration");
+                        None
+                    }
+                }
+            })
+            .await;
+        made.clone()
+    }
 }
 
 /// A configuration's part messages in each encoding, each made once whatever the number of data
@@ -329,7 +360,8 @@ impl Hub {
                     if unchanged(latest) {
                         return false;
                     }
-                    *latest = Some(Latest { hash: hash.clone(), version, encoded });
+                    *latest =
+                        Some(Latest { hash: hash.clone(), version, encoded, cp: cp.into(), deltas: Arc::default() });
                     true
                 });
             }
@@ -510,10 +542,24 @@ impl Hub {
         tokio::spawn(self.clone().answer_lookups(token.control_plane_id.clone(), lookups, answer_tx));
         let (mut tx, mut rx) = ws.split();
         let mut running = params.get("config_hash").cloned().filter(|h| !h.is_empty());
+        // The version it runs, while a delta can follow it.
+        let mut running_version: Option<i64> = params.get("config_version").and_then(|v| v.parse().ok());
         let result: Result<(), String> = loop {
             let to_send = latest.borrow_and_update().as_ref().filter(|l| running.as_ref() != Some(&l.hash)).cloned();
             if let Some(l) = to_send {
-                match l.encoded.messages(encoding).await {
+                // What changed since the version it runs when the log has it, else the whole.
+                let delta = match running_version {
+                    Some(from) if running.is_some() => l.delta_from(&self.store, from, self.max_payload).await,
+                    _ => None,
+                };
+                let mut sent = match delta {
+                    Some(d) => d.messages(encoding).await,
+                    None => Err(String::new()),
+                };
+                if sent.is_err() {
+                    sent = l.encoded.messages(encoding).await;
+                }
+                match sent {
                     Ok(messages) => {
                         // The parts back to back, in one flush.
                         let sent = async {
@@ -529,6 +575,7 @@ impl Hub {
                     Err(e) => tracing::error!(node = %node_id, hash = %l.hash, "configuration not sent: {e}"),
                 }
                 running = Some(l.hash.clone());
+                running_version = Some(l.version);
             }
             tokio::select! {
                 changed = latest.changed() => {
@@ -542,7 +589,7 @@ impl Hub {
                         Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Ok(()),
                         Ok(Some(Err(e))) => break Err(e.to_string()),
                         Ok(Some(Ok(Message::Text(text)))) => {
-                            if let Some(lookup) = self.heard(&node_id, &text, &mut running) {
+                            if let Some(lookup) = self.heard(&node_id, &text, &mut running, &mut running_version) {
                                 // Waiting here holds the data plane back while lookups pile up.
                                 if lookup_tx.send(lookup).await.is_err() {
                                     break Err("lookups stopped".into());
@@ -588,7 +635,13 @@ impl Hub {
     }
 
     /// Records what a data plane said; returns a lookup it asked for.
-    fn heard(&self, node_id: &str, text: &str, running: &mut Option<String>) -> Option<LookupRequest> {
+    fn heard(
+        &self,
+        node_id: &str,
+        text: &str,
+        running: &mut Option<String>,
+        running_version: &mut Option<i64>,
+    ) -> Option<LookupRequest> {
         let Ok(msg) = serde_json::from_str::<ToControlPlane>(text) else {
             tracing::warn!(node = node_id, "unreadable message from a data plane");
             return None;
@@ -605,6 +658,11 @@ impl Hub {
                 node.version = version;
                 node.config_hash = config_hash;
             }
+            ToControlPlane::Resync { reason } => {
+                tracing::info!(node = node_id, reason, "a data plane asked for the whole configuration");
+                *running = None;
+                *running_version = None;
+            }
             ToControlPlane::Ping { config_hash } => node.config_hash = config_hash,
             ToControlPlane::Applied { hash } => {
                 node.config_hash = Some(hash);
@@ -613,8 +671,9 @@ impl Hub {
             ToControlPlane::Rejected { hash, error } => {
                 tracing::warn!(node = node_id, hash, error, "a data plane refused a configuration");
                 node.rejected = Some(error);
-                // Not sent again: only a new configuration may fix it.
+                // Not sent again: only a new configuration may fix it, sent whole.
                 *running = Some(hash);
+                *running_version = None;
             }
             ToControlPlane::Lookup { .. } => {}
         }

@@ -21,12 +21,15 @@ use crate::store::Store;
 /// The WebSocket path data planes connect to.
 pub const OUTLET_PATH: &str = "/v1/outlet";
 
-/// One stored row: its body as stored, and the expiry of a credential with a `ttl`.
+/// One stored row: its body as stored, the expiry of a credential with a `ttl`, and its id (sent
+/// so that a data plane can follow changes by id without reading bodies for it).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Row {
     pub b: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub i: Option<String>,
 }
 
 /// A control plane's configuration: rows by table name.
@@ -86,6 +89,13 @@ pub enum ToControlPlane {
         hostname: String,
         version: String,
         config_hash: Option<String>,
+        /// The configuration version it runs, for deltas.
+        #[serde(default)]
+        config_version: Option<i64>,
+    },
+    /// Send the whole configuration: a delta did not follow what it holds or did not apply.
+    Resync {
+        reason: String,
     },
     Ping {
         config_hash: Option<String>,
@@ -145,7 +155,15 @@ impl ConfigDigest {
     }
 
     pub fn add(&mut self, table: &str, row: &Row) {
-        self.0 = self.0.wrapping_add(ConfigDigest::row_hash(table, row.b.get(), row.e));
+        self.add_hash(ConfigDigest::row_hash(table, row.b.get(), row.e));
+    }
+
+    pub fn add_hash(&mut self, h: u128) {
+        self.0 = self.0.wrapping_add(h);
+    }
+
+    pub fn remove(&mut self, h: u128) {
+        self.0 = self.0.wrapping_sub(h);
     }
 
     pub fn hex(self) -> String {
@@ -170,6 +188,8 @@ pub fn config_hash(config: &str) -> String {
 /// Reads control plane `cp`'s whole configuration from the store, in parts of at most
 /// `part_text` of rows each ([`part_text`]).
 pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Published, EntityError> {
+    // One read of one moment: the version and the rows (so the hash) agree, which deltas rely on.
+    let mut store = store.read_snapshot().await?;
     let version = store.version().await?;
     let mut texts: Vec<String> = Vec::new();
     let mut part: ConfigRows = BTreeMap::new();
@@ -184,8 +204,8 @@ pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Publish
         let mut rows = Vec::new();
         let mut bad = None;
         store
-            .for_each_body(cp, kind, |body, e| match RawValue::from_string(body.to_string()) {
-                Ok(b) => rows.push(Row { b, e }),
+            .for_each_row(cp, kind, |id, body, e| match RawValue::from_string(body.to_string()) {
+                Ok(b) => rows.push(Row { b, e, i: Some(id.to_string()) }),
                 Err(err) => bad = Some(err.to_string()),
             })
             .await?;
@@ -218,6 +238,94 @@ pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Publish
         })
         .collect::<Result<Vec<String>, EntityError>>()?;
     Ok(Published { version, hash, parts })
+}
+
+/// Control plane → data plane: what changed since the configuration the data plane runs
+/// (`from_version`): rows written, as they are now, and ids deleted, by table; with the version
+/// and hash of the whole it leads to. A data plane that does not hold `from_version`, or whose
+/// hash after the delta differs, asks for the whole configuration ([`ToControlPlane::Resync`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigDelta {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_version: i64,
+    pub version: i64,
+    pub hash: String,
+    pub tables: BTreeMap<String, TableDelta>,
+    /// `(credential id, key it had)`: keys the data plane drops from its index.
+    #[serde(default)]
+    pub stale_keys: Vec<(String, String)>,
+}
+
+pub const CONFIG_DELTA: &str = "config_delta";
+
+/// A delta's rows of one table.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TableDelta {
+    #[serde(default)]
+    pub upserts: Vec<Row>,
+    #[serde(default)]
+    pub deletes: Vec<String>,
+}
+
+/// A delta touching more entities than this is not made: the whole configuration is sent.
+pub const MAX_DELTA_ENTITIES: usize = 10_000;
+
+/// The delta of control plane `cp` from `from` to `to` (the version and `hash` of the configuration
+/// published), from the store's change log: `None` when the log does not reach back to `from`, no
+/// logged change explains the difference (a whole import), or it touches too many entities; the
+/// data plane then gets the whole configuration.
+pub async fn delta(store: &Store, cp: &str, from: i64, to: i64, hash: &str) -> Result<Option<String>, EntityError> {
+    if from >= to {
+        return Ok(None);
+    }
+    // The rows are read as they are now, which may be after `to`: one read of one moment, and no
+    // delta when an entity it touches was written again since `to` (its row would not be `to`'s).
+    let mut store = store.read_snapshot().await?;
+    let Some((changes, _)) = store.changes_since(from).await? else { return Ok(None) };
+    let mut last: BTreeMap<(Kind, &str), crate::store::ChangeOp> = BTreeMap::new();
+    let mut stale_keys = Vec::new();
+    for c in changes.iter().filter(|c| c.cp == cp && c.version <= to) {
+        let t = &c.touched;
+        last.insert((t.kind, t.id.as_str()), t.op);
+        if let (Kind::KeyAuth, Some(key)) = (t.kind, &t.previous_key) {
+            stale_keys.push((t.id.clone(), key.clone()));
+        }
+    }
+    let rewritten = changes.iter().filter(|c| c.cp == cp && c.version > to);
+    if last.is_empty()
+        || last.len() > MAX_DELTA_ENTITIES
+        || rewritten.clone().any(|c| last.contains_key(&(c.touched.kind, c.touched.id.as_str())))
+    {
+        return Ok(None);
+    }
+    let mut tables: BTreeMap<String, TableDelta> = BTreeMap::new();
+    let mut upserts: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+    for ((kind, id), op) in last {
+        match op {
+            crate::store::ChangeOp::Upsert => upserts.entry(kind).or_default().push(id.to_string()),
+            crate::store::ChangeOp::Delete => {
+                tables.entry(kind.table().to_string()).or_default().deletes.push(id.to_string());
+            }
+        }
+    }
+    for (kind, ids) in upserts {
+        let rows = store.bodies(kind, &ids).await?;
+        let list = &mut tables.entry(kind.table().to_string()).or_default().upserts;
+        for (id, body, e) in rows {
+            let b = RawValue::from_string(body).map_err(|e| EntityError::Database(e.to_string()))?;
+            list.push(Row { b, e, i: Some(id) });
+        }
+    }
+    let message = ConfigDelta {
+        kind: CONFIG_DELTA.into(),
+        from_version: from,
+        version: to,
+        hash: hash.to_string(),
+        tables,
+        stale_keys,
+    };
+    serde_json::to_string(&message).map(Some).map_err(|e| EntityError::Database(e.to_string()))
 }
 
 /// How configuration messages travel: as text, or compressed (binary messages). A data plane says
@@ -333,7 +441,7 @@ mod tests {
         let ping = serde_json::to_string(&ToControlPlane::Ping { config_hash: None }).expect("json");
         assert_eq!(ping, r#"{"type":"ping","config_hash":null}"#);
         assert_eq!(config_hash("").len(), 32);
-        let row = |body: &str| Row { b: RawValue::from_string(body.to_string()).expect("raw"), e: None };
+        let row = |body: &str| Row { b: RawValue::from_string(body.to_string()).expect("raw"), e: None, i: None };
         let (a, b) = (row(r#"{"id":"a"}"#), row(r#"{"id":"b"}"#));
         let (mut ab, mut ba) = (ConfigDigest::default(), ConfigDigest::default());
         ab.add("routes", &a);

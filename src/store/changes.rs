@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use super::{Backend, LISTEN_RETRY, Store, db_error};
 use crate::model::{EntityError, Kind};
@@ -96,8 +96,13 @@ impl Store {
 
     /// The current configuration version.
     pub async fn version(&self) -> Result<i64, EntityError> {
+        let mut conn = self.inner.reader.acquire().await.map_err(db_error)?;
+        self.version_on(&mut conn).await
+    }
+
+    async fn version_on(&self, conn: &mut AnyConnection) -> Result<i64, EntityError> {
         let row = sqlx::query("SELECT version FROM config_version WHERE id = 1")
-            .fetch_one(&self.inner.reader)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;
         row.try_get::<i64, _>(0).map_err(db_error)
@@ -106,7 +111,16 @@ impl Store {
     /// Changes committed after `version`, oldest first, and the version they lead to; `None` when
     /// the log was pruned past `version` (the caller must reload everything).
     pub async fn changes_since(&self, version: i64) -> Result<Option<(Vec<Change>, i64)>, EntityError> {
-        let current = self.version().await?;
+        let mut conn = self.inner.reader.acquire().await.map_err(db_error)?;
+        self.changes_since_on(&mut conn, version).await
+    }
+
+    async fn changes_since_on(
+        &self,
+        conn: &mut AnyConnection,
+        version: i64,
+    ) -> Result<Option<(Vec<Change>, i64)>, EntityError> {
+        let current = self.version_on(conn).await?;
         if current == version {
             return Ok(Some((Vec::new(), current)));
         }
@@ -117,7 +131,7 @@ impl Store {
         let rows = sqlx::query(AssertSqlSafe(q.as_str()))
             .bind(version)
             .bind(current)
-            .fetch_all(&self.inner.reader)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -149,19 +163,41 @@ impl Store {
         kind: Kind,
         mut f: impl FnMut(&str, Option<i64>),
     ) -> Result<(), EntityError> {
-        let select = if kind.has_ttl() { "body, expires_at" } else { "body, NULL" };
+        let mut conn = self.inner.reader.acquire().await.map_err(db_error)?;
+        self.for_each_row_on(&mut conn, cp, kind, |_, body, expires_at| f(body, expires_at)).await
+    }
+
+    async fn for_each_row_on(
+        &self,
+        conn: &mut AnyConnection,
+        cp: &str,
+        kind: Kind,
+        mut f: impl FnMut(&str, &str, Option<i64>),
+    ) -> Result<(), EntityError> {
+        let select = if kind.has_ttl() { "id, body, expires_at" } else { "id, body, NULL" };
         let q = self.sql(&format!("SELECT {select} FROM {} WHERE cp = ? ORDER BY created_at, id", kind.table()));
-        let mut rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(cp.to_string()).fetch(&self.inner.reader);
+        let mut rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(cp.to_string()).fetch(&mut *conn);
         while let Some(row) = rows.try_next().await.map_err(db_error)? {
-            let body: String = row.try_get(0).map_err(db_error)?;
-            let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(1).map_err(db_error)? } else { None };
-            f(&body, expires_at);
+            let id: String = row.try_get(0).map_err(db_error)?;
+            let body: String = row.try_get(1).map_err(db_error)?;
+            let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(2).map_err(db_error)? } else { None };
+            f(&id, &body, expires_at);
         }
         Ok(())
     }
 
     /// `(id, body, expiry)` of the given ids of one kind; missing ids are simply absent.
     pub async fn bodies(&self, kind: Kind, ids: &[String]) -> Result<Vec<(String, String, Option<i64>)>, EntityError> {
+        let mut conn = self.inner.reader.acquire().await.map_err(db_error)?;
+        self.bodies_on(&mut conn, kind, ids).await
+    }
+
+    async fn bodies_on(
+        &self,
+        conn: &mut AnyConnection,
+        kind: Kind,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, Option<i64>)>, EntityError> {
         let mut out = Vec::with_capacity(ids.len());
         let select = if kind.has_ttl() { "id, body, expires_at" } else { "id, body, NULL" };
         for chunk in ids.chunks(500) {
@@ -171,7 +207,7 @@ impl Store {
             for id in chunk {
                 query = query.bind(id.clone());
             }
-            for row in query.fetch_all(&self.inner.reader).await.map_err(db_error)? {
+            for row in query.fetch_all(&mut *conn).await.map_err(db_error)? {
                 let id: String = row.try_get(0).map_err(db_error)?;
                 let body: String = row.try_get(1).map_err(db_error)?;
                 let expires_at: Option<i64> = if kind.has_ttl() { row.try_get(2).map_err(db_error)? } else { None };
@@ -179,6 +215,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A read of the store as of one moment: every read through it sees the same committed state
+    /// (a read transaction; repeatable read on PostgreSQL), so a version and the rows read with it
+    /// agree.
+    pub async fn read_snapshot(&self) -> Result<ReadSnapshot, EntityError> {
+        let mut tx = self.inner.reader.begin().await.map_err(db_error)?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(ReadSnapshot { store: self.clone(), tx })
     }
 
     /// A waiter for "the configuration may have changed".
@@ -244,5 +294,45 @@ async fn listen(url: String, wake: tokio::sync::mpsc::Sender<()>) {
             return;
         }
         tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+/// Reads of one moment of the store ([`Store::read_snapshot`]).
+pub struct ReadSnapshot {
+    store: Store,
+    tx: Transaction<'static, Any>,
+}
+
+impl std::fmt::Debug for ReadSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl ReadSnapshot {
+    pub async fn version(&mut self) -> Result<i64, EntityError> {
+        self.store.version_on(&mut self.tx).await
+    }
+
+    pub async fn changes_since(&mut self, version: i64) -> Result<Option<(Vec<Change>, i64)>, EntityError> {
+        self.store.changes_since_on(&mut self.tx, version).await
+    }
+
+    /// Every live row of a kind in a control plane: `(id, body, expiry)`.
+    pub async fn for_each_row(
+        &mut self,
+        cp: &str,
+        kind: Kind,
+        f: impl FnMut(&str, &str, Option<i64>),
+    ) -> Result<(), EntityError> {
+        self.store.for_each_row_on(&mut self.tx, cp, kind, f).await
+    }
+
+    pub async fn bodies(
+        &mut self,
+        kind: Kind,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, Option<i64>)>, EntityError> {
+        self.store.bodies_on(&mut self.tx, kind, ids).await
     }
 }

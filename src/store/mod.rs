@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Executor};
 use crate::config::{Database, Settings};
 use crate::model::{EntityError, Kind};
 
-pub use changes::{Change, ChangeOp, Feed, Touched};
+pub use changes::{Change, ChangeOp, Feed, ReadSnapshot, Touched};
 pub use control_planes::{ControlPlaneRow, DEFAULT_CP_ID, DataPlaneToken, StoredToken};
 pub use entities::{ListQuery, Page, TagFilter, WriteOp};
 pub use health::HealthEvent;
