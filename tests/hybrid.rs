@@ -237,9 +237,19 @@ async fn a_configuration_the_data_plane_cannot_compile_is_refused_and_reported()
     let dp = data_plane(&cp, &dp_token, None).await;
     serves(&dp, "/dev", 200, Duration::from_secs(5)).await;
 
-    // A row no data plane can read (as a newer or broken control plane might send).
+    // A row no data plane can read, written (and logged, so it travels in the next delta) as a
+    // newer or broken control plane might.
     let rid = route["id"].as_str().unwrap();
-    support::psql(&db.name, &format!("UPDATE routes SET body = '{{\"id\": \"{rid}\"}}' WHERE id = '{rid}'"));
+    support::psql(
+        &db.name,
+        &format!(
+            "UPDATE routes SET body = '{{\"id\": \"{rid}\"}}' WHERE id = '{rid}'; \
+             UPDATE config_version SET version = version + 1 WHERE id = 1; \
+             INSERT INTO changes (version, seq, cp, kind, entity_id, op) \
+             SELECT (SELECT version FROM config_version WHERE id = 1), 0, cp, 'routes', id, 'upsert' \
+             FROM routes WHERE id = '{rid}'"
+        ),
+    );
     cp.create(&core(&id, "/consumers"), json!({"username": "trigger"})).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let node = loop {

@@ -28,6 +28,19 @@ async fn hand_edit(prefix: &Path, table: &str, id: &str, body: &str) {
     db.close().await;
 }
 
+/// Logs a hand edit as a write would (a new version naming the row), so that followers of the
+/// change log (a control plane's deltas) pick it up.
+async fn log_change(prefix: &Path, table: &str, id: &str) {
+    let db = database(prefix).await;
+    sqlx::query("UPDATE config_version SET version = version + 1 WHERE id = 1").execute(&db).await.expect("version");
+    let sql = format!(
+        "INSERT INTO changes (version, seq, cp, kind, entity_id, op) \
+         SELECT (SELECT version FROM config_version WHERE id = 1), 0, cp, '{table}', id, 'upsert' FROM {table} WHERE id = ?"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(&db).await.expect("log");
+    db.close().await;
+}
+
 async fn rejected(gw: &Gateway) -> Vec<Value> {
     let (status, body) = gw.get("/status").await;
     assert_eq!(status, 200, "{body}");
@@ -212,7 +225,8 @@ async fn a_data_plane_refuses_a_configuration_that_does_not_build_and_keeps_the_
     let mut broken = route.clone();
     broken["headers"] = json!({"x-version": ["~*(unclosed"]});
     hand_edit(&cp.prefix, "routes", &id(&route), &broken.to_string()).await;
-    // Any write makes the control plane push its configuration again.
+    log_change(&cp.prefix, "routes", &id(&route)).await;
+    // A write wakes the control plane, which sends what changed: the broken row with it.
     cp.create("/consumers", json!({"username": "marker"})).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

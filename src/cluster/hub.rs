@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 use super::protocol::{
-    ENCODING_HEADER, Encoding, Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, delta, export, part_text,
+    ConfigDigest, ENCODING_HEADER, Encoding, Notice, OUTLET_PATH, Published, RealmConsumer, ToControlPlane, advance,
+    delta, export, part_text,
 };
 use crate::clock::now_secs;
 use crate::store::{DataPlaneToken, KeyHolder, Store};
@@ -48,7 +49,10 @@ pub struct NodeInfo {
 pub struct Latest {
     pub hash: String,
     pub version: i64,
-    pub encoded: Arc<Encoded>,
+    /// The whole configuration, for data planes that need it: exported when first asked for
+    /// (a change costs the control plane its delta, not a whole export), at that moment's version,
+    /// which may be newer than `version`.
+    full: Arc<tokio::sync::OnceCell<Option<Full>>>,
     /// The control plane's key in the store (where deltas are read from).
     cp: Arc<str>,
     /// Deltas to this configuration by the version they start from, each made once (from the
@@ -59,7 +63,32 @@ pub struct Latest {
 /// A delta made once, on first need (`None`: send the whole configuration).
 type DeltaCell = Arc<tokio::sync::OnceCell<Option<Arc<Encoded>>>>;
 
+/// A whole configuration ready to send, with its own version and hash.
+#[derive(Debug, Clone)]
+struct Full {
+    version: i64,
+    hash: String,
+    encoded: Arc<Encoded>,
+}
+
 impl Latest {
+    /// The whole configuration (exported on first need; `None` when the store cannot be read).
+    async fn full(&self, store: &Store, max_payload: usize) -> Option<Full> {
+        let made = self
+            .full
+            .get_or_init(|| async {
+                match export(store, &self.cp, part_text(max_payload)).await {
+                    Ok(p) => Some(Full::new(p, max_payload).await),
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration export failed");
+                        None
+                    }
+                }
+            })
+            .await;
+        made.clone()
+    }
+
     /// The delta from `from` to this configuration, made on first need.
     async fn delta_from(&self, store: &Store, from: i64, max_payload: usize) -> Option<Arc<Encoded>> {
         let cell = {
@@ -91,6 +120,16 @@ pub struct Encoded {
     gzip: OnceLock<Result<Vec<Bytes>, String>>,
     /// `cluster_max_payload`: no message larger than this is sent (data planes refuse them).
     max_payload: usize,
+}
+
+impl Full {
+    /// Compressed once here, off the runtime's workers, for every data plane.
+    async fn new(p: Published, max_payload: usize) -> Full {
+        let encoded = Arc::new(Encoded::new(p.parts, max_payload));
+        let made = encoded.clone();
+        let _ = tokio::task::spawn_blocking(move || made.compressed(Encoding::Zstd)).await;
+        Full { version: p.version, hash: p.hash, encoded }
+    }
 }
 
 impl Encoded {
@@ -196,6 +235,15 @@ impl RealmPolicy {
             ttl: self.ttl,
         })
     }
+}
+
+/// What the publisher keeps of each control plane it publishes: the version reached and each
+/// row's hash, to move the configuration's hash by what changed.
+#[derive(Debug)]
+struct Mirror {
+    version: i64,
+    digest: ConfigDigest,
+    rows: HashMap<(crate::model::Kind, String), u128>,
 }
 
 #[derive(Debug)]
@@ -340,33 +388,57 @@ impl Hub {
         rx
     }
 
-    /// Exports `control_plane_id` (store key `cp`) and publishes it when its hash changed.
-    async fn publish(&self, control_plane_id: &str, cp: &str) {
-        match export(&self.store, cp, part_text(self.max_payload)).await {
-            Ok(Published { version, hash, parts }) => {
-                let unchanged = |latest: &Option<Latest>| latest.as_ref().is_some_and(|l| l.hash == hash);
-                let tx = self
-                    .channels
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(control_plane_id)
-                    .cloned();
-                let Some(tx) = tx.filter(|tx| !unchanged(&tx.borrow())) else { return };
-                // Compressed once here, off the runtime's workers, for every data plane.
-                let encoded = Arc::new(Encoded::new(parts, self.max_payload));
-                let made = encoded.clone();
-                let _ = tokio::task::spawn_blocking(move || made.compressed(Encoding::Zstd)).await;
-                tx.send_if_modified(|latest| {
-                    if unchanged(latest) {
-                        return false;
-                    }
-                    *latest =
-                        Some(Latest { hash: hash.clone(), version, encoded, cp: cp.into(), deltas: Arc::default() });
-                    true
-                });
+    /// Publishes `control_plane_id` (store key `cp`) when its hash changed: moved by what changed
+    /// since it was last published (its mirror), or exported whole the first time and whenever the
+    /// change log does not reach back.
+    async fn publish(&self, control_plane_id: &str, cp: &str, mirrors: &mut HashMap<String, Mirror>) {
+        let advanced = match mirrors.get_mut(control_plane_id) {
+            Some(m) => match advance(&self.store, cp, m.version, &mut m.digest, &mut m.rows).await {
+                Ok(Some((to, _))) => {
+                    m.version = to;
+                    Some((to, m.digest.hex(), None))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(control_plane = control_plane_id, error = %e, "configuration changes unreadable");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (version, hash, full) = match advanced {
+            Some(a) => a,
+            None => match export(&self.store, cp, part_text(self.max_payload)).await {
+                Ok(mut p) => {
+                    let mut digest = ConfigDigest::default();
+                    p.rows.values().for_each(|h| digest.add_hash(*h));
+                    let rows = std::mem::take(&mut p.rows);
+                    mirrors.insert(control_plane_id.to_string(), Mirror { version: p.version, digest, rows });
+                    let full = Full::new(p, self.max_payload).await;
+                    (full.version, full.hash.clone(), Some(full))
+                }
+                Err(e) => {
+                    tracing::error!(control_plane = control_plane_id, error = %e, "configuration export failed");
+                    return;
+                }
+            },
+        };
+        let unchanged = |latest: &Option<Latest>| latest.as_ref().is_some_and(|l| l.hash == hash);
+        let tx = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(control_plane_id).cloned();
+        let Some(tx) = tx.filter(|tx| !unchanged(&tx.borrow())) else { return };
+        tx.send_if_modified(|latest| {
+            if unchanged(latest) {
+                return false;
             }
-            Err(e) => tracing::error!(control_plane = control_plane_id, error = %e, "configuration export failed"),
-        }
+            *latest = Some(Latest {
+                hash: hash.clone(),
+                version,
+                full: Arc::new(tokio::sync::OnceCell::new_with(full.map(Some))),
+                cp: cp.into(),
+                deltas: Arc::default(),
+            });
+            true
+        });
     }
 
     /// Follows the store's changes and republishes the control planes they touch.
@@ -374,6 +446,7 @@ impl Hub {
         let mut feed = self.store.feed(poll);
         let mut seen: i64 = self.store.version().await.unwrap_or_default();
         let mut fresh: BTreeSet<String> = BTreeSet::new();
+        let mut mirrors: HashMap<String, Mirror> = HashMap::new();
         loop {
             tokio::select! {
                 _ = feed.wait() => {}
@@ -416,7 +489,7 @@ impl Hub {
             };
             for plane in planes.iter().filter(|p| watched.contains(&p.id)) {
                 if touched.contains(&plane.cp) || fresh.contains(&plane.id) {
-                    self.publish(&plane.id, &plane.cp).await;
+                    self.publish(&plane.id, &plane.cp, &mut mirrors).await;
                 }
             }
             fresh.clear();
@@ -544,8 +617,17 @@ impl Hub {
         let mut running = params.get("config_hash").cloned().filter(|h| !h.is_empty());
         // The version it runs, while a delta can follow it.
         let mut running_version: Option<i64> = params.get("config_version").and_then(|v| v.parse().ok());
+        // A whole configuration this link sent was newer than the one published (exported later):
+        // nothing is sent until a newer one is published.
+        let mut ahead_of: Option<i64> = None;
         let result: Result<(), String> = loop {
-            let to_send = latest.borrow_and_update().as_ref().filter(|l| running.as_ref() != Some(&l.hash)).cloned();
+            let to_send = latest
+                .borrow_and_update()
+                .as_ref()
+                .filter(|l| {
+                    running.as_ref() != Some(&l.hash) && (running.is_none() || ahead_of.is_none_or(|v| l.version > v))
+                })
+                .cloned();
             if let Some(l) = to_send {
                 // What changed since the version it runs when the log has it, else the whole.
                 let delta = match running_version {
@@ -556,8 +638,17 @@ impl Hub {
                     Some(d) => d.messages(encoding).await,
                     None => Err(String::new()),
                 };
+                let (mut version, mut hash) = (l.version, l.hash.clone());
+                ahead_of = None;
                 if sent.is_err() {
-                    sent = l.encoded.messages(encoding).await;
+                    sent = match l.full(&self.store, self.max_payload).await {
+                        Some(full) => {
+                            (version, hash) = (full.version, full.hash.clone());
+                            ahead_of = (full.version > l.version).then_some(full.version);
+                            full.encoded.messages(encoding).await
+                        }
+                        None => Err("the configuration could not be read".into()),
+                    };
                 }
                 match sent {
                     Ok(messages) => {
@@ -572,10 +663,10 @@ impl Hub {
                             break Err(e.to_string());
                         }
                     }
-                    Err(e) => tracing::error!(node = %node_id, hash = %l.hash, "configuration not sent: {e}"),
+                    Err(e) => tracing::error!(node = %node_id, hash = %hash, "configuration not sent: {e}"),
                 }
-                running = Some(l.hash.clone());
-                running_version = Some(l.version);
+                running = Some(hash);
+                running_version = Some(version);
             }
             tokio::select! {
                 changed = latest.changed() => {

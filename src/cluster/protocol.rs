@@ -7,7 +7,7 @@
 //! `cluster_max_payload` whatever the configuration's size, and let a data plane read a large one
 //! part by part.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,8 @@ pub struct Published {
     pub version: i64,
     pub hash: String,
     pub parts: Vec<String>,
+    /// Each row's hash by table and id (what later changes move the hash by).
+    pub rows: HashMap<(Kind, String), u128>,
 }
 
 /// Kong-style 32-hex hash of a configuration's text.
@@ -195,6 +197,7 @@ pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Publish
     let mut part: ConfigRows = BTreeMap::new();
     let mut size = 0;
     let mut digest = ConfigDigest::default();
+    let mut row_hashes = HashMap::new();
     let close = |part: &mut ConfigRows, texts: &mut Vec<String>| -> Result<(), EntityError> {
         texts.push(serde_json::to_string(&*part).map_err(|e| EntityError::Database(e.to_string()))?);
         part.clear();
@@ -213,7 +216,11 @@ pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Publish
             return Err(EntityError::Database(format!("corrupt {} row: {err}", kind.table())));
         }
         for row in rows {
-            digest.add(kind.table(), &row);
+            let h = ConfigDigest::row_hash(kind.table(), row.b.get(), row.e);
+            digest.add_hash(h);
+            if let Some(id) = &row.i {
+                row_hashes.insert((kind, id.clone()), h);
+            }
             let len = row.b.get().len() + 16;
             if size > 0 && size + len > part_text {
                 close(&mut part, &mut texts)?;
@@ -237,7 +244,7 @@ pub async fn export(store: &Store, cp: &str, part_text: usize) -> Result<Publish
             serde_json::to_string(&part).map_err(|e| EntityError::Database(e.to_string()))
         })
         .collect::<Result<Vec<String>, EntityError>>()?;
-    Ok(Published { version, hash, parts })
+    Ok(Published { version, hash, parts, rows: row_hashes })
 }
 
 /// Control plane → data plane: what changed since the configuration the data plane runs
@@ -326,6 +333,42 @@ pub async fn delta(store: &Store, cp: &str, from: i64, to: i64, hash: &str) -> R
         stale_keys,
     };
     serde_json::to_string(&message).map(Some).map_err(|e| EntityError::Database(e.to_string()))
+}
+
+/// Moves a published configuration's hash to the store's present state by what changed since
+/// `version` (rows read in one consistent read); `None` when the change log does not reach back
+/// (the caller exports the whole again). Gives the version reached and whether control plane `cp`
+/// changed.
+pub async fn advance(
+    store: &Store,
+    cp: &str,
+    version: i64,
+    digest: &mut ConfigDigest,
+    rows: &mut HashMap<(Kind, String), u128>,
+) -> Result<Option<(i64, bool)>, EntityError> {
+    let mut store = store.read_snapshot().await?;
+    let Some((changes, to)) = store.changes_since(version).await? else { return Ok(None) };
+    let mut last: BTreeMap<(Kind, &str), crate::store::ChangeOp> = BTreeMap::new();
+    for c in changes.iter().filter(|c| c.cp == cp) {
+        last.insert((c.touched.kind, c.touched.id.as_str()), c.touched.op);
+    }
+    let mut upserts: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+    for ((kind, id), op) in &last {
+        if let Some(old) = rows.remove(&(*kind, id.to_string())) {
+            digest.remove(old);
+        }
+        if *op == crate::store::ChangeOp::Upsert {
+            upserts.entry(*kind).or_default().push(id.to_string());
+        }
+    }
+    for (kind, ids) in upserts {
+        for (id, body, e) in store.bodies(kind, &ids).await? {
+            let h = ConfigDigest::row_hash(kind.table(), &body, e);
+            digest.add_hash(h);
+            rows.insert((kind, id), h);
+        }
+    }
+    Ok(Some((to, !last.is_empty())))
 }
 
 /// How configuration messages travel: as text, or compressed (binary messages). A data plane says
@@ -497,5 +540,61 @@ mod tests {
             let err = e.decode(&bomb, 1 << 20).expect_err("refused");
             assert!(err.contains("inflates past cluster_max_payload"), "{err}");
         }
+    }
+
+    async fn store(dir: &std::path::Path) -> Store {
+        let mut settings = crate::config::load(None).expect("default settings");
+        settings.prefix = dir.to_path_buf();
+        settings.database = crate::config::Database::Sqlite;
+        Store::open(&settings).await.expect("open")
+    }
+
+    fn consumer(n: u32, name: &str) -> crate::model::schema::Obj {
+        let v = serde_json::json!({"id": format!("00000000-0000-4000-8000-{n:012}"), "username": name,
+            "custom_id": null, "tags": null, "created_at": 1, "updated_at": 1});
+        v.as_object().cloned().expect("object")
+    }
+
+    #[tokio::test]
+    async fn deltas_follow_the_change_log_and_give_way_to_the_whole_when_they_cannot() {
+        use crate::store::WriteOp;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path()).await;
+        let cp = "cp";
+        let first = export(&store, cp, 1 << 20).await.expect("export");
+        store.write(cp, Kind::Consumer, WriteOp::Insert, consumer(1, "one"), None).await.expect("write");
+        store.write(cp, Kind::Consumer, WriteOp::Insert, consumer(2, "two"), None).await.expect("write");
+        let second = export(&store, cp, 1 << 20).await.expect("export");
+        assert_eq!(second.version, first.version + 2);
+
+        // What changed in between, leading to the second's hash from the first's rows.
+        let text = delta(&store, cp, first.version, second.version, &second.hash).await.expect("read").expect("delta");
+        let d: ConfigDelta = serde_json::from_str(&text).expect("delta");
+        assert_eq!((d.from_version, d.version), (first.version, second.version));
+        let mut digest = ConfigDigest::default();
+        first.rows.values().for_each(|h| digest.add_hash(*h));
+        for row in &d.tables["consumers"].upserts {
+            digest.add("consumers", row);
+        }
+        assert_eq!(digest.hex(), second.hash, "the delta moves the hash to the second's exactly");
+
+        // A control plane behind the data plane (restored from an older backup): the whole.
+        assert!(delta(&store, cp, second.version + 5, second.version, &second.hash).await.expect("read").is_none());
+        // Another control plane's changes only: nothing to say in a delta.
+        assert!(delta(&store, "other", first.version, second.version, "h").await.expect("read").is_none());
+
+        // An entity of the delta written again since: its row now is not the second's, so no delta.
+        store.write(cp, Kind::Consumer, WriteOp::Upsert, consumer(1, "uno"), None).await.expect("write");
+        assert!(delta(&store, cp, first.version, second.version, &second.hash).await.expect("read").is_none());
+
+        // The publisher's side: the second's hash moved by what changed since equals a whole export.
+        let mut rows = second.rows.clone();
+        let mut digest = ConfigDigest::default();
+        rows.values().for_each(|h| digest.add_hash(*h));
+        let reached = advance(&store, cp, second.version, &mut digest, &mut rows).await.expect("read");
+        let third = export(&store, cp, 1 << 20).await.expect("export");
+        assert_eq!(reached, Some((third.version, true)));
+        assert_eq!(digest.hex(), third.hash);
+        assert_eq!(rows, third.rows);
     }
 }

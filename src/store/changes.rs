@@ -109,7 +109,8 @@ impl Store {
     }
 
     /// Changes committed after `version`, oldest first, and the version they lead to; `None` when
-    /// the log was pruned past `version` (the caller must reload everything).
+    /// the log was pruned past `version` or a version in between logged nothing (a whole import):
+    /// the caller must reload everything.
     pub async fn changes_since(&self, version: i64) -> Result<Option<(Vec<Change>, i64)>, EntityError> {
         let mut conn = self.inner.reader.acquire().await.map_err(db_error)?;
         self.changes_since_on(&mut conn, version).await
@@ -150,7 +151,10 @@ impl Store {
                 },
             });
         }
-        if out.first().map(|c| c.version) != Some(version + 1) {
+        // Every version a write made logs what it touched; one without (a whole import) cannot be
+        // replayed: the caller reloads everything.
+        let logged = out.windows(2).filter(|w| w[0].version != w[1].version).count() as i64 + 1;
+        if out.first().map(|c| c.version) != Some(version + 1) || logged != current - version {
             return Ok(None);
         }
         Ok(Some((out, current)))
