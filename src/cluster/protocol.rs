@@ -580,6 +580,8 @@ mod tests {
 
         // A control plane behind the data plane (restored from an older backup): the whole.
         assert!(delta(&store, cp, second.version + 5, second.version, &second.hash).await.expect("read").is_none());
+        // A version no store has (a data plane says what it likes): the whole, no overflow.
+        assert!(delta(&store, cp, i64::MIN, second.version, &second.hash).await.expect("read").is_none());
         // Another control plane's changes only: nothing to say in a delta.
         assert!(delta(&store, "other", first.version, second.version, "h").await.expect("read").is_none());
 

@@ -153,8 +153,9 @@ impl Store {
         }
         // Every version a write made logs what it touched; one without (a whole import) cannot be
         // replayed: the caller reloads everything.
+        // `version` may come from a data plane: checked, not trusted to be in range.
         let logged = out.windows(2).filter(|w| w[0].version != w[1].version).count() as i64 + 1;
-        if out.first().map(|c| c.version) != Some(version + 1) || logged != current - version {
+        if out.first().map(|c| c.version) != version.checked_add(1) || Some(logged) != current.checked_sub(version) {
             return Ok(None);
         }
         Ok(Some((out, current)))
