@@ -61,7 +61,6 @@ struct Assembly {
     count: usize,
     /// The index of the part expected next.
     next: usize,
-    digest: ConfigDigest,
     rows: ConfigRows,
     /// The parts as received, for the cache.
     received: Vec<(Encoding, Bytes)>,
@@ -275,14 +274,14 @@ impl DataPlane {
                 }
                 self.cached_deltas.fetch_add(1, Ordering::Relaxed);
             } else if let Some(whole) = self.take_part(&mut assembly, encoding, Bytes::copy_from_slice(data), text)? {
-                installed = Some(self.install(whole.version, whole.hash, &whole.rows)?);
+                installed = Some(self.install(whole.version, whole.hash, &whole.rows, true)?);
             }
         }
         installed.ok_or_else(|| "truncated cache".into())
     }
 
     /// Adds a received part to the configuration being assembled; gives the whole once its last
-    /// part arrived and the hash of all of them matches. A part out of order drops what was
+    /// part arrived (its hash is checked when it is installed). A part out of order drops what was
     /// gathered (the next configuration starts at part 0).
     fn take_part(
         &self,
@@ -314,9 +313,6 @@ impl DataPlane {
         let rows: ConfigRows =
             serde_json::from_str(part.rows.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
         for (table, list) in rows {
-            for row in &list {
-                a.digest.add(&table, row);
-            }
             a.rows.entry(table).or_default().extend(list);
         }
         a.received.push((encoding, raw));
@@ -324,11 +320,7 @@ impl DataPlane {
         if a.next < a.count {
             return Ok(None);
         }
-        let Some(whole) = assembly.take() else { return Ok(None) };
-        if whole.digest.hex() != whole.hash {
-            return Err("configuration does not match its hash".into());
-        }
-        Ok(Some(whole))
+        Ok(assembly.take())
     }
 
     /// Compiles a whole `reconfigure` message (a cache of an earlier version) and swaps it in.
@@ -343,20 +335,22 @@ impl DataPlane {
         }
         let rows: ConfigRows =
             serde_json::from_str(config.get()).map_err(|e| format!("unreadable configuration: {e}"))?;
-        self.install(version, hash, &rows)
+        // Checked against the text's hash above; its rows' sum is another hash.
+        self.install(version, hash, &rows, false)
     }
 
     /// Compiles a received configuration and swaps it in. A configuration with entities that do
     /// not compile is refused whole while another is served (the last good one stays); with
-    /// nothing served yet, it is served as far as it compiles.
-    fn install(&self, version: i64, hash: String, rows: &ConfigRows) -> Result<Applied, String> {
+    /// nothing served yet, it is served as far as it compiles. With `check_hash`, a configuration
+    /// whose rows do not sum to `hash` is refused before anything is built.
+    fn install(&self, version: i64, hash: String, rows: &ConfigRows, check_hash: bool) -> Result<Applied, String> {
         let mut digest = ConfigDigest::default();
         let mut ids: Option<HashMap<RowKey, u128>> = Some(HashMap::new());
         for (table, list) in rows {
             let kind = Kind::from_table(table);
             for row in list {
                 let h = ConfigDigest::row_hash(table, row.b.get(), row.e);
-                digest.add(table, row);
+                digest.add_hash(h);
                 match (kind, &row.i, ids.as_mut()) {
                     (Some(kind), Some(id), Some(map)) => {
                         map.insert((kind, id.as_str().into()), h);
@@ -364,6 +358,9 @@ impl DataPlane {
                     _ => ids = None,
                 }
             }
+        }
+        if check_hash && digest.hex() != hash {
+            return Err("configuration does not match its hash".into());
         }
         let mut state = ConfigState::from_rows(version, rows_in_load_order(rows)?);
         let rejected = describe(&state.rejected());
@@ -685,7 +682,7 @@ impl DataPlane {
             Ok(Some(whole)) => whole,
             Err(error) => return Some(self.refused(error, assembly)),
         };
-        Some(match self.install(whole.version, whole.hash.clone(), &whole.rows) {
+        Some(match self.install(whole.version, whole.hash.clone(), &whole.rows, true) {
             Ok(Applied::Whole(hash)) => {
                 if let Err(e) = self.write_cache(&whole.received) {
                     tracing::error!(error = %e, "configuration cache not written");
@@ -955,7 +952,8 @@ mod tests {
         for (t, list) in &rows {
             list.iter().for_each(|r| digest.add(t, r));
         }
-        assert!(matches!(dp.install(5, digest.hex(), &rows), Ok(Applied::Whole(_))));
+        assert!(dp.install(5, "0".repeat(32), &rows, true).is_err(), "rows that do not sum to the hash");
+        assert!(matches!(dp.install(5, digest.hex(), &rows, true), Ok(Applied::Whole(_))));
         digest
     }
 
