@@ -172,6 +172,12 @@ pub struct ChainBuilder {
     by_name: HashMap<&'static str, Vec<usize>>,
 }
 
+impl std::fmt::Debug for ChainBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainBuilder").field("instances", &self.instances.len()).finish()
+    }
+}
+
 impl ChainBuilder {
     /// Builds every enabled instance once. An instance that cannot be built (or is marked broken,
     /// or names a plugin this build lacks) is replaced by a stand-in answering 500 at its scope,

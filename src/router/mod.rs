@@ -236,68 +236,129 @@ fn regex_message(re: &str, e: &regex::Error) -> String {
     format!("invalid regex: '{re}' (PCRE returned: {line})")
 }
 
-/// One (route, path) pair: where a request's path is checked, with that path's priority.
+/// One (route, path) pair: where a request's path is checked, with that path's priority, and what
+/// a match hands back.
 #[derive(Debug)]
-struct Entry {
-    route: usize,
+struct Entry<T> {
     priority: Priority,
-    /// Creation order, for ties.
-    order: usize,
+    /// The route's place among routes of equal priority (smaller wins).
+    order: u128,
     path: PathMatch,
+    matcher: Arc<RouteMatcher>,
+    target: T,
 }
 
 /// An entry placed in a host bucket, with the port its host entry demanded.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    entry: u32,
+#[derive(Debug)]
+struct Slot<T> {
+    entry: Arc<Entry<T>>,
     port: Option<u16>,
 }
 
+impl<T> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        Slot { entry: self.entry.clone(), port: self.port }
+    }
+}
+
+/// Slots best first; shared between routers until an edit touches them.
+type SlotList<T> = Arc<Vec<Slot<T>>>;
+
+/// Slots by a key of their path (a prefix, or a literal a regex's matches begin with). Keys and
+/// lists are shared, so copying a table of 10,000 prefixes for an edit allocates nothing per key.
+type SlotTable<T> = HashMap<Arc<str>, SlotList<T>, Hasher>;
+
+/// Buckets by host (or host suffix, or prefix); keys shared between a router and its edits.
+type BucketTable<T> = HashMap<Arc<str>, Arc<Bucket<T>>, Hasher>;
+
+/// A wildcard host of another shape: `(pattern, is a suffix, bucket)`.
+type OddWildcard<T> = (Box<str>, bool, Arc<Bucket<T>>);
+
 /// All entries reachable for one host pattern, split by how their path is matched.
-#[derive(Debug, Default)]
-struct Bucket {
+#[derive(Debug)]
+struct Bucket<T> {
     /// Prefix → slots, best first.
-    prefixes: HashMap<Box<str>, Vec<Slot>, Hasher>,
+    prefixes: SlotTable<T>,
     /// Distinct prefix lengths present, longest first.
     prefix_lens: Vec<usize>,
     /// Regexes indexed by the literals their matches begin with → slots, best first.
-    regexes: HashMap<Box<str>, Vec<Slot>, Hasher>,
+    regexes: SlotTable<T>,
     /// Distinct lengths of those literals, longest first.
     regex_lens: Vec<usize>,
     /// Other regex and path-less slots, best first.
-    others: Vec<Slot>,
+    others: SlotList<T>,
 }
 
-/// A compiled, immutable router.
+impl<T> Default for Bucket<T> {
+    fn default() -> Self {
+        Bucket {
+            prefixes: HashMap::default(),
+            prefix_lens: Vec::new(),
+            regexes: HashMap::default(),
+            regex_lens: Vec::new(),
+            others: Arc::default(),
+        }
+    }
+}
+
+impl<T> Clone for Bucket<T> {
+    fn clone(&self) -> Self {
+        Bucket {
+            prefixes: self.prefixes.clone(),
+            prefix_lens: self.prefix_lens.clone(),
+            regexes: self.regexes.clone(),
+            regex_lens: self.regex_lens.clone(),
+            others: self.others.clone(),
+        }
+    }
+}
+
+/// A compiled, immutable router. Its buckets are shared between a router and the one
+/// [`Router::edit`] makes of it, so changing a few routes of 10,000 copies only the buckets those
+/// routes are in (a data plane applies a one-route delta without reassembling every route).
 #[derive(Debug)]
 pub struct Router<T> {
-    targets: Vec<T>,
-    matchers: Vec<Arc<RouteMatcher>>,
-    entries: Vec<Entry>,
-    exact: HashMap<Box<str>, Bucket, Hasher>,
+    /// Each route's entries (one per path) by its order key, for edits and scans.
+    routes: HashMap<u128, Arc<[Arc<Entry<T>>]>, Hasher>,
+    exact: BucketTable<T>,
     /// `*.example.com` → `.example.com`: looked up by each of the request host's suffixes that
     /// start at a dot (a host has few dots), so thousands of wildcard hosts cost a few probes.
-    suffixes: HashMap<Box<str>, Bucket, Hasher>,
+    suffixes: BucketTable<T>,
     /// `example.*` → `example.`, looked up the same way by the host's prefixes ending at a dot.
-    prefixes: HashMap<Box<str>, Bucket, Hasher>,
+    prefixes: BucketTable<T>,
     /// Wildcard patterns of another shape (none the Admin API accepts; a stored row may hold one),
     /// tried one by one: `(pattern, is a suffix)`.
-    odd_wildcards: Vec<(Box<str>, bool, Bucket)>,
-    any_host: Bucket,
+    odd_wildcards: Vec<OddWildcard<T>>,
+    any_host: Arc<Bucket<T>>,
 }
 
-impl<T> Router<T> {
+impl<T> Clone for Router<T> {
+    /// Shallow: buckets and entries are shared.
+    fn clone(&self) -> Self {
+        Router {
+            routes: self.routes.clone(),
+            exact: self.exact.clone(),
+            suffixes: self.suffixes.clone(),
+            prefixes: self.prefixes.clone(),
+            odd_wildcards: self.odd_wildcards.clone(),
+            any_host: self.any_host.clone(),
+        }
+    }
+}
+
+/// A route to place: its order key (smaller wins ties), compiled matcher and target.
+pub type KeyedRoute<T> = (u128, Arc<RouteMatcher>, T);
+
+impl<T: Clone> Router<T> {
     /// A router without routes.
     pub fn empty() -> Router<T> {
         Router {
-            targets: Vec::new(),
-            matchers: Vec::new(),
-            entries: Vec::new(),
+            routes: HashMap::default(),
             exact: HashMap::default(),
             suffixes: HashMap::default(),
             prefixes: HashMap::default(),
             odd_wildcards: Vec::new(),
-            any_host: Bucket::default(),
+            any_host: Arc::default(),
         }
     }
 
@@ -313,16 +374,17 @@ impl<T> Router<T> {
     /// Assembles compiled routes (cannot fail); among routes of equal priority the one given first
     /// wins.
     pub fn assemble(routes: Vec<(Arc<RouteMatcher>, T)>) -> Router<T> {
+        Router::assemble_keyed(routes.into_iter().enumerate().map(|(i, (m, t))| (i as u128, m, t)).collect())
+    }
+
+    /// Assembles compiled routes, each with its order key (keys are distinct).
+    pub fn assemble_keyed(routes: Vec<KeyedRoute<T>>) -> Router<T> {
         let mut router = Router::empty();
-        router.targets.reserve(routes.len());
-        router.matchers.reserve(routes.len());
-        for (index, (matcher, target)) in routes.into_iter().enumerate() {
-            router.add(index, &matcher);
-            router.matchers.push(matcher);
-            router.targets.push(target);
+        router.routes.reserve(routes.len());
+        for (key, matcher, target) in routes {
+            router.place(key, matcher, target, false);
         }
-        let entries = &router.entries;
-        let sort = |b: &mut Bucket| b.finish(entries);
+        let sort = |b: &mut Arc<Bucket<T>>| Arc::make_mut(b).finish();
         router.exact.values_mut().for_each(sort);
         router.suffixes.values_mut().for_each(sort);
         router.prefixes.values_mut().for_each(sort);
@@ -331,54 +393,112 @@ impl<T> Router<T> {
         router
     }
 
-    pub fn len(&self) -> usize {
-        self.targets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
-    /// Every route's target, in the order given.
-    pub fn targets(&self) -> &[T] {
-        &self.targets
-    }
-
-    fn add(&mut self, index: usize, matcher: &RouteMatcher) {
-        let first = self.entries.len();
-        for (path, priority) in &matcher.paths {
-            self.entries.push(Entry { route: index, priority: *priority, order: index, path: path.clone() });
+    /// This router with the routes of `remove` taken out and `add` placed (a key of `add` already
+    /// present is replaced). Only the buckets those routes are in are copied; the rest is shared.
+    pub fn edit(&self, remove: &[u128], add: Vec<KeyedRoute<T>>) -> Router<T> {
+        let mut router = self.clone();
+        for key in remove.iter().chain(add.iter().map(|(k, _, _)| k)) {
+            router.take_out(*key);
         }
-        let ids = first..self.entries.len();
+        for (key, matcher, target) in add {
+            router.place(key, matcher, target, true);
+        }
+        router
+    }
+
+    /// The bucket of a host pattern, made unshared (created when missing).
+    fn bucket_mut(&mut self, pattern: &HostPattern) -> &mut Bucket<T> {
+        let shared = match pattern {
+            HostPattern::Any => &mut self.any_host,
+            HostPattern::Suffix(s) if s.starts_with('.') => table_bucket(&mut self.suffixes, s),
+            HostPattern::Prefix(p) if p.ends_with('.') => table_bucket(&mut self.prefixes, p),
+            HostPattern::Suffix(s) => odd_wildcard(&mut self.odd_wildcards, s, true),
+            HostPattern::Prefix(p) => odd_wildcard(&mut self.odd_wildcards, p, false),
+            HostPattern::Exact(h) => table_bucket(&mut self.exact, h),
+        };
+        Arc::make_mut(shared)
+    }
+
+    /// Places a route's entries in the bucket of each of its hosts: appended (sorted afterwards by
+    /// [`Bucket::finish`]) or, with `sorted`, inserted at their place.
+    fn place(&mut self, key: u128, matcher: Arc<RouteMatcher>, target: T, sorted: bool) {
+        let entries: Arc<[Arc<Entry<T>>]> = matcher
+            .paths
+            .iter()
+            .map(|(path, priority)| {
+                Arc::new(Entry {
+                    priority: *priority,
+                    order: key,
+                    path: path.clone(),
+                    matcher: matcher.clone(),
+                    target: target.clone(),
+                })
+            })
+            .collect();
         for (pattern, port) in &matcher.hosts {
-            let bucket = match pattern {
-                HostPattern::Any => &mut self.any_host,
-                HostPattern::Suffix(s) if s.starts_with('.') => self.suffixes.entry(s.clone()).or_default(),
-                HostPattern::Prefix(p) if p.ends_with('.') => self.prefixes.entry(p.clone()).or_default(),
-                HostPattern::Suffix(s) => odd_wildcard(&mut self.odd_wildcards, s, true),
-                HostPattern::Prefix(p) => odd_wildcard(&mut self.odd_wildcards, p, false),
-                HostPattern::Exact(h) => self.exact.entry(h.clone()).or_default(),
-            };
-            for id in ids.clone() {
-                let slot = Slot { entry: u32::try_from(id).unwrap_or(u32::MAX), port: *port };
-                match &self.entries[id].path {
-                    PathMatch::Prefix(p) => bucket.prefixes.entry(p.clone()).or_default().push(slot),
+            let bucket = self.bucket_mut(pattern);
+            for entry in entries.iter() {
+                let slot = Slot { entry: entry.clone(), port: *port };
+                match &entry.path {
+                    PathMatch::Prefix(p) => bucket.insert(Table::Prefixes, p, slot, sorted),
                     PathMatch::Regex(_, Some(literals)) => {
                         for l in literals.iter() {
-                            bucket.regexes.entry(l.clone()).or_default().push(slot);
+                            bucket.insert(Table::Regexes, l, slot.clone(), sorted);
                         }
                     }
-                    _ => bucket.others.push(slot),
+                    _ => bucket.insert_other(slot, sorted),
                 }
             }
         }
+        self.routes.insert(key, entries);
+    }
+
+    /// Takes a route's entries out of every bucket they are in.
+    fn take_out(&mut self, key: u128) {
+        let Some(entries) = self.routes.remove(&key) else { return };
+        let Some(first) = entries.first() else { return };
+        let matcher = first.matcher.clone();
+        for (pattern, _) in &matcher.hosts {
+            let bucket = self.bucket_mut(pattern);
+            for entry in entries.iter() {
+                match &entry.path {
+                    PathMatch::Prefix(p) => bucket.remove(Table::Prefixes, p, key),
+                    PathMatch::Regex(_, Some(literals)) => {
+                        for l in literals.iter() {
+                            bucket.remove(Table::Regexes, l, key);
+                        }
+                    }
+                    _ => Arc::make_mut(&mut bucket.others).retain(|s| s.entry.order != key),
+                }
+            }
+        }
+        let empty = |b: &Arc<Bucket<T>>| b.is_empty();
+        self.exact.retain(|_, b| !empty(b));
+        self.suffixes.retain(|_, b| !empty(b));
+        self.prefixes.retain(|_, b| !empty(b));
+        self.odd_wildcards.retain(|(_, _, b)| !empty(b));
+    }
+}
+
+impl<T> Router<T> {
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Every route's target (in no particular order).
+    pub fn targets(&self) -> impl Iterator<Item = &T> {
+        self.routes.values().filter_map(|entries| entries.first().map(|e| &e.target))
     }
 
     /// Finds the highest-priority route matching the request.
     pub fn find(&self, req: &RequestView<'_>) -> Option<Match<'_, T>> {
-        let mut best: Option<(&Entry, usize)> = None;
+        let mut best: Option<(&Entry<T>, usize)> = None;
         if let Some(bucket) = self.exact.get(req.host) {
-            self.search(bucket, req, &mut best);
+            search(bucket, req, &mut best);
         }
         if !self.suffixes.is_empty() || !self.prefixes.is_empty() {
             let host = req.host;
@@ -387,12 +507,12 @@ impl<T> Router<T> {
                 if i > 0
                     && let Some(bucket) = self.suffixes.get(&host[i..])
                 {
-                    self.search(bucket, req, &mut best);
+                    search(bucket, req, &mut best);
                 }
                 if i + 1 < host.len()
                     && let Some(bucket) = self.prefixes.get(&host[..=i])
                 {
-                    self.search(bucket, req, &mut best);
+                    search(bucket, req, &mut best);
                 }
             }
         }
@@ -401,11 +521,11 @@ impl<T> Router<T> {
             let fits = host.len() > pattern.len()
                 && if *suffix { host.ends_with(&**pattern) } else { host.starts_with(&**pattern) };
             if fits {
-                self.search(bucket, req, &mut best);
+                search(bucket, req, &mut best);
             }
         }
-        self.search(&self.any_host, req, &mut best);
-        best.map(|best| self.answer(best))
+        search(&self.any_host, req, &mut best);
+        best.map(answer)
     }
 
     /// [`Router::find`] without the index: every path of every route, under every host pattern.
@@ -413,10 +533,9 @@ impl<T> Router<T> {
     #[cfg(any(test, fuzzing))]
     #[doc(hidden)]
     pub fn find_by_scan(&self, req: &RequestView<'_>) -> Option<Match<'_, T>> {
-        let mut best: Option<(&Entry, usize)> = None;
-        for entry in &self.entries {
-            let route = &self.matchers[entry.route];
-            let host_matches = route.hosts.iter().any(|(pattern, port)| {
+        let mut best: Option<(&Entry<T>, usize)> = None;
+        for entry in self.routes.values().flat_map(|e| e.iter()) {
+            let host_matches = entry.matcher.hosts.iter().any(|(pattern, port)| {
                 let host = req.host;
                 port.is_none_or(|p| p == req.port)
                     && match pattern {
@@ -429,77 +548,175 @@ impl<T> Router<T> {
             if !host_matches || best.is_some_and(|(b, _)| !beats(entry, b)) {
                 continue;
             }
-            if let Some(len) = entry.matches(route, req) {
+            if let Some(len) = entry.matches(req) {
                 best = Some((entry, len));
             }
         }
-        best.map(|best| self.answer(best))
+        best.map(answer)
     }
+}
 
-    fn answer<'s>(&'s self, (entry, matched_len): (&'s Entry, usize)) -> Match<'s, T> {
-        Match {
-            target: &self.targets[entry.route],
-            matched_len,
-            prefix: match &entry.path {
-                PathMatch::Prefix(p) => Some(&**p),
-                _ => None,
-            },
-            regex: match &entry.path {
-                PathMatch::Regex(re, _) => Some(re),
-                _ => None,
-            },
-        }
-    }
-
-    fn search<'s>(&'s self, bucket: &'s Bucket, req: &RequestView<'_>, best: &mut Option<(&'s Entry, usize)>) {
-        for (table, lens) in [(&bucket.prefixes, &bucket.prefix_lens), (&bucket.regexes, &bucket.regex_lens)] {
-            for &len in lens {
-                if len > req.path.len() || !req.path.is_char_boundary(len) {
-                    continue;
-                }
-                if let Some(slots) = table.get(&req.path[..len]) {
-                    self.scan(slots, req, best);
-                }
+impl<T> Router<T> {
+    /// Every bucket's lists in their order, as text (tests compare an edited router with one
+    /// assembled whole).
+    #[cfg(test)]
+    pub(crate) fn layout(&self) -> Vec<String> {
+        let list = |slots: &[Slot<T>]| -> String {
+            let shown: Vec<String> =
+                slots.iter().map(|s| format!("{}:{:?}:{:?}", s.entry.order, s.port, s.entry.priority)).collect();
+            shown.join(",")
+        };
+        let bucket = |name: String, b: &Bucket<T>| -> Vec<String> {
+            let mut out: Vec<String> = b
+                .prefixes
+                .iter()
+                .map(|(k, v)| format!("{name} prefix {k} = {}", list(v)))
+                .chain(b.regexes.iter().map(|(k, v)| format!("{name} regex {k} = {}", list(v))))
+                .collect();
+            out.push(format!("{name} others = {}", list(&b.others)));
+            out.push(format!("{name} lens = {:?} {:?}", b.prefix_lens, b.regex_lens));
+            out
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (kind, map) in [("exact", &self.exact), ("suffix", &self.suffixes), ("prefix", &self.prefixes)] {
+            for (k, b) in map {
+                out.extend(bucket(format!("{kind} {k}"), b));
             }
         }
-        self.scan(&bucket.others, req, best);
+        for (k, suffix, b) in &self.odd_wildcards {
+            out.extend(bucket(format!("odd {k} {suffix}"), b));
+        }
+        out.extend(bucket("any".into(), &self.any_host));
+        let mut keys: Vec<u128> = self.routes.keys().copied().collect();
+        keys.sort_unstable();
+        out.push(format!("routes {keys:?}"));
+        out.sort();
+        out
     }
+}
 
-    /// Walks slots (best first) and keeps the best full match, stopping once nothing better can follow.
-    fn scan<'s>(&'s self, slots: &[Slot], req: &RequestView<'_>, best: &mut Option<(&'s Entry, usize)>) {
-        for slot in slots {
-            let entry = &self.entries[slot.entry as usize];
-            if let Some((b, _)) = best
-                && !beats(entry, b)
-            {
-                return;
-            }
-            if slot.port.is_some_and(|p| p != req.port) {
+fn answer<T>((entry, matched_len): (&Entry<T>, usize)) -> Match<'_, T> {
+    Match {
+        target: &entry.target,
+        matched_len,
+        prefix: match &entry.path {
+            PathMatch::Prefix(p) => Some(&**p),
+            _ => None,
+        },
+        regex: match &entry.path {
+            PathMatch::Regex(re, _) => Some(re),
+            _ => None,
+        },
+    }
+}
+
+fn search<'s, T>(bucket: &'s Bucket<T>, req: &RequestView<'_>, best: &mut Option<(&'s Entry<T>, usize)>) {
+    for (table, lens) in [(&bucket.prefixes, &bucket.prefix_lens), (&bucket.regexes, &bucket.regex_lens)] {
+        for &len in lens {
+            if len > req.path.len() || !req.path.is_char_boundary(len) {
                 continue;
             }
-            if let Some(len) = entry.matches(&self.matchers[entry.route], req) {
-                *best = Some((entry, len));
-                return;
+            if let Some(slots) = table.get(&req.path[..len]) {
+                scan(slots, req, best);
             }
+        }
+    }
+    scan(&bucket.others, req, best);
+}
+
+/// Walks slots (best first) and keeps the best full match, stopping once nothing better can follow.
+fn scan<'s, T>(slots: &'s [Slot<T>], req: &RequestView<'_>, best: &mut Option<(&'s Entry<T>, usize)>) {
+    for slot in slots {
+        let entry = &*slot.entry;
+        if let Some((b, _)) = best
+            && !beats(entry, b)
+        {
+            return;
+        }
+        if slot.port.is_some_and(|p| p != req.port) {
+            continue;
+        }
+        if let Some(len) = entry.matches(req) {
+            *best = Some((entry, len));
+            return;
         }
     }
 }
 
-fn beats(a: &Entry, b: &Entry) -> bool {
+fn beats<T>(a: &Entry<T>, b: &Entry<T>) -> bool {
     a.priority > b.priority || (a.priority == b.priority && a.order < b.order)
 }
 
-impl Bucket {
-    fn finish(&mut self, entries: &[Entry]) {
-        let key = |s: &Slot| {
-            let e = &entries[s.entry as usize];
-            (std::cmp::Reverse(e.priority), e.order)
-        };
-        for slots in self.prefixes.values_mut().chain(self.regexes.values_mut()) {
-            slots.sort_by_key(key);
+/// Where a slot sorts in its list: best first.
+fn rank<T>(s: &Slot<T>) -> (std::cmp::Reverse<Priority>, u128) {
+    (std::cmp::Reverse(s.entry.priority), s.entry.order)
+}
+
+/// The keyed tables of a bucket.
+#[derive(Clone, Copy)]
+enum Table {
+    Prefixes,
+    Regexes,
+}
+
+impl<T> Bucket<T> {
+    fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.regexes.is_empty() && self.others.is_empty()
+    }
+
+    fn table(&mut self, table: Table) -> (&mut SlotTable<T>, &mut Vec<usize>) {
+        match table {
+            Table::Prefixes => (&mut self.prefixes, &mut self.prefix_lens),
+            Table::Regexes => (&mut self.regexes, &mut self.regex_lens),
         }
-        self.others.sort_by_key(key);
-        let lens = |table: &HashMap<Box<str>, Vec<Slot>, Hasher>| {
+    }
+
+    fn insert(&mut self, table: Table, key: &str, slot: Slot<T>, sorted: bool) {
+        let (map, lens) = self.table(table);
+        let shared: Arc<str> = map.get_key_value(key).map_or_else(|| key.into(), |(k, _)| k.clone());
+        let slots = Arc::make_mut(map.entry(shared).or_default());
+        if sorted {
+            let at = slots.partition_point(|s| rank(s) <= rank(&slot));
+            slots.insert(at, slot);
+            // Lengths stay longest first, each once.
+            if let Err(at) = lens.binary_search_by(|l| key.len().cmp(l)) {
+                lens.insert(at, key.len());
+            }
+        } else {
+            slots.push(slot);
+        }
+    }
+
+    fn insert_other(&mut self, slot: Slot<T>, sorted: bool) {
+        if sorted {
+            let others = Arc::make_mut(&mut self.others);
+            let at = others.partition_point(|s| rank(s) <= rank(&slot));
+            others.insert(at, slot);
+        } else {
+            Arc::make_mut(&mut self.others).push(slot);
+        }
+    }
+
+    fn remove(&mut self, table: Table, key: &str, order: u128) {
+        let (map, lens) = self.table(table);
+        let Some(slots) = map.get_mut(key) else { return };
+        let slots = Arc::make_mut(slots);
+        slots.retain(|s| s.entry.order != order);
+        if slots.is_empty() {
+            map.remove(key);
+            if !map.keys().any(|k| k.len() == key.len()) {
+                lens.retain(|l| *l != key.len());
+            }
+        }
+    }
+
+    /// Sorts every list best first and lists the key lengths present (after appending).
+    fn finish(&mut self) {
+        for slots in self.prefixes.values_mut().chain(self.regexes.values_mut()) {
+            Arc::make_mut(slots).sort_by_key(rank);
+        }
+        Arc::make_mut(&mut self.others).sort_by_key(rank);
+        let lens = |table: &SlotTable<T>| {
             let mut lens: Vec<usize> = table.keys().map(|k| k.len()).collect();
             lens.sort_unstable_by(|a, b| b.cmp(a));
             lens.dedup();
@@ -510,9 +727,10 @@ impl Bucket {
     }
 }
 
-impl Entry {
+impl<T> Entry<T> {
     /// Checks everything but the host; returns the matched path length.
-    fn matches(&self, route: &RouteMatcher, req: &RequestView<'_>) -> Option<usize> {
+    fn matches(&self, req: &RequestView<'_>) -> Option<usize> {
+        let route = &*self.matcher;
         if let Some(methods) = &route.methods
             && !methods.iter().any(|m| m == req.method)
         {
@@ -544,11 +762,18 @@ impl Entry {
     }
 }
 
-fn odd_wildcard<'a>(list: &'a mut Vec<(Box<str>, bool, Bucket)>, key: &str, suffix: bool) -> &'a mut Bucket {
+/// The bucket of `key` in a table (created when missing).
+fn table_bucket<'a, T>(table: &'a mut BucketTable<T>, key: &str) -> &'a mut Arc<Bucket<T>> {
+    // A key already there is shared, not allocated again.
+    let key: Arc<str> = table.get_key_value(key).map_or_else(|| key.into(), |(k, _)| k.clone());
+    table.entry(key).or_default()
+}
+
+fn odd_wildcard<'a, T>(list: &'a mut Vec<OddWildcard<T>>, key: &str, suffix: bool) -> &'a mut Arc<Bucket<T>> {
     let pos = match list.iter().position(|(k, s, _)| &**k == key && *s == suffix) {
         Some(p) => p,
         None => {
-            list.push((key.into(), suffix, Bucket::default()));
+            list.push((key.into(), suffix, Arc::default()));
             list.len() - 1
         }
     };

@@ -324,6 +324,51 @@ mod index_matches_scan {
     proptest! {
         #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
+        /// Routes taken out, changed and added by an edit leave the router exactly as assembling
+        /// the resulting routes whole would (every bucket, every list in the same order), and its
+        /// index still finds what a scan finds.
+        #[test]
+        fn an_edited_router_is_the_router_of_its_routes(
+            before in vec(spec(), 0..10),
+            changed in vec((0usize..12, spec()), 0..4),
+            removed in vec(0usize..12, 0..4),
+            requests in vec(request(), 1..6),
+        ) {
+            let compile = |s: &RouteSpec<usize>| RouteMatcher::compile(s).ok().map(Arc::new);
+            let mut routes: std::collections::BTreeMap<u128, Arc<RouteMatcher>> = before
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((i as u128, compile(s)?)))
+                .collect();
+            let keyed = |routes: &std::collections::BTreeMap<u128, Arc<RouteMatcher>>| -> Vec<KeyedRoute<usize>> {
+                routes.iter().map(|(k, m)| (*k, m.clone(), *k as usize)).collect()
+            };
+            let first = Router::assemble_keyed(keyed(&routes));
+            let remove: Vec<u128> = removed.iter().map(|k| *k as u128).collect();
+            for k in &remove {
+                routes.remove(k);
+            }
+            let mut add = Vec::new();
+            for (k, s) in &changed {
+                let Some(m) = compile(s) else { continue };
+                routes.insert(*k as u128, m.clone());
+                add.retain(|(key, _, _): &KeyedRoute<usize>| *key != *k as u128);
+                add.push((*k as u128, m, *k));
+            }
+            // A key both removed and added stays, as added.
+            let edited = first.edit(&remove, add);
+            let whole = Router::assemble_keyed(keyed(&routes));
+            prop_assert_eq!(edited.layout(), whole.layout());
+            prop_assert_eq!(edited.len(), routes.len());
+            for (method, authority, port, path, _) in &requests {
+                let Ok(method) = Method::from_bytes(method.as_bytes()) else { continue };
+                let map = HeaderMap::new();
+                let path = normalize_path(path);
+                let view = RequestView { method: &method, host: route_host(authority), port: *port, sni: None, path: &path, headers: &map };
+                prop_assert_eq!(edited.find(&view).map(|m| *m.target), edited.find_by_scan(&view).map(|m| *m.target));
+            }
+        }
+
         #[test]
         fn the_index_finds_what_a_scan_finds(specs in vec(spec(), 0..10), requests in vec(request(), 1..10)) {
             let specs = specs.into_iter().enumerate().map(|(i, s)| RouteSpec { target: i, ..s }).collect();

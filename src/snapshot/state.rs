@@ -112,14 +112,46 @@ pub struct ConfigState {
     tls_services: HashMap<Uuid, compile::ServiceRow>,
     /// The SNI table, kept between builds until a certificate or SNI changes.
     certificate_table: Option<Arc<CertificateTable>>,
-    /// Compiled router kept between builds when only consumers changed.
+    /// Compiled router kept between builds when only consumers changed, and edited in place of a
+    /// rebuild when only routes changed.
     router: Option<Arc<Router<Arc<RouteTarget>>>>,
+    /// Routes the next build must place again (`All`: the router is rebuilt whole).
+    stale: StaleRoutes,
+    /// The plugin instances of the last router, reused for routes placed again while no plugin,
+    /// service or anything else a chain depends on changed.
+    chains: Option<Arc<ChainBuilder>>,
+    /// The balancers of the last router, by upstream name.
+    balancers_by_name: HashMap<Box<str>, Arc<LiveBalancer>>,
     /// Rate-limiting counters, kept across builds and reloads.
     counters: Arc<Counters>,
     /// Realm key resolution (a data plane's).
     resolver: Option<Arc<dyn RealmResolver>>,
     /// Rows that do not compile, by kind and id, with why.
     rejected: BTreeMap<(Kind, String), String>,
+}
+
+/// What the next build must do to the router besides keeping it.
+#[derive(Debug, Default)]
+enum StaleRoutes {
+    /// Rebuild it whole.
+    #[default]
+    All,
+    /// Place these routes again (added, changed or removed); everything else stands.
+    Only(Vec<Uuid>),
+}
+
+impl StaleRoutes {
+    fn add(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        if let StaleRoutes::Only(list) = self {
+            list.extend(ids);
+        }
+    }
+}
+
+/// A route's place among routes of equal priority: Kong breaks ties in favour of the larger
+/// route id, and the router prefers the smaller key.
+fn route_order(id: Uuid) -> u128 {
+    u128::MAX - id.as_u128()
 }
 
 /// What hangs off one consumer in the mirror.
@@ -179,11 +211,13 @@ impl ConfigState {
     /// Counts rate limits in `counters` (a node keeps its counters across configurations).
     pub fn use_counters(&mut self, counters: Arc<Counters>) {
         self.counters = counters;
+        self.stale = StaleRoutes::All;
     }
 
     /// Resolves realm keys through `resolver` (a data plane's link to its control plane).
     pub fn use_resolver(&mut self, resolver: Arc<dyn RealmResolver>) {
         self.resolver = Some(resolver);
+        self.stale = StaleRoutes::All;
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -194,6 +228,7 @@ impl ConfigState {
     /// one replaces).
     pub fn use_balancing(&mut self, balancing: NodeBalancing) {
         self.balancing = balancing;
+        self.stale = StaleRoutes::All;
     }
 
     pub fn balancing(&self) -> NodeBalancing {
@@ -444,7 +479,9 @@ impl ConfigState {
 
     /// Applies a batch of committed changes; returns whether the router must be rebuilt.
     pub fn apply(&mut self, changes: &Changes) -> bool {
+        // Anything but routes changing makes the router be rebuilt whole.
         let mut routing = false;
+        let mut routes_changed: Vec<Uuid> = Vec::new();
         // Consumers whose group sets may have changed.
         let mut regroup: Vec<Uuid> = Vec::new();
         for (&kind, batch) in &changes.kinds {
@@ -497,8 +534,9 @@ impl ConfigState {
                     }
                 }
                 Kind::Route => {
-                    routing = true;
                     deleted.iter().for_each(|id| drop(self.routes.remove(id)));
+                    routes_changed.extend(&deleted);
+                    routes_changed.extend(batch.upserts.iter().filter_map(|(id, _, _)| Uuid::parse_str(id).ok()));
                 }
                 Kind::Plugin => {
                     routing = true;
@@ -555,7 +593,12 @@ impl ConfigState {
             self.consumer_links.retain(|_, l| !l.is_empty());
         }
         self.version = changes.version;
-        routing
+        if routing {
+            self.stale = StaleRoutes::All;
+        }
+        let routes = !routes_changed.is_empty();
+        self.stale.add(routes_changed);
+        routing || routes
     }
 
     /// Before a credential's new version goes in, its previous keys leave the index, unless the
@@ -579,14 +622,35 @@ impl ConfigState {
         self.plugins.values().any(|p| p.config.get("anonymous").is_some_and(|a| !a.is_null()))
     }
 
+    /// The snapshot with the router assembled whole, whatever changed (tests compare it with an
+    /// edited one).
+    #[cfg(test)]
+    pub(crate) fn rebuild_whole(&mut self) -> Snapshot {
+        self.stale = StaleRoutes::All;
+        self.build(true)
+    }
+
     /// Compiles the snapshot, reusing the previous router unless `routing` says it is stale. Never
     /// fails: every row was compiled on the way in.
     pub fn build(&mut self, routing: bool) -> Snapshot {
         let router = match (&self.router, routing) {
             (Some(r), false) => r.clone(),
+            (Some(r), true) if matches!(self.stale, StaleRoutes::Only(_)) && self.chains.is_some() => {
+                let r = r.clone();
+                let started = Instant::now();
+                let StaleRoutes::Only(ids) = std::mem::replace(&mut self.stale, StaleRoutes::Only(Vec::new())) else {
+                    return self.build(true);
+                };
+                let r = Arc::new(self.edit_router(&r, ids));
+                let elapsed_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
+                tracing::debug!(routes = r.len(), elapsed_ms, "router edited");
+                self.router = Some(r.clone());
+                r
+            }
             _ => {
                 let started = Instant::now();
                 let r = Arc::new(self.assemble_router());
+                self.stale = StaleRoutes::Only(Vec::new());
                 let elapsed_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
                 tracing::debug!(routes = r.len(), elapsed_ms, "router compiled");
                 self.router = Some(r.clone());
@@ -682,49 +746,83 @@ impl ConfigState {
         for (id, why) in failures {
             self.reject(Kind::Plugin, &id.to_string(), &why);
         }
-        let mut routes: Vec<&Arc<CompiledRoute>> = self.routes.values().collect();
-        // Kong breaks priority ties in favour of the larger route id; the router prefers earlier routes.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.id));
         let balancers = self.build_balancers();
         self.balancers = Arc::new(balancers.values().map(|b| (b.upstream().id, b.clone())).collect());
+        self.balancers_by_name = balancers;
         let mut by_service: HashMap<Uuid, Destination> = HashMap::new();
-        let mut compiled = Vec::with_capacity(routes.len());
-        // A stream route (tcp, tls, udp) matches no HTTP attribute: in the HTTP router it would
-        // answer every request no other route takes.
-        for r in routes.into_iter().filter(|r| !r.stream_only) {
-            let (service, service_broken) = match r.service {
-                Some(sid) => match self.services.get(&sid) {
-                    Some(Some(s)) if s.enabled => (Some(s.clone()), false),
-                    // Routes of a disabled (or deleted) service are not routed.
-                    Some(Some(_)) | None => continue,
-                    Some(None) => (None, true),
-                },
-                None => (None, false),
-            };
-            let destination = service.as_ref().map_or(Destination::Address, |s| {
-                by_service.entry(s.id).or_insert_with(|| destination(s, &balancers, &self.balancing.dns)).clone()
-            });
-            let target = RouteTarget {
-                id: r.id,
-                destination,
-                strip_path: r.strip_path,
-                preserve_host: r.preserve_host,
-                http_allowed: r.http_allowed,
-                https_redirect_status: r.https_redirect_status,
-                request_buffering: r.request_buffering,
-                broken: r.broken || service_broken,
-                chain: chains.chain_for(r.id, r.service),
-                subject: Arc::new(Subject::new(
-                    r.id,
-                    r.label.clone(),
-                    r.entity.clone(),
-                    service.as_ref().map(|s| s.subject.clone()),
-                )),
-                service,
-            };
-            compiled.push((r.matcher.clone(), Arc::new(target)));
+        let compiled: Vec<_> = self
+            .routes
+            .values()
+            .filter_map(|r| {
+                Some((route_order(r.id), r.matcher.clone(), self.route_target(r, &chains, &mut by_service)?))
+            })
+            .collect();
+        self.chains = Some(Arc::new(chains));
+        Router::assemble_keyed(compiled)
+    }
+
+    /// The router with `ids` placed again as they are now (or taken out): the plugin instances,
+    /// balancers and every other route of the last build stay as they are.
+    fn edit_router(&self, base: &Router<Arc<RouteTarget>>, mut ids: Vec<Uuid>) -> Router<Arc<RouteTarget>> {
+        ids.sort_unstable();
+        ids.dedup();
+        let Some(chains) = self.chains.as_ref() else { return base.clone() };
+        let mut by_service: HashMap<Uuid, Destination> = HashMap::new();
+        let add: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.routes.get(id))
+            .filter_map(|r| {
+                Some((route_order(r.id), r.matcher.clone(), self.route_target(r, chains, &mut by_service)?))
+            })
+            .collect();
+        let remove: Vec<u128> = ids.iter().map(|id| route_order(*id)).collect();
+        base.edit(&remove, add)
+    }
+
+    /// What a route leads to, or `None` when it is not routed: a stream route (tcp, tls, udp)
+    /// matches no HTTP attribute, and in the HTTP router it would answer every request no other
+    /// route takes; routes of a disabled or deleted service are not routed.
+    fn route_target(
+        &self,
+        r: &CompiledRoute,
+        chains: &ChainBuilder,
+        by_service: &mut HashMap<Uuid, Destination>,
+    ) -> Option<Arc<RouteTarget>> {
+        if r.stream_only {
+            return None;
         }
-        Router::assemble(compiled)
+        let (service, service_broken) = match r.service {
+            Some(sid) => match self.services.get(&sid) {
+                Some(Some(s)) if s.enabled => (Some(s.clone()), false),
+                Some(Some(_)) | None => return None,
+                Some(None) => (None, true),
+            },
+            None => (None, false),
+        };
+        let destination = service.as_ref().map_or(Destination::Address, |s| {
+            by_service
+                .entry(s.id)
+                .or_insert_with(|| destination(s, &self.balancers_by_name, &self.balancing.dns))
+                .clone()
+        });
+        Some(Arc::new(RouteTarget {
+            id: r.id,
+            destination,
+            strip_path: r.strip_path,
+            preserve_host: r.preserve_host,
+            http_allowed: r.http_allowed,
+            https_redirect_status: r.https_redirect_status,
+            request_buffering: r.request_buffering,
+            broken: r.broken || service_broken,
+            chain: chains.chain_for(r.id, r.service),
+            subject: Arc::new(Subject::new(
+                r.id,
+                r.label.clone(),
+                r.entity.clone(),
+                service.as_ref().map(|s| s.subject.clone()),
+            )),
+            service,
+        }))
     }
 }
 
@@ -794,6 +892,50 @@ mod tests {
         let snapshot = state.build(true);
         assert_eq!(snapshot.router.len(), 1);
         assert!(format!("{:?}", snapshot.router).contains("Broken"), "the route runs the stand-in");
+    }
+
+    fn route_numbered(n: u32, path: &str, host: &str) -> (String, String) {
+        let id = format!("00000000-0000-4000-8000-1{n:011}");
+        let body = row(&json!({"id": id, "protocols": ["http"], "paths": [path], "hosts": [host], "strip_path": true,
+            "preserve_host": false, "regex_priority": 0, "https_redirect_status_code": 426, "service": {"id": SERVICE}}));
+        (id, body)
+    }
+
+    /// Routes added, changed and deleted (only routes) edit the router in place of a rebuild, and
+    /// the edited router is exactly the one a whole build gives; the other routes' targets are the
+    /// very same (not rebuilt), and a change of anything else rebuilds the router whole.
+    #[test]
+    fn route_changes_edit_the_router_instead_of_rebuilding_it() {
+        let mut rows = vec![(Kind::Service, service())];
+        rows.extend((0..50).map(|n| (Kind::Route, route_numbered(n, &format!("/p{}", n % 7), "h.test").1)));
+        let mut state = load(&rows);
+        let first = state.build(true);
+        let kept = first.router.targets().find(|t| t.id.to_string().ends_with("00000000049")).cloned();
+
+        let mut changes = Changes { version: 2, ..Changes::default() };
+        let batch = changes.kinds.entry(Kind::Route).or_default();
+        batch.deletes.push(route_numbered(3, "", "").0);
+        let (moved, body) = route_numbered(4, "/p3", "other.test");
+        batch.upserts.push((moved, body, None));
+        let (added, body) = route_numbered(60, "/p1", "h.test");
+        batch.upserts.push((added, body, None));
+        assert!(state.apply(&changes), "routes changed");
+        let edited = state.build(true);
+        assert_eq!(edited.router.len(), 50);
+        let still = edited.router.targets().find(|t| t.id.to_string().ends_with("00000000049")).cloned();
+        assert!(Arc::ptr_eq(&kept.expect("route 49"), &still.expect("route 49")), "untouched routes are not rebuilt");
+        let whole = state.rebuild_whole();
+        assert_eq!(edited.router.layout(), whole.router.layout());
+
+        // A service change rebuilds whole: every target is new.
+        let mut changes = Changes { version: 3, ..Changes::default() };
+        changes.kinds.entry(Kind::Service).or_default().upserts.push((SERVICE.into(), service(), None));
+        assert!(state.apply(&changes));
+        let rebuilt = state.build(true);
+        let before = whole.router.targets().find(|t| t.id.to_string().ends_with("00000000049")).cloned();
+        let after = rebuilt.router.targets().find(|t| t.id.to_string().ends_with("00000000049")).cloned();
+        assert!(!Arc::ptr_eq(&before.expect("49"), &after.expect("49")));
+        assert_eq!(rebuilt.router.layout(), whole.router.layout());
     }
 
     /// A route whose header regex does not compile is rejected alone: the others are routed.
