@@ -81,10 +81,87 @@ impl GroupSet {
     }
 }
 
+/// Shards of an index.
+const SHARDS: usize = 64;
+
+/// A map split into shards shared between copies until one is written: a configuration change
+/// copies the index (the served snapshot keeps the old one) and the shard it writes, 1/64 of the
+/// entries, not all 100,000 of them. A look-up hashes its key once more, to pick the shard.
+#[derive(Debug)]
+struct Shards<K, V> {
+    shards: Box<[Arc<HashMap<K, V, Hasher>>]>,
+}
+
+impl<K, V> Clone for Shards<K, V> {
+    fn clone(&self) -> Self {
+        Shards { shards: self.shards.clone() }
+    }
+}
+
+impl<K, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Shards { shards: (0..SHARDS).map(|_| Arc::new(HashMap::default())).collect() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Shards<K, V> {
+    fn shard_of<Q: std::hash::Hash + ?Sized>(key: &Q) -> usize {
+        use std::hash::BuildHasher;
+        // Fixed, so that a key finds its shard in every copy.
+        (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.shards.get(Self::shard_of(key))?.get(key)
+    }
+
+    fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let shard = self.shards.get_mut(Self::shard_of(key))?;
+        if !shard.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(shard).get_mut(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if let Some(shard) = self.shards.get_mut(Self::shard_of(&key)) {
+            Arc::make_mut(shard).insert(key, value);
+        }
+    }
+
+    fn remove<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(shard) = self.shards.get_mut(Self::shard_of(key))
+            && shard.contains_key(key)
+        {
+            Arc::make_mut(shard).remove(key);
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+}
+
 /// Consumers by id.
 #[derive(Debug, Clone, Default)]
 pub struct ConsumerIndex {
-    by_id: HashMap<Uuid, Arc<Consumer>, Hasher>,
+    by_id: Shards<Uuid, Arc<Consumer>>,
 }
 
 impl ConsumerIndex {
@@ -107,7 +184,7 @@ impl ConsumerIndex {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_id.len() == 0
     }
 
     pub(crate) fn insert(&mut self, c: Consumer) {
@@ -151,7 +228,7 @@ pub struct Authenticated {
 /// carries it), so no reverse map is kept.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialIndex {
-    by_key: HashMap<Arc<str>, KeyCredential, Hasher>,
+    by_key: Shards<Arc<str>, KeyCredential>,
 }
 
 impl CredentialIndex {
@@ -160,7 +237,7 @@ impl CredentialIndex {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.by_key.len() == 0
     }
 
     pub(crate) fn insert(&mut self, key: &str, cred: KeyCredential) {
