@@ -158,10 +158,17 @@ async fn a_data_plane_restarted_while_the_control_plane_is_down_serves_its_cache
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(cache.exists());
-    // A change after it arrives as a delta, appended to the cache.
+    let whole = std::fs::metadata(&cache).unwrap().len();
+    // A change after it arrives as a delta, appended to the cache (by a thread of its own: the
+    // cache grows once it is written).
     cp.create(&core(&id, "/services/dev/routes"), json!({"paths": ["/dev-later"]})).await;
     serves(&dp, "/dev-later", 200, Duration::from_secs(5)).await;
     dp.wait_for_log("configuration delta applied", 1, Duration::from_secs(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&cache).unwrap().len() == whole && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(std::fs::metadata(&cache).unwrap().len() > whole, "the delta was appended to the cache");
 
     cp.kill();
     dp.kill();

@@ -102,6 +102,9 @@ pub struct DataPlane {
         Result<(Arc<tokio_rustls::rustls::ClientConfig>, tokio_rustls::rustls::pki_types::ServerName<'static>), String>,
     max_payload: usize,
     cache: PathBuf,
+    /// Writes to `cache`, in order, on a thread of its own: a flush never holds up the runtime
+    /// that proxies.
+    cache_writes: std::sync::mpsc::Sender<CacheWrite>,
     holder: Arc<SnapshotHolder>,
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
@@ -143,6 +146,69 @@ struct Mirror {
 
 /// A row by table and id.
 type RowKey = (Kind, Box<str>);
+
+/// A write to the configuration cache.
+enum CacheWrite {
+    /// A whole configuration's parts as received (replacing the cache).
+    Whole(Vec<(Encoding, Bytes)>),
+    /// A delta as received, appended.
+    Delta(Encoding, Bytes),
+}
+
+/// Starts the thread writing `cache`; it ends when the data plane is dropped.
+fn cache_writer(cache: PathBuf) -> std::sync::mpsc::Sender<CacheWrite> {
+    let (tx, rx) = std::sync::mpsc::channel::<CacheWrite>();
+    let spawned = std::thread::Builder::new().name("config-cache".into()).spawn(move || {
+        for write in rx {
+            let written = match write {
+                CacheWrite::Whole(parts) => write_cache(&cache, &parts),
+                CacheWrite::Delta(encoding, data) => append_cache(&cache, encoding, &data),
+            };
+            if let Err(e) = written {
+                tracing::error!(error = %e, "configuration cache not written");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "configuration cache writer not started; the cache is not kept");
+    }
+    tx
+}
+
+/// Appends a delta as received to the cache (after the parts it follows), flushed.
+fn append_cache(cache: &std::path::Path, encoding: Encoding, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(cache)?;
+    let mut record = Vec::with_capacity(data.len() + 5);
+    record.push(encoding_code(encoding) | DELTA_RECORD);
+    record.extend_from_slice(&len.to_le_bytes());
+    record.extend_from_slice(data);
+    f.write_all(&record)?;
+    f.sync_data()
+}
+
+/// Writes the configuration's parts as received next to the cache (records of an encoding byte,
+/// a length and the bytes, after [`CACHE_MAGIC`]), flushes it, then renames it over the cache.
+fn write_cache(cache: &std::path::Path, parts: &[(Encoding, Bytes)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = cache.with_extension("cache.tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    f.write_all(CACHE_MAGIC)?;
+    for (encoding, data) in parts {
+        let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+        f.write_all(&[encoding_code(*encoding)])?;
+        f.write_all(&len.to_le_bytes())?;
+        f.write_all(data)?;
+    }
+    let f = f.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, cache)?;
+    if let Some(dir) = cache.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
 /// Deltas appended to the cache before the data plane asks for the whole configuration again (so
 /// the cache is written whole and stays small).
@@ -208,6 +274,7 @@ impl DataPlane {
             tls: super::tls::client(&settings.cluster_tls, &settings.cluster_control_plane),
             max_payload: settings.cluster_max_payload,
             cache: prefix.join("config.cache"),
+            cache_writes: cache_writer(prefix.join("config.cache")),
             holder,
             counters: Arc::new(Counters::default()),
             balancing: crate::balancer::NodeBalancing {
@@ -475,41 +542,10 @@ impl DataPlane {
         Ok(delta.hash.clone())
     }
 
-    /// Appends a delta as received to the cache (after the parts it follows), flushed.
-    fn append_cache(&self, encoding: Encoding, data: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.cache)?;
-        let mut record = Vec::with_capacity(data.len() + 5);
-        record.push(encoding_code(encoding) | DELTA_RECORD);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(data);
-        f.write_all(&record)?;
-        f.sync_data()
-    }
-
-    /// Writes the configuration's parts as received next to the cache (records of an encoding
-    /// byte, a length and the bytes, after [`CACHE_MAGIC`]), flushes it, then renames it over the
-    /// cache.
-    fn write_cache(&self, parts: &[(Encoding, Bytes)]) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = self.cache.with_extension("cache.tmp");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(CACHE_MAGIC)?;
-        for (encoding, data) in parts {
-            let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
-            f.write_all(&[encoding_code(*encoding)])?;
-            f.write_all(&len.to_le_bytes())?;
-            f.write_all(data)?;
-        }
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+    /// Has the whole configuration's parts written to the cache (replacing it), off the runtime.
+    fn write_cache(&self, parts: Vec<(Encoding, Bytes)>) {
         self.cached_deltas.store(0, Ordering::Relaxed);
-        std::fs::rename(&tmp, &self.cache)?;
-        if let Some(dir) = self.cache.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let _ = self.cache_writes.send(CacheWrite::Whole(parts));
     }
 
     /// Keeps the link to the control plane up until the process ends.
@@ -684,9 +720,7 @@ impl DataPlane {
         };
         Some(match self.install(whole.version, whole.hash.clone(), &whole.rows, true) {
             Ok(Applied::Whole(hash)) => {
-                if let Err(e) = self.write_cache(&whole.received) {
-                    tracing::error!(error = %e, "configuration cache not written");
-                }
+                self.write_cache(whole.received);
                 tracing::info!(hash, "configuration applied");
                 ToControlPlane::Applied { hash }
             }
@@ -712,9 +746,7 @@ impl DataPlane {
         };
         match self.apply_delta(&delta) {
             Ok(hash) => {
-                if let Err(e) = self.append_cache(encoding, raw) {
-                    tracing::error!(error = %e, "configuration cache not written");
-                }
+                let _ = self.cache_writes.send(CacheWrite::Delta(encoding, Bytes::copy_from_slice(raw)));
                 tracing::info!(hash, version = delta.version, "configuration delta applied");
                 if self.cached_deltas.fetch_add(1, Ordering::Relaxed) + 1 >= CACHED_DELTAS_MAX {
                     return self.resync("rewriting the configuration cache whole".into());

@@ -159,10 +159,17 @@ impl Encoded {
         let messages: Vec<Message> = if encoding == Encoding::Identity {
             self.text.iter().cloned().map(Message::Text).collect()
         } else {
-            let this = self.clone();
-            let parts = tokio::task::spawn_blocking(move || this.compressed(encoding))
-                .await
-                .map_err(|e| format!("compressing the configuration failed: {e}"))??;
+            let cell = if encoding == Encoding::Gzip { &self.gzip } else { &self.zstd };
+            // Compressed once, off the runtime's workers; every other link takes it as it is.
+            let parts = match cell.get() {
+                Some(made) => made.clone()?,
+                None => {
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || this.compressed(encoding))
+                        .await
+                        .map_err(|e| format!("compressing the configuration failed: {e}"))??
+                }
+            };
             parts.into_iter().map(Message::Binary).collect()
         };
         match messages.iter().map(Message::len).max() {
@@ -776,4 +783,55 @@ fn refusal(status: u16, message: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(serde_json::json!({ "message": message }).to_string()));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::protocol::tests::{consumer, store};
+    use crate::model::Kind;
+    use crate::store::WriteOp;
+    use futures_util::future::join_all;
+
+    /// The first bytes of what a link would send.
+    fn first_bytes(messages: &Result<Vec<Message>, String>) -> *const u8 {
+        match messages.as_ref().map(|m| &m[0]) {
+            Ok(Message::Binary(b)) => b.as_ptr(),
+            other => panic!("not a compressed message: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_is_read_and_compressed_once_for_a_hundred_data_planes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path()).await;
+        let max = 16 << 20;
+        let hub = Hub::new(store.clone(), max);
+        let mut latest = hub.subscribe("plane");
+        let mut mirrors = HashMap::new();
+        store.write("cp", Kind::Consumer, WriteOp::Insert, consumer(1, "one"), None).await.expect("write");
+        hub.publish("plane", "cp", &mut mirrors).await;
+        let before = latest.borrow_and_update().clone().expect("published");
+        store.write("cp", Kind::Consumer, WriteOp::Insert, consumer(2, "two"), None).await.expect("write");
+        hub.publish("plane", "cp", &mut mirrors).await;
+        let after = latest.borrow_and_update().clone().expect("published");
+        assert!(after.version > before.version && after.hash != before.hash);
+
+        // A hundred data planes at the earlier version ask at once: one delta, one compression.
+        let deltas = join_all((0..100).map(|_| after.delta_from(&store, before.version, max))).await;
+        let delta = deltas[0].clone().expect("a delta");
+        assert!(deltas.iter().all(|d| d.as_ref().is_some_and(|d| Arc::ptr_eq(d, &delta))), "one delta");
+        let sent = join_all((0..100).map(|_| delta.messages(Encoding::Zstd))).await;
+        let first = first_bytes(&sent[0]);
+        assert!(sent.iter().all(|m| first_bytes(m) == first), "every link sends the same compressed bytes");
+
+        // Data planes joining from nothing share one export of the whole, compressed once.
+        let fulls = join_all((0..100).map(|_| after.full(&store, max))).await;
+        let full = fulls[0].clone().expect("the whole");
+        assert!(fulls.iter().all(|f| f.as_ref().is_some_and(|f| Arc::ptr_eq(&f.encoded, &full.encoded))));
+        let sent = join_all((0..100).map(|_| full.encoded.messages(Encoding::Zstd))).await;
+        let first = first_bytes(&sent[0]);
+        assert!(sent.iter().all(|m| first_bytes(m) == first));
+        assert_eq!(full.hash, after.hash, "the whole has the delta's hash (nothing changed since)");
+    }
 }

@@ -465,7 +465,7 @@ pub fn rows_in_load_order(rows: &ConfigRows) -> Result<Vec<(Kind, LoadRow<'_>)>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -542,14 +542,14 @@ mod tests {
         }
     }
 
-    async fn store(dir: &std::path::Path) -> Store {
+    pub(crate) async fn store(dir: &std::path::Path) -> Store {
         let mut settings = crate::config::load(None).expect("default settings");
         settings.prefix = dir.to_path_buf();
         settings.database = crate::config::Database::Sqlite;
         Store::open(&settings).await.expect("open")
     }
 
-    fn consumer(n: u32, name: &str) -> crate::model::schema::Obj {
+    pub(crate) fn consumer(n: u32, name: &str) -> crate::model::schema::Obj {
         let v = serde_json::json!({"id": format!("00000000-0000-4000-8000-{n:012}"), "username": name,
             "custom_id": null, "tags": null, "created_at": 1, "updated_at": 1});
         v.as_object().cloned().expect("object")
