@@ -104,7 +104,9 @@ pub struct DataPlane {
     cache: PathBuf,
     /// Writes to `cache`, in order, on a thread of its own: a flush never holds up the runtime
     /// that proxies.
-    cache_writes: std::sync::mpsc::Sender<CacheWrite>,
+    cache_writes: std::sync::mpsc::SyncSender<CacheWrite>,
+    /// A cache write was dropped (said once until one goes through).
+    cache_behind: std::sync::atomic::AtomicBool,
     holder: Arc<SnapshotHolder>,
     /// Rate-limiting counters, kept across configurations.
     counters: Arc<Counters>,
@@ -155,9 +157,12 @@ enum CacheWrite {
     Delta(Encoding, Bytes),
 }
 
+/// Cache writes queued at most (a disk that stalls costs the cache, never memory).
+const CACHE_QUEUE: usize = 256;
+
 /// Starts the thread writing `cache`; it ends when the data plane is dropped.
-fn cache_writer(cache: PathBuf) -> std::sync::mpsc::Sender<CacheWrite> {
-    let (tx, rx) = std::sync::mpsc::channel::<CacheWrite>();
+fn cache_writer(cache: PathBuf) -> std::sync::mpsc::SyncSender<CacheWrite> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<CacheWrite>(CACHE_QUEUE);
     let spawned = std::thread::Builder::new().name("config-cache".into()).spawn(move || {
         for write in rx {
             let written = match write {
@@ -275,6 +280,7 @@ impl DataPlane {
             max_payload: settings.cluster_max_payload,
             cache: prefix.join("config.cache"),
             cache_writes: cache_writer(prefix.join("config.cache")),
+            cache_behind: std::sync::atomic::AtomicBool::new(false),
             holder,
             counters: Arc::new(Counters::default()),
             balancing: crate::balancer::NodeBalancing {
@@ -542,10 +548,24 @@ impl DataPlane {
         Ok(delta.hash.clone())
     }
 
-    /// Has the whole configuration's parts written to the cache (replacing it), off the runtime.
-    fn write_cache(&self, parts: Vec<(Encoding, Bytes)>) {
-        self.cached_deltas.store(0, Ordering::Relaxed);
-        let _ = self.cache_writes.send(CacheWrite::Whole(parts));
+    /// Has the cache written (off the runtime). A write the writer has no room for (a stalled
+    /// disk) is dropped, said once: a replay of the cache stops where its deltas no longer follow
+    /// (the control plane sends the rest), and the next whole configuration is cached whole.
+    fn cache(&self, write: CacheWrite) {
+        let whole = matches!(write, CacheWrite::Whole(_));
+        match self.cache_writes.try_send(write) {
+            Ok(()) => {
+                self.cache_behind.store(false, Ordering::Relaxed);
+                if whole {
+                    self.cached_deltas.store(0, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                if !self.cache_behind.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the configuration cache writer is behind; configurations go uncached meanwhile");
+                }
+            }
+        }
     }
 
     /// Keeps the link to the control plane up until the process ends.
@@ -720,7 +740,7 @@ impl DataPlane {
         };
         Some(match self.install(whole.version, whole.hash.clone(), &whole.rows, true) {
             Ok(Applied::Whole(hash)) => {
-                self.write_cache(whole.received);
+                self.cache(CacheWrite::Whole(whole.received));
                 tracing::info!(hash, "configuration applied");
                 ToControlPlane::Applied { hash }
             }
@@ -746,7 +766,7 @@ impl DataPlane {
         };
         match self.apply_delta(&delta) {
             Ok(hash) => {
-                let _ = self.cache_writes.send(CacheWrite::Delta(encoding, Bytes::copy_from_slice(raw)));
+                self.cache(CacheWrite::Delta(encoding, Bytes::copy_from_slice(raw)));
                 tracing::info!(hash, version = delta.version, "configuration delta applied");
                 if self.cached_deltas.fetch_add(1, Ordering::Relaxed) + 1 >= CACHED_DELTAS_MAX {
                     return self.resync("rewriting the configuration cache whole".into());

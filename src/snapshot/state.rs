@@ -638,10 +638,13 @@ impl ConfigState {
             (Some(r), true) if matches!(self.stale, StaleRoutes::Only(_)) && self.chains.is_some() => {
                 let r = r.clone();
                 let started = Instant::now();
-                let StaleRoutes::Only(ids) = std::mem::replace(&mut self.stale, StaleRoutes::Only(Vec::new())) else {
+                // Whole again until the edit is done: a build that panics halfway (a bug) is
+                // followed by a whole one, not by an edit missing these routes.
+                let StaleRoutes::Only(ids) = std::mem::replace(&mut self.stale, StaleRoutes::All) else {
                     return self.build(true);
                 };
                 let r = Arc::new(self.edit_router(&r, ids));
+                self.stale = StaleRoutes::Only(Vec::new());
                 let elapsed_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
                 tracing::debug!(routes = r.len(), elapsed_ms, "router edited");
                 self.router = Some(r.clone());
