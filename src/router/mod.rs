@@ -403,6 +403,12 @@ impl<T: Clone> Router<T> {
         for (key, matcher, target) in add {
             router.place(key, matcher, target, true);
         }
+        // Buckets left without routes go (once per edit: a pass over every host).
+        let empty = |b: &Arc<Bucket<T>>| b.is_empty();
+        router.exact.retain(|_, b| !empty(b));
+        router.suffixes.retain(|_, b| !empty(b));
+        router.prefixes.retain(|_, b| !empty(b));
+        router.odd_wildcards.retain(|(_, _, b)| !empty(b));
         router
     }
 
@@ -472,11 +478,6 @@ impl<T: Clone> Router<T> {
                 }
             }
         }
-        let empty = |b: &Arc<Bucket<T>>| b.is_empty();
-        self.exact.retain(|_, b| !empty(b));
-        self.suffixes.retain(|_, b| !empty(b));
-        self.prefixes.retain(|_, b| !empty(b));
-        self.odd_wildcards.retain(|(_, _, b)| !empty(b));
     }
 }
 

@@ -141,6 +141,12 @@ enum StaleRoutes {
 }
 
 impl StaleRoutes {
+    /// Few enough routes to edit the router rather than assemble it whole (an edit costs each
+    /// route a few list insertions; a large share of the routes is cheaper assembled at once).
+    fn few(&self, routes: usize) -> bool {
+        matches!(self, StaleRoutes::Only(ids) if ids.len() <= (routes / 8).max(64))
+    }
+
     fn add(&mut self, ids: impl IntoIterator<Item = Uuid>) {
         if let StaleRoutes::Only(list) = self {
             list.extend(ids);
@@ -635,7 +641,7 @@ impl ConfigState {
     pub fn build(&mut self, routing: bool) -> Snapshot {
         let router = match (&self.router, routing) {
             (Some(r), false) => r.clone(),
-            (Some(r), true) if matches!(self.stale, StaleRoutes::Only(_)) && self.chains.is_some() => {
+            (Some(r), true) if self.stale.few(self.routes.len()) && self.chains.is_some() => {
                 let r = r.clone();
                 let started = Instant::now();
                 // Whole again until the edit is done: a build that panics halfway (a bug) is
