@@ -149,10 +149,20 @@ pub fn admin_token(bin: &Path, prefix: &Path) -> Result<String, String> {
 
 /// Resident memory (VmRSS) of process `pid`, in bytes (0 once it is gone).
 pub fn rss_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Peak resident memory (VmHWM) of process `pid`, in bytes (0 once it is gone).
+pub fn peak_rss_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A size in kB from /proc/<pid>/status, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         * 1024

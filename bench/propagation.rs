@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 #[path = "nodes.rs"]
 mod nodes;
 
-use nodes::{Node, admin_token, cluster_env, free_port, percentile, spawn, wait_until};
+use nodes::{Node, admin_token, cluster_env, free_port, peak_rss_of, percentile, spawn, wait_until};
 use serde_json::{Value, json};
 
 /// The default control plane's id (root Admin API paths address it).
@@ -139,17 +139,6 @@ fn bytes_sent_from(port: u16) -> u64 {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     out.split_whitespace().filter_map(|w| w.strip_prefix("bytes_acked:")).filter_map(|n| n.parse::<u64>().ok()).sum()
-}
-
-/// Peak resident memory (VmHWM) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 struct DataPlane {
@@ -344,8 +333,8 @@ async fn run(bin: &Path, dir: &Path, size: Size, data_planes: usize, changes: us
 
     let dp_rss: Vec<u64> = fleet_nodes.iter().map(|d| d.node.rss()).collect();
     let steady = median(&dp_rss);
-    let join_memory = (fleet_nodes.first().map_or(0, |d| peak_rss(d.node.child.id())), steady);
-    let (cp_rss, cp_peak) = (cp.rss(), peak_rss(cp.child.id()));
+    let join_memory = (fleet_nodes.first().map_or(0, |d| peak_rss_of(d.node.child.id())), steady);
+    let (cp_rss, cp_peak) = (cp.rss(), peak_rss_of(cp.child.id()));
 
     // One more data plane from nothing, once the fleet has followed the changes.
     let started = Instant::now();
@@ -360,7 +349,7 @@ async fn run(bin: &Path, dir: &Path, size: Size, data_planes: usize, changes: us
     let started = Instant::now();
     let again = fleet.start("dp-0-again", Some((prefix, port)))?;
     let restart = until_served(&http, &again, "/change-0", started).await?;
-    let restart_memory = (peak_rss(again.node.child.id()), steady);
+    let restart_memory = (peak_rss_of(again.node.child.id()), steady);
     drop(again);
     drop(fleet_nodes);
     cp.stop();
