@@ -140,6 +140,14 @@ impl<F: FnMut(Bytes) -> bool> Chunks<F> {
         self.buf.extend_from_slice(s.as_bytes());
     }
 
+    /// One line of parts, with one reservation.
+    fn line(&mut self, parts: &[&str]) {
+        self.buf.reserve(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            self.buf.extend_from_slice(p.as_bytes());
+        }
+    }
+
     /// Hands the text on once a chunk is full; false when the reader left (stop writing).
     fn full(&mut self) -> bool {
         if self.buf.len() >= CHUNK {
@@ -170,7 +178,6 @@ fn write_family<F: FnMut(Bytes) -> bool>(
     // counters do).
     let summed = |members: &[u32], buckets: &mut [u64; MAX_BUCKETS]| -> (&str, u64, u64) {
         let (mut count, mut sum) = (0u64, 0u64);
-        *buckets = [0; MAX_BUCKETS];
         for &i in members {
             let s = &series[i as usize];
             count = count.wrapping_add(s.count.load(Ordering::Relaxed));
@@ -189,9 +196,8 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         let open = format!("{name}{{");
         for members in list {
             let (labels, count, _) = summed(members, &mut buckets);
-            for part in [open.as_str(), labels, "} ", value.format(count), "\n"] {
-                out.push(part);
-            }
+            let v = value.format(count);
+            out.line(&[open.as_str(), labels, "} ", v, "\n"]);
             if !out.full() {
                 return;
             }
@@ -205,29 +211,34 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         .chain(std::iter::once("+Inf".to_string()))
         .map(|le| format!(",le=\"{le}\"}} "))
         .collect();
-    // Kong writes every series' buckets, then every series' count, then every sum.
+    // Kong writes every series' buckets, then every series' count, then every sum: the counts and
+    // sums are kept from the first pass rather than summed again.
+    let mut totals: Vec<(u64, u64)> = Vec::with_capacity(list.len());
     let open = format!("{name}_bucket{{");
     let mut prefix = String::new();
     for members in list {
-        let (labels, _, _) = summed(members, &mut buckets);
-        // The bucket lines of a series share their start; most of their values repeat (every
-        // bucket past the slowest request holds the count), so each is formatted once.
+        buckets = [0; MAX_BUCKETS];
+        let (labels, count, sum) = summed(members, &mut buckets);
+        totals.push((count, sum));
+        // Every bucket line of a series is one reservation and three copies; most values repeat
+        // (every bucket past the slowest request holds the count), so each is formatted once.
         prefix.clear();
         prefix.push_str(&open);
         prefix.push_str(labels);
+        out.buf.reserve(closings.len() * (prefix.len() + 40));
         let mut cumulative: u64 = 0;
-        let mut shown = (u64::MAX, String::new());
+        let mut shown = (u64::MAX, [0u8; 24], 0usize);
         for (b, closing) in buckets.iter().zip(&closings) {
             cumulative = cumulative.wrapping_add(*b);
             if shown.0 != cumulative {
-                shown.1.clear();
-                shown.1.push_str(value.format(cumulative));
-                shown.1.push('\n');
-                shown.0 = cumulative;
+                let text = value.format(cumulative).as_bytes();
+                shown.1[..text.len()].copy_from_slice(text);
+                shown.1[text.len()] = b'\n';
+                shown = (cumulative, shown.1, text.len() + 1);
             }
-            for part in [prefix.as_str(), closing, shown.1.as_str()] {
-                out.push(part);
-            }
+            out.buf.extend_from_slice(prefix.as_bytes());
+            out.buf.extend_from_slice(closing.as_bytes());
+            out.buf.extend_from_slice(&shown.1[..shown.2]);
         }
         if !out.full() {
             return;
@@ -235,12 +246,10 @@ fn write_family<F: FnMut(Bytes) -> bool>(
     }
     for (suffix, pick_sum) in [("_count", false), ("_sum", true)] {
         let open = format!("{name}{suffix}{{");
-        for members in list {
-            let (labels, count, sum) = summed(members, &mut buckets);
-            let v = if pick_sum { sum } else { count };
-            for part in [open.as_str(), labels, "} ", value.format(v), "\n"] {
-                out.push(part);
-            }
+        for (members, &(count, sum)) in list.iter().zip(&totals) {
+            let labels: &str = &series[members[0] as usize].labels;
+            let v = value.format(if pick_sum { sum } else { count });
+            out.line(&[open.as_str(), labels, "} ", v, "\n"]);
             if !out.full() {
                 return;
             }
@@ -248,7 +257,6 @@ fn write_family<F: FnMut(Bytes) -> bool>(
     }
 }
 
-/// The most buckets of a family, `+Inf` included.
 const MAX_BUCKETS: usize = 18;
 
 /// The whole exposition, handed to `sink` in chunks (it answers false once its reader left, which
