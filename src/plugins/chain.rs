@@ -49,6 +49,10 @@ struct Slot {
     default: Option<Ranked>,
     by_consumer: Option<HashMap<Uuid, Ranked, Hasher>>,
     by_group: Option<HashMap<Uuid, Ranked, Hasher>>,
+    /// Some instance of the slot has an access phase, a log phase (each phase passes over the
+    /// slots without it).
+    accesses: bool,
+    logs: bool,
 }
 
 /// The ordered plugins of one route (highest priority first).
@@ -58,7 +62,7 @@ pub struct PluginChain {
     needs_body: bool,
     is_async: bool,
     logs: bool,
-    logs_headers: bool,
+    serializes: bool,
 }
 
 impl PluginChain {
@@ -73,7 +77,7 @@ impl PluginChain {
 
     /// Runs the access phase of every plugin in order until one answers.
     pub fn access(&self, ctx: &mut AccessCtx<'_>) -> Flow {
-        for slot in &self.slots {
+        for slot in self.slots.iter().filter(|s| s.accesses) {
             let Some(plugin) = slot.pick(ctx.consumer.as_deref()) else { continue };
             if let Flow::Respond(r) = plugin.access(ctx) {
                 return Flow::Respond(r);
@@ -89,7 +93,7 @@ impl PluginChain {
 
     /// [`PluginChain::access`] for chains where a plugin waits on I/O.
     pub async fn access_async(&self, ctx: &mut AccessCtx<'_>) -> Flow {
-        for slot in &self.slots {
+        for slot in self.slots.iter().filter(|s| s.accesses) {
             let Some(plugin) = slot.pick(ctx.consumer.as_deref()) else { continue };
             let flow = if plugin.is_async() { plugin.access_async(ctx).await } else { plugin.access(ctx) };
             if let Flow::Respond(r) = flow {
@@ -105,13 +109,13 @@ impl PluginChain {
     }
 
     /// Whether some plugin's log phase reads headers.
-    pub fn logs_headers(&self) -> bool {
-        self.logs_headers
+    pub fn serializes(&self) -> bool {
+        self.serializes
     }
 
     /// Runs the log phase of the plugins picked for this consumer.
-    pub fn log(&self, consumer: Option<&Consumer>, entry: &Arc<super::log::LogEntry>) {
-        for slot in &self.slots {
+    pub fn log(&self, consumer: Option<&Consumer>, entry: &super::log::Entry<'_>) {
+        for slot in self.slots.iter().filter(|s| s.logs) {
             if let Some(plugin) = slot.pick(consumer)
                 && plugin.logs()
             {
@@ -136,13 +140,31 @@ impl PluginChain {
     pub fn of(plugins: Vec<Arc<dyn Plugin>>) -> PluginChain {
         let slots = plugins
             .into_iter()
-            .map(|p| Slot { priority: 0, name: "test", default: Some((12, p)), by_consumer: None, by_group: None })
-            .collect();
-        PluginChain { slots, needs_body: false, is_async: false, logs: false, logs_headers: false }
+            .map(|p| Slot {
+                priority: 0,
+                name: "test",
+                accesses: p.accesses(),
+                logs: p.logs(),
+                default: Some((12, p)),
+                by_consumer: None,
+                by_group: None,
+            })
+            .collect::<Vec<_>>();
+        let logs = slots.iter().any(|s| s.logs);
+        PluginChain { slots, needs_body: false, is_async: false, logs, serializes: false }
     }
 }
 
 impl Slot {
+    /// Every instance of the slot: for everyone, by consumer, by group.
+    fn instances(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
+        self.default
+            .iter()
+            .chain(self.by_consumer.iter().flat_map(|m| m.values()))
+            .chain(self.by_group.iter().flat_map(|m| m.values()))
+            .map(|(_, p)| p)
+    }
+
     fn pick(&self, consumer: Option<&Consumer>) -> Option<&Arc<dyn Plugin>> {
         let mut best: Option<&Ranked> = self.default.as_ref();
         let better = |best: Option<&Ranked>, candidate: &Ranked| best.is_none_or(|b| candidate.0 < b.0);
@@ -259,23 +281,21 @@ impl ChainBuilder {
                 default,
                 by_consumer: (!by_consumer.is_empty()).then_some(by_consumer),
                 by_group: (!by_group.is_empty()).then_some(by_group),
+                accesses: false,
+                logs: false,
             });
         }
         slots.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(b.name)));
-        let any = |f: &dyn Fn(&dyn Plugin) -> bool| {
-            slots.iter().any(|s| {
-                s.default
-                    .iter()
-                    .chain(s.by_consumer.iter().flat_map(|m| m.values()))
-                    .chain(s.by_group.iter().flat_map(|m| m.values()))
-                    .any(|(_, p)| f(p.as_ref()))
-            })
-        };
+        for s in &mut slots {
+            let (accesses, logs) = (s.instances().any(|p| p.accesses()), s.instances().any(|p| p.logs()));
+            (s.accesses, s.logs) = (accesses, logs);
+        }
+        let any = |f: &dyn Fn(&dyn Plugin) -> bool| slots.iter().any(|s| s.instances().any(|p| f(p.as_ref())));
         let needs_body = any(&|p| p.needs_body());
         let is_async = any(&|p| p.is_async());
-        let logs = any(&|p| p.logs());
-        let logs_headers = any(&|p| p.logs_headers());
-        PluginChain { slots, needs_body, is_async, logs, logs_headers }
+        let logs = slots.iter().any(|s| s.logs);
+        let serializes = any(&|p| p.serializes());
+        PluginChain { slots, needs_body, is_async, logs, serializes }
     }
 }
 

@@ -152,13 +152,18 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Flow::Continue
     }
 
+    /// Whether this instance has an access phase (the chain passes over those that do not).
+    fn accesses(&self) -> bool {
+        true
+    }
+
     /// Runs on the upstream response head before it goes downstream.
     fn header_filter(&self, response: &mut http::response::Parts) {
         let _ = response;
     }
 
     /// Runs after the response was sent (see the phases above).
-    fn log(&self, entry: &Arc<log::LogEntry>) {
+    fn log(&self, entry: &log::Entry<'_>) {
         let _ = entry;
     }
 
@@ -167,9 +172,11 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Whether its log phase reads the request and response headers (a serializer does; counters
-    /// do not): they are kept for the entry only then.
-    fn logs_headers(&self) -> bool {
+    /// Whether its log phase serializes or keeps whole entries (file-log, http-log): only then does a
+    /// request gather what only a serializer reads (headers, URIs, tries, start time), and is its
+    /// entry shared ([`log::Entry::share`]). Counters (prometheus) read the route, consumer,
+    /// status, sizes and latencies.
+    fn serializes(&self) -> bool {
         false
     }
 

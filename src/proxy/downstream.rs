@@ -192,7 +192,7 @@ async fn respond(
     conn: &ConnInfo,
     drain: &watch::Receiver<bool>,
 ) -> Option<(Box<dyn ClientIo>, BytesMut)> {
-    let RequestHead { parts, body: framing, keep_alive, expects_continue } = head;
+    let RequestHead { parts, body: framing, keep_alive, expects_continue, len: head_len } = head;
     let method = parts.method.clone();
     let version = parts.version;
     // A body that is not all here takes the connection, and gives it back when it is done with it.
@@ -213,7 +213,9 @@ async fn respond(
             (RequestBody::Streaming(Box::new(body)), None, Some(rx))
         }
     };
-    let response = proxy.handle(Request::from_parts(parts, body), conn).await;
+    // Kong's `request_length`: the head as read and the body its framing announces.
+    let length = (head_len as u64).saturating_add(if let BodyFraming::Length(len) = framing { len } else { 0 });
+    let response = proxy.handle(Request::from_parts(parts, body), conn, Some(length)).await;
     let mut body_done = true;
     let mut io = match (kept, back) {
         (Some(io), _) => io,
@@ -287,7 +289,15 @@ pub(super) async fn serve_h2(
 ) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req.map(RequestBody::H2), &conn).await) }
+        async move {
+            let mut resp = proxy.handle(req.map(RequestBody::H2), &conn, None).await;
+            // HPACK's size is hyper's to know: the head as HTTP/1 would write it.
+            if matches!(resp.body(), ProxyBody::Logged(_)) {
+                let size = super::logging::head_size(resp.headers());
+                resp.body_mut().head_written(size);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(Rewind::new(pre, io));
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
@@ -382,6 +392,7 @@ async fn write_response(
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    body.head_written(head.len() as u64);
 
     if framing == Framing::None {
         write_all(io, &mut [IoSlice::new(&head)]).await?;

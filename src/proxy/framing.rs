@@ -60,6 +60,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// HTTP/1.1 `Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
     pub expects_continue: bool,
+    /// The head's size as read, in bytes (Kong's `request_length` counts it).
+    pub len: usize,
 }
 
 /// Parses and judges the request head at the start of `buf`, taking it out of `buf`. `Ok(None)`: the
@@ -102,6 +104,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
         body: judged.body,
         keep_alive: judged.keep_alive,
         expects_continue: judged.expects_continue && version == Version::HTTP_11,
+        len,
     }))
 }
 

@@ -14,66 +14,86 @@ use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::ProxyBody;
-use crate::plugins::log::{Latencies, LogEntry, Queue, Source, Try, epoch_millis};
+use crate::plugins::log::{Entry, HeadersText, Latencies, LogEntry, Queue, Source, Try, epoch_millis};
 use crate::snapshot::RouteTarget;
 
-/// What a logged request gathers on its way; empty (and free) for the others.
+/// What a logged request gathers on its way; empty (and free) for the others. Counters need only
+/// what is here; what only a serializer reads is in [`Gathered`], made only for serializers.
 #[derive(Debug, Default)]
 pub struct LogDraft {
     /// Someone logs this request.
     pub wanted: bool,
     pub route: Option<Arc<RouteTarget>>,
-    /// The request's headers, kept when a serializer reads them.
-    pub keep_headers: bool,
+    /// The request's size as read (HTTP/1), given before [`LogDraft::begin`]; `u64::MAX` until
+    /// then when it is not known (HTTP/2), and `begin` reckons it from the parsed request.
+    pub request_size: u64,
+    pub consumer: Option<Arc<crate::identity::Consumer>>,
+    pub upstream_status: Option<u16>,
+    /// When the request went upstream, and how long the upstream took to its response head.
+    pub sent: Option<(Instant, Duration)>,
+    /// Present when some plugin (or the access log) serializes or keeps the entry, which is then
+    /// shared.
+    pub full: Option<Box<Gathered>>,
+}
+
+/// What only serializers read (see [`crate::plugins::Plugin::serializes`]).
+#[derive(Debug, Default)]
+pub struct Gathered {
     pub method: Method,
     pub uri: Box<str>,
     pub origin: Box<str>,
-    pub request_headers: Option<HeaderMap>,
-    pub request_size: u64,
-    pub consumer: Option<Arc<crate::identity::Consumer>>,
+    pub request_headers: Option<HeadersText>,
     pub credential: Option<uuid::Uuid>,
     pub correlation_id: Option<Box<str>>,
     pub upstream_uri: Option<Box<str>>,
-    pub upstream_status: Option<u16>,
     pub tries: Vec<Try>,
-    /// When the request went upstream, and how long the upstream took to its response head.
-    pub sent: Option<(Instant, Duration)>,
+    pub id: [u8; 32],
+    /// When the request came in (wall clock).
+    pub wall: Option<SystemTime>,
+    pub response_headers: Option<HeadersText>,
+    pub tls: Option<(&'static str, &'static str)>,
 }
 
 impl LogDraft {
-    /// Starts the draft of a request someone logs.
+    /// Starts the draft of a request someone logs. `host`: the request's host without its port.
     pub fn begin(
         &mut self,
         route: Option<Arc<RouteTarget>>,
         parts: &http::request::Parts,
-        https: bool,
-        port: u16,
-        keep_headers: bool,
+        (https, host, port): (bool, &str, u16),
+        serialized: bool,
     ) {
         self.wanted = true;
-        self.keep_headers = keep_headers;
-        self.method = parts.method.clone();
         let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let body = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        // A client's `Content-Length` may be anything up to u64::MAX.
-        self.request_size = ((parts.method.as_str().len() + uri.len() + 13 + head) as u64).saturating_add(body);
-        // Counting plugins (prometheus) need none of what follows: nothing is copied for them.
-        if keep_headers {
-            self.uri = uri.into();
-            let authority =
-                parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| parts.uri.host());
-            let host = authority.map(crate::router::request_host);
-            let host = host.as_deref().unwrap_or("");
-            self.origin = format!("{}://{host}:{port}", if https { "https" } else { "http" }).into();
-            self.request_headers = Some(parts.headers.clone());
+        if self.request_size == u64::MAX {
+            let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+            let body = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            // A client's `Content-Length` may be anything up to u64::MAX.
+            self.request_size = ((parts.method.as_str().len() + uri.len() + 13 + fields) as u64).saturating_add(body);
         }
         self.route = route;
+        if !serialized {
+            return;
+        }
+        let scheme = if https { "https://" } else { "http://" };
+        let mut origin = String::with_capacity(scheme.len() + host.len() + 6);
+        for part in [scheme, host, ":", itoa::Buffer::new().format(port)] {
+            origin.push_str(part);
+        }
+        // nginx's `$host`: lower case.
+        origin.make_ascii_lowercase();
+        self.full = Some(Box::new(Gathered {
+            method: parts.method.clone(),
+            uri: uri.into(),
+            origin: origin.into(),
+            request_headers: Some(HeadersText::of(&parts.headers, true)),
+            ..Gathered::default()
+        }));
     }
 }
 
@@ -81,18 +101,14 @@ impl LogDraft {
 #[derive(Debug)]
 pub struct LogTicket {
     pub draft: LogDraft,
-    pub id: [u8; 32],
     pub client_ip: IpAddr,
     pub started: Instant,
-    pub wall: SystemTime,
     /// When the response was ready to be sent.
     pub ready: Duration,
     pub status: u16,
-    pub response_headers: Option<HeaderMap>,
-    /// The response head's size on the wire (about).
+    /// The response head's size on the wire, told by whoever writes it ([`Logged::head_written`]).
     pub head_size: u64,
     pub gateway_error: bool,
-    pub tls: Option<(&'static str, &'static str)>,
     /// The node's access log, if on.
     pub access_log: Option<Arc<Queue>>,
 }
@@ -104,12 +120,15 @@ impl LogTicket {
         let d = self.draft;
         let ms = |t: Duration| t.as_millis() as u64;
         let latencies = match d.sent {
-            Some((sent, waited)) => Latencies {
-                kong: ms(sent.duration_since(self.started)),
-                proxy: ms(waited) as i64,
-                request: ms(total),
-                receive: ms(total.saturating_sub(sent.duration_since(self.started) + waited)),
-            },
+            Some((sent, waited)) => {
+                let before = sent.saturating_duration_since(self.started);
+                Latencies {
+                    kong: ms(before),
+                    proxy: ms(waited) as i64,
+                    request: ms(total),
+                    receive: ms(total.saturating_sub(before + waited)),
+                }
+            }
             None => Latencies { kong: ms(self.ready), proxy: -1, request: ms(total), receive: 0 },
         };
         let source = match (d.upstream_status, self.gateway_error) {
@@ -117,32 +136,44 @@ impl LogTicket {
             (None, true) => Source::Error,
             (None, false) => Source::Kong,
         };
-        let entry = Arc::new(LogEntry {
-            id: self.id,
+        let shared = d.full.is_some();
+        let g = d.full.map(|g| *g).unwrap_or_default();
+        let entry = LogEntry {
+            id: g.id,
             subject: d.route.as_ref().map(|r| r.subject.clone()),
             consumer: d.consumer.clone(),
-            credential: d.credential,
+            credential: g.credential,
             client_ip: self.client_ip,
-            started_at: epoch_millis(self.wall),
-            method: d.method,
-            uri: d.uri,
-            origin: d.origin,
-            request_headers: d.request_headers,
-            response_headers: self.response_headers,
+            started_at: g.wall.map_or(0, epoch_millis),
+            method: g.method,
+            uri: g.uri,
+            origin: g.origin,
+            request_headers: g.request_headers,
+            response_headers: g.response_headers,
             request_size: d.request_size,
             status: self.status,
             response_size: self.head_size.saturating_add(body_bytes),
             source,
-            upstream_uri: d.upstream_uri,
+            upstream_uri: g.upstream_uri,
             upstream_status: d.upstream_status,
-            tries: d.tries,
+            tries: g.tries,
             latencies,
-            correlation_id: d.correlation_id,
-            tls: self.tls,
-        });
-        if let Some(route) = &d.route {
-            route.chain.log(d.consumer.as_deref(), &entry);
+            correlation_id: g.correlation_id,
+            tls: g.tls,
+        };
+        let Some(route) = &d.route else {
+            if let Some(access) = &self.access_log {
+                access.push(&Arc::new(entry));
+            }
+            return;
+        };
+        // Counters alone read the entry where it is; sinks keep it, shared.
+        if !shared {
+            route.chain.log(d.consumer.as_deref(), &Entry::Local(&entry));
+            return;
         }
+        let entry = Arc::new(entry);
+        route.chain.log(d.consumer.as_deref(), &Entry::Shared(&entry));
         if let Some(access) = &self.access_log {
             access.push(&entry);
         }
@@ -175,6 +206,13 @@ impl Logged {
             self.bytes += data.len() as u64;
         }
         polled
+    }
+
+    /// The response head went out: `bytes` of it (counted in the response's size).
+    pub fn head_written(&mut self, bytes: u64) {
+        if let Some(ticket) = &mut self.ticket {
+            ticket.head_size = bytes;
+        }
     }
 
     pub fn is_end_stream(&self) -> bool {

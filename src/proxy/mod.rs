@@ -40,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::IpNet;
 use crate::headers as h;
+use crate::plugins::log::HeadersText;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{Destination, RouteTarget, SnapshotHolder};
@@ -235,13 +236,14 @@ impl Proxy {
         resp
     }
 
-    async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo) -> Response<ProxyBody> {
+    /// `length`: the request's size as read, head and announced body (HTTP/1).
+    async fn handle(&self, req: Request<RequestBody>, conn: &ConnInfo, length: Option<u64>) -> Response<ProxyBody> {
         let started = Instant::now();
         self.stats.request();
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = request_id::RequestId::new();
         let format = request_id::Format::of_accept(req.headers().get(header::ACCEPT));
-        let mut draft = logging::LogDraft::default();
+        let mut draft = logging::LogDraft { request_size: length.unwrap_or(u64::MAX), ..logging::LogDraft::default() };
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
         let proxied =
@@ -264,28 +266,30 @@ impl Proxy {
     fn log_at_end(
         &self,
         resp: &mut Response<ProxyBody>,
-        draft: logging::LogDraft,
+        mut draft: logging::LogDraft,
         id: &request_id::RequestId,
         conn: &ConnInfo,
         started: Instant,
         gateway_error: bool,
     ) {
-        let mut id_bytes = [0u8; 32];
-        let given = id.as_bytes();
-        id_bytes[..given.len().min(32)].copy_from_slice(&given[..given.len().min(32)]);
-        let ready = started.elapsed();
-        let response_headers = draft.keep_headers.then(|| resp.headers().clone());
+        // Kong's latency of an answer that never went upstream; with an upstream, the log phase
+        // reckons from when it was asked (no clock read here).
+        let ready = if draft.full.is_some() || draft.sent.is_none() { started.elapsed() } else { Duration::ZERO };
+        if let Some(g) = &mut draft.full {
+            let given = id.as_bytes();
+            let n = given.len().min(g.id.len());
+            g.id[..n].copy_from_slice(&given[..n]);
+            g.wall = Some(std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH));
+            g.response_headers = Some(HeadersText::of(resp.headers(), false));
+            g.tls = conn.tls_info;
+        }
         let ticket = logging::LogTicket {
-            id: id_bytes,
             client_ip: conn.peer.ip(),
             started,
-            wall: std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH),
             ready,
             status: resp.status().as_u16(),
-            response_headers,
-            head_size: logging::head_size(resp.headers()),
+            head_size: 0,
             gateway_error: gateway_error && resp.status().is_server_error(),
-            tls: conn.tls_info,
             access_log: self.access_log.clone(),
             draft,
         };
@@ -323,13 +327,13 @@ impl Proxy {
             };
             let Some(m) = snapshot.router.find(&view) else {
                 if self.access_log.is_some() {
-                    draft.begin(None, &parts, conn.https(), conn.local_port, true);
+                    draft.begin(None, &parts, (conn.https(), view.host, conn.local_port), true);
                 }
                 return Err(GatewayError::NoRoute);
             };
             if self.access_log.is_some() || m.target.chain.logs() {
-                let keep_headers = self.access_log.is_some() || m.target.chain.logs_headers();
-                draft.begin(Some(m.target.clone()), &parts, conn.https(), conn.local_port, keep_headers);
+                let serialized = self.access_log.is_some() || m.target.chain.serializes();
+                draft.begin(Some(m.target.clone()), &parts, (conn.https(), view.host, conn.local_port), serialized);
             }
             (&**m.target, (m.matched_len, m.regex))
         };
@@ -366,8 +370,10 @@ impl Proxy {
             };
             if draft.wanted {
                 draft.consumer = ctx.consumer.clone();
-                draft.credential = ctx.credential_id;
-                draft.correlation_id = ctx.correlation_id.take();
+            }
+            if let Some(g) = &mut draft.full {
+                g.credential = ctx.credential_id;
+                g.correlation_id = ctx.correlation_id.take();
             }
             let outcome = access_outcome(ctx, flow);
             match outcome {
@@ -422,8 +428,8 @@ impl Proxy {
         let strip = route.strip_path.then(|| matched.unwrap_or("/"));
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
         let upstream_target = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
-        if draft.wanted {
-            draft.upstream_uri = Some(upstream_target.as_str().into());
+        if let Some(g) = &mut draft.full {
+            g.upstream_uri = Some(upstream_target.as_str().into());
         }
         let mut head = forward::UpstreamHead {
             client: parts,
@@ -536,10 +542,10 @@ impl Proxy {
                 write_timeout: service.write_timeout,
                 tls: service.tls.as_ref().map(|c| (c, server_name)),
             };
-            if draft.wanted
+            if let Some(g) = &mut draft.full
                 && let upstream::Addresses::One(addr) = &target.addresses
             {
-                draft.tries.push(crate::plugins::log::Try { ip: addr.ip(), port: addr.port() });
+                g.tries.push(crate::plugins::log::Try { ip: addr.ip(), port: addr.port() });
             }
             let this_body = body.take().ok_or(GatewayError::Unexpected)?;
             let replay = if attempt < service.retries { this_body.replayable() } else { None };

@@ -123,6 +123,13 @@ impl ProxyBody {
         ProxyBody::Full(Some(b))
     }
 
+    /// Tells a logged body how large the response head was on the wire.
+    pub fn head_written(&mut self, bytes: u64) {
+        if let ProxyBody::Logged(logged) = self {
+            logged.head_written(bytes);
+        }
+    }
+
     pub fn empty() -> ProxyBody {
         ProxyBody::Full(None)
     }

@@ -14,10 +14,9 @@ use std::sync::{Arc, OnceLock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::log::{LogEntry, Source};
+use super::log::{Entry, Source};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Field, Obj, Schema, Type, Violations};
-use series::{Family, Key};
 
 pub const DEF: PluginDef = PluginDef {
     name: "prometheus",
@@ -120,39 +119,27 @@ fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations
 }
 
 impl Plugin for Prometheus {
+    fn accesses(&self) -> bool {
+        false
+    }
+
     fn logs(&self) -> bool {
         self.live.is_some() && (self.status_codes || self.latency || self.bandwidth)
     }
 
-    fn log(&self, e: &Arc<LogEntry>) {
+    fn log(&self, e: &Entry<'_>) {
         let Some(subject) = &e.subject else { return };
-        let route = subject.route_id;
-        let (consumer_id, consumer_name) = match (&e.consumer, self.per_consumer) {
-            (Some(c), true) => (Some(c.id), c.username.as_deref()),
-            _ => (None, None),
-        };
-        let labels = subject.labels_hash;
-        let key = |family, code, tag| Key { family, route, labels, code, tag, consumer: None };
-        if self.status_codes {
-            let source = if e.source == Source::Service { "service" } else { "kong" };
-            let k = Key { consumer: consumer_id, ..key(Family::HttpRequestsTotal, e.status, source) };
-            series::count(k, subject, consumer_name, 1);
-        }
-        if self.latency {
-            series::observe(key(Family::KongLatencyMs, 0, ""), subject, e.latencies.kong);
-            if e.latencies.proxy >= 0 {
-                series::observe(key(Family::UpstreamLatencyMs, 0, ""), subject, e.latencies.proxy as u64);
-            }
-            series::observe(key(Family::RequestLatencyMs, 0, ""), subject, e.latencies.request);
-        }
-        if self.bandwidth {
-            for (tag, bytes) in [("ingress", e.request_size), ("egress", e.response_size)] {
-                if bytes > 0 {
-                    let k = Key { consumer: consumer_id, ..key(Family::BandwidthBytes, 0, tag) };
-                    series::count(k, subject, consumer_name, bytes);
-                }
-            }
-        }
+        let source = if e.source == Source::Service { "service" } else { "kong" };
+        let upstream = u64::try_from(e.latencies.proxy).ok();
+        series::record(
+            subject,
+            &series::Observation {
+                consumer: e.consumer.as_ref().filter(|_| self.per_consumer).map(|c| (c.id, c.username.as_deref())),
+                status: self.status_codes.then_some((e.status, source)),
+                latencies: self.latency.then_some((e.latencies.kong, upstream, e.latencies.request)),
+                bandwidth: self.bandwidth.then_some((e.request_size, e.response_size)),
+            },
+        );
     }
 }
 

@@ -194,47 +194,134 @@ impl Registry {
     }
 }
 
-thread_local! {
-    static LOCAL: RefCell<HashMap<Key, Arc<Series>, foldhash::fast::RandomState>> = RefCell::new(HashMap::default());
+/// One worker's series of one route (one label set), found with one look-up per request: the
+/// three latency histograms, and per consumer (one entry without `per_consumer`) its status code
+/// counters and bandwidth. A series the cap refused stays `None` and is asked for again.
+#[derive(Default)]
+struct RouteSeries {
+    histograms: [Option<Arc<Series>>; 3],
+    /// Requests without a consumer (or without `per_consumer`).
+    nobody: ConsumerSeries,
+    consumers: HashMap<u128, ConsumerSeries, foldhash::fast::FixedState>,
 }
 
-/// Finds (or makes) this worker's series for `key` and runs `f` on it.
-fn with_series(key: Key, subject: &Arc<Subject>, consumer: Option<&str>, f: impl FnOnce(&Series)) {
+#[derive(Default)]
+struct ConsumerSeries {
+    /// `http_requests_total` by status code and source: a handful, searched in order.
+    codes: Vec<(u16, &'static str, Arc<Series>)>,
+    /// `bandwidth_bytes`: ingress, egress.
+    bandwidth: [Option<Arc<Series>>; 2],
+}
+
+thread_local! {
+    /// This worker's series by route id and label hash.
+    static LOCAL: RefCell<HashMap<(u128, u64), RouteSeries, foldhash::fast::FixedState>> =
+        RefCell::new(HashMap::default());
+}
+
+/// What one request adds to its route's series.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// `(id, username)` with `per_consumer`.
+    pub consumer: Option<(Uuid, Option<&'a str>)>,
+    /// `(status, source)` with `status_code_metrics`.
+    pub status: Option<(u16, &'static str)>,
+    /// Kong, upstream (when asked) and request latencies with `latency_metrics`.
+    pub latencies: Option<(u64, Option<u64>, u64)>,
+    /// Ingress and egress bytes with `bandwidth_metrics`.
+    pub bandwidth: Option<(u64, u64)>,
+}
+
+/// The histogram families in [`RouteSeries::histograms`] order.
+const HISTOGRAMS: [Family; 3] = [Family::KongLatencyMs, Family::UpstreamLatencyMs, Family::RequestLatencyMs];
+
+/// Counts one request in this worker's series of its route.
+pub fn record(subject: &Arc<Subject>, o: &Observation<'_>) {
     LOCAL.with(|local| {
         let Ok(mut local) = local.try_borrow_mut() else { return };
-        if let Some(s) = local.get(&key) {
-            f(s);
+        let route = local.entry((subject.route_id.as_u128(), subject.labels_hash)).or_default();
+        let key = |family, code, tag, consumer| Key {
+            family,
+            route: subject.route_id,
+            labels: subject.labels_hash,
+            code,
+            tag,
+            consumer,
+        };
+        if let Some((kong, upstream, request)) = o.latencies {
+            for ((slot, family), value) in
+                route.histograms.iter_mut().zip(HISTOGRAMS).zip([Some(kong), upstream, Some(request)])
+            {
+                let Some(value) = value else { continue };
+                if let Some(s) = made(slot, || key(family, 0, "", None), subject, "") {
+                    s.observe(value);
+                }
+            }
+        }
+        if o.status.is_none() && o.bandwidth.is_none() {
             return;
         }
+        let (id, name) = match o.consumer {
+            Some((id, name)) => (Some(id), name.unwrap_or("")),
+            None => (None, ""),
+        };
+        let per = match id {
+            Some(id) => route.consumers.entry(id.as_u128()).or_default(),
+            None => &mut route.nobody,
+        };
+        if let Some((code, source)) = o.status {
+            match per.codes.iter().find(|(c, t, _)| *c == code && *t == source) {
+                Some((_, _, s)) => Series::add(&s.count, 1),
+                None => {
+                    let mut slot = None;
+                    if let Some(s) = made(&mut slot, || key(Family::HttpRequestsTotal, code, source, id), subject, name)
+                    {
+                        Series::add(&s.count, 1);
+                        per.codes.push((code, source, s.clone()));
+                    }
+                }
+            }
+        }
+        if let Some((ingress, egress)) = o.bandwidth {
+            for ((slot, tag), bytes) in per.bandwidth.iter_mut().zip(["ingress", "egress"]).zip([ingress, egress]) {
+                if bytes > 0
+                    && let Some(s) = made(slot, || key(Family::BandwidthBytes, 0, tag, id), subject, name)
+                {
+                    Series::add(&s.count, bytes);
+                }
+            }
+        }
+    });
+}
+
+/// The series in `slot`, made (and handed to the registry) if it is not yet and the cap allows.
+fn made<'s>(
+    slot: &'s mut Option<Arc<Series>>,
+    key: impl FnOnce() -> Key,
+    subject: &Arc<Subject>,
+    consumer: &str,
+) -> Option<&'s Arc<Series>> {
+    if slot.is_none() {
         let reg = registry();
         if reg.series.load(Ordering::Relaxed) >= reg.max_series.load(Ordering::Relaxed) {
             reg.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         reg.series.fetch_add(1, Ordering::Relaxed);
+        let key = key();
         let buckets = key.family.buckets().map_or(0, |b| b.len() + 1);
-        let labels = super::exposition::series_labels(&key, subject, consumer.unwrap_or(""));
+        let labels = super::exposition::series_labels(&key, subject, consumer);
         let series = Arc::new(Series {
-            key: key.clone(),
+            key,
             subject: subject.clone(),
-            consumer: consumer.unwrap_or("").into(),
+            consumer: consumer.into(),
             labels: labels.into(),
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
         });
-        f(&series);
         reg.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(series.clone());
-        local.insert(key, series);
-    });
-}
-
-/// Adds `n` to a counter series.
-pub fn count(key: Key, subject: &Arc<Subject>, consumer: Option<&str>, n: u64) {
-    with_series(key, subject, consumer, |s| Series::add(&s.count, n));
-}
-
-/// Observes `value` in a histogram series.
-pub fn observe(key: Key, subject: &Arc<Subject>, value: u64) {
-    with_series(key, subject, None, |s| s.observe(value));
+        *slot = Some(series);
+    }
+    slot.as_ref()
 }
