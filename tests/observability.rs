@@ -233,6 +233,34 @@ async fn tollgates_own_families_count_decisions_connections_and_the_configuratio
     assert!(value(&text, "tollgate_prometheus_series_dropped_total") == 0.0, "{text}");
 }
 
+/// Kong's `request.size` and `response.size` are the bytes on the wire: what the client sent
+/// (head and body) and what it got back (head and body), whatever the headers hold.
+#[tokio::test]
+async fn logged_sizes_are_the_bytes_on_the_wire() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, upstream) = support::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sizes.log");
+    gw.service_and_route(&upstream, "svc", json!({"name": "sized", "paths": ["/sized"]})).await;
+    gw.create("/routes/sized/plugins", json!({"name": "file-log", "config": {"path": path}})).await;
+    routed(&gw, "/sized", &[], 200).await;
+
+    let request = b"POST /sized/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Odd: \"quoted\" \\ back\r\n\
+        Content-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).await.expect("connect");
+    client.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.expect("answer");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let id =
+        text.lines().find_map(|l| l.strip_prefix("x-tollgate-request-id: ")).expect("the request's id").to_string();
+    let e = log_entry(&path, &id).await;
+    assert_eq!(e["request"]["size"], json!(request.len()), "{e}");
+    assert_eq!(e["response"]["size"], json!(answer.len()), "{e}");
+    assert_eq!(e["request"]["headers"]["x-odd"], "\"quoted\" \\ back");
+}
+
 #[tokio::test]
 async fn file_log_writes_kongs_serializer_entry_for_every_request() {
     let (gw, upstream) = support::start().await;
