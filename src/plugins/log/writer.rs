@@ -89,42 +89,26 @@ impl Json<'_> {
     /// the bytes as UTF-8), leaving what it wrote.
     fn escaped<const ASCII: bool>(&mut self, bytes: &[u8]) -> bool {
         let mut start = 0;
-        let mut words = bytes.chunks_exact(8);
-        let mut at = 0;
-        for word in words.by_ref() {
-            let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or([0; 8]));
-            if needs_care::<ASCII>(x) {
-                for (i, &b) in word.iter().enumerate() {
-                    if ASCII && !b.is_ascii() {
-                        return false;
-                    }
-                    if special(b) {
-                        self.0.extend_from_slice(&bytes[start..at + i]);
-                        self.escape(b);
-                        start = at + i + 1;
-                    }
+        for (n, word) in bytes.chunks(8).enumerate() {
+            // The last bytes padded with spaces (nothing to escape) make one more word: most
+            // strings are short, and this spares them a byte-by-byte pass.
+            let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_else(|_| {
+                let mut last = [b' '; 8];
+                last[..word.len()].copy_from_slice(word);
+                last
+            }));
+            if !needs_care::<ASCII>(x) {
+                continue;
+            }
+            for (i, &b) in word.iter().enumerate() {
+                if ASCII && !b.is_ascii() {
+                    return false;
                 }
-            }
-            at += 8;
-        }
-        let rest = words.remainder();
-        // The last bytes as one more word, padded with spaces (nothing to escape): most strings are
-        // short, and this spares them a byte-by-byte pass.
-        let mut last = [b' '; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        let x = u64::from_le_bytes(last);
-        if !needs_care::<ASCII>(x) {
-            self.0.extend_from_slice(&bytes[start..]);
-            return true;
-        }
-        for (i, &b) in rest.iter().enumerate() {
-            if ASCII && !b.is_ascii() {
-                return false;
-            }
-            if special(b) {
-                self.0.extend_from_slice(&bytes[start..at + i]);
-                self.escape(b);
-                start = at + i + 1;
+                if special(b) {
+                    self.0.extend_from_slice(&bytes[start..n * 8 + i]);
+                    self.escape(b);
+                    start = n * 8 + i + 1;
+                }
             }
         }
         self.0.extend_from_slice(&bytes[start..]);
