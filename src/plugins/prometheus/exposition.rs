@@ -205,11 +205,14 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         return;
     };
     out.push(&format!("# TYPE {name} histogram\n"));
-    let closings: Vec<String> = bounds
+    // Each bucket line is the series' prefix, then a closing (`,le="…"} `) and a value, both short:
+    // they are kept in fixed-size arrays and copied whole, then cut to length, so a line costs one
+    // copy of variable length (the prefix) rather than three.
+    let closings: Vec<Tail> = bounds
         .iter()
         .map(u64::to_string)
         .chain(std::iter::once("+Inf".to_string()))
-        .map(|le| format!(",le=\"{le}\"}} "))
+        .map(|le| Tail::of(format!(",le=\"{le}\"}} ").as_bytes()))
         .collect();
     // Kong writes every series' buckets, then every series' count, then every sum: the counts and
     // sums are kept from the first pass rather than summed again.
@@ -220,25 +223,24 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         buckets = [0; MAX_BUCKETS];
         let (labels, count, sum) = summed(members, &mut buckets);
         totals.push((count, sum));
-        // Every bucket line of a series is one reservation and three copies; most values repeat
-        // (every bucket past the slowest request holds the count), so each is formatted once.
         prefix.clear();
         prefix.push_str(&open);
         prefix.push_str(labels);
-        out.buf.reserve(closings.len() * (prefix.len() + 40));
+        out.buf.reserve(closings.len() * (prefix.len() + 2 * TAIL));
+        // Most values repeat (every bucket past the slowest request holds the count): each is
+        // formatted once.
         let mut cumulative: u64 = 0;
-        let mut shown = (u64::MAX, [0u8; 24], 0usize);
+        let mut shown = (u64::MAX, Tail::default());
         for (b, closing) in buckets.iter().zip(&closings) {
             cumulative = cumulative.wrapping_add(*b);
             if shown.0 != cumulative {
-                let text = value.format(cumulative).as_bytes();
-                shown.1[..text.len()].copy_from_slice(text);
-                shown.1[text.len()] = b'\n';
-                shown = (cumulative, shown.1, text.len() + 1);
+                let mut text = Tail::of(value.format(cumulative).as_bytes());
+                text.push(b'\n');
+                shown = (cumulative, text);
             }
             out.buf.extend_from_slice(prefix.as_bytes());
-            out.buf.extend_from_slice(closing.as_bytes());
-            out.buf.extend_from_slice(&shown.1[..shown.2]);
+            closing.append_to(&mut out.buf);
+            shown.1.append_to(&mut out.buf);
         }
         if !out.full() {
             return;
@@ -258,6 +260,46 @@ fn write_family<F: FnMut(Bytes) -> bool>(
 }
 
 const MAX_BUCKETS: usize = 18;
+
+/// The room of a [`Tail`]: a closing `,le="…"} ` or a value with its newline (at most 21 bytes).
+const TAIL: usize = 32;
+
+/// A short piece of a line, copied as a whole array and cut to its length.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    bytes: [u8; TAIL],
+    len: usize,
+}
+
+impl Default for Tail {
+    fn default() -> Tail {
+        Tail { bytes: [0; TAIL], len: 0 }
+    }
+}
+
+impl Tail {
+    /// At most [`TAIL`] bytes of `text` (closings and numbers are shorter).
+    fn of(text: &[u8]) -> Tail {
+        let mut tail = Tail::default();
+        let len = text.len().min(TAIL);
+        tail.bytes[..len].copy_from_slice(&text[..len]);
+        tail.len = len;
+        tail
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        out.truncate(at + self.len);
+    }
+}
 
 /// The whole exposition, handed to `sink` in chunks (it answers false once its reader left, which
 /// ends the scrape): the request families (when `requests`) in `plan`'s order, then with them the
@@ -359,6 +401,55 @@ mod tests {
             # HELP kong_node_info Kong Node metadata information\n\
             # TYPE kong_node_info gauge\n\
             kong_node_info{node_id=\"n\",version=\"3.10.0\"} 1\n";
+        assert_eq!(text, expected);
+    }
+    /// Two workers' series of one route summed: every bucket cumulative with `le` last, the
+    /// buckets of every series before the counts, the counts before the sums (Kong's layout).
+    #[test]
+    fn histograms_are_summed_over_workers_and_written_in_kongs_layout() {
+        use super::super::series::KONG_BUCKETS;
+        use crate::plugins::log::Subject;
+        use std::sync::atomic::AtomicU64;
+        let route = serde_json::value::RawValue::from_string("{}".into()).expect("raw");
+        let subject = Arc::new(Subject::new(uuid::Uuid::nil(), "r".into(), route.into(), None));
+        let key = Key {
+            family: Family::KongLatencyMs,
+            route: uuid::Uuid::nil(),
+            labels: 0,
+            code: 0,
+            tag: "",
+            consumer: None,
+        };
+        let worker = |counts: &[u64], sum: u64| {
+            Arc::new(Series {
+                key: key.clone(),
+                subject: subject.clone(),
+                consumer: "".into(),
+                labels: r#"service="",route="r",workspace="default""#.into(),
+                count: AtomicU64::new(counts.iter().sum()),
+                sum: AtomicU64::new(sum),
+                buckets: (0..=KONG_BUCKETS.len())
+                    .map(|i| AtomicU64::new(counts.get(i).copied().unwrap_or(0)))
+                    .collect(),
+            })
+        };
+        let series =
+            vec![worker(&[2, 0, 1], 9), worker(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12345678901], 5)];
+        let plan = Plan { families: vec![(Family::KongLatencyMs, vec![vec![0, 1].into()])] };
+        let text = render_text(&series, &plan, true, &[]);
+        let labels = r#"service="",route="r",workspace="default""#;
+        let mut expected = format!(
+            "# HELP kong_kong_latency_ms {}\n# TYPE kong_kong_latency_ms histogram\n",
+            Family::KongLatencyMs.help()
+        );
+        let mut cumulative = 0u64;
+        let bounds = KONG_BUCKETS.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string()));
+        for (i, le) in bounds.enumerate() {
+            cumulative += [2, 0, 1].get(i).copied().unwrap_or(0) + if i == 17 { 12345678901 } else { 0 };
+            expected.push_str(&format!("kong_kong_latency_ms_bucket{{{labels},le=\"{le}\"}} {cumulative}\n"));
+        }
+        expected.push_str(&format!("kong_kong_latency_ms_count{{{labels}}} 12345678904\n"));
+        expected.push_str(&format!("kong_kong_latency_ms_sum{{{labels}}} 14\n"));
         assert_eq!(text, expected);
     }
 }
