@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::series::{Family, Key, Plan, Series};
+use super::series::{Family, Key, MAX_BUCKETS, Plan, Series};
 
 /// A metric kind, as `# TYPE` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,27 +175,30 @@ fn write_family<F: FnMut(Bytes) -> bool>(
     series: &[Arc<Series>],
 ) {
     // Sums one summed series' counts over the workers that have it (they wrap as the workers' own
-    // counters do).
+    // counters do); a counter's buckets are not read.
+    let histogram = family.buckets().is_some();
     let summed = |members: &[u32], buckets: &mut [u64; MAX_BUCKETS]| -> (&str, u64, u64) {
         let (mut count, mut sum) = (0u64, 0u64);
         for &i in members {
             let s = &series[i as usize];
             count = count.wrapping_add(s.count.load(Ordering::Relaxed));
             sum = sum.wrapping_add(s.sum.load(Ordering::Relaxed));
-            for (total, b) in buckets.iter_mut().zip(s.buckets.iter()) {
-                *total = total.wrapping_add(b.load(Ordering::Relaxed));
+            if histogram {
+                for (total, b) in buckets.iter_mut().zip(s.buckets.iter()) {
+                    *total = total.wrapping_add(b.load(Ordering::Relaxed));
+                }
             }
         }
         (&series[members[0] as usize].labels, count, sum)
     };
     let mut value = itoa::Buffer::new();
-    let mut buckets = [0u64; MAX_BUCKETS];
     out.push(&format!("# HELP {name} {}\n", family.help()));
     let Some(bounds) = family.buckets() else {
         out.push(&format!("# TYPE {name} counter\n"));
         let open = format!("{name}{{");
+        let mut unused = [0u64; MAX_BUCKETS];
         for members in list {
-            let (labels, count, _) = summed(members, &mut buckets);
+            let (labels, count, _) = summed(members, &mut unused);
             let v = value.format(count);
             out.line(&[open.as_str(), labels, "} ", v, "\n"]);
             if !out.full() {
@@ -214,15 +217,21 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         .chain(std::iter::once("+Inf".to_string()))
         .map(|le| Tail::of(format!(",le=\"{le}\"}} ").as_bytes()))
         .collect();
-    // Kong writes every series' buckets, then every series' count, then every sum: the counts and
-    // sums are kept from the first pass rather than summed again.
-    let mut totals: Vec<(u64, u64)> = Vec::with_capacity(list.len());
+    // Every series' sums first, in a pass of loads alone: the series lie scattered in memory, and
+    // a tight loop keeps many of those reads in flight where formatting between them would wait on
+    // each. Kong writes every series' buckets, then every series' count, then every sum: all three
+    // come from these sums.
+    let totals: Vec<([u64; MAX_BUCKETS], u64, u64, &str)> = list
+        .iter()
+        .map(|members| {
+            let mut buckets = [0u64; MAX_BUCKETS];
+            let (labels, count, sum) = summed(members, &mut buckets);
+            (buckets, count, sum, labels)
+        })
+        .collect();
     let open = format!("{name}_bucket{{");
     let mut prefix = String::new();
-    for members in list {
-        buckets = [0; MAX_BUCKETS];
-        let (labels, count, sum) = summed(members, &mut buckets);
-        totals.push((count, sum));
+    for (buckets, _, _, labels) in &totals {
         prefix.clear();
         prefix.push_str(&open);
         prefix.push_str(labels);
@@ -248,8 +257,7 @@ fn write_family<F: FnMut(Bytes) -> bool>(
     }
     for (suffix, pick_sum) in [("_count", false), ("_sum", true)] {
         let open = format!("{name}{suffix}{{");
-        for (members, &(count, sum)) in list.iter().zip(&totals) {
-            let labels: &str = &series[members[0] as usize].labels;
+        for &(_, count, sum, labels) in &totals {
             let v = value.format(if pick_sum { sum } else { count });
             out.line(&[open.as_str(), labels, "} ", v, "\n"]);
             if !out.full() {
@@ -258,8 +266,6 @@ fn write_family<F: FnMut(Bytes) -> bool>(
         }
     }
 }
-
-const MAX_BUCKETS: usize = 18;
 
 /// The room of a [`Tail`]: a closing `,le="…"} ` or a value with its newline (at most 21 bytes).
 const TAIL: usize = 32;
@@ -428,9 +434,7 @@ mod tests {
                 labels: r#"service="",route="r",workspace="default""#.into(),
                 count: AtomicU64::new(counts.iter().sum()),
                 sum: AtomicU64::new(sum),
-                buckets: (0..=KONG_BUCKETS.len())
-                    .map(|i| AtomicU64::new(counts.get(i).copied().unwrap_or(0)))
-                    .collect(),
+                buckets: std::array::from_fn(|i| AtomicU64::new(counts.get(i).copied().unwrap_or(0))),
             })
         };
         let series =

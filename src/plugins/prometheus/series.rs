@@ -17,6 +17,8 @@ use super::super::log::Subject;
 
 /// Kong's `kong_latency_ms` buckets.
 pub const KONG_BUCKETS: &[u64] = &[1, 2, 5, 7, 10, 15, 20, 30, 50, 75, 100, 200, 500, 750, 1000, 3000, 6000];
+/// The most buckets a histogram has (Kong's `kong_latency_ms` bounds and `+Inf`).
+pub const MAX_BUCKETS: usize = KONG_BUCKETS.len() + 1;
 /// Kong's `upstream_latency_ms` and `request_latency_ms` buckets.
 pub const UPSTREAM_BUCKETS: &[u64] = &[25, 50, 80, 100, 250, 400, 700, 1000, 2000, 5000, 10000, 30000, 60000];
 
@@ -88,8 +90,10 @@ pub struct Series {
     pub count: AtomicU64,
     /// A histogram's sum.
     pub sum: AtomicU64,
-    /// A histogram's buckets (cumulative counts are made when rendering).
-    pub buckets: Box<[AtomicU64]>,
+    /// A histogram's buckets (cumulative counts are made when rendering), beside the count and
+    /// sum: a scrape reads them from one place (a separate allocation cost it a cache miss per
+    /// series).
+    pub buckets: [AtomicU64; MAX_BUCKETS],
 }
 
 impl Series {
@@ -309,7 +313,6 @@ fn made<'s>(
         }
         reg.series.fetch_add(1, Ordering::Relaxed);
         let key = key();
-        let buckets = key.family.buckets().map_or(0, |b| b.len() + 1);
         let labels = super::exposition::series_labels(&key, subject, consumer);
         let series = Arc::new(Series {
             key,
@@ -318,7 +321,7 @@ fn made<'s>(
             labels: labels.into(),
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
-            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         });
         reg.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(series.clone());
         *slot = Some(series);
