@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -193,6 +194,11 @@ impl Registry {
         f(&known.series, plan)
     }
 
+    /// Whether the cap on series is reached.
+    fn full(&self) -> bool {
+        self.series.load(Ordering::Relaxed) >= self.max_series.load(Ordering::Relaxed)
+    }
+
     pub fn series_count(&self) -> usize {
         self.series.load(Ordering::Relaxed)
     }
@@ -243,7 +249,16 @@ const HISTOGRAMS: [Family; 3] = [Family::KongLatencyMs, Family::UpstreamLatencyM
 pub fn record(subject: &Arc<Subject>, o: &Observation<'_>) {
     LOCAL.with(|local| {
         let Ok(mut local) = local.try_borrow_mut() else { return };
-        let route = local.entry((subject.route_id.as_u128(), subject.labels_hash)).or_default();
+        // Slots are made only while series may be: past the cap, a route or consumer never seen
+        // costs a dropped count, not memory.
+        let route = match local.entry((subject.route_id.as_u128(), subject.labels_hash)) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) if !registry().full() => slot.insert(RouteSeries::default()),
+            Entry::Vacant(_) => {
+                registry().dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         let key = |family, code, tag, consumer| Key {
             family,
             route: subject.route_id,
@@ -269,9 +284,14 @@ pub fn record(subject: &Arc<Subject>, o: &Observation<'_>) {
             Some((id, name)) => (Some(id), name.unwrap_or("")),
             None => (None, ""),
         };
-        let per = match id {
-            Some(id) => route.consumers.entry(id.as_u128()).or_default(),
+        let per = match id.map(|id| route.consumers.entry(id.as_u128())) {
             None => &mut route.nobody,
+            Some(Entry::Occupied(slot)) => slot.into_mut(),
+            Some(Entry::Vacant(slot)) if !registry().full() => slot.insert(ConsumerSeries::default()),
+            Some(Entry::Vacant(_)) => {
+                registry().dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
         if let Some((code, source)) = o.status {
             match per.codes.iter().find(|(c, t, _)| *c == code && *t == source) {
@@ -307,7 +327,7 @@ fn made<'s>(
 ) -> Option<&'s Arc<Series>> {
     if slot.is_none() {
         let reg = registry();
-        if reg.series.load(Ordering::Relaxed) >= reg.max_series.load(Ordering::Relaxed) {
+        if reg.full() {
             reg.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
