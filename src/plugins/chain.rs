@@ -151,7 +151,8 @@ impl PluginChain {
             })
             .collect::<Vec<_>>();
         let logs = slots.iter().any(|s| s.logs);
-        PluginChain { slots, needs_body: false, is_async: false, logs, serializes: false }
+        let serializes = slots.iter().any(|s| s.instances().any(|p| p.serializes()));
+        PluginChain { slots, needs_body: false, is_async: false, logs, serializes }
     }
 }
 

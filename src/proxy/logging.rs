@@ -24,8 +24,9 @@ pub struct LogDraft {
     /// Someone logs this request.
     pub wanted: bool,
     pub route: Option<Arc<RouteTarget>>,
-    /// The request's size as read (HTTP/1), given before [`LogDraft::begin`]; `u64::MAX` until
-    /// then when it is not known (HTTP/2), and `begin` reckons it from the parsed request.
+    /// The request's size as read, head and announced body (HTTP/1); without it (HTTP/2)
+    /// [`LogDraft::begin`] reckons the size from the parsed request.
+    pub read_size: Option<u64>,
     pub request_size: u64,
     pub consumer: Option<Arc<crate::identity::Consumer>>,
     pub upstream_status: Option<u16>,
@@ -65,7 +66,7 @@ impl LogDraft {
     ) {
         self.wanted = true;
         let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        if self.request_size == u64::MAX {
+        self.request_size = self.read_size.unwrap_or_else(|| {
             let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
             let body = parts
                 .headers
@@ -74,8 +75,8 @@ impl LogDraft {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             // A client's `Content-Length` may be anything up to u64::MAX.
-            self.request_size = ((parts.method.as_str().len() + uri.len() + 13 + fields) as u64).saturating_add(body);
-        }
+            ((parts.method.as_str().len() + uri.len() + 13 + fields) as u64).saturating_add(body)
+        });
         self.route = route;
         if !serialized {
             return;
@@ -103,7 +104,8 @@ pub struct LogTicket {
     pub draft: LogDraft,
     pub client_ip: IpAddr,
     pub started: Instant,
-    /// When the response was ready to be sent.
+    /// When the response was ready to be sent; read (and measured) only when nothing went
+    /// upstream or a serializer wants the start time.
     pub ready: Duration,
     pub status: u16,
     /// The response head's size on the wire, told by whoever writes it ([`Logged::head_written`]).

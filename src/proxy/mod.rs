@@ -243,7 +243,7 @@ impl Proxy {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = request_id::RequestId::new();
         let format = request_id::Format::of_accept(req.headers().get(header::ACCEPT));
-        let mut draft = logging::LogDraft { request_size: length.unwrap_or(u64::MAX), ..logging::LogDraft::default() };
+        let mut draft = logging::LogDraft { read_size: length, ..logging::LogDraft::default() };
         // A panic (a bug) ends this request with a 500, not the connection, the worker or the node;
         // the panic hook has logged it.
         let proxied =
