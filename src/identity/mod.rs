@@ -22,11 +22,41 @@ pub struct Consumer {
     pub groups: Option<Arc<GroupSet>>,
     /// ACL groups (the `acls` credentials).
     pub acl_groups: Option<Arc<GroupSet>>,
+    /// The consumer as log entries show it, written when first logged.
+    log_text: LogText,
 }
+
+/// A consumer's `{"id","username","custom_id"}` in Kong's log serializer, kept once written: a
+/// logged request copies it rather than formatting an id and escaping names. Not part of what a
+/// consumer is (equal consumers are equal whether or not it is written yet).
+#[derive(Debug, Clone, Default)]
+struct LogText(std::sync::OnceLock<Box<str>>);
+
+impl PartialEq for LogText {
+    fn eq(&self, _: &LogText) -> bool {
+        true
+    }
+}
+
+impl Eq for LogText {}
 
 impl Consumer {
     pub fn new(id: Uuid, username: Option<Box<str>>, custom_id: Option<Box<str>>) -> Consumer {
-        Consumer { id, username, custom_id, groups: None, acl_groups: None }
+        Consumer { id, username, custom_id, groups: None, acl_groups: None, log_text: LogText::default() }
+    }
+
+    /// The consumer as Kong's log serializer writes it (JSON).
+    pub fn log_text(&self) -> &str {
+        self.log_text.0.get_or_init(|| {
+            let text = |s: &Option<Box<str>>| serde_json::to_string(s).unwrap_or_else(|_| "null".into());
+            format!(
+                r#"{{"id":"{}","username":{},"custom_id":{}}}"#,
+                self.id,
+                text(&self.username),
+                text(&self.custom_id)
+            )
+            .into()
+        })
     }
 
     /// Consumer group memberships (empty when none).

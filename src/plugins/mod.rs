@@ -163,7 +163,7 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 
     /// Runs after the response was sent (see the phases above).
-    fn log(&self, entry: &log::Entry<'_>) {
+    fn log(&self, entry: &log::LogEntry) {
         let _ = entry;
     }
 
@@ -172,10 +172,9 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Whether its log phase serializes or keeps whole entries (file-log, http-log): only then does a
-    /// request gather what only a serializer reads (headers, URIs, tries, start time), and is its
-    /// entry shared ([`log::Entry::share`]). Counters (prometheus) read the route, consumer,
-    /// status, sizes and latencies.
+    /// Whether its log phase serializes entries (file-log, http-log): only then does a request
+    /// write its entry's text as it goes ([`log::serializer`]). Counters (prometheus) read the
+    /// route, consumer, status, sizes and latencies.
     fn serializes(&self) -> bool {
         false
     }

@@ -7,14 +7,15 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::ProxyBody;
-use crate::plugins::log::{Entry, HeadersText, Latencies, LogEntry, Queue, Source, Try, epoch_millis};
+use crate::plugins::log::serializer::{Ending, EntryText, RequestPart};
+use crate::plugins::log::{Latencies, LogEntry, Queue, Source, Try};
 use crate::snapshot::RouteTarget;
 
 /// What a logged request gathers on its way; empty (and free) for the others. Counters need only
@@ -32,36 +33,41 @@ pub struct LogDraft {
     pub upstream_status: Option<u16>,
     /// When the request went upstream, and how long the upstream took to its response head.
     pub sent: Option<(Instant, Duration)>,
-    /// Present when some plugin (or the access log) serializes or keeps the entry, which is then
-    /// shared.
+    /// Present when some plugin (or the access log) serializes the entry.
     pub full: Option<Box<Gathered>>,
 }
 
-/// What only serializers read (see [`crate::plugins::Plugin::serializes`]).
-#[derive(Debug, Default)]
+/// What only serializers need (see [`crate::plugins::Plugin::serializes`]): the entry's text as
+/// written so far, and what its end holds that the proxy learns on the way.
+#[derive(Debug)]
 pub struct Gathered {
-    pub method: Method,
-    pub uri: Box<str>,
-    pub origin: Box<str>,
-    pub request_headers: Option<HeadersText>,
+    pub text: EntryText,
     pub credential: Option<uuid::Uuid>,
     pub correlation_id: Option<Box<str>>,
-    pub upstream_uri: Option<Box<str>>,
     pub tries: Vec<Try>,
-    pub id: [u8; 32],
-    /// When the request came in (wall clock).
-    pub wall: Option<SystemTime>,
-    pub response_headers: Option<HeadersText>,
+    /// When the request came in, in milliseconds since the epoch.
+    pub started_at: u64,
+}
+
+/// The request's side of a draft: where it came from and what it was.
+#[derive(Debug)]
+pub struct Arrival<'a> {
+    pub https: bool,
+    /// The request's host without its port, and the port it came to.
+    pub host: &'a str,
+    pub port: u16,
+    pub id: &'a [u8],
     pub tls: Option<(&'static str, &'static str)>,
 }
 
 impl LogDraft {
-    /// Starts the draft of a request someone logs. `host`: the request's host without its port.
+    /// Starts the draft of a request someone logs; with `serialized`, writes the request's part
+    /// of its entry.
     pub fn begin(
         &mut self,
         route: Option<Arc<RouteTarget>>,
         parts: &http::request::Parts,
-        (https, host, port): (bool, &str, u16),
+        arrival: &Arrival<'_>,
         serialized: bool,
     ) {
         self.wanted = true;
@@ -77,24 +83,31 @@ impl LogDraft {
             // A client's `Content-Length` may be anything up to u64::MAX.
             ((parts.method.as_str().len() + uri.len() + 13 + fields) as u64).saturating_add(body)
         });
+        if serialized {
+            let subject = route.as_ref().map(|r| &r.subject);
+            let room =
+                subject.map_or(0, |s| s.route.get().len() + s.service.as_ref().map_or(0, |sv| sv.entity.get().len()));
+            let text = EntryText::begin(&RequestPart {
+                id: arrival.id,
+                method: &parts.method,
+                uri,
+                https: arrival.https,
+                host: arrival.host,
+                port: arrival.port,
+                headers: &parts.headers,
+                size: self.request_size,
+                tls: arrival.tls,
+                room,
+            });
+            self.full = Some(Box::new(Gathered {
+                text,
+                credential: None,
+                correlation_id: None,
+                tries: Vec::new(),
+                started_at: 0,
+            }));
+        }
         self.route = route;
-        if !serialized {
-            return;
-        }
-        let scheme = if https { "https://" } else { "http://" };
-        let mut origin = String::with_capacity(scheme.len() + host.len() + 6);
-        for part in [scheme, host, ":", itoa::Buffer::new().format(port)] {
-            origin.push_str(part);
-        }
-        // nginx's `$host`: lower case.
-        origin.make_ascii_lowercase();
-        self.full = Some(Box::new(Gathered {
-            method: parts.method.clone(),
-            uri: uri.into(),
-            origin: origin.into(),
-            request_headers: Some(HeadersText::of(&parts.headers, true)),
-            ..Gathered::default()
-        }));
     }
 }
 
@@ -138,46 +151,40 @@ impl LogTicket {
             (None, true) => Source::Error,
             (None, false) => Source::Kong,
         };
-        let shared = d.full.is_some();
-        let g = d.full.map(|g| *g).unwrap_or_default();
+        let subject = d.route.as_ref().map(|r| &r.subject);
+        let response_size = self.head_size.saturating_add(body_bytes);
+        let text = d.full.map(|g| {
+            let g = *g;
+            let text = g.text.finish(&Ending {
+                status: self.status,
+                response_size,
+                latencies,
+                tries: &g.tries,
+                client_ip: self.client_ip,
+                started_at: g.started_at,
+                source,
+                subject: subject.map(|s| &**s),
+                consumer: d.consumer.as_deref(),
+                credential: g.credential,
+                correlation_id: g.correlation_id.as_deref(),
+            });
+            Bytes::from(text)
+        });
         let entry = LogEntry {
-            id: g.id,
-            subject: d.route.as_ref().map(|r| r.subject.clone()),
-            consumer: d.consumer.clone(),
-            credential: g.credential,
-            client_ip: self.client_ip,
-            started_at: g.wall.map_or(0, epoch_millis),
-            method: g.method,
-            uri: g.uri,
-            origin: g.origin,
-            request_headers: g.request_headers,
-            response_headers: g.response_headers,
+            subject: subject.cloned(),
+            consumer: d.consumer,
             request_size: d.request_size,
             status: self.status,
-            response_size: self.head_size.saturating_add(body_bytes),
+            response_size,
             source,
-            upstream_uri: g.upstream_uri,
-            upstream_status: d.upstream_status,
-            tries: g.tries,
             latencies,
-            correlation_id: g.correlation_id,
-            tls: g.tls,
+            text,
         };
-        let Some(route) = &d.route else {
-            if let Some(access) = &self.access_log {
-                access.push(&Arc::new(entry));
-            }
-            return;
-        };
-        // Counters alone read the entry where it is; sinks keep it, shared.
-        if !shared {
-            route.chain.log(d.consumer.as_deref(), &Entry::Local(&entry));
-            return;
+        if let Some(route) = &d.route {
+            route.chain.log(entry.consumer.as_deref(), &entry);
         }
-        let entry = Arc::new(entry);
-        route.chain.log(d.consumer.as_deref(), &Entry::Shared(&entry));
-        if let Some(access) = &self.access_log {
-            access.push(&entry);
+        if let (Some(access), Some(text)) = (&self.access_log, &entry.text) {
+            access.push(text);
         }
     }
 }

@@ -40,7 +40,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::IpNet;
 use crate::headers as h;
-use crate::plugins::log::HeadersText;
 use crate::plugins::{AccessCtx, Flow, Reply};
 use crate::router::{RequestView, normalize_path, request_host, route_host};
 use crate::snapshot::{Destination, RouteTarget, SnapshotHolder};
@@ -257,7 +256,7 @@ impl Proxy {
         render(&mut resp, format, Some(&id));
         resp.headers_mut().insert(h::X_REQUEST_ID, id.header_value());
         if draft.wanted && !matches!(resp.body(), ProxyBody::Abandoned) {
-            self.log_at_end(&mut resp, draft, &id, conn, started, gateway_error);
+            self.log_at_end(&mut resp, draft, conn, started, gateway_error);
         }
         resp
     }
@@ -267,7 +266,6 @@ impl Proxy {
         &self,
         resp: &mut Response<ProxyBody>,
         mut draft: logging::LogDraft,
-        id: &request_id::RequestId,
         conn: &ConnInfo,
         started: Instant,
         gateway_error: bool,
@@ -276,12 +274,9 @@ impl Proxy {
         // reckons from when it was asked (no clock read here).
         let ready = if draft.full.is_some() || draft.sent.is_none() { started.elapsed() } else { Duration::ZERO };
         if let Some(g) = &mut draft.full {
-            let given = id.as_bytes();
-            let n = given.len().min(g.id.len());
-            g.id[..n].copy_from_slice(&given[..n]);
-            g.wall = Some(std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH));
-            g.response_headers = Some(HeadersText::of(resp.headers(), false));
-            g.tls = conn.tls_info;
+            let wall = std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH);
+            g.started_at = crate::plugins::log::epoch_millis(wall);
+            g.text.response(draft.upstream_status, resp.status().as_u16(), resp.headers());
         }
         let ticket = logging::LogTicket {
             client_ip: conn.peer.ip(),
@@ -325,15 +320,22 @@ impl Proxy {
                 path: &path,
                 headers: &parts.headers,
             };
+            let arrival = || logging::Arrival {
+                https: conn.https(),
+                host: view.host,
+                port: conn.local_port,
+                id: id.as_bytes(),
+                tls: conn.tls_info,
+            };
             let Some(m) = snapshot.router.find(&view) else {
                 if self.access_log.is_some() {
-                    draft.begin(None, &parts, (conn.https(), view.host, conn.local_port), true);
+                    draft.begin(None, &parts, &arrival(), true);
                 }
                 return Err(GatewayError::NoRoute);
             };
             if self.access_log.is_some() || m.target.chain.logs() {
                 let serialized = self.access_log.is_some() || m.target.chain.serializes();
-                draft.begin(Some(m.target.clone()), &parts, (conn.https(), view.host, conn.local_port), serialized);
+                draft.begin(Some(m.target.clone()), &parts, &arrival(), serialized);
             }
             (&**m.target, (m.matched_len, m.regex))
         };
@@ -429,7 +431,7 @@ impl Proxy {
         let path = forward::upstream_path(&req_path, strip, service.path.as_deref().unwrap_or("/"));
         let upstream_target = forward::origin_form(path, parts.uri.query()).ok_or(GatewayError::BadRequest)?;
         if let Some(g) = &mut draft.full {
-            g.upstream_uri = Some(upstream_target.as_str().into());
+            g.text.upstream_uri(upstream_target.as_str());
         }
         let mut head = forward::UpstreamHead {
             client: parts,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::log::{LogEntry, Logger, Queue, dropped};
+use super::log::{Logger, Queue, dropped, write_entry};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, Field, Obj, Schema, Type, Violations};
 
@@ -131,7 +131,7 @@ fn write_entries(
     path: &str,
     reopen: bool,
     custom: &Map<String, Value>,
-    mut rx: tokio::sync::mpsc::Receiver<Arc<LogEntry>>,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     dropped: &std::sync::atomic::AtomicU64,
 ) {
     use tokio::sync::mpsc::error::TryRecvError;
@@ -146,7 +146,7 @@ fn write_entries(
             match rx.try_recv() {
                 Ok(entry) => {
                     let start = chunk.len();
-                    entry.write_json(custom, &mut chunk);
+                    write_entry(&entry, custom, &mut chunk);
                     if chunk.len() > start {
                         chunk.push(b'\n');
                         entries += 1;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::file_log::{custom_fields, no_lua};
-use super::log::{LogEntry, Logger, Queue, dropped};
+use super::log::{Logger, Queue, dropped, write_entry};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, EntityCheck, Field, Obj, Schema, Type, Violation, Violations};
 use crate::model::typedefs;
@@ -215,7 +215,7 @@ fn secs(s: f64) -> Duration {
 
 /// The sink's task: batches, sends, retries; ends when every instance using it is gone and the
 /// queue is empty.
-async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Receiver<Arc<LogEntry>>) {
+async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) {
     let q = &config.queue;
     let custom = config.custom_fields.clone().unwrap_or_default();
     let collector = Arc::new(tokio::sync::Mutex::new(collector));
@@ -228,7 +228,7 @@ async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Re
         if batching {
             body.push(b'[');
         }
-        first.write_json(&custom, &mut body);
+        write_entry(&first, &custom, &mut body);
         drop(first);
         let mut entries = 1;
         if batching {
@@ -239,7 +239,7 @@ async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Re
                     let Ok(next) = rx.try_recv() else { break };
                     let before = body.len();
                     body.push(b',');
-                    next.write_json(&custom, &mut body);
+                    write_entry(&next, &custom, &mut body);
                     // `max_bytes` bounds the entries' text, as Kong counts it.
                     let written = body.len() > before + 1;
                     if !written || q.max_bytes.is_some_and(|max| body.len() - entries - 1 > max) {

@@ -1,6 +1,6 @@
 //! JSON text written by hand for the log serializer: every logged request is written once, and a
 //! generic serializer spent most of http-log's cost on the way (a call per key, a table look-up
-//! per byte of every string). Keys are literals; strings are scanned sixteen bytes at a time for
+//! per byte of every string). Keys are literals; strings are scanned eight bytes at a time for
 //! what needs escaping (nearly nothing does) and copied whole.
 
 use std::net::IpAddr;
@@ -20,21 +20,36 @@ fn special(b: u8) -> bool {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether some byte of the word is [`special`] (exact for the word; bytes of 0x80 and above,
-/// parts of UTF-8 sequences, never are).
+/// The bytes of a word that need care: [`special`] ones, and (`ASCII`) those that are not ASCII.
+/// Zero when none does (exact for the word as a whole).
 #[inline]
-fn has_special(x: u64) -> bool {
+fn care<const ASCII: bool>(x: u64) -> u64 {
     // Bytes below n: (x - n·ONES) & !x & HIGH (the classic "has less" test, exact for n ≤ 128);
     // a byte equal to v is a zero byte of x ^ v·ONES, that is a byte below 1.
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
-    below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) != 0
+    let special = below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
+    if ASCII { special | (x & HIGH) } else { special }
 }
 
-/// Whether the word must be looked at byte by byte: something to escape, or (`ASCII`) a byte that
-/// is not ASCII.
+/// Whether some byte of `bytes` needs care (see [`care`]), eight bytes at a time with no branch
+/// per word: most strings written are short and clean, and are then copied whole.
 #[inline]
-fn needs_care<const ASCII: bool>(x: u64) -> bool {
-    has_special(x) || (ASCII && x & HIGH != 0)
+fn needs_care<const ASCII: bool>(bytes: &[u8]) -> bool {
+    let (words, rest) = bytes.as_chunks::<8>();
+    let mut found = 0;
+    for word in words {
+        found |= care::<ASCII>(u64::from_le_bytes(*word));
+    }
+    if !rest.is_empty() {
+        // The last bytes as one more word: the last eight (some seen already) when there are that
+        // many, else these bytes over spaces (nothing to escape).
+        let last = match bytes.last_chunk::<8>() {
+            Some(word) => u64::from_le_bytes(*word),
+            None => rest.iter().rev().fold(ONES * u64::from(b' '), |w, &b| (w << 8) | u64::from(b)),
+        };
+        found |= care::<ASCII>(last);
+    }
+    found != 0
 }
 
 impl Json<'_> {
@@ -44,75 +59,64 @@ impl Json<'_> {
         self.0.extend_from_slice(text.as_bytes());
     }
 
-    /// Bytes that are JSON already (headers written by [`super::HeadersText`]).
-    #[inline]
-    pub fn text(&mut self, text: &[u8]) {
-        self.0.extend_from_slice(text);
-    }
-
-    /// One JSON string made of `parts` one after the other.
-    pub fn str_of(&mut self, parts: &[&str]) {
-        self.0.push(b'"');
-        for part in parts {
-            self.escaped::<false>(part.as_bytes());
-        }
-        self.0.push(b'"');
-    }
-
     /// A JSON string.
     pub fn str(&mut self, s: &str) {
         self.0.push(b'"');
-        self.escaped::<false>(s.as_bytes());
+        self.escaped(s.as_bytes());
         self.0.push(b'"');
+    }
+
+    /// A string with nothing to escape by its grammar (an HTTP method, a request id, a name of the
+    /// serializer's own), quoted and copied without a look.
+    pub fn token(&mut self, s: &str) {
+        self.0.push(b'"');
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(b'"');
+    }
+
+    /// The inside of a JSON string (the caller writes the quotes): a string escaped.
+    pub fn str_inner(&mut self, s: &str) {
+        self.escaped(s.as_bytes());
     }
 
     /// A JSON string of bytes that may not be UTF-8 (a header value): as they are when they are
     /// (nearly always ASCII, checked in the same pass as escaping), else with U+FFFD for what is
     /// not.
     pub fn lossy(&mut self, bytes: &[u8]) {
-        let start = self.0.len();
-        self.0.push(b'"');
-        if self.escaped::<true>(bytes) {
+        if !needs_care::<true>(bytes) {
+            self.0.push(b'"');
+            self.0.extend_from_slice(bytes);
             self.0.push(b'"');
             return;
         }
-        self.0.truncate(start);
         match std::str::from_utf8(bytes) {
             Ok(s) => self.str(s),
             Err(_) => self.str(&String::from_utf8_lossy(bytes)),
         }
     }
 
-    /// `bytes` (UTF-8) escaped, without quotes. Eight bytes at a time: a word with nothing to
-    /// escape (nearly all) costs a few arithmetic instructions, and clean runs are copied whole.
-    /// `ASCII`: stops and answers false at the first byte that is not ASCII (the caller then checks
-    /// the bytes as UTF-8), leaving what it wrote.
-    fn escaped<const ASCII: bool>(&mut self, bytes: &[u8]) -> bool {
+    /// `bytes` (UTF-8) escaped, without quotes: copied whole when nothing needs escaping (nearly
+    /// always), else byte by byte.
+    #[inline]
+    fn escaped(&mut self, bytes: &[u8]) {
+        if needs_care::<false>(bytes) {
+            self.escaped_slowly(bytes);
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+
+    #[cold]
+    fn escaped_slowly(&mut self, bytes: &[u8]) {
         let mut start = 0;
-        for (n, word) in bytes.chunks(8).enumerate() {
-            // The last bytes padded with spaces (nothing to escape) make one more word: most
-            // strings are short, and this spares them a byte-by-byte pass.
-            let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_else(|_| {
-                let mut last = [b' '; 8];
-                last[..word.len()].copy_from_slice(word);
-                last
-            }));
-            if !needs_care::<ASCII>(x) {
-                continue;
-            }
-            for (i, &b) in word.iter().enumerate() {
-                if ASCII && !b.is_ascii() {
-                    return false;
-                }
-                if special(b) {
-                    self.0.extend_from_slice(&bytes[start..n * 8 + i]);
-                    self.escape(b);
-                    start = n * 8 + i + 1;
-                }
+        for (i, &b) in bytes.iter().enumerate() {
+            if special(b) {
+                self.0.extend_from_slice(&bytes[start..i]);
+                self.escape(b);
+                start = i + 1;
             }
         }
         self.0.extend_from_slice(&bytes[start..]);
-        true
     }
 
     /// The escape of one byte [`special`] says must be escaped, as serde_json writes it.
@@ -142,14 +146,6 @@ impl Json<'_> {
         self.0.extend_from_slice(&[b'\\', short]);
     }
 
-    /// A JSON string, or `null`.
-    pub fn opt_str(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.str(s),
-            None => self.raw("null"),
-        }
-    }
-
     pub fn u64(&mut self, n: u64) {
         self.0.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
@@ -170,20 +166,25 @@ impl Json<'_> {
     pub fn ip(&mut self, ip: IpAddr) {
         match ip {
             IpAddr::V4(v4) => {
-                self.0.push(b'"');
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.0.push(b'.');
-                    }
+                // Written on the stack, then copied once.
+                let mut text = [0u8; 17];
+                let mut n = 0;
+                for octet in v4.octets() {
+                    text[n] = if n == 0 { b'"' } else { b'.' };
+                    n += 1;
                     if octet >= 100 {
-                        self.0.push(b'0' + octet / 100);
+                        text[n] = b'0' + octet / 100;
+                        n += 1;
                     }
                     if octet >= 10 {
-                        self.0.push(b'0' + octet / 10 % 10);
+                        text[n] = b'0' + octet / 10 % 10;
+                        n += 1;
                     }
-                    self.0.push(b'0' + octet % 10);
+                    text[n] = b'0' + octet % 10;
+                    n += 1;
                 }
-                self.0.push(b'"');
+                text[n] = b'"';
+                self.0.extend_from_slice(&text[..=n]);
             }
             IpAddr::V6(v6) => self.str(&v6.to_string()),
         }

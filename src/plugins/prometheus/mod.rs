@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::log::{Entry, Source};
+use super::log::{LogEntry, Source};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Field, Obj, Schema, Type, Violations};
 
@@ -127,7 +127,7 @@ impl Plugin for Prometheus {
         self.live.is_some() && (self.status_codes || self.latency || self.bandwidth)
     }
 
-    fn log(&self, e: &Entry<'_>) {
+    fn log(&self, e: &LogEntry) {
         let Some(subject) = &e.subject else { return };
         let source = if e.source == Source::Service { "service" } else { "kong" };
         let upstream = u64::try_from(e.latencies.proxy).ok();

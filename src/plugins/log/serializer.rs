@@ -1,0 +1,272 @@
+//! Kong's JSON log serializer (`kong.log.serialize()`) written as the request goes: the request's
+//! part when it is routed, the response's when its head is known, the rest once it is over. Each
+//! part is written once, straight from what the proxy holds (its header maps, its URI), into the
+//! one buffer every sink then copies: no header text, URI or map is kept aside for later, and no
+//! sink writes the entry again.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, Method};
+use uuid::Uuid;
+
+use super::writer::Json;
+use super::{Latencies, Source, Subject, Try};
+use crate::identity::Consumer;
+
+/// An entry being written. Its parts come in Kong's field order, so the text grows at its end
+/// only; a part the request never reached is written empty when the entry is finished.
+#[derive(Debug)]
+pub struct EntryText {
+    buf: Vec<u8>,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Request,
+    UpstreamUri,
+    Response,
+}
+
+/// What the request's part holds: the request as the client sent it.
+#[derive(Debug)]
+pub struct RequestPart<'a> {
+    /// The request's id (`X-Tollgate-Request-Id`).
+    pub id: &'a [u8],
+    pub method: &'a Method,
+    /// The request target as the client sent it (path and query).
+    pub uri: &'a str,
+    /// Kong's `request.url` is `scheme://host:port` and the target; the host without its port.
+    pub https: bool,
+    pub host: &'a str,
+    pub port: u16,
+    pub headers: &'a HeaderMap,
+    /// Bytes read: the head and the announced body.
+    pub size: u64,
+    /// TLS: the protocol version and cipher of the client connection.
+    pub tls: Option<(&'static str, &'static str)>,
+    /// Room to keep for what comes later (the route and service as stored), so the buffer is
+    /// allocated once.
+    pub room: usize,
+}
+
+/// What the end of the entry holds, known once the response is over.
+#[derive(Debug)]
+pub struct Ending<'a> {
+    /// The status sent, for an entry whose response part was never written.
+    pub status: u16,
+    /// Bytes sent to the client: the head and the body.
+    pub response_size: u64,
+    pub latencies: Latencies,
+    pub tries: &'a [Try],
+    pub client_ip: IpAddr,
+    /// When the request came in, in milliseconds since the epoch.
+    pub started_at: u64,
+    pub source: Source,
+    pub subject: Option<&'a Subject>,
+    pub consumer: Option<&'a Consumer>,
+    /// The credential the consumer was identified with.
+    pub credential: Option<Uuid>,
+    /// Set by correlation-id.
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Room for an entry's fixed keys, numbers, addresses and a response's usual headers.
+const BASE_ROOM: usize = 1024;
+/// Room per request header (name, value and punctuation), about.
+const HEADER_ROOM: usize = 48;
+
+impl EntryText {
+    /// Starts an entry with the request's part: `{"request":{…}`.
+    pub fn begin(r: &RequestPart<'_>) -> EntryText {
+        let mut buf =
+            Vec::with_capacity(BASE_ROOM + r.room + 3 * r.uri.len() + r.host.len() + r.headers.len() * HEADER_ROOM);
+        let j = &mut Json(&mut buf);
+        j.raw("{\"request\":{\"id\":");
+        j.lossy(r.id);
+        j.raw(",\"uri\":");
+        j.str(r.uri);
+        j.raw(if r.https { ",\"url\":\"https://" } else { ",\"url\":\"http://" });
+        // nginx's `$host`: lower case.
+        if r.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            j.str_inner(&r.host.to_ascii_lowercase());
+        } else {
+            j.str_inner(r.host);
+        }
+        j.raw(":");
+        j.u64(u64::from(r.port));
+        j.str_inner(r.uri);
+        j.raw("\",\"querystring\":");
+        match r.uri.split_once('?') {
+            Some((_, query)) => {
+                let start = j.0.len();
+                if serde_json::to_writer(&mut *j.0, &super::querystring(query)).is_err() {
+                    j.0.truncate(start);
+                    j.raw("{}");
+                }
+            }
+            None => j.raw("{}"),
+        }
+        j.raw(",\"method\":");
+        // A method is a token: no quote, backslash or control byte in it.
+        j.token(r.method.as_str());
+        j.raw(",\"headers\":");
+        headers(j, r.headers, true);
+        j.raw(",\"size\":");
+        j.u64(r.size);
+        if let Some((version, cipher)) = r.tls {
+            j.raw(",\"tls\":{\"version\":");
+            j.token(version);
+            j.raw(",\"cipher\":");
+            j.token(cipher);
+            j.raw(",\"client_verify\":\"NONE\"}");
+        }
+        j.raw("}");
+        EntryText { buf, stage: Stage::Request }
+    }
+
+    /// The request target sent upstream (once, when it is known).
+    pub fn upstream_uri(&mut self, uri: &str) {
+        if self.stage != Stage::Request {
+            return;
+        }
+        let j = &mut Json(&mut self.buf);
+        j.raw(",\"upstream_uri\":");
+        j.str(uri);
+        self.stage = Stage::UpstreamUri;
+    }
+
+    /// The response's status and head, as sent to the client.
+    pub fn response(&mut self, upstream_status: Option<u16>, status: u16, sent: &HeaderMap) {
+        if self.stage == Stage::Request {
+            self.upstream_uri("");
+        }
+        if self.stage == Stage::Response {
+            return;
+        }
+        let j = &mut Json(&mut self.buf);
+        j.raw(",\"upstream_status\":\"");
+        if let Some(status) = upstream_status {
+            j.u64(u64::from(status));
+        }
+        j.raw("\",\"response\":{\"status\":");
+        j.u64(u64::from(status));
+        j.raw(",\"headers\":");
+        headers(j, sent, false);
+        self.stage = Stage::Response;
+    }
+
+    /// The rest of the entry; the whole text.
+    pub fn finish(mut self, e: &Ending<'_>) -> Vec<u8> {
+        if self.stage != Stage::Response {
+            self.response(None, e.status, &HeaderMap::new());
+        }
+        let j = &mut Json(&mut self.buf);
+        j.raw(",\"size\":");
+        j.u64(e.response_size);
+        let l = &e.latencies;
+        j.raw("},\"latencies\":{\"kong\":");
+        j.u64(l.kong);
+        j.raw(",\"proxy\":");
+        j.i64(l.proxy);
+        j.raw(",\"request\":");
+        j.u64(l.request);
+        j.raw(",\"receive\":");
+        j.u64(l.receive);
+        j.raw("},\"tries\":[");
+        for (i, t) in e.tries.iter().enumerate() {
+            j.raw(if i == 0 { "{\"ip\":" } else { ",{\"ip\":" });
+            j.ip(t.ip);
+            j.raw(",\"port\":");
+            j.u64(u64::from(t.port));
+            j.raw("}");
+        }
+        j.raw("],\"client_ip\":");
+        j.ip(e.client_ip);
+        j.raw(",\"started_at\":");
+        j.u64(e.started_at);
+        j.raw(",\"source\":");
+        j.token(e.source.as_str());
+        j.raw(",\"workspace_name\":\"default\"");
+        if let Some(subject) = e.subject {
+            j.raw(",\"route\":");
+            j.raw(subject.route.get());
+            if let Some(service) = &subject.service {
+                j.raw(",\"service\":");
+                j.raw(service.entity.get());
+            }
+        }
+        if let Some(c) = e.consumer {
+            j.raw(",\"consumer\":");
+            j.raw(c.log_text());
+        }
+        if let Some(credential) = e.credential {
+            j.raw(",\"authenticated_entity\":{\"id\":");
+            j.uuid(credential);
+            j.raw("}");
+        }
+        if let Some(cid) = e.correlation_id {
+            j.raw(",\"correlation_id\":");
+            j.str(cid);
+        }
+        j.raw("}");
+        self.buf
+    }
+}
+
+/// Headers as Kong's serializer shows them: names in lower case, repeated headers as arrays, the
+/// request's `authorization` and `proxy-authorization` redacted.
+fn headers(j: &mut Json<'_>, headers: &HeaderMap, request: bool) {
+    let secret = |name: &HeaderName| {
+        request && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION)
+    };
+    j.0.reserve(2 + headers.len() * HEADER_ROOM);
+    j.0.push(b'{');
+    if headers.keys_len() == headers.len() {
+        // No name repeats (nearly always): one value per name, no looking ahead.
+        for (i, (name, value)) in headers.iter().enumerate() {
+            if i > 0 {
+                j.0.push(b',');
+            }
+            // A header name is a token in lower case: nothing in it to escape.
+            j.0.push(b'"');
+            j.raw(name.as_str());
+            j.raw("\":");
+            if secret(name) {
+                j.raw("\"REDACTED\"");
+            } else {
+                j.lossy(value.as_bytes());
+            }
+        }
+        j.0.push(b'}');
+        return;
+    }
+    // A map yields the values of a name one after the other: grouped as they come.
+    let mut iter = headers.iter().peekable();
+    let mut first = true;
+    while let Some((name, value)) = iter.next() {
+        if !first {
+            j.0.push(b',');
+        }
+        first = false;
+        j.0.push(b'"');
+        j.raw(name.as_str());
+        j.raw("\":");
+        let repeated = iter.peek().is_some_and(|(next, _)| *next == name);
+        if secret(name) {
+            j.raw("\"REDACTED\"");
+            while iter.next_if(|(n, _)| *n == name).is_some() {}
+        } else if !repeated {
+            j.lossy(value.as_bytes());
+        } else {
+            j.raw("[");
+            j.lossy(value.as_bytes());
+            while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
+                j.raw(",");
+                j.lossy(v.as_bytes());
+            }
+            j.raw("]");
+        }
+    }
+    j.0.push(b'}');
+}
