@@ -68,9 +68,15 @@ impl NodeGauges {
             let http = || ("subsystem", "http".to_string());
             let mut connections =
                 Gauge::new("kong_nginx_connections_total", Some("Number of connections by subsystem"), Kind::Gauge);
-            for (state, v) in
-                [("accepted", t.accepted), ("handled", t.accepted), ("active", t.active), ("total", t.requests)]
-            {
+            for (state, v) in [
+                ("accepted", t.accepted),
+                ("handled", t.accepted),
+                ("active", t.active),
+                ("reading", t.reading),
+                ("writing", t.writing),
+                ("waiting", t.waiting),
+                ("total", t.requests),
+            ] {
                 connections = connections.with(vec![node(), http(), ("state", state.to_string())], v as f64);
             }
             out.push(connections);

@@ -233,6 +233,79 @@ async fn tollgates_own_families_count_decisions_connections_and_the_configuratio
     assert!(value(&text, "tollgate_prometheus_series_dropped_total") == 0.0, "{text}");
 }
 
+/// Kong's Grafana dashboard draws `kong_nginx_connections_total` by state: an idle keep-alive
+/// connection is `waiting`, one sending its request head `reading`, one whose request is being
+/// answered `writing`; the Admin API's `/status` counts them alike.
+#[tokio::test]
+async fn connections_are_counted_as_reading_writing_and_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, upstream) = support::start().await;
+    gw.service_and_route(&upstream, "svc", json!({"name": "slow", "paths": ["/delay"], "strip_path": false})).await;
+    routed(&gw, "/delay/0", &[], 200).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", gw.proxy_port));
+    let idle = connect().await.expect("connect");
+    let mut partial = connect().await.expect("connect");
+    partial.write_all(b"GET /delay/0 HTTP/1.1\r\nHost: a\r\n").await.expect("send");
+    let before = upstream.hits();
+    let mut slow = connect().await.expect("connect");
+    slow.write_all(b"GET /delay/3000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.hits() == before {
+        assert!(Instant::now() < deadline, "the slow request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let state = |text: &str, state: &str| {
+        value(
+            text,
+            &format!(r#"kong_nginx_connections_total{{node_id="{}",subsystem="http",state="{state}"}}"#, node_id(text)),
+        )
+    };
+    let text = loop {
+        let (_, text) = scrape(&gw, &gw.admin).await;
+        if state(&text, "reading") == 1.0 && state(&text, "writing") == 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The idle one, and any keep-alive connection the test's client left open.
+    assert!(state(&text, "waiting") >= 1.0, "{text}");
+    assert!(state(&text, "active") >= 3.0, "{text}");
+    assert_eq!(
+        state(&text, "active"),
+        state(&text, "reading") + state(&text, "writing") + state(&text, "waiting"),
+        "{text}"
+    );
+    let (_, status) = gw.get("/status").await;
+    assert_eq!(status["server"]["connections_reading"], 1, "{status}");
+    assert_eq!(status["server"]["connections_writing"], 1, "{status}");
+
+    // Once the slow answer is out and the head completed, nothing is being read or written.
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.expect("answer");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    partial.write_all(b"Connection: close\r\n\r\n").await.expect("send");
+    partial.read_to_end(&mut answer).await.expect("answer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (_, text) = scrape(&gw, &gw.admin).await;
+        if state(&text, "reading") == 0.0 && state(&text, "writing") == 0.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(state(&text, "waiting") >= 1.0, "{text}");
+    drop(idle);
+}
+
+/// The node id in a scrape's `kong_node_info`.
+fn node_id(text: &str) -> String {
+    let line = text.lines().find(|l| l.starts_with("kong_node_info{")).expect("kong_node_info");
+    line.split("node_id=\"").nth(1).and_then(|r| r.split('"').next()).expect("node_id").to_string()
+}
+
 /// Kong's `request.size` and `response.size` are the bytes on the wire: what the client sent
 /// (head and body) and what it got back (head and body), whatever the headers hold.
 #[tokio::test]

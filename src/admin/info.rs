@@ -55,9 +55,9 @@ pub async fn status(State(s): State<AdminState>) -> Response {
             "connections_active": t.active,
             "connections_accepted": t.accepted,
             "connections_handled": t.accepted,
-            "connections_reading": 0,
-            "connections_writing": t.active,
-            "connections_waiting": 0,
+            "connections_reading": t.reading,
+            "connections_writing": t.writing,
+            "connections_waiting": t.waiting,
         },
         "memory": {"resident_bytes": resident_bytes()},
     });

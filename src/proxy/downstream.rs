@@ -160,11 +160,12 @@ pub(super) async fn serve(
                 () = tokio::time::sleep(KEEPALIVE_TIMEOUT) => return,
             }
         }
-        let next = next_head(&mut *io, &mut read, first && sniff).await;
+        let next = next_head(&mut *io, &mut read, first && sniff, &proxy.stats).await;
         first = false;
         let head = match next {
             Next::Head(head) => head,
             Next::Refused(refusal) => {
+                let _writing = proxy.stats.writing();
                 let response = proxy.refused(refusal);
                 let _ = write_response(&mut *io, response, &Method::GET, Version::HTTP_11, false).await;
                 return close(&mut *io).await;
@@ -192,6 +193,7 @@ async fn respond(
     conn: &ConnInfo,
     drain: &watch::Receiver<bool>,
 ) -> Option<(Box<dyn ClientIo>, BytesMut)> {
+    let _writing = proxy.stats.writing();
     let RequestHead { parts, body: framing, keep_alive, expects_continue, len: head_len } = head;
     let method = parts.method.clone();
     let version = parts.version;
@@ -248,11 +250,16 @@ async fn close(io: &mut dyn ClientIo) {
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx))).await;
 }
 
-/// Reads until `read` starts with a whole request head (or the HTTP/2 preface, with `sniff`).
-async fn next_head(io: &mut dyn ClientIo, read: &mut BytesMut, sniff: bool) -> Next {
+/// Reads until `read` starts with a whole request head (or the HTTP/2 preface, with `sniff`). The
+/// connection counts as `reading` from its head's first byte (readiness alone can be spurious).
+async fn next_head(io: &mut dyn ClientIo, read: &mut BytesMut, sniff: bool, stats: &super::stats::Stats) -> Next {
     let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
     let mut scanned = 0;
+    let mut reading = None;
     loop {
+        if reading.is_none() && !read.is_empty() {
+            reading = Some(stats.reading());
+        }
         // Only the end of a line can complete a head: a head arriving in small pieces is parsed
         // once per line, not once per piece.
         let complete = read.len() >= framing::MAX_HEAD || read.get(scanned..).is_some_and(|new| new.contains(&b'\n'));
@@ -290,6 +297,7 @@ pub(super) async fn serve_h2(
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let conn = conn.clone();
         async move {
+            let _writing = proxy.stats.writing();
             let mut resp = proxy.handle(req.map(RequestBody::H2), &conn, None).await;
             // HPACK's size is hyper's to know: the head as HTTP/1 would write it.
             if matches!(resp.body(), ProxyBody::Logged(_)) {
