@@ -248,7 +248,7 @@ async fn connections_are_counted_as_reading_writing_and_waiting() {
     partial.write_all(b"GET /delay/0 HTTP/1.1\r\nHost: a\r\n").await.expect("send");
     let before = upstream.hits();
     let mut slow = connect().await.expect("connect");
-    slow.write_all(b"GET /delay/3000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.expect("send");
+    slow.write_all(b"GET /delay/6000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.expect("send");
     let deadline = Instant::now() + Duration::from_secs(10);
     while upstream.hits() == before {
         assert!(Instant::now() < deadline, "the slow request never reached the upstream");
