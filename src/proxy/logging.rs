@@ -91,6 +91,7 @@ impl LogDraft {
                 id: arrival.id,
                 method: &parts.method,
                 uri,
+                query: parts.uri.query(),
                 https: arrival.https,
                 host: arrival.host,
                 port: arrival.port,

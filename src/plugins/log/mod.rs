@@ -318,6 +318,7 @@ mod tests {
                 id: ID,
                 method: &self.method,
                 uri: &self.uri,
+                query: self.uri.split_once('?').map(|(_, q)| q),
                 https: self.https,
                 host: &self.host,
                 port: 8000,

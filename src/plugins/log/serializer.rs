@@ -34,8 +34,9 @@ pub struct RequestPart<'a> {
     /// The request's id (`X-Tollgate-Request-Id`).
     pub id: &'a [u8],
     pub method: &'a Method,
-    /// The request target as the client sent it (path and query).
+    /// The request target as the client sent it (path and query), and its query (parsed already).
     pub uri: &'a str,
+    pub query: Option<&'a str>,
     /// Kong's `request.url` is `scheme://host:port` and the target; the host without its port.
     pub https: bool,
     pub host: &'a str,
@@ -97,8 +98,8 @@ impl EntryText {
         j.u64(u64::from(r.port));
         j.str_inner(r.uri);
         j.raw("\",\"querystring\":");
-        match r.uri.split_once('?') {
-            Some((_, query)) => {
+        match r.query {
+            Some(query) => {
                 let start = j.0.len();
                 if serde_json::to_writer(&mut *j.0, &super::querystring(query)).is_err() {
                     j.0.truncate(start);
