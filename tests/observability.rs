@@ -261,14 +261,9 @@ async fn connections_are_counted_as_reading_writing_and_waiting() {
             &format!(r#"kong_nginx_connections_total{{node_id="{}",subsystem="http",state="{state}"}}"#, node_id(text)),
         )
     };
-    let text = loop {
-        let (_, text) = scrape(&gw, &gw.admin).await;
-        if state(&text, "reading") == 1.0 && state(&text, "writing") == 1.0 {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let text =
+        scrape_until_it_holds(&gw, deadline, |text| state(text, "reading") == 1.0 && state(text, "writing") == 1.0)
+            .await;
     // The idle one, and any keep-alive connection the test's client left open.
     assert!(state(&text, "waiting") >= 1.0, "{text}");
     assert!(state(&text, "active") >= 3.0, "{text}");
@@ -288,16 +283,23 @@ async fn connections_are_counted_as_reading_writing_and_waiting() {
     partial.write_all(b"Connection: close\r\n\r\n").await.expect("send");
     partial.read_to_end(&mut answer).await.expect("answer");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let (_, text) = scrape(&gw, &gw.admin).await;
-        if state(&text, "reading") == 0.0 && state(&text, "writing") == 0.0 {
-            break text;
+    let text =
+        scrape_until_it_holds(&gw, deadline, |text| state(text, "reading") == 0.0 && state(text, "writing") == 0.0)
+            .await;
+    assert!(state(&text, "waiting") >= 1.0, "{text}");
+    drop(idle);
+}
+
+/// Scrapes the Admin API until `holds` says yes of the exposition, before `deadline`.
+async fn scrape_until_it_holds(gw: &Gateway, deadline: Instant, holds: impl Fn(&str) -> bool) -> String {
+    loop {
+        let (_, text) = scrape(gw, &gw.admin).await;
+        if holds(&text) {
+            return text;
         }
         assert!(Instant::now() < deadline, "{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(state(&text, "waiting") >= 1.0, "{text}");
-    drop(idle);
+    }
 }
 
 /// The node id in a scrape's `kong_node_info`.

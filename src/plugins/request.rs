@@ -31,6 +31,15 @@ pub fn find_pair<'a>(pairs: &'a str, name: &str) -> Found<'a> {
     found
 }
 
+/// The arguments of a query string as Kong's `get_uri_args` reads them, in order: each name
+/// decoded, with its value decoded, or `None` for a bare name (Kong's `true`); empty pairs skipped.
+pub fn args(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Option<Cow<'_, str>>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| match pair.split_once('=') {
+        Some((name, value)) => (decode(name), Some(decode(value))),
+        None => (decode(pair), None),
+    })
+}
+
 /// Removes every `name=…` pair from a query string or form body; `None` when nothing changed.
 pub fn remove_pair(pairs: &str, name: &str) -> Option<String> {
     let mut changed = false;
@@ -247,6 +256,17 @@ mod tests {
         let uri: Uri = "/p?a=1&apikey=k".parse().expect("uri");
         assert_eq!(with_query(&uri, "a=1").to_string(), "/p?a=1");
         assert_eq!(with_query(&uri, "").to_string(), "/p");
+    }
+
+    #[test]
+    fn query_args_are_decoded_in_order_with_bare_names_apart() {
+        let args: Vec<_> = args("a=1&&b&c=%20x+y&a=2").collect();
+        let text = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_string);
+        let got: Vec<(String, Option<String>)> = args.iter().map(|(k, v)| (k.to_string(), text(v))).collect();
+        let want = [("a", Some("1")), ("b", None), ("c", Some(" x y")), ("a", Some("2"))];
+        let want: Vec<(String, Option<String>)> =
+            want.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! Hashing on a cookie the client does not have makes one (a UUID) and sets it on the response, as
 //! Kong does, so that the client's next requests go to the same target.
 
+use std::borrow::Cow;
+
 use http::HeaderValue;
 use http::header::{self, HeaderMap};
 
@@ -101,22 +103,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// A query argument's value: several values sorted and joined with `,`, a bare flag `true` (Kong's
 /// `get_uri_args` stringified).
 fn query_arg(query: &str, name: &str) -> Option<String> {
-    let mut values: Vec<String> = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = match pair.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (pair, None),
-        };
-        let decode =
-            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-        if decode(k).as_deref() != Some(name) {
-            continue;
-        }
-        values.push(match v {
-            Some(v) => decode(v).unwrap_or_default(),
-            None => "true".into(),
-        });
-    }
+    let mut values: Vec<String> = crate::plugins::request::args(query)
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.map_or_else(|| "true".into(), Cow::into_owned))
+        .collect();
     values.sort();
     (!values.is_empty()).then(|| values.join(","))
 }

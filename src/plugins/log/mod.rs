@@ -150,15 +150,9 @@ pub fn write_entry(text: &[u8], custom_fields: &Map<String, Value>, out: &mut Ve
 /// value is `true`, a repeated name an array.
 fn querystring(query: &str) -> Value {
     let mut out = Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = match pair.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (pair, None),
-        };
-        let decode =
-            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-        let name = decode(name).unwrap_or_default();
-        let value = value.and_then(decode).map_or(Value::Bool(true), Value::String);
+    for (name, value) in super::request::args(query) {
+        let name = name.into_owned();
+        let value = value.map_or(Value::Bool(true), |v| Value::String(v.into_owned()));
         match out.get_mut(&name) {
             Some(Value::Array(list)) => list.push(value),
             Some(existing) => *existing = Value::Array(vec![existing.take(), value]),
