@@ -84,9 +84,7 @@ impl LogDraft {
             ((parts.method.as_str().len() + uri.len() + 13 + fields) as u64).saturating_add(body)
         });
         if serialized {
-            let subject = route.as_ref().map(|r| &r.subject);
-            let room =
-                subject.map_or(0, |s| s.route.get().len() + s.service.as_ref().map_or(0, |sv| sv.entity.get().len()));
+            let room = route.as_ref().map_or(0, |r| r.subject.entities_len);
             let text = EntryText::begin(&RequestPart {
                 id: arrival.id,
                 method: &parts.method,

@@ -31,6 +31,8 @@ pub struct Subject {
     /// The route as stored (Kong's serializer logs the whole entity).
     pub route: Arc<RawValue>,
     pub service: Option<Arc<ServiceSubject>>,
+    /// The length of the route's and service's text, room a log entry keeps for them.
+    pub entities_len: usize,
 }
 
 impl Subject {
@@ -45,7 +47,8 @@ impl Subject {
         h.write(route_label.as_bytes());
         h.write_u8(0xff);
         h.write(service.as_ref().map_or(&b""[..], |s| s.label.as_bytes()));
-        Subject { route_id, labels_hash: h.finish(), route_label, route, service }
+        let entities_len = route.get().len() + service.as_ref().map_or(0, |s| s.entity.get().len());
+        Subject { route_id, labels_hash: h.finish(), route_label, route, service, entities_len }
     }
 }
 

@@ -66,8 +66,8 @@ impl Json<'_> {
         self.0.push(b'"');
     }
 
-    /// A string with nothing to escape by its grammar (an HTTP method, a request id, a name of the
-    /// serializer's own), quoted and copied without a look.
+    /// A string with nothing to escape by its grammar (an HTTP method, a name of the serializer's
+    /// own), quoted and copied without a look.
     pub fn token(&mut self, s: &str) {
         self.0.push(b'"');
         self.0.extend_from_slice(s.as_bytes());
