@@ -434,7 +434,7 @@ async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
     let config = json!({
         "http_endpoint": endpoint, "method": "PUT", "headers": {"X-Pipeline": "edge"},
         "custom_fields": {"dc": "eu-1"},
-        "queue": {"max_batch_size": 3, "max_coalescing_delay": 0.5, "initial_retry_delay": 0.05},
+        "queue": {"max_batch_size": 3, "max_coalescing_delay": 1, "initial_retry_delay": 0.05},
     });
     gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
     // Wait for the plugin through a marker: a request that reaches the collector.
@@ -457,10 +457,12 @@ async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
     assert!(!entries.is_empty() && entries.len() <= 3, "{batch}");
     assert_eq!((&entries[0]["dc"], &entries[0]["route"]["name"]), (&json!("eu-1"), &json!("r")));
 
-    // Three requests in a burst leave in one batch of three.
+    // Three requests in a burst on one connection (so one worker: batches are gathered per
+    // worker, as Kong's queues are) leave in one batch of three.
     let before = collector.received().len();
+    let one = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
     for _ in 0..3 {
-        gw.call("/p", &[]).await;
+        one.get(gw.proxy_url("/p")).send().await.expect("proxy request");
     }
     let got = collector
         .wait_until(Duration::from_secs(10), |r| {
@@ -472,6 +474,49 @@ async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
         })
         .await;
     assert!(got[before..].iter().any(|x| serde_json::from_slice::<Value>(&x.body).is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))), "{:?}", &got[before..]);
+}
+
+#[tokio::test]
+async fn a_batch_that_is_not_full_leaves_after_its_delay_or_when_the_plugin_goes() {
+    let (gw, upstream) = support::start().await;
+    let collector = Collector::start(0);
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    let endpoint = format!("http://{}/logs", collector.addr);
+    let batches = |got: &[support::collector::Received]| -> Vec<Vec<Value>> {
+        got.iter()
+            .map(|x| {
+                serde_json::from_slice::<Value>(&x.body).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+            })
+            .collect()
+    };
+    // Ten per batch, sent 0.2 s after the first entry: one request leaves alone.
+    let config = json!({"http_endpoint": endpoint, "queue": {"max_batch_size": 10, "max_coalescing_delay": 0.2}});
+    let plugin = gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.received().is_empty() {
+        assert!(Instant::now() < deadline, "a lone entry never left");
+        gw.call("/p", &[("x-marker", "alone")]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let first = batches(&collector.received());
+    assert!(first[0].len() < 10 && first[0][0]["request"]["headers"]["x-marker"] == "alone", "{first:?}");
+
+    // An hour's delay: what was gathered leaves when the plugin is deleted, not an hour later.
+    assert_eq!(gw.delete(&format!("/plugins/{}", plugin["id"].as_str().expect("id"))).await, 204);
+    let config = json!({"http_endpoint": endpoint, "queue": {"max_batch_size": 10, "max_coalescing_delay": 3600}});
+    let plugin = gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
+    // The plugin serves once a route added after it does.
+    gw.create("/services/svc/routes", json!({"name": "marker", "paths": ["/marker"]})).await;
+    routed(&gw, "/marker", &[], 200).await;
+    let before = collector.received().len();
+    assert_eq!(gw.call("/p", &[("x-marker", "kept")]).await.status(), 200);
+    assert_eq!(gw.delete(&format!("/plugins/{}", plugin["id"].as_str().expect("id"))).await, 204);
+    let got = collector
+        .wait_until(Duration::from_secs(10), |r| {
+            batches(&r[before..]).iter().flatten().any(|e| e["request"]["headers"]["x-marker"] == "kept")
+        })
+        .await;
+    assert!(batches(&got[before..]).iter().flatten().any(|e| e["request"]["headers"]["x-marker"] == "kept"));
 }
 
 #[tokio::test]

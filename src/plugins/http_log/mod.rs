@@ -1,14 +1,16 @@
 //! http-log (Kong 3.x, priority 12): sends each request's log entry (Kong's JSON serializer) to a
-//! collector, through Kong's queue: entries wait in a bounded queue (`queue.max_entries`), go out
-//! one by one or in JSON arrays of up to `queue.max_batch_size` gathered for at most
-//! `queue.max_coalescing_delay`, and a failed send (no answer, or a status of 300 and up) is tried
-//! again after `queue.initial_retry_delay`, doubling up to `queue.max_retry_delay`, until
-//! `queue.max_retry_time` has passed; then the batch is dropped and counted. The sending happens in
-//! the sink's own task: a collector that is down or slow never slows proxying, and the memory it
-//! can cost is the queue's bound. `custom_fields_by_lua` is not supported (no Lua here):
+//! collector, through Kong's queue: entries go out one by one or in JSON arrays of up to
+//! `queue.max_batch_size` gathered by each worker for at most `queue.max_coalescing_delay` (see
+//! `gather`), batches wait in a bounded queue (`queue.max_entries`, counted by whole batches), and a
+//! failed send (no answer, or a status of 300 and up) is tried again after
+//! `queue.initial_retry_delay`, doubling up to `queue.max_retry_delay`, until `queue.max_retry_time`
+//! has passed; then the batch is dropped and counted. The sending happens in the sink's own task: a
+//! collector that is down or slow never slows proxying, and the memory it can cost is the queue's
+//! bound and one batch per worker. `custom_fields_by_lua` is not supported (no Lua here):
 //! `custom_fields` adds fixed values.
 
 mod collector;
+mod gather;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -18,11 +20,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::file_log::{custom_fields, no_lua};
-use super::log::{Logger, Queue, dropped, write_entry};
+use super::log::{LogEntry, dropped};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, EntityCheck, Field, Obj, Schema, Type, Violation, Violations};
 use crate::model::typedefs;
 use collector::Collector;
+use gather::{Batch, Sink};
 
 pub const DEF: PluginDef = PluginDef {
     name: "http-log",
@@ -173,16 +176,43 @@ struct Config {
 fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
     let parsed: Config = typed(config)?;
     if !env.live() {
-        return Ok(Arc::new(Logger { queue: None }));
+        return Ok(Arc::new(HttpLogger { sink: None }));
     }
     let key = format!("{}\u{0}{}", env.instance.unwrap_or_default(), Value::Object(config.clone()));
-    Ok(Arc::new(Logger { queue: sink(key, parsed) }))
+    Ok(Arc::new(HttpLogger { sink: sink(key, parsed) }))
+}
+
+/// An http-log instance: its log phase adds the entry to its worker's batch for the sink; no sink
+/// when it was built only to check a write.
+#[derive(Debug)]
+struct HttpLogger {
+    sink: Option<Arc<Sink>>,
+}
+
+impl Plugin for HttpLogger {
+    fn accesses(&self) -> bool {
+        false
+    }
+
+    fn logs(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    fn serializes(&self) -> bool {
+        true
+    }
+
+    fn log(&self, entry: &LogEntry) {
+        if let (Some(sink), Some(text)) = (&self.sink, &entry.text) {
+            sink.push(text);
+        }
+    }
 }
 
 /// The running sink of this instance and configuration, or a new one (a rebuild of the snapshot
-/// keeps the queue and what is in it).
-fn sink(key: String, config: Config) -> Option<Arc<Queue>> {
-    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Queue>>>> = OnceLock::new();
+/// keeps the sink, its task and what waits in its queue).
+fn sink(key: String, config: Config) -> Option<Arc<Sink>> {
+    static SINKS: OnceLock<Mutex<HashMap<String, Weak<Sink>>>> = OnceLock::new();
     let mut sinks = SINKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     sinks.retain(|_, s| s.strong_count() > 0);
     if let Some(s) = sinks.get(&key).and_then(Weak::upgrade) {
@@ -199,66 +229,31 @@ fn sink(key: String, config: Config) -> Option<Arc<Queue>> {
             return None;
         }
     };
-    let (queue, rx) = Queue::new(config.queue.max_entries, &dropped().http_log);
-    runtime.spawn(run(config, collector, rx));
-    let s = Arc::new(queue);
+    let q = &config.queue;
+    // `max_entries` counted in batches: what waits beside the batches each worker is gathering.
+    let (tx, rx) = tokio::sync::mpsc::channel(q.max_entries.div_ceil(q.max_batch_size.max(1)).max(1));
+    let s = Arc::new(Sink::new(
+        tx,
+        config.custom_fields.clone().unwrap_or_default(),
+        q.max_batch_size,
+        q.max_bytes,
+        secs(q.max_coalescing_delay),
+    ));
+    runtime.spawn(run(config.queue, collector, rx));
     sinks.insert(key, Arc::downgrade(&s));
     Some(s)
 }
-
-/// How often a batch being gathered looks for new entries.
-const GATHER_POLL: Duration = Duration::from_millis(10);
 
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(3600))
 }
 
-/// The sink's task: batches, sends, retries; ends when every instance using it is gone and the
-/// queue is empty.
-async fn run(config: Config, collector: Collector, mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) {
-    let q = &config.queue;
-    let custom = config.custom_fields.clone().unwrap_or_default();
+/// The sink's task: sends the batches the workers hand it, retrying; ends when every instance
+/// using it is gone and the queue is empty.
+async fn run(q: QueueConfig, collector: Collector, mut rx: tokio::sync::mpsc::Receiver<Batch>) {
     let collector = Arc::new(tokio::sync::Mutex::new(collector));
-    // A batch's size, to size the next one's buffer at once (no growing a large buffer by copies).
-    let mut last_size = 2048;
-    while let Some(first) = rx.recv().await {
-        // Entries are written straight into the body: a JSON array when batching, else the entry.
-        let batching = q.max_batch_size > 1;
-        let mut body = Vec::with_capacity(last_size + last_size / 4);
-        if batching {
-            body.push(b'[');
-        }
-        write_entry(&first, &custom, &mut body);
-        drop(first);
-        let mut entries = 1;
-        if batching {
-            // Gathered on a clock, not woken per entry: a busy proxy pays no wake-up per request.
-            let deadline = tokio::time::Instant::now() + secs(q.max_coalescing_delay);
-            loop {
-                while entries < q.max_batch_size {
-                    let Ok(next) = rx.try_recv() else { break };
-                    let before = body.len();
-                    body.push(b',');
-                    write_entry(&next, &custom, &mut body);
-                    // `max_bytes` bounds the entries' text, as Kong counts it.
-                    let written = body.len() > before + 1;
-                    if !written || q.max_bytes.is_some_and(|max| body.len() - entries - 1 > max) {
-                        body.truncate(before);
-                        dropped().http_log.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        continue;
-                    }
-                    entries += 1;
-                }
-                let now = tokio::time::Instant::now();
-                if entries >= q.max_batch_size || now >= deadline || rx.is_closed() && rx.is_empty() {
-                    break;
-                }
-                tokio::time::sleep((deadline - now).min(GATHER_POLL)).await;
-            }
-            body.push(b']');
-        }
-        last_size = body.len();
-        let job = deliver(collector.clone(), q.clone(), body, entries);
+    while let Some(batch) = rx.recv().await {
+        let job = deliver(collector.clone(), q.clone(), batch.body, batch.entries);
         if q.concurrency_limit == -1 {
             tokio::spawn(job);
         } else {

@@ -1,0 +1,191 @@
+//! Batches gathered on the proxy worker that logged them, as Kong's queues are per worker: each
+//! entry is written straight into its worker's batch (no entry is queued, woken for or copied a
+//! second time on its own), and only whole batches cross to the sink's task. A worker's batch
+//! leaves when it holds `max_batch_size` entries, or `max_coalescing_delay` after its first entry
+//! (a task on the worker sees to that), or when the sink goes away.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::super::log::{dropped, write_entry};
+
+/// A batch's body (a JSON array of entries when batching, else the one entry) and its count.
+#[derive(Debug)]
+pub struct Batch {
+    pub body: Vec<u8>,
+    pub entries: usize,
+}
+
+/// What a worker needs to gather for a sink and hand its batches on.
+#[derive(Debug)]
+pub struct Sink {
+    /// Tells one sink's batches from another's on a worker.
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+    /// Dropped with the sink: wakes every worker's watcher to send what it gathered.
+    gone: tokio::sync::watch::Sender<()>,
+    custom: Map<String, Value>,
+    max_batch_size: usize,
+    max_bytes: Option<usize>,
+    delay: Duration,
+}
+
+/// One worker's batch being gathered for a sink.
+struct Gathering {
+    sink: u64,
+    body: Vec<u8>,
+    entries: usize,
+    /// When its first entry came.
+    since: Instant,
+    /// The last batch's size, to size the next one's buffer at once.
+    last_size: usize,
+}
+
+thread_local! {
+    static GATHERING: RefCell<Vec<Gathering>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Sink {
+    /// A sink handing its batches to `tx`; `capacity` batches may wait there.
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<Batch>,
+        custom: Map<String, Value>,
+        max_batch_size: usize,
+        max_bytes: Option<usize>,
+        delay: Duration,
+    ) -> Sink {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        let gone = tokio::sync::watch::Sender::new(());
+        Sink { id: IDS.fetch_add(1, Ordering::Relaxed), tx, gone, custom, max_batch_size, max_bytes, delay }
+    }
+
+    fn batching(&self) -> bool {
+        self.max_batch_size > 1
+    }
+
+    /// Adds an entry's text; never waits. What the sink's queue cannot take is dropped and counted.
+    pub fn push(self: &Arc<Self>, text: &[u8]) {
+        // Gathering needs a task on this very thread to send a batch whose delay is over: a worker's
+        // single-threaded runtime. Anywhere else (and with no delay), each entry leaves alone.
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !self.batching() || self.delay.is_zero() || !on_worker {
+            let mut body = Vec::with_capacity(text.len() + 2);
+            self.add(&mut body, 0, text);
+            if !body.is_empty() {
+                self.send(close(body, self.batching()), 1);
+            }
+            return;
+        }
+        let full = GATHERING.with_borrow_mut(|list| {
+            let g = match list.iter().position(|g| g.sink == self.id) {
+                Some(i) => &mut list[i],
+                None => {
+                    self.watch();
+                    list.push(Gathering {
+                        sink: self.id,
+                        body: Vec::new(),
+                        entries: 0,
+                        since: Instant::now(),
+                        last_size: 2048,
+                    });
+                    let last = list.len() - 1;
+                    &mut list[last]
+                }
+            };
+            if g.entries == 0 {
+                g.since = Instant::now();
+                g.body.reserve(g.last_size + g.last_size / 4);
+            }
+            if self.add(&mut g.body, g.entries, text) {
+                g.entries += 1;
+            }
+            (g.entries >= self.max_batch_size).then(|| take(g))
+        });
+        if let Some((body, entries)) = full {
+            self.send(close(body, true), entries);
+        }
+    }
+
+    /// Writes an entry into a body holding `entries` already (with the custom fields); false when
+    /// it could not be written or would pass `max_bytes` (then it is dropped and counted).
+    fn add(&self, body: &mut Vec<u8>, entries: usize, text: &[u8]) -> bool {
+        let before = body.len();
+        if self.batching() {
+            body.push(if entries == 0 { b'[' } else { b',' });
+        }
+        let start = body.len();
+        write_entry(text, &self.custom, body);
+        // `max_bytes` bounds the entries' text, as Kong counts it (without brackets and commas).
+        let text_len = body.len() - start;
+        let total = body.len() - entries - usize::from(self.batching());
+        if text_len == 0 || self.max_bytes.is_some_and(|max| total > max) {
+            body.truncate(before);
+            dropped().http_log.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn send(&self, body: Vec<u8>, entries: usize) {
+        if self.tx.try_send(Batch { body, entries }).is_err() {
+            dropped().http_log.fetch_add(entries as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The task that sends this worker's batch once its delay is over, and what is left when the
+    /// sink goes away; it runs on this worker, beside the batch.
+    fn watch(self: &Arc<Self>) {
+        let sink = Arc::downgrade(self);
+        let (id, delay, tx, mut gone) = (self.id, self.delay, self.tx.clone(), self.gone.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let due = GATHERING.with_borrow(|list| {
+                    list.iter().find(|g| g.sink == id).filter(|g| g.entries > 0).map(|g| g.since + delay)
+                });
+                let wait = tokio::time::sleep_until(due.unwrap_or_else(|| Instant::now() + delay).into());
+                tokio::select! {
+                    () = wait => {}
+                    _ = gone.changed() => {}
+                }
+                let gone = Weak::strong_count(&sink) == 0;
+                let ready = GATHERING.with_borrow_mut(|list| {
+                    let i = list.iter().position(|g| g.sink == id)?;
+                    let g = &mut list[i];
+                    let ready = (g.entries > 0 && (gone || g.since.elapsed() >= delay)).then(|| take(g));
+                    if gone {
+                        list.swap_remove(i);
+                    }
+                    ready
+                });
+                if let Some((body, entries)) = ready
+                    && tx.try_send(Batch { body: close(body, true), entries }).is_err()
+                {
+                    dropped().http_log.fetch_add(entries as u64, Ordering::Relaxed);
+                }
+                if gone {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The gathered body and its count, leaving the gathering empty.
+fn take(g: &mut Gathering) -> (Vec<u8>, usize) {
+    g.last_size = g.body.len();
+    let entries = std::mem::take(&mut g.entries);
+    (std::mem::take(&mut g.body), entries)
+}
+
+/// A batch's body closed: `]` after a JSON array.
+fn close(mut body: Vec<u8>, batching: bool) -> Vec<u8> {
+    if batching {
+        body.push(b']');
+    }
+    body
+}
