@@ -69,22 +69,20 @@ impl Sink {
 
     /// Adds an entry's text; never waits. What the sink's queue cannot take is dropped and counted.
     pub fn push(self: &Arc<Self>, text: &[u8]) {
-        // Gathering needs a task on this very thread to send a batch whose delay is over: a worker's
-        // single-threaded runtime. Anywhere else (and with no delay), each entry leaves alone.
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        if !self.batching() || self.delay.is_zero() || !on_worker {
-            let mut body = Vec::with_capacity(text.len() + 2);
-            self.add(&mut body, 0, text);
-            if !body.is_empty() {
-                self.send(close(body, self.batching()), 1);
-            }
-            return;
+        if !self.batching() || self.delay.is_zero() {
+            return self.send_alone(text);
         }
         let full = GATHERING.with_borrow_mut(|list| {
-            let g = match list.iter().position(|g| g.sink == self.id) {
-                Some(i) => &mut list[i],
+            let i = match list.iter().position(|g| g.sink == self.id) {
+                Some(i) => i,
                 None => {
+                    // Gathering needs a task on this very thread to send a batch whose delay is
+                    // over: a worker's single-threaded runtime (asked once per worker and sink).
+                    let on_worker = tokio::runtime::Handle::try_current()
+                        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+                    if !on_worker {
+                        return Err(());
+                    }
                     self.watch();
                     list.push(Gathering {
                         sink: self.id,
@@ -93,10 +91,10 @@ impl Sink {
                         since: Instant::now(),
                         last_size: 2048,
                     });
-                    let last = list.len() - 1;
-                    &mut list[last]
+                    list.len() - 1
                 }
             };
+            let g = &mut list[i];
             if g.entries == 0 {
                 g.since = Instant::now();
                 g.body.reserve(g.last_size + g.last_size / 4);
@@ -104,10 +102,21 @@ impl Sink {
             if self.add(&mut g.body, g.entries, text) {
                 g.entries += 1;
             }
-            (g.entries >= self.max_batch_size).then(|| take(g))
+            Ok((g.entries >= self.max_batch_size).then(|| take(g)))
         });
-        if let Some((body, entries)) = full {
-            self.send(close(body, true), entries);
+        match full {
+            Ok(Some((body, entries))) => self.send(close(body, true), entries),
+            Ok(None) => {}
+            // Anywhere but on a worker, each entry leaves alone.
+            Err(()) => self.send_alone(text),
+        }
+    }
+
+    /// An entry sent as a batch of its own.
+    fn send_alone(&self, text: &[u8]) {
+        let mut body = Vec::with_capacity(text.len() + 2);
+        if self.add(&mut body, 0, text) {
+            self.send(close(body, self.batching()), 1);
         }
     }
 

@@ -81,7 +81,8 @@ impl Json<'_> {
 
     /// A JSON string of bytes that may not be UTF-8 (a header value): as they are when they are
     /// (nearly always ASCII, checked in the same pass as escaping), else with U+FFFD for what is
-    /// not.
+    /// not. Inlined: it runs once per header, in the header loop.
+    #[inline(always)]
     pub fn lossy(&mut self, bytes: &[u8]) {
         if !needs_care::<true>(bytes) {
             self.0.push(b'"');
@@ -89,6 +90,11 @@ impl Json<'_> {
             self.0.push(b'"');
             return;
         }
+        self.lossy_slowly(bytes);
+    }
+
+    #[cold]
+    fn lossy_slowly(&mut self, bytes: &[u8]) {
         match std::str::from_utf8(bytes) {
             Ok(s) => self.str(s),
             Err(_) => self.str(&String::from_utf8_lossy(bytes)),
