@@ -50,7 +50,7 @@ thread_local! {
 }
 
 impl Sink {
-    /// A sink handing its batches to `tx`; `capacity` batches may wait there.
+    /// A sink handing its batches to `tx` (its bounded queue).
     pub fn new(
         tx: tokio::sync::mpsc::Sender<Batch>,
         custom: Map<String, Value>,
@@ -141,16 +141,14 @@ impl Sink {
     }
 
     fn send(&self, body: Vec<u8>, entries: usize) {
-        if self.tx.try_send(Batch { body, entries }).is_err() {
-            dropped().http_log.fetch_add(entries as u64, Ordering::Relaxed);
-        }
+        hand_on(&self.tx, body, entries);
     }
 
     /// The task that sends this worker's batch once its delay is over, and what is left when the
     /// sink goes away; it runs on this worker, beside the batch.
     fn watch(self: &Arc<Self>) {
         let sink = Arc::downgrade(self);
-        let (id, delay, tx, mut gone) = (self.id, self.delay, self.tx.clone(), self.gone.subscribe());
+        let (id, delay, tx, mut goes) = (self.id, self.delay, self.tx.clone(), self.gone.subscribe());
         tokio::spawn(async move {
             loop {
                 let due = GATHERING.with_borrow(|list| {
@@ -159,7 +157,7 @@ impl Sink {
                 let wait = tokio::time::sleep_until(due.unwrap_or_else(|| Instant::now() + delay).into());
                 tokio::select! {
                     () = wait => {}
-                    _ = gone.changed() => {}
+                    _ = goes.changed() => {}
                 }
                 let gone = Weak::strong_count(&sink) == 0;
                 let ready = GATHERING.with_borrow_mut(|list| {
@@ -171,16 +169,21 @@ impl Sink {
                     }
                     ready
                 });
-                if let Some((body, entries)) = ready
-                    && tx.try_send(Batch { body: close(body, true), entries }).is_err()
-                {
-                    dropped().http_log.fetch_add(entries as u64, Ordering::Relaxed);
+                if let Some((body, entries)) = ready {
+                    hand_on(&tx, close(body, true), entries);
                 }
                 if gone {
                     return;
                 }
             }
         });
+    }
+}
+
+/// Hands a batch to the sink's task; when its queue is full the batch is dropped and counted.
+fn hand_on(tx: &tokio::sync::mpsc::Sender<Batch>, body: Vec<u8>, entries: usize) {
+    if tx.try_send(Batch { body, entries }).is_err() {
+        dropped().http_log.fetch_add(entries as u64, Ordering::Relaxed);
     }
 }
 
