@@ -84,7 +84,7 @@ struct Config {
 
 fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
     let config: Config = typed(config)?;
-    Ok(Arc::new(Logger { queue: env.live().then(|| sink(config)) }))
+    Ok(Arc::new(Logger { sink: env.live().then(|| sink(config)) }))
 }
 
 /// The running sink for this configuration, or a new one: a configuration change that keeps the

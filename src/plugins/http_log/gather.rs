@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::super::log::{dropped, write_entry};
+use super::super::log::{self, dropped, write_entry};
 
 /// A batch's body (a JSON array of entries when batching, else the one entry) and its count.
 #[derive(Debug)]
@@ -177,6 +177,12 @@ impl Sink {
                 }
             }
         });
+    }
+}
+
+impl log::Sink for Arc<Sink> {
+    fn push(&self, text: &bytes::Bytes) {
+        Sink::push(self, text);
     }
 }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::file_log::{custom_fields, no_lua};
-use super::log::{LogEntry, dropped};
+use super::log::{Logger, dropped};
 use super::{BuildEnv, Plugin, PluginDef, typed};
 use crate::model::schema::{Check, EntityCheck, Field, Obj, Schema, Type, Violation, Violations};
 use crate::model::typedefs;
@@ -176,37 +176,10 @@ struct Config {
 fn build(config: &Obj, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, Violations> {
     let parsed: Config = typed(config)?;
     if !env.live() {
-        return Ok(Arc::new(HttpLogger { sink: None }));
+        return Ok(Arc::new(Logger::<Arc<Sink>> { sink: None }));
     }
     let key = format!("{}\u{0}{}", env.instance.unwrap_or_default(), Value::Object(config.clone()));
-    Ok(Arc::new(HttpLogger { sink: sink(key, parsed) }))
-}
-
-/// An http-log instance: its log phase adds the entry to its worker's batch for the sink; no sink
-/// when it was built only to check a write.
-#[derive(Debug)]
-struct HttpLogger {
-    sink: Option<Arc<Sink>>,
-}
-
-impl Plugin for HttpLogger {
-    fn accesses(&self) -> bool {
-        false
-    }
-
-    fn logs(&self) -> bool {
-        self.sink.is_some()
-    }
-
-    fn serializes(&self) -> bool {
-        true
-    }
-
-    fn log(&self, entry: &LogEntry) {
-        if let (Some(sink), Some(text)) = (&self.sink, &entry.text) {
-            sink.push(text);
-        }
-    }
+    Ok(Arc::new(Logger { sink: sink(key, parsed) }))
 }
 
 /// The running sink of this instance and configuration, or a new one (a rebuild of the snapshot

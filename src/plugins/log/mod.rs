@@ -199,20 +199,25 @@ pub fn dropped() -> &'static Dropped {
     DROPPED.get_or_init(Dropped::default)
 }
 
-/// A log plugin instance whose phase puts the entry in its sink's queue (file-log, http-log); no
-/// queue when it was built only to check a write.
-#[derive(Debug)]
-pub struct Logger {
-    pub queue: Option<Arc<Queue>>,
+/// Where a log plugin's entries go: a sink's queue, never waiting.
+pub trait Sink: std::fmt::Debug + Send + Sync {
+    fn push(&self, text: &Bytes);
 }
 
-impl super::Plugin for Logger {
+/// A log plugin instance whose phase hands the entry to its sink (file-log's queue, http-log's
+/// batches); no sink when it was built only to check a write.
+#[derive(Debug)]
+pub struct Logger<S> {
+    pub sink: Option<S>,
+}
+
+impl<S: Sink> super::Plugin for Logger<S> {
     fn accesses(&self) -> bool {
         false
     }
 
     fn logs(&self) -> bool {
-        self.queue.is_some()
+        self.sink.is_some()
     }
 
     fn serializes(&self) -> bool {
@@ -220,8 +225,8 @@ impl super::Plugin for Logger {
     }
 
     fn log(&self, entry: &LogEntry) {
-        if let (Some(queue), Some(text)) = (&self.queue, &entry.text) {
-            queue.push(text);
+        if let (Some(sink), Some(text)) = (&self.sink, &entry.text) {
+            sink.push(text);
         }
     }
 }
@@ -232,6 +237,12 @@ impl super::Plugin for Logger {
 pub struct Queue {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     dropped: &'static AtomicU64,
+}
+
+impl Sink for Arc<Queue> {
+    fn push(&self, text: &Bytes) {
+        Queue::push(self, text);
+    }
 }
 
 impl Queue {
