@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::super::log::{self, dropped, write_entry};
+use crate::clock::deadline;
 
 /// A batch's body (a JSON array of entries when batching, else the one entry) and its count.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct Sink {
 /// One worker's batch being gathered for a sink.
 struct Gathering {
     sink: u64,
+    /// Wakes the worker's watcher when a batch starts (it sleeps while there is none).
+    started: Arc<tokio::sync::Notify>,
     body: Vec<u8>,
     entries: usize,
     /// When its first entry came.
@@ -83,9 +86,11 @@ impl Sink {
                     if !on_worker {
                         return Err(());
                     }
-                    self.watch();
+                    let started = Arc::new(tokio::sync::Notify::new());
+                    self.watch(started.clone());
                     list.push(Gathering {
                         sink: self.id,
+                        started,
                         body: Vec::new(),
                         entries: 0,
                         since: Instant::now(),
@@ -97,6 +102,7 @@ impl Sink {
             let g = &mut list[i];
             if g.entries == 0 {
                 g.since = Instant::now();
+                g.started.notify_one();
                 g.body.reserve(g.last_size + g.last_size / 4);
             }
             if self.add(&mut g.body, g.entries, text) {
@@ -145,18 +151,22 @@ impl Sink {
     }
 
     /// The task that sends this worker's batch once its delay is over, and what is left when the
-    /// sink goes away; it runs on this worker, beside the batch.
-    fn watch(self: &Arc<Self>) {
+    /// sink goes away; it runs on this worker, beside the batch, and sleeps while there is none.
+    fn watch(self: &Arc<Self>, started: Arc<tokio::sync::Notify>) {
         let sink = Arc::downgrade(self);
         let (id, delay, tx, mut goes) = (self.id, self.delay, self.tx.clone(), self.gone.subscribe());
         tokio::spawn(async move {
             loop {
                 let due = GATHERING.with_borrow(|list| {
-                    list.iter().find(|g| g.sink == id).filter(|g| g.entries > 0).map(|g| g.since + delay)
+                    list.iter().find(|g| g.sink == id).filter(|g| g.entries > 0).map(|g| deadline(g.since, delay))
                 });
-                let wait = tokio::time::sleep_until(due.unwrap_or_else(|| Instant::now() + delay).into());
                 tokio::select! {
-                    () = wait => {}
+                    () = async {
+                        match due {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => started.notified().await,
+                        }
+                    } => {}
                     _ = goes.changed() => {}
                 }
                 let gone = Weak::strong_count(&sink) == 0;
