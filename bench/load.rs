@@ -14,8 +14,13 @@
 //! each, prints `ready` and holds them for `seconds`.
 //! `bench-load <host:port> handshakes <names> <seconds>`: 32 clients making full TLS handshakes
 //! (no resumption), each with SNI `c<random below names>.bench.test` and one request; prints how many.
+//! `bench-load <host:port> collector`: a log collector for http-log's batches: answers each POST
+//! 204 once its body is read and counts its entries (one `"workspace_name":` each); `GET /count`
+//! answers the total so far. It does no more than that, so the load CPU it shares with wrk and the
+//! upstream stays free for them (nginx writing every batch to a file put gigabytes on the disk).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -173,9 +178,44 @@ fn certificate(i: usize) -> Result<serde_json::Value, String> {
     Ok(json!({"cert": cert.pem(), "key": key.serialize_pem(), "snis": [name]}))
 }
 
+/// The collector (see the module's doc).
+async fn collector(listen: &str) -> Result<(), String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Method, Request, Response, StatusCode};
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
+    let entries = Arc::new(AtomicU64::new(0));
+    let marker = Arc::new(memchr::memmem::Finder::new(b"\"workspace_name\":").into_owned());
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let (entries, marker) = (entries.clone(), marker.clone());
+        let answer = move |req: Request<Incoming>| {
+            let (entries, marker) = (entries.clone(), marker.clone());
+            async move {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                if req.method() == Method::GET {
+                    *response.body_mut() = Full::new(Bytes::from(entries.load(Ordering::Relaxed).to_string()));
+                    return Ok::<_, hyper::Error>(response);
+                }
+                let body = req.into_body().collect().await?.to_bytes();
+                entries.fetch_add(marker.find_iter(&body).count() as u64, Ordering::Relaxed);
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                Ok(response)
+            }
+        };
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, hyper::service::service_fn(answer)).await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(2).map(String::as_str) == Some("collector") {
+        return collector(&args[1]).await;
+    }
     if matches!(args.get(2).map(String::as_str), Some("tls-idle" | "handshakes")) {
         return tls_modes(&args).await;
     }
