@@ -205,7 +205,9 @@ async fn collector(listen: &str) -> Result<(), String> {
         };
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, hyper::service::service_fn(answer)).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, hyper::service::service_fn(answer))
+                .await;
         });
     }
 }
