@@ -19,6 +19,7 @@ pub mod paths;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
+pub mod scrapes;
 pub mod snapshot;
 pub mod store;
 pub mod sync;

@@ -18,6 +18,7 @@ use crate::config::{Listen, NodeRole, PemPair, Settings};
 use crate::proxy::Proxy;
 use crate::proxy::stats::Stats;
 use crate::proxy::upstream::{self, PoolSettings};
+use crate::scrapes::{App, ScrapeThread};
 use crate::snapshot::SnapshotHolder;
 use crate::store::{DEFAULT_CP, Store, StoreError};
 use crate::tls::{self, CertPair, CertificateSource, SniResolver};
@@ -299,8 +300,9 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
         hub: hub.clone(),
         cert_expiry: None,
     });
+    let scrapes = scrape_thread().await;
     let source = StatusSource { role: settings.role, holder: proxy.holder.clone(), data_plane: None };
-    serve_status(&settings, source, &stop_rx).await?;
+    serve_status(&settings, source, scrapes.clone(), &stop_rx).await?;
     let admin_state = AdminState::new(AdminInner {
         store: store.clone(),
         settings: settings.clone(),
@@ -315,21 +317,14 @@ async fn serve(settings: Settings) -> Result<(), NodeError> {
     let mut admin_tasks = Vec::new();
     for (listener, tls) in admin_listeners.into_iter().zip(admin_tls) {
         let app = admin::router(admin_state.clone());
-        let app = tower::util::MapRequestLayer::new(admin::trim_trailing_slash).layer(app);
+        let app = App::new(tower::util::MapRequestLayer::new(admin::trim_trailing_slash).layer(app));
         let mut stop = stop_rx.clone();
+        let scrapes = scrapes.clone();
         admin_tasks.push(tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            match tls {
-                Some(acceptor) => serve_tls(listener, acceptor, app, stopped).await,
-                None => {
-                    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-                    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stopped).await {
-                        tracing::error!(error = %e, "Admin API stopped");
-                    }
-                }
-            }
+            serve_app(listener, tls, app, scrapes, stopped, "Admin API").await;
         }));
     }
     let gui_tls = acceptors(&settings.admin_gui_listen, &settings.admin_ssl_certs, &settings, None)?;
@@ -461,8 +456,9 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
         hub: None,
         cert_expiry: settings.cluster_tls.pair.as_ref().and_then(|p| crate::metrics::cert_expiry(&p.cert)),
     });
+    let scrapes = scrape_thread().await;
     let source = StatusSource { role: settings.role, holder, data_plane: Some(dp) };
-    serve_status(&settings, source, &stop_rx).await?;
+    serve_status(&settings, source, scrapes.clone(), &stop_rx).await?;
     let addrs: Vec<String> = settings.proxy_listen.iter().map(|l| l.addr.to_string()).collect();
     tracing::info!(proxy = %addrs.join(","), control_plane = %settings.cluster_control_plane, "Tollgate data plane started");
     eprintln!(
@@ -483,20 +479,17 @@ async fn serve_data_plane(settings: Settings) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Serves an axum application over TLS (the Admin API's `ssl` listeners) until `stop` resolves, then
-/// lets open connections finish.
-async fn serve_tls<S>(
+/// Serves an application (the Admin API, the status API) until `stop` resolves, then lets open
+/// connections finish. Over TLS when an acceptor is given; in clear text a scrape's connection
+/// goes to the scrape thread when there is one (see [`crate::scrapes`]).
+async fn serve_app(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: S,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: App,
+    scrapes: Option<ScrapeThread>,
     stop: impl std::future::Future<Output = ()>,
-) where
-    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+    what: &'static str,
+) {
     let graceful = GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     tokio::pin!(stop);
@@ -511,29 +504,42 @@ async fn serve_tls<S>(
             },
             () = &mut stop => break,
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let builder = builder.clone();
+        let (tls, app, builder, scrapes) = (tls.clone(), app.clone(), builder.clone(), scrapes.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                _ => {
-                    tracing::debug!(client = %peer, "Admin API TLS handshake failed");
-                    return;
+            let service = crate::scrapes::service(app.clone());
+            let ended = match tls {
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        _ => {
+                            tracing::debug!(client = %peer, "{what} TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                None => {
+                    let stream = match scrapes {
+                        Some(thread) => match thread.offer(stream, &app).await {
+                            crate::scrapes::Offer::Taken => return,
+                            crate::scrapes::Offer::Back(stream) => stream,
+                        },
+                        None => stream,
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
                 }
             };
-            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
-            });
-            let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(error = %e, "Admin API connection ended with an error");
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "{what} connection ended with an error");
             }
         });
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("some Admin API connections did not finish within the drain timeout");
+        tracing::warn!("some {what} connections did not finish within the drain timeout");
     }
 }
 
@@ -569,7 +575,7 @@ fn serve_gui(
             let _ = stop.changed().await;
         };
         match tls {
-            Some(acceptor) => serve_tls(listener, acceptor, app, stopped).await,
+            Some(acceptor) => serve_app(listener, Some(acceptor), App::new(app), None, stopped, "admin page").await,
             None => {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
                     tracing::error!(error = %e, "admin page stopped");
@@ -579,22 +585,34 @@ fn serve_gui(
     })
 }
 
+/// The node's scrape thread; none where the idle scheduling class is refused (scrapes are then
+/// served as other requests are).
+async fn scrape_thread() -> Option<ScrapeThread> {
+    match ScrapeThread::start().await {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            tracing::warn!(error = %e, "scrapes are served at normal priority");
+            None
+        }
+    }
+}
+
 /// Serves the status API on `status_listen` until `stop` flips.
 async fn serve_status(
     settings: &Settings,
     source: StatusSource,
+    scrapes: Option<ScrapeThread>,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let Some(addr) = settings.status_listen else { return Ok(()) };
     let listener = TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?;
     let mut stop = stop.clone();
+    let app = App::new(status::router(source));
     tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.changed().await;
         };
-        if let Err(e) = axum::serve(listener, status::router(source)).with_graceful_shutdown(stopped).await {
-            tracing::error!(error = %e, "status API stopped");
-        }
+        serve_app(listener, None, app, scrapes, stopped, "status API").await;
     });
     Ok(())
 }

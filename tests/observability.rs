@@ -212,6 +212,53 @@ async fn without_a_prometheus_instance_only_the_nodes_gauges_are_shown() {
     assert!(!text.contains("kong_http_requests_total"), "{text}");
 }
 
+/// The thread of process `pid` named `name`, if any.
+fn thread_named(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        (comm.trim_end() == name).then(|| task.file_name().to_string_lossy().into_owned())
+    })
+}
+
+/// A thread's scheduling policy (`/proc/…/stat`, field 41; 5 is `SCHED_IDLE`).
+fn scheduling_policy(pid: u32, tid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // The fields after the command's closing parenthesis, the state (field 3) first.
+    stat.rsplit_once(") ")?.1.split(' ').nth(41 - 3)?.parse().ok()
+}
+
+/// A scrape takes only the CPU proxying leaves: `GET /metrics` connections to the Admin API and
+/// the status API are served by the node's scrape thread, in Linux's idle scheduling class, which
+/// closes each after its answer; other requests keep their connections as before.
+#[tokio::test]
+async fn scrapes_are_served_by_a_thread_in_the_idle_scheduling_class() {
+    let gw = Gateway::start().await;
+    let thread = thread_named(gw.pid(), "tollgate-idle").expect("the scrape thread");
+    assert_eq!(scheduling_policy(gw.pid(), &thread), Some(5), "SCHED_IDLE");
+    // A client that opens a connection for each request: each scrape is placed anew.
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    for base in [&gw.admin, &gw.status] {
+        // The thread takes a scrape whenever the machine has idle CPU; on a saturated one (this
+        // suite beside others) the scrape is served as usual, answered alike: asks until one scrape
+        // came by the thread.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = fresh.get(format!("{base}/metrics")).send().await.expect("scrape");
+            assert_eq!(r.status(), 200);
+            let closed = r.headers().get("connection").is_some_and(|v| v == "close");
+            let text = r.text().await.expect("text");
+            assert!(text.contains("# TYPE kong_nginx_requests_total"), "{text}");
+            if closed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no scrape of {base} was served by the scrape thread");
+        }
+        let r = fresh.get(format!("{base}/status")).send().await.expect("status");
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("connection").is_none(), "{:?}", r.headers());
+    }
+}
+
 /// Tollgate's own families: rate-limit decisions, upstream connections, the configuration served.
 #[tokio::test]
 async fn tollgates_own_families_count_decisions_connections_and_the_configuration() {

@@ -34,7 +34,8 @@ impl StatusSource {
 /// `GET /metrics` (Prometheus' text format, Kong's names): written on a thread of its own at the
 /// lowest CPU priority and sent in chunks as they are written, so a large scrape neither sits whole
 /// in memory nor takes the CPU from proxying (it uses what proxying leaves); a scraper that leaves
-/// stops the writing.
+/// stops the writing. Asked on the scrape thread ([`crate::scrapes`]), the writing thread is in
+/// the idle scheduling class with it (a thread starts in its creator's class).
 pub async fn metrics() -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
     let scrape = move || {
