@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     // L5: persistence and following it
     &["store", "sync"],
     // L6: what speaks to the network
-    &["proxy", "admin", "auth", "cluster", "gui"],
+    &["proxy", "admin", "auth", "cluster", "gui", "scrapes"],
     // L7: wiring
     &["metrics", "node"],
 ];
