@@ -5,12 +5,14 @@
 //! of a large scrape's CPU) then run only when no proxy worker wants the CPU, and a waking worker
 //! takes it back at once (a nice-19 thread may first finish its slice, which shows in the proxy's
 //! p99). An idle-class thread gets next to nothing on a saturated CPU, so a connection the thread
-//! has not taken within [`GRACE`] is served as any other, at normal priority; and the thread
-//! closes each connection after its response, so that every scrape is placed anew.
+//! has not taken within [`GRACE`] is served as any other, at normal priority, and so are all
+//! scrapes for [`BACK_OFF`] after one that the thread took longer than [`SLOW`] to serve; the
+//! thread closes each connection after its response, so that every scrape is placed anew.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::response::Response;
@@ -26,6 +28,13 @@ pub type App = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
 /// scrape would outlast Prometheus' timeout.
 pub const GRACE: Duration = Duration::from_millis(200);
 
+/// A scrape the thread took longer than this to serve found the node with too little idle CPU
+/// (a large one takes well under a second where there is some)...
+pub const SLOW: Duration = Duration::from_secs(1);
+
+/// ...and scrapes are then served at normal priority for this long before the thread is tried again.
+pub const BACK_OFF: Duration = Duration::from_secs(60);
+
 /// How long a new connection's first bytes are waited for to tell a scrape from other requests
 /// (a scraper sends its request at once; anything slower is served as usual).
 const FIRST_BYTES: Duration = Duration::from_secs(1);
@@ -37,6 +46,40 @@ const WAITING: usize = 16;
 #[derive(Debug, Clone)]
 pub struct ScrapeThread {
     tx: mpsc::Sender<Handoff>,
+    backing_off: Arc<BackOff>,
+}
+
+/// Until when scrapes skip the thread, in milliseconds from `since` (0: they do not).
+#[derive(Debug)]
+struct BackOff {
+    since: Instant,
+    until: AtomicU64,
+    slow: Duration,
+}
+
+impl BackOff {
+    fn new(slow: Duration) -> BackOff {
+        BackOff { since: Instant::now(), until: AtomicU64::new(0), slow }
+    }
+
+    fn millis(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    fn active(&self) -> bool {
+        self.millis() < self.until.load(Ordering::Relaxed)
+    }
+
+    /// A connection the thread served in `took`: a slow one starts a back-off.
+    fn served(&self, took: Duration) {
+        if took > self.slow {
+            tracing::info!(
+                took_ms = took.as_millis() as u64,
+                "a scrape waited for idle CPU: scrapes are served at normal priority for a while"
+            );
+            self.until.store(self.millis() + BACK_OFF.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A connection offered to the thread: whichever side takes the stream first serves it.
@@ -75,7 +118,13 @@ impl ScrapeThread {
     }
 
     async fn start_with(idle: bool) -> Result<ScrapeThread, ScrapeThreadError> {
+        Self::start_slow(idle, SLOW).await
+    }
+
+    async fn start_slow(idle: bool, slow: Duration) -> Result<ScrapeThread, ScrapeThreadError> {
         let (tx, rx) = mpsc::channel(WAITING);
+        let backing_off = Arc::new(BackOff::new(slow));
+        let served = backing_off.clone();
         let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("tollgate-idle".into())
@@ -89,7 +138,7 @@ impl ScrapeThread {
                 match ready {
                     Ok(runtime) => {
                         let _ = ready_tx.send(Ok(()));
-                        runtime.block_on(serve(rx));
+                        runtime.block_on(serve(rx, served));
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -98,12 +147,12 @@ impl ScrapeThread {
             })
             .map_err(ScrapeThreadError::Spawn)?;
         ready_rx.await.map_err(|_| ScrapeThreadError::Ended)??;
-        Ok(ScrapeThread { tx })
+        Ok(ScrapeThread { tx, backing_off })
     }
 
     /// Offers a new connection: a scrape goes to the thread, when it takes it within [`GRACE`].
     pub async fn offer(&self, stream: TcpStream, app: &App) -> Offer {
-        if !asks_for_metrics(&stream).await {
+        if self.backing_off.active() || !asks_for_metrics(&stream).await {
             return Offer::Back(stream);
         }
         let Ok(std_stream) = stream.into_std() else {
@@ -141,11 +190,13 @@ fn idle_class() -> Result<(), ScrapeThreadError> {
 }
 
 /// The thread's loop: takes each connection still offered and serves it, one request.
-async fn serve(mut rx: mpsc::Receiver<Handoff>) {
+async fn serve(mut rx: mpsc::Receiver<Handoff>, backing_off: Arc<BackOff>) {
     while let Some(h) = rx.recv().await {
         let Some(stream) = take(&h.stream) else { continue };
         let _ = h.taken.send(());
+        let backing_off = backing_off.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let Ok(stream) = TcpStream::from_std(stream) else { return };
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -153,6 +204,7 @@ async fn serve(mut rx: mpsc::Receiver<Handoff>) {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "scrape connection ended with an error");
             }
+            backing_off.served(started.elapsed());
         });
     }
 }
@@ -199,8 +251,15 @@ mod tests {
         }
     }
 
+    /// `/metrics` answers `m 1` (after `?slow`, 300 ms late).
     fn app() -> App {
-        App::new(axum::Router::new().route("/metrics", axum::routing::get(|| async { "m 1\n" })))
+        let metrics = |q: axum::extract::RawQuery| async move {
+            if q.0.as_deref() == Some("slow") {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            "m 1\n"
+        };
+        App::new(axum::Router::new().route("/metrics", axum::routing::get(metrics)))
     }
 
     /// Connects to `addr`, sends `request`, and reads the answer to its end (the server closes).
@@ -246,7 +305,7 @@ mod tests {
     async fn a_scrape_the_thread_does_not_take_in_time_is_served_as_usual() {
         // A thread that never takes anything: its receiver is held and never read.
         let (tx, rx) = mpsc::channel(WAITING);
-        let addr = listen(ScrapeThread { tx }).await;
+        let addr = listen(ScrapeThread { tx, backing_off: Arc::new(BackOff::new(SLOW)) }).await;
         let started = std::time::Instant::now();
         let answer = ask(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("m 1\n"), "{answer}");
@@ -257,9 +316,33 @@ mod tests {
     #[tokio::test]
     async fn other_requests_are_never_offered() {
         let (tx, mut rx) = mpsc::channel(WAITING);
-        let addr = listen(ScrapeThread { tx }).await;
+        let addr = listen(ScrapeThread { tx, backing_off: Arc::new(BackOff::new(SLOW)) }).await;
         let answer = ask(addr, "GET /status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_slow_scrape_scrapes_are_served_as_usual_for_a_while() {
+        let thread = ScrapeThread::start_slow(false, Duration::from_millis(200)).await.expect("thread");
+        let addr = listen(thread.clone()).await;
+        let close = |a: &str| a.to_ascii_lowercase().contains("connection: close");
+        let answer = ask(addr, "GET /metrics?slow HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(answer.ends_with("m 1\n") && close(&answer), "{answer}");
+        // The thread notes how long it took once the connection is over.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !thread.backing_off.active() {
+            assert!(Instant::now() < deadline, "no back-off after a slow scrape");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Served here now: the connection stays open after the answer (the client closes it).
+        let answer = ask(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        assert!(answer.ends_with("m 1\n"), "{answer}");
+        let mut rx_probe = TcpStream::connect(addr).await.expect("connect");
+        rx_probe.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = rx_probe.read(&mut buf).await.expect("read");
+        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
     }
 }
