@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use uuid::Uuid;
 
@@ -116,10 +116,12 @@ impl Series {
 }
 
 /// Every worker's series, for scrapes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
-    /// Series made since the last scrape (a push per new series per worker).
-    fresh: Mutex<Vec<Arc<Series>>>,
+    /// Series made since the last scrape (a send per new series per worker). A channel, not a
+    /// lock shared with scrapes: a scrape runs at the lowest priority, and a worker must never
+    /// wait for it.
+    fresh: mpsc::Sender<Arc<Series>>,
     /// Every series, read by scrapes (which are serialized by this lock, proxying never takes it),
     /// and the order a scrape writes them in, made again only when series were added.
     known: Mutex<Known>,
@@ -130,8 +132,9 @@ pub struct Registry {
 }
 
 /// Every series, and the order a scrape writes them in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Known {
+    fresh: mpsc::Receiver<Arc<Series>>,
     series: Vec<Arc<Series>>,
     plan: Option<Plan>,
 }
@@ -171,7 +174,16 @@ pub const DEFAULT_MAX_SERIES: usize = 200_000;
 
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| Registry { max_series: AtomicUsize::new(DEFAULT_MAX_SERIES), ..Registry::default() })
+    REGISTRY.get_or_init(|| {
+        let (fresh, fresh_rx) = mpsc::channel();
+        Registry {
+            fresh,
+            known: Mutex::new(Known { fresh: fresh_rx, series: Vec::new(), plan: None }),
+            series: AtomicUsize::new(0),
+            max_series: AtomicUsize::new(DEFAULT_MAX_SERIES),
+            dropped: AtomicU64::new(0),
+        }
+    })
 }
 
 impl Registry {
@@ -184,10 +196,10 @@ impl Registry {
     /// proxying.
     pub fn with_series<R>(&self, f: impl FnOnce(&[Arc<Series>], &Plan) -> R) -> R {
         let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fresh = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let known = &mut *known;
-        if !fresh.is_empty() || known.plan.is_none() {
-            known.series.extend(fresh);
+        let before = known.series.len();
+        known.series.extend(known.fresh.try_iter());
+        if known.series.len() > before || known.plan.is_none() {
             known.plan = Some(Plan::new(&known.series));
         }
         let plan = known.plan.get_or_insert_with(|| Plan::new(&known.series));
@@ -343,7 +355,8 @@ fn made<'s>(
             sum: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         });
-        reg.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(series.clone());
+        // The receiver lives as long as the registry (a static): the send cannot fail.
+        let _ = reg.fresh.send(series.clone());
         *slot = Some(series);
     }
     slot.as_ref()
