@@ -25,7 +25,7 @@ pub type App = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
 
 /// How long a scrape's connection waits for the scrape thread. With any idle CPU the thread takes
 /// it within a millisecond; one that waited this long is on a saturated node, where an idle-class
-/// scrape would outlast Prometheus' timeout.
+/// scrape could outlast Prometheus' timeout.
 pub const GRACE: Duration = Duration::from_millis(200);
 
 /// A scrape the thread took longer than this to serve found the node with too little idle CPU
@@ -92,7 +92,7 @@ struct Handoff {
 /// What became of an offered connection.
 #[derive(Debug)]
 pub enum Offer {
-    /// The scrape thread serves it.
+    /// The scrape thread serves it (or, where it could not be handed on, it is closed).
     Taken,
     /// Not a scrape, or the thread did not take it in time: the caller serves it.
     Back(TcpStream),
@@ -114,14 +114,10 @@ pub enum ScrapeThreadError {
 impl ScrapeThread {
     /// Starts the thread, in the idle scheduling class.
     pub async fn start() -> Result<ScrapeThread, ScrapeThreadError> {
-        Self::start_with(true).await
+        Self::start_with(true, SLOW).await
     }
 
-    async fn start_with(idle: bool) -> Result<ScrapeThread, ScrapeThreadError> {
-        Self::start_slow(idle, SLOW).await
-    }
-
-    async fn start_slow(idle: bool, slow: Duration) -> Result<ScrapeThread, ScrapeThreadError> {
+    async fn start_with(idle: bool, slow: Duration) -> Result<ScrapeThread, ScrapeThreadError> {
         let (tx, rx) = mpsc::channel(WAITING);
         let backing_off = Arc::new(BackOff::new(slow));
         let served = backing_off.clone();
@@ -294,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn a_scrape_is_served_by_the_thread_and_closed_after_its_answer() {
         // Not the idle class here: the test runs beside others on a busy machine.
-        let addr = listen(ScrapeThread::start_with(false).await.expect("thread")).await;
+        let addr = listen(ScrapeThread::start_with(false, SLOW).await.expect("thread")).await;
         let answer = ask(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
@@ -324,7 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_slow_scrape_scrapes_are_served_as_usual_for_a_while() {
-        let thread = ScrapeThread::start_slow(false, Duration::from_millis(200)).await.expect("thread");
+        let thread = ScrapeThread::start_with(false, Duration::from_millis(200)).await.expect("thread");
         let addr = listen(thread.clone()).await;
         let close = |a: &str| a.to_ascii_lowercase().contains("connection: close");
         let answer = ask(addr, "GET /metrics?slow HTTP/1.1\r\nhost: x\r\n\r\n").await;
