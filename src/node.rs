@@ -574,14 +574,7 @@ fn serve_gui(
         let stopped = async move {
             let _ = stop.changed().await;
         };
-        match tls {
-            Some(acceptor) => serve_app(listener, Some(acceptor), App::new(app), None, stopped, "admin page").await,
-            None => {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                    tracing::error!(error = %e, "admin page stopped");
-                }
-            }
-        }
+        serve_app(listener, tls, App::new(app), None, stopped, "admin page").await;
     })
 }
 
