@@ -173,11 +173,6 @@ impl FamilyPlan {
             row
         })
     }
-
-    /// Every member of every summed series, in order.
-    pub fn members(&self) -> &[u32] {
-        &self.members
-    }
 }
 
 impl Plan {
