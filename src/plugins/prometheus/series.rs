@@ -405,3 +405,42 @@ fn made<'s>(
     }
     slot.as_ref()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two workers' series of two routes, made in no order: a scrape's plan has one summed series
+    /// per route, sorted by labels, each with both workers' series; other families apart.
+    #[test]
+    fn a_plan_sums_each_route_over_workers_in_label_order() {
+        let raw = serde_json::value::RawValue::from_string("{}".into()).expect("raw");
+        let series_of = |family: Family, route: u128, labels: &str| {
+            let subject = Arc::new(Subject::new(Uuid::from_u128(route), labels.into(), raw.clone().into(), None));
+            Arc::new(Series {
+                key: Key { family, route: Uuid::from_u128(route), labels: 0, code: 0, tag: "", consumer: None },
+                subject,
+                consumer: "".into(),
+                labels: labels.into(),
+                count: AtomicU64::new(0),
+                sum: AtomicU64::new(0),
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            })
+        };
+        let h = Family::KongLatencyMs;
+        let series = vec![
+            series_of(h, 2, r#"route="b""#),
+            series_of(h, 1, r#"route="a""#),
+            series_of(Family::BandwidthBytes, 1, r#"route="a",direction="ingress""#),
+            series_of(h, 2, r#"route="b""#),
+            series_of(h, 1, r#"route="a""#),
+        ];
+        let plan = Plan::new(&series);
+        let families: Vec<Family> = plan.families.iter().map(|f| f.family).collect();
+        assert_eq!(families, [Family::BandwidthBytes, Family::KongLatencyMs]);
+        let rows: Vec<(Vec<u32>, &str)> = plan.families[1].rows().map(|(m, l)| (m.to_vec(), l)).collect();
+        assert_eq!(rows, [(vec![1, 4], r#"route="a""#), (vec![0, 3], r#"route="b""#)]);
+        let rows: Vec<(Vec<u32>, &str)> = plan.families[0].rows().map(|(m, l)| (m.to_vec(), l)).collect();
+        assert_eq!(rows, [(vec![2], r#"route="a",direction="ingress""#)]);
+    }
+}
