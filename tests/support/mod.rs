@@ -266,8 +266,13 @@ impl Gateway {
             // A data plane has no Admin API: its status API says it is up.
             let probe =
                 if self.data_plane { format!("{}/status", self.status) } else { format!("{}/status", self.admin) };
+            // The answer must be Tollgate's status (the Admin API's has `server`, the status API's
+            // `role`): a port picked free can be taken by another test's upstream before this node
+            // binds it, and that upstream answers 200 to anything while this node exits.
             if let Ok(r) = self.http.get(probe).send().await
                 && r.status() == 200
+                && let Ok(body) = r.json::<Value>().await
+                && (body.get("server").is_some() || body.get("role").is_some())
             {
                 return true;
             }
