@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::ProxyBody;
 use crate::plugins::log::serializer::{Ending, EntryText, RequestPart};
-use crate::plugins::log::{Latencies, LogEntry, Queue, Source, Try};
+use crate::plugins::log::{Latencies, LogEntry, Queue, Source, Tries};
 use crate::snapshot::RouteTarget;
 
 /// What a logged request gathers on its way; empty (and free) for the others. Counters need only
@@ -34,7 +34,7 @@ pub struct LogDraft {
     /// When the request went upstream, and how long the upstream took to its response head.
     pub sent: Option<(Instant, Duration)>,
     /// Present when some plugin (or the access log) serializes the entry.
-    pub full: Option<Box<Gathered>>,
+    pub full: Option<Gathered>,
 }
 
 /// What only serializers need (see [`crate::plugins::Plugin::serializes`]): the entry's text as
@@ -44,7 +44,7 @@ pub struct Gathered {
     pub text: EntryText,
     pub credential: Option<uuid::Uuid>,
     pub correlation_id: Option<Box<str>>,
-    pub tries: Vec<Try>,
+    pub tries: Tries,
     /// When the request came in, in milliseconds since the epoch.
     pub started_at: u64,
 }
@@ -98,13 +98,8 @@ impl LogDraft {
                 tls: arrival.tls,
                 room,
             });
-            self.full = Some(Box::new(Gathered {
-                text,
-                credential: None,
-                correlation_id: None,
-                tries: Vec::new(),
-                started_at: 0,
-            }));
+            self.full =
+                Some(Gathered { text, credential: None, correlation_id: None, tries: Tries::default(), started_at: 0 });
         }
         self.route = route;
     }
@@ -131,7 +126,7 @@ impl LogTicket {
     /// Runs the log phase: the route's log plugins and the node's access log.
     fn finish(self, body_bytes: u64) {
         let total = self.started.elapsed();
-        let d = self.draft;
+        let mut d = self.draft;
         let ms = |t: Duration| t.as_millis() as u64;
         let latencies = match d.sent {
             Some((sent, waited)) => {
@@ -152,9 +147,8 @@ impl LogTicket {
         };
         let subject = d.route.as_ref().map(|r| &r.subject);
         let response_size = self.head_size.saturating_add(body_bytes);
-        let text = d.full.map(|g| {
-            let g = *g;
-            let text = g.text.finish(&Ending {
+        let text = d.full.as_mut().map(|g| {
+            g.text.finish(&Ending {
                 status: self.status,
                 response_size,
                 latencies,
@@ -166,8 +160,7 @@ impl LogTicket {
                 consumer: d.consumer.as_deref(),
                 credential: g.credential,
                 correlation_id: g.correlation_id.as_deref(),
-            });
-            Bytes::from(text)
+            })
         });
         let entry = LogEntry {
             subject: subject.cloned(),

@@ -191,7 +191,7 @@ impl Sink {
 }
 
 impl log::Sink for Arc<Sink> {
-    fn push(&self, text: &bytes::Bytes) {
+    fn push(&self, text: &[u8]) {
         Sink::push(self, text);
     }
 }

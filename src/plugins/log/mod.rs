@@ -88,6 +88,37 @@ pub struct Try {
     pub port: u16,
 }
 
+/// A request's tries in order: nearly always one, which is kept without an allocation.
+#[derive(Debug, Clone, Default)]
+pub struct Tries {
+    first: Option<Try>,
+    retries: Vec<Try>,
+}
+
+impl Tries {
+    pub fn push(&mut self, t: Try) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.retries.push(t);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Try> {
+        self.first.iter().chain(&self.retries)
+    }
+}
+
+impl FromIterator<Try> for Tries {
+    fn from_iter<I: IntoIterator<Item = Try>>(iter: I) -> Tries {
+        let mut tries = Tries::default();
+        for t in iter {
+            tries.push(t);
+        }
+        tries
+    }
+}
+
 /// Latencies in milliseconds, as Kong's serializer has them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Latencies {
@@ -115,8 +146,9 @@ pub struct LogEntry {
     pub source: Source,
     pub latencies: Latencies,
     /// Kong's serializer's text (see [`serializer`]), written only when some log plugin of the
-    /// route (or the node's access log) serializes entries: [`super::Plugin::serializes`].
-    pub text: Option<Bytes>,
+    /// route (or the node's access log) serializes entries: [`super::Plugin::serializes`]. Sinks
+    /// copy it (into a batch, or into a queued buffer of its exact size).
+    pub text: Option<Vec<u8>>,
 }
 
 /// Milliseconds since the epoch.
@@ -201,7 +233,7 @@ pub fn dropped() -> &'static Dropped {
 
 /// Where a log plugin's entries go: a sink's queue, never waiting.
 pub trait Sink: std::fmt::Debug + Send + Sync {
-    fn push(&self, text: &Bytes);
+    fn push(&self, text: &[u8]);
 }
 
 /// A log plugin instance whose phase hands the entry to its sink (file-log's queue, http-log's
@@ -240,7 +272,7 @@ pub struct Queue {
 }
 
 impl Sink for Arc<Queue> {
-    fn push(&self, text: &Bytes) {
+    fn push(&self, text: &[u8]) {
         Queue::push(self, text);
     }
 }
@@ -252,9 +284,9 @@ impl Queue {
         (Queue { tx, dropped }, rx)
     }
 
-    /// Queues an entry's text.
-    pub fn push(&self, text: &Bytes) {
-        if self.tx.try_send(text.clone()).is_err() {
+    /// Queues a copy of an entry's text.
+    pub fn push(&self, text: &[u8]) {
+        if self.tx.try_send(Bytes::copy_from_slice(text)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -288,7 +320,7 @@ mod tests {
         upstream_status: Option<u16>,
         /// `None`: the response's part was never written (the entry is finished without it).
         response: Option<HeaderMap>,
-        tries: Vec<Try>,
+        tries: Tries,
         client_ip: IpAddr,
         subject: Option<Arc<Subject>>,
         consumer: Option<Arc<Consumer>>,
@@ -310,7 +342,7 @@ mod tests {
             upstream_uri: Some("/p?a=1&b&a=2&c=%20x".into()),
             upstream_status: Some(200),
             response: Some(HeaderMap::new()),
-            tries: vec![Try { ip: IpAddr::from([127, 0, 0, 1]), port: 9000 }],
+            tries: [Try { ip: IpAddr::from([127, 0, 0, 1]), port: 9000 }].into_iter().collect(),
             client_ip: IpAddr::from([127, 0, 0, 1]),
             subject: None,
             consumer: None,
@@ -450,7 +482,7 @@ mod tests {
     #[test]
     fn a_request_answered_before_going_upstream_has_empty_upstream_fields() {
         let mut c = case();
-        (c.upstream_uri, c.response, c.tries) = (None, None, Vec::new());
+        (c.upstream_uri, c.response, c.tries) = (None, None, Tries::default());
         let v: Value = serde_json::from_slice(&c.written()).expect("JSON");
         assert_eq!((&v["upstream_uri"], &v["upstream_status"]), (&json!(""), &json!("")));
         assert_eq!(v["response"], json!({"status": 200, "headers": {}, "size": 120}));
@@ -527,7 +559,7 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         static DROPS: AtomicU64 = AtomicU64::new(0);
         let (q, _rx) = Queue::new(2, &DROPS);
-        let text = Bytes::from(case().written());
+        let text = case().written();
         for _ in 0..5 {
             q.push(&text);
         }

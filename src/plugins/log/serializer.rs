@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, Method};
 use uuid::Uuid;
 
 use super::writer::Json;
-use super::{Latencies, Source, Subject, Try};
+use super::{Latencies, Source, Subject, Tries};
 use crate::identity::Consumer;
 
 /// An entry being written. Its parts come in Kong's field order, so the text grows at its end
@@ -59,7 +59,7 @@ pub struct Ending<'a> {
     /// Bytes sent to the client: the head and the body.
     pub response_size: u64,
     pub latencies: Latencies,
-    pub tries: &'a [Try],
+    pub tries: &'a Tries,
     pub client_ip: IpAddr,
     /// When the request came in, in milliseconds since the epoch.
     pub started_at: u64,
@@ -157,8 +157,8 @@ impl EntryText {
         self.stage = Stage::Response;
     }
 
-    /// The rest of the entry; the whole text.
-    pub fn finish(mut self, e: &Ending<'_>) -> Vec<u8> {
+    /// The rest of the entry; the whole text, taken out (the entry is left empty).
+    pub fn finish(&mut self, e: &Ending<'_>) -> Vec<u8> {
         if self.stage != Stage::Response {
             self.response(None, e.status, &HeaderMap::new());
         }
@@ -211,7 +211,7 @@ impl EntryText {
             j.str(cid);
         }
         j.raw("}");
-        self.buf
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -222,27 +222,34 @@ fn headers(j: &mut Json<'_>, headers: &HeaderMap, request: bool) {
         request && (name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION)
     };
     j.0.reserve(2 + headers.len() * HEADER_ROOM);
-    j.0.push(b'{');
     if headers.keys_len() == headers.len() {
-        // No name repeats (nearly always): one value per name, no looking ahead.
-        for (i, (name, value)) in headers.iter().enumerate() {
-            if i > 0 {
-                j.0.push(b',');
-            }
-            // A header name is a token in lower case: nothing in it to escape.
-            j.0.push(b'"');
+        // No name repeats (nearly always): one value per name, no looking ahead. A header name is
+        // a token in lower case: nothing in it to escape.
+        let mut sep = b'{';
+        for (name, value) in headers {
+            j.0.extend_from_slice(&[sep, b'"']);
+            sep = b',';
             j.raw(name.as_str());
-            j.raw("\":");
+            let value = value.as_bytes();
             if secret(name) {
-                j.raw("\"REDACTED\"");
+                j.raw("\":\"REDACTED\"");
+            } else if Json::plain(value) {
+                j.raw("\":\"");
+                j.0.extend_from_slice(value);
+                j.0.push(b'"');
             } else {
-                j.lossy(value.as_bytes());
+                j.raw("\":");
+                j.lossy(value);
             }
+        }
+        if sep == b'{' {
+            j.0.push(b'{');
         }
         j.0.push(b'}');
         return;
     }
     // A map yields the values of a name one after the other: grouped as they come.
+    j.0.push(b'{');
     let mut iter = headers.iter().peekable();
     let mut first = true;
     while let Some((name, value)) = iter.next() {
