@@ -114,7 +114,7 @@ impl PluginChain {
     }
 
     /// Runs the log phase of the plugins picked for this consumer.
-    pub fn log(&self, consumer: Option<&Consumer>, entry: &super::log::LogEntry) {
+    pub fn log(&self, consumer: Option<&Consumer>, entry: &super::log::LogEntry<'_>) {
         for slot in self.slots.iter().filter(|s| s.logs) {
             if let Some(plugin) = slot.pick(consumer)
                 && plugin.logs()

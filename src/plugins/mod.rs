@@ -163,7 +163,7 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 
     /// Runs after the response was sent (see the phases above).
-    fn log(&self, entry: &log::LogEntry) {
+    fn log(&self, entry: &log::LogEntry<'_>) {
         let _ = entry;
     }
 

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::ProxyBody;
-use crate::plugins::log::serializer::{Ending, EntryText, RequestPart};
+use crate::plugins::log::serializer::{self, Ending, EntryText, RequestPart};
 use crate::plugins::log::{Latencies, LogEntry, Queue, Source, Tries};
 use crate::snapshot::RouteTarget;
 
@@ -56,7 +56,7 @@ pub struct Arrival<'a> {
     /// The request's host without its port, and the port it came to.
     pub host: &'a str,
     pub port: u16,
-    pub id: &'a [u8],
+    pub id: &'a [u8; 32],
     pub tls: Option<(&'static str, &'static str)>,
 }
 
@@ -112,7 +112,7 @@ pub struct LogTicket {
     pub client_ip: IpAddr,
     pub started: Instant,
     /// When the response was ready to be sent; read (and measured) only when nothing went
-    /// upstream or a serializer wants the start time.
+    /// upstream.
     pub ready: Duration,
     pub status: u16,
     /// The response head's size on the wire, told by whoever writes it ([`Logged::head_written`]).
@@ -163,8 +163,8 @@ impl LogTicket {
             })
         });
         let entry = LogEntry {
-            subject: subject.cloned(),
-            consumer: d.consumer,
+            subject,
+            consumer: d.consumer.as_ref(),
             request_size: d.request_size,
             status: self.status,
             response_size,
@@ -173,10 +173,13 @@ impl LogTicket {
             text,
         };
         if let Some(route) = &d.route {
-            route.chain.log(entry.consumer.as_deref(), &entry);
+            route.chain.log(d.consumer.as_deref(), &entry);
         }
         if let (Some(access), Some(text)) = (&self.access_log, &entry.text) {
             access.push(text);
+        }
+        if let Some(text) = entry.text {
+            serializer::recycle(text);
         }
     }
 }

@@ -272,10 +272,9 @@ impl Proxy {
     ) {
         // Kong's latency of an answer that never went upstream; with an upstream, the log phase
         // reckons from when it was asked (no clock read here).
-        let ready = if draft.full.is_some() || draft.sent.is_none() { started.elapsed() } else { Duration::ZERO };
+        let ready = if draft.sent.is_none() { started.elapsed() } else { Duration::ZERO };
         if let Some(g) = &mut draft.full {
-            let wall = std::time::SystemTime::now().checked_sub(ready).unwrap_or(std::time::UNIX_EPOCH);
-            g.started_at = crate::plugins::log::epoch_millis(wall);
+            g.started_at = crate::clock::epoch_millis_at(started);
             g.text.response(draft.upstream_status, resp.status().as_u16(), resp.headers());
         }
         let ticket = logging::LogTicket {

@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -134,11 +133,12 @@ pub struct Latencies {
 
 /// What the log phase sees of one request, after its response was sent: what counters read, and
 /// the entry as Kong's serializer writes it when some sink serializes.
+/// It borrows what the request holds: handing it to plugins touches no reference count.
 #[derive(Debug, Clone)]
-pub struct LogEntry {
+pub struct LogEntry<'a> {
     /// The route matched, if any.
-    pub subject: Option<Arc<Subject>>,
-    pub consumer: Option<Arc<Consumer>>,
+    pub subject: Option<&'a Arc<Subject>>,
+    pub consumer: Option<&'a Arc<Consumer>>,
     pub request_size: u64,
     pub status: u16,
     /// Bytes sent to the client: the head and the body.
@@ -149,11 +149,6 @@ pub struct LogEntry {
     /// route (or the node's access log) serializes entries: [`super::Plugin::serializes`]. Sinks
     /// copy it (into a batch, or into a queued buffer of its exact size).
     pub text: Option<Vec<u8>>,
-}
-
-/// Milliseconds since the epoch.
-pub fn epoch_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An entry's text with `custom_fields` added at the top level (a dotted name nests, as Kong's
@@ -256,7 +251,7 @@ impl<S: Sink> super::Plugin for Logger<S> {
         true
     }
 
-    fn log(&self, entry: &LogEntry) {
+    fn log(&self, entry: &LogEntry<'_>) {
         if let (Some(sink), Some(text)) = (&self.sink, &entry.text) {
             sink.push(text);
         }

@@ -4,6 +4,7 @@
 //! one buffer every sink then copies: no header text, URI or map is kept aside for later, and no
 //! sink writes the entry again.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, Method};
@@ -31,8 +32,8 @@ enum Stage {
 /// What the request's part holds: the request as the client sent it.
 #[derive(Debug)]
 pub struct RequestPart<'a> {
-    /// The request's id (`X-Tollgate-Request-Id`).
-    pub id: &'a [u8],
+    /// The request's id (`X-Tollgate-Request-Id`): hex, nothing to escape.
+    pub id: &'a [u8; 32],
     pub method: &'a Method,
     /// The request target as the client sent it (path and query), and its query (parsed already).
     pub uri: &'a str,
@@ -72,6 +73,40 @@ pub struct Ending<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
+thread_local! {
+    /// Entry buffers whose entries went to their sinks, for the next entries of this thread: an
+    /// entry's buffer (a few kilobytes) is then not allocated and freed per request.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers a thread keeps, at most (about as many as its requests logged at once)...
+const SPARE_BUFFERS: usize = 64;
+/// ...and the largest kept: an entry with huge headers does not pin its buffer.
+const SPARE_CAPACITY: usize = 64 * 1024;
+
+/// An empty buffer with room for `capacity` bytes: a spare one when the thread has one.
+fn buffer(capacity: usize) -> Vec<u8> {
+    let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop())).ok().flatten();
+    let mut buf = spare.unwrap_or_default();
+    buf.reserve(capacity);
+    buf
+}
+
+/// Gives an entry's buffer back once its sinks have taken their copies.
+pub fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut()
+            && s.len() < SPARE_BUFFERS
+        {
+            s.push(buf);
+        }
+    });
+}
+
 /// Room for an entry's fixed keys, numbers, addresses and a response's usual headers.
 const BASE_ROOM: usize = 1024;
 /// Room per request header (name, value and punctuation), about.
@@ -80,14 +115,16 @@ const HEADER_ROOM: usize = 48;
 impl EntryText {
     /// Starts an entry with the request's part: `{"request":{…}`.
     pub fn begin(r: &RequestPart<'_>) -> EntryText {
-        let mut buf =
-            Vec::with_capacity(BASE_ROOM + r.room + 3 * r.uri.len() + r.host.len() + r.headers.len() * HEADER_ROOM);
+        let mut buf = buffer(BASE_ROOM + r.room + 3 * r.uri.len() + r.host.len() + r.headers.len() * HEADER_ROOM);
         let j = &mut Json(&mut buf);
-        j.raw("{\"request\":{\"id\":");
-        j.lossy(r.id);
-        j.raw(",\"uri\":");
-        j.str(r.uri);
-        j.raw(if r.https { ",\"url\":\"https://" } else { ",\"url\":\"http://" });
+        j.raw("{\"request\":{\"id\":\"");
+        j.0.extend_from_slice(r.id);
+        j.raw("\",\"uri\":\"");
+        // Written once, copied for the URL.
+        let uri_start = j.0.len();
+        j.str_inner(r.uri);
+        let uri = uri_start..j.0.len();
+        j.raw(if r.https { "\",\"url\":\"https://" } else { "\",\"url\":\"http://" });
         // nginx's `$host`: lower case.
         if r.host.bytes().any(|b| b.is_ascii_uppercase()) {
             j.str_inner(&r.host.to_ascii_lowercase());
@@ -96,7 +133,7 @@ impl EntryText {
         }
         j.raw(":");
         j.u64(u64::from(r.port));
-        j.str_inner(r.uri);
+        j.0.extend_from_within(uri);
         j.raw("\",\"querystring\":");
         match r.query {
             Some(query) => {
@@ -277,4 +314,24 @@ fn headers(j: &mut Json<'_>, headers: &HeaderMap, request: bool) {
         }
     }
     j.0.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_buffer_is_reused_by_the_next_entry_and_a_huge_one_is_let_go() {
+        let mut used = buffer(3000);
+        used.extend_from_slice(b"an entry");
+        let at = used.as_ptr();
+        recycle(used);
+        let next = buffer(100);
+        assert!(next.is_empty() && next.capacity() >= 3000 && next.as_ptr() == at);
+        let kept = next.as_ptr();
+        recycle(next);
+        recycle(Vec::with_capacity(SPARE_CAPACITY + 1));
+        let after = buffer(10);
+        assert_eq!(after.as_ptr(), kept, "the huge buffer was not kept");
+    }
 }

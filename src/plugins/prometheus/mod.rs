@@ -127,14 +127,14 @@ impl Plugin for Prometheus {
         self.live.is_some() && (self.status_codes || self.latency || self.bandwidth)
     }
 
-    fn log(&self, e: &LogEntry) {
-        let Some(subject) = &e.subject else { return };
+    fn log(&self, e: &LogEntry<'_>) {
+        let Some(subject) = e.subject else { return };
         let source = if e.source == Source::Service { "service" } else { "kong" };
         let upstream = u64::try_from(e.latencies.proxy).ok();
         series::record(
             subject,
             &series::Observation {
-                consumer: e.consumer.as_ref().filter(|_| self.per_consumer).map(|c| (c.id, c.username.as_deref())),
+                consumer: e.consumer.filter(|_| self.per_consumer).map(|c| (c.id, c.username.as_deref())),
                 status: self.status_codes.then_some((e.status, source)),
                 latencies: self.latency.then_some((e.latencies.kong, upstream, e.latencies.request)),
                 bandwidth: self.bandwidth.then_some((e.request_size, e.response_size)),
