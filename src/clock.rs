@@ -45,8 +45,7 @@ pub fn epoch_millis_at(at: Instant) -> u64 {
 
 /// Reads both clocks, as this thread's pairing.
 fn pair() -> (Instant, u64) {
-    let (base, wall) = (Instant::now(), SystemTime::now());
-    let ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let (base, ms) = (Instant::now(), u64::try_from(now_millis()).unwrap_or(0));
     PAIRING.set(Some((base, ms)));
     (base, ms)
 }
