@@ -523,6 +523,41 @@ async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
     assert!(got[before..].iter().any(|x| serde_json::from_slice::<Value>(&x.body).is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 3))), "{:?}", &got[before..]);
 }
 
+/// Kong's default queue (`max_batch_size` 1): every entry is a POST of its own, a JSON object,
+/// whichever worker logged it.
+#[tokio::test]
+async fn with_kongs_default_queue_each_entry_is_posted_alone() {
+    let (gw, upstream) = support::start().await;
+    let collector = Collector::start(0);
+    gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
+    let config = json!({"http_endpoint": format!("http://{}/logs", collector.addr)});
+    gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.received().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the collector");
+        gw.call("/p", &[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Twenty requests, each on a connection of its own (so on either of the node's workers).
+    let before = collector.received().len();
+    for n in 0..20 {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let r = client.get(gw.proxy_url("/p")).header("x-marker", n.to_string()).send().await.expect("proxy");
+        assert_eq!(r.status(), 200);
+    }
+    let got = collector.wait_until(Duration::from_secs(10), |r| r.len() >= before + 20).await;
+    let mut markers: Vec<u32> = got[before..]
+        .iter()
+        .map(|x| {
+            let entry: Value = serde_json::from_slice(&x.body).expect("JSON");
+            assert!(entry.is_object(), "one entry per POST, not a batch: {entry}");
+            entry["request"]["headers"]["x-marker"].as_str().and_then(|m| m.parse().ok()).expect("marker")
+        })
+        .collect();
+    markers.sort_unstable();
+    assert_eq!(markers, (0..20).collect::<Vec<u32>>());
+}
+
 #[tokio::test]
 async fn a_batch_that_is_not_full_leaves_after_its_delay_or_when_the_plugin_goes() {
     let (gw, upstream) = support::start().await;
