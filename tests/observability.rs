@@ -472,6 +472,17 @@ async fn file_log_reopens_the_file_for_every_entry_when_asked() {
     assert_eq!(fresh.len(), 1);
 }
 
+/// Waits for a new http-log plugin through a marker: requests to `/p` until one reaches the
+/// collector.
+async fn until_collected(gw: &Gateway, collector: &Collector) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.received().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the collector");
+        gw.call("/p", &[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
     let (gw, upstream) = support::start().await;
@@ -484,13 +495,7 @@ async fn http_log_sends_batches_to_a_collector_and_retries_when_it_fails() {
         "queue": {"max_batch_size": 3, "max_coalescing_delay": 1, "initial_retry_delay": 0.05},
     });
     gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
-    // Wait for the plugin through a marker: a request that reaches the collector.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while collector.received().is_empty() {
-        assert!(Instant::now() < deadline, "nothing reached the collector");
-        gw.call("/p", &[]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_collected(&gw, &collector).await;
     // The first two sends failed with 500 and were tried again: the same batch arrives three times.
     let got = collector.wait_until(Duration::from_secs(10), |r| r.len() >= 3).await;
     assert_eq!(got[0].body, got[2].body, "the failed batch is sent again whole");
@@ -532,12 +537,7 @@ async fn with_kongs_default_queue_each_entry_is_posted_alone() {
     gw.service_and_route(&upstream, "svc", json!({"name": "r", "paths": ["/p"]})).await;
     let config = json!({"http_endpoint": format!("http://{}/logs", collector.addr)});
     gw.create("/routes/r/plugins", json!({"name": "http-log", "config": config})).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while collector.received().is_empty() {
-        assert!(Instant::now() < deadline, "nothing reached the collector");
-        gw.call("/p", &[]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_collected(&gw, &collector).await;
     // Twenty requests, each on a connection of its own (so on either of the node's workers).
     let before = collector.received().len();
     for n in 0..20 {
